@@ -1,0 +1,91 @@
+"""podfn's exceptions: one root, `PodfnError`, so callers can catch them all.
+
+Each message says what went wrong and, where there is one, what to do next.
+A remote exception that can be unpickled is re-raised as itself (chained to a
+`RemoteTraceback` cause); everything else the platform reports is one of these.
+"""
+
+from __future__ import annotations
+
+
+class PodfnError(Exception):
+    """Root of every error podfn raises."""
+
+
+class ConfigurationError(PodfnError):
+    """Settings are missing or malformed (a `PODFN_*` variable, the profile)."""
+
+
+class InvalidSpec(PodfnError, ValueError):
+    """A hint or spec field is malformed. `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class PlatformError(PodfnError):
+    """The platform answered with an error."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class PlatformUnreachable(PlatformError):
+    """The API could not be reached at all."""
+
+
+class NotFound(PlatformError):
+    """The platform has no such call (or function)."""
+
+
+class DatabaseError(PodfnError):
+    """Postgres refused a statement (the platform's side)."""
+
+    def __init__(self, message: str, *, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Postgres could not be reached (the platform's side)."""
+
+
+class CallError(PodfnError):
+    """A call ended without a result."""
+
+    def __init__(self, message: str, *, call_id: str, state: str, reason: str | None) -> None:
+        super().__init__(message)
+        self.call_id = call_id
+        self.state = state
+        self.reason = reason
+
+
+class CallFailed(CallError):
+    """The call failed for a reason other than an exception we could re-raise."""
+
+
+class CallTimeout(CallError, TimeoutError):
+    """The call ran past its `timeout` and was stopped."""
+
+
+class CallCancelled(CallError):
+    """The call was cancelled."""
+
+
+class ResultTimeout(PodfnError, TimeoutError):
+    """`Call.result(timeout=...)` gave up waiting; the call itself goes on."""
+
+
+class RemoteTraceback(PodfnError):
+    """Carries the remote traceback text as the `__cause__` of a re-raised exception."""
+
+    def __init__(self, traceback_text: str) -> None:
+        super().__init__(traceback_text)
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.traceback_text.rstrip()

@@ -1,0 +1,122 @@
+"""Every `PODFN_*` setting, read in one place into one typed object.
+
+Client, API, controller and CLI all take a `Settings`; nothing else reads the
+environment. A malformed value fails at once with the variable's name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import platformdirs
+
+from podfn.errors import ConfigurationError
+
+LAUNCHERS = ("local", "kubernetes")
+
+
+def default_profile_path() -> Path:
+    return Path(platformdirs.user_config_dir("podfn")) / "profile.json"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the client finds the platform (else the profile `podfn dev` writes).
+    url: str | None = None
+    token: str | None = None
+    profile: Path = field(default_factory=default_profile_path)
+    # The platform's database.
+    database_url: str | None = None
+    # API server.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 2
+    threads: int = 16
+    api_token: str | None = None  # if set, every request must carry it as a Bearer token
+    max_request_bytes: int = 64 * 1024 * 1024
+    max_wait_seconds: float = 60.0
+    # Controller.
+    launcher: str = "local"
+    namespace: str = "podfn"
+    max_concurrency: int = 32
+    sweep_seconds: float = 5.0
+    max_disruptions: int = 3
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.launcher not in LAUNCHERS:
+            raise ConfigurationError(
+                f"PODFN_LAUNCHER={self.launcher!r} is not a launcher; use one of "
+                + ", ".join(LAUNCHERS)
+            )
+        for name in ("port", "workers", "threads", "max_request_bytes", "max_concurrency"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"PODFN_{name.upper()} must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read `PODFN_<FIELD>` for each field; `overrides` (e.g. CLI flags) win."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = f"PODFN_{f.name.upper()}"
+            if var in env and env[var] != "":
+                values[f.name] = _convert(var, env[var], hints[f.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigurationError(
+                "PODFN_DATABASE_URL is not set: point it at Postgres "
+                "(e.g. postgresql://user@host:5432/podfn), or run `podfn dev` for an embedded one"
+            )
+        return self.database_url
+
+    def platform(self) -> tuple[str, str | None]:
+        """The API's URL and token: PODFN_URL/PODFN_TOKEN, else the dev profile."""
+        if self.url:
+            return self.url.rstrip("/"), self.token
+        try:
+            data = json.loads(self.profile.read_text())
+        except FileNotFoundError:
+            raise ConfigurationError(
+                "no podfn platform configured: set PODFN_URL (and PODFN_TOKEN), "
+                "or start one on this machine with `podfn dev`"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"cannot read the podfn profile {self.profile}: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            raise ConfigurationError(f"the podfn profile {self.profile} has no 'url'; "
+                                     "run `podfn dev` again to rewrite it")
+        return data["url"].rstrip("/"), self.token or data.get("token")
+
+
+def _convert(var: str, raw: str, kind: Any) -> Any:
+    text = raw.strip()
+    try:
+        if kind in (int, int | None):
+            return int(text)
+        if kind in (float, float | None):
+            return float(text)
+        if kind is Path:
+            return Path(text).expanduser()
+    except ValueError:
+        raise ConfigurationError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+    return text
+
+
+def write_profile(path: Path, url: str, token: str | None) -> None:
+    """Write the client profile (readable by its owner only: it holds a token)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"url": url, "token": token}, fh)
+    tmp.replace(path)

@@ -1,0 +1,135 @@
+"""A call's spec: the hints given to `@remote`, checked once, the same way everywhere.
+
+The client checks hints when they are given (so a typo fails at the decorator,
+not in a pod), and the API checks every submitted spec again with this same
+code: it is the contract between them. Quantities follow the Kubernetes
+resource quantity grammar, so what passes here is what a pod accepts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from podfn.errors import InvalidSpec
+
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+)(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$")
+_SUFFIX = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1,
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+# Hints and their defaults. Anything else is rejected by name.
+DEFAULTS: dict[str, Any] = {
+    "cpu": None,               # Kubernetes CPU quantity: "250m", "2"
+    "cpu_limit": False,        # also set the CPU limit (throttles; off by default)
+    "memory": None,            # Kubernetes memory quantity: "256Mi"; request and limit
+    "gpu": 0,                  # count of GPUs
+    "gpu_vendor": "nvidia.com",
+    "image": None,             # default: the runtime image for the client's Python
+    "env": {},
+    "timeout": None,           # seconds per attempt
+    "retries": 0,              # re-runs after the function's own failure
+    "retry_backoff": 1.0,      # seconds before the first retry, doubling after
+    "node_selector": {},
+    "tolerations": [],
+    "labels": {},
+    "annotations": {},
+    "service_account": None,
+    "pod_patch": None,
+}
+
+
+def parse_quantity(field: str, value: object) -> Decimal:
+    """A Kubernetes quantity as a number (bytes for memory, cores for CPU)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidSpec(field, f"{value!r} is not a quantity; use a string such as '500m' or '1Gi'")
+    text = str(value).strip()
+    match = _QUANTITY.match(text)
+    if not match:
+        raise InvalidSpec(
+            field,
+            f"{value!r} is not a Kubernetes quantity; write a number with an optional suffix, "
+            "e.g. '2', '500m' (CPU) or '256Mi', '1Gi' (memory)",
+        )
+    number, exponent, suffix = match.groups()
+    try:
+        amount = Decimal(number) * (Decimal(10) ** int(exponent[1:]) if exponent else 1)
+    except InvalidOperation:
+        raise InvalidSpec(field, f"{value!r} is not a number") from None
+    amount *= Decimal(_SUFFIX[suffix or ""])
+    if amount <= 0:
+        raise InvalidSpec(field, f"{value!r} must be greater than zero")
+    return amount
+
+
+def memory_bytes(value: str) -> int:
+    return math.ceil(parse_quantity("memory", value))
+
+
+def _string_map(field: str, value: object, *, keys: re.Pattern[str]) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise InvalidSpec(field, f"must be a mapping of strings, not {type(value).__name__}")
+    for key, item in value.items():
+        if not isinstance(key, str) or not keys.match(key):
+            raise InvalidSpec(field, f"{key!r} is not a valid name")
+        if not isinstance(item, str):
+            raise InvalidSpec(field, f"the value of {key!r} must be a string, not {type(item).__name__}")
+    return dict(value)
+
+
+def _number(field: str, value: object, *, integer: bool, minimum: float, allow_zero: bool) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise InvalidSpec(field, f"must be {'a whole number' if integer else 'a number'}, "
+                                 f"not {value!r}")
+    if not math.isfinite(value) or value < minimum or (value == 0 and not allow_zero):
+        raise InvalidSpec(field, f"{value!r} is out of range")
+    return value
+
+
+def validate(spec: dict[str, Any]) -> dict[str, Any]:
+    """The full spec (defaults filled in), or InvalidSpec naming the bad field."""
+    if not isinstance(spec, dict):
+        raise InvalidSpec("spec", "must be a JSON object")
+    unknown = sorted(set(spec) - set(DEFAULTS))
+    if unknown:
+        raise InvalidSpec(unknown[0], f"is not a hint podfn knows; known hints: {', '.join(DEFAULTS)}")
+    out = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
+    for key in ("env", "node_selector", "labels", "annotations", "tolerations"):
+        if key not in spec or spec[key] is None:
+            out[key] = type(DEFAULTS[key])()
+    if out["cpu"] is not None:
+        parse_quantity("cpu", out["cpu"])
+        out["cpu"] = str(out["cpu"])
+    if out["memory"] is not None:
+        parse_quantity("memory", out["memory"])
+        out["memory"] = str(out["memory"])
+    out["gpu"] = _number("gpu", out["gpu"], integer=True, minimum=0, allow_zero=True)
+    if out["timeout"] is not None:
+        out["timeout"] = _number("timeout", out["timeout"], integer=False, minimum=0,
+                                 allow_zero=False)
+    out["retries"] = _number("retries", out["retries"], integer=True, minimum=0, allow_zero=True)
+    out["retry_backoff"] = _number("retry_backoff", out["retry_backoff"], integer=False,
+                                   minimum=0, allow_zero=True)
+    if not isinstance(out["cpu_limit"], bool):
+        raise InvalidSpec("cpu_limit", "must be true or false")
+    for key in ("image", "service_account", "gpu_vendor"):
+        if out[key] is not None and (not isinstance(out[key], str) or not out[key].strip()):
+            raise InvalidSpec(key, "must be a non-empty string")
+    out["env"] = _string_map("env", out["env"], keys=_ENV_NAME)
+    out["node_selector"] = _string_map("node_selector", out["node_selector"], keys=_LABEL_KEY)
+    out["labels"] = _string_map("labels", out["labels"], keys=_LABEL_KEY)
+    out["annotations"] = _string_map("annotations", out["annotations"], keys=_LABEL_KEY)
+    if not isinstance(out["tolerations"], list) or not all(
+        isinstance(t, dict) for t in out["tolerations"]
+    ):
+        raise InvalidSpec("tolerations", "must be a list of Kubernetes toleration objects")
+    if out["pod_patch"] is not None and not isinstance(out["pod_patch"], dict):
+        raise InvalidSpec("pod_patch", "must be a mapping merged into the pod manifest")
+    return out

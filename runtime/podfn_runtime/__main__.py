@@ -1,0 +1,5 @@
+import sys
+
+from podfn_runtime.main import main
+
+sys.exit(main())

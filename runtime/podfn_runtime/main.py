@@ -1,0 +1,198 @@
+"""Run one attempt of one call, and record its outcome in Postgres.
+
+Exit status is 0 whenever the outcome was recorded (the function's own
+failure included) or the attempt turned out to be stale; it is non-zero only
+when the runtime itself could not do its job (no database, a failed write),
+so the controller can tell the two apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from podfn_runtime.capture import Captured, capture_output
+from podfn_runtime.database import RuntimeDatabase, RuntimeDatabaseError
+
+log = logging.getLogger("podfn.runtime")
+
+EXIT_RECORDED = 0
+EXIT_RUNTIME_FAILED = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class Failure:
+    reason: str
+    retryable: bool
+    error_type: str
+    error_message: str
+    error_traceback: str
+    error_pickle: bytes | None
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def version_mismatch(client_python: str, client_cloudpickle: str) -> str | None:
+    """Why this runtime cannot load the client's payload, or None."""
+    here_python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    here_cloudpickle = cloudpickle.__version__
+    problems = []
+    if _major_minor(client_python) != here_python:
+        problems.append(f"Python {client_python} on the client, {here_python} in the runtime")
+    if _major_minor(client_cloudpickle) != _major_minor(here_cloudpickle):
+        problems.append(
+            f"cloudpickle {client_cloudpickle} on the client, {here_cloudpickle} in the runtime"
+        )
+    if not problems:
+        return None
+    return (
+        "version mismatch: "
+        + "; ".join(problems)
+        + ". Use a runtime image built for your Python version (the `image` hint), "
+        "or run the client with the runtime's versions."
+    )
+
+
+def _pickled_exception(exc: BaseException) -> bytes | None:
+    """The exception pickled, if the client will be able to load it back."""
+    try:
+        blob = cloudpickle.dumps(exc)
+        cloudpickle.loads(blob)
+    except Exception:
+        return None
+    return blob
+
+
+def failure_from(exc: BaseException, *, reason: str, retryable: bool) -> Failure:
+    return Failure(
+        reason=reason,
+        retryable=retryable,
+        error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        error_message=str(exc),
+        error_traceback="".join(traceback.format_exception(exc)),
+        error_pickle=_pickled_exception(exc),
+    )
+
+
+def execute(function: bytes, args: bytes, spec: dict[str, Any]) -> bytes | Failure:
+    """Load and run the call; the pickled result, or why it failed."""
+    try:
+        fn = cloudpickle.loads(function)
+        call_args, call_kwargs = cloudpickle.loads(args)
+    except Exception as exc:
+        return failure_from(
+            exc,
+            reason=f"could not load the function or its arguments: {type(exc).__name__}: {exc}",
+            retryable=False,
+        )
+    try:
+        value = fn(*call_args, **call_kwargs)
+    except MemoryError as exc:
+        limit = spec.get("memory")
+        reason = f"memory limit {limit} exceeded" if limit else "out of memory (MemoryError)"
+        return failure_from(exc, reason=reason, retryable=True)
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt are the call's outcome too
+        return failure_from(
+            exc, reason=f"the function raised {type(exc).__name__}: {exc}", retryable=True
+        )
+    try:
+        return cloudpickle.dumps(value)
+    except Exception as exc:
+        return failure_from(
+            exc,
+            reason=f"the result ({type(value).__name__}) could not be pickled: {exc}",
+            retryable=False,
+        )
+
+
+def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int) -> int:
+    claimed = db.transition("claim_attempt", id=call_id, attempt=attempt)
+    if claimed is None:
+        log.info("stale attempt: call %s is no longer at attempt %d; exiting", call_id, attempt)
+        return EXIT_RECORDED
+    log.info("running call %s attempt %d", call_id, attempt)
+    mismatch = version_mismatch(claimed["client_python"], claimed["client_cloudpickle"])
+    captured: Captured | None = None
+    if mismatch:
+        outcome: bytes | Failure = Failure(mismatch, False, "VersionMismatch", mismatch, "", None)
+    else:
+        with capture_output() as captured:
+            outcome = execute(claimed["function"], claimed["args"], claimed["spec"])
+    output = {
+        "stdout": captured.stdout if captured else "",
+        "stderr": captured.stderr if captured else "",
+    }
+    if isinstance(outcome, Failure):
+        if outcome.error_traceback:
+            sys.stderr.write(outcome.error_traceback)
+        row = db.transition(
+            "fail",
+            id=call_id,
+            attempt=attempt,
+            retryable=outcome.retryable,
+            reason=outcome.reason,
+            exit_code=None,
+            error_type=outcome.error_type,
+            error_message=outcome.error_message,
+            error_traceback=outcome.error_traceback,
+            error_pickle=outcome.error_pickle,
+            **output,
+        )
+    else:
+        row = db.transition("succeed", id=call_id, attempt=attempt, result=outcome, **output)
+    if row is None:
+        log.info("stale attempt: call %s moved on while attempt %d ran", call_id, attempt)
+    else:
+        log.info("call %s attempt %d recorded: %s", call_id, attempt, row["state"])
+    return EXIT_RECORDED
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m podfn_runtime",
+        description="Run one attempt of a podfn call and record its outcome in Postgres.",
+    )
+    parser.add_argument("--call-id", default=os.environ.get("PODFN_CALL_ID"))
+    parser.add_argument("--attempt", type=int, default=os.environ.get("PODFN_ATTEMPT"))
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("PODFN_DATABASE_URL"),
+        help="default: $PODFN_DATABASE_URL",
+    )
+    ns = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("PODFN_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s podfn-runtime %(levelname)s %(message)s",
+        stream=sys.__stderr__,
+    )
+    missing = [
+        flag
+        for flag, value in (("--call-id", ns.call_id), ("--attempt", ns.attempt),
+                            ("--database-url", ns.database_url))
+        if value in (None, "")
+    ]
+    if missing:
+        parser.error("missing " + ", ".join(missing) + " (or PODFN_CALL_ID, PODFN_ATTEMPT, "
+                     "PODFN_DATABASE_URL in the environment)")
+    try:
+        db = RuntimeDatabase(ns.database_url)
+    except RuntimeDatabaseError as exc:
+        log.error("%s", exc)
+        return EXIT_RUNTIME_FAILED
+    try:
+        return run_attempt(db, ns.call_id, int(ns.attempt))
+    except RuntimeDatabaseError as exc:
+        log.error("could not record the outcome of call %s: %s", ns.call_id, exc)
+        return EXIT_RUNTIME_FAILED
+    finally:
+        db.close()

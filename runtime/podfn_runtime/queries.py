@@ -1,0 +1,36 @@
+"""Named SQL queries kept in `.sql` files shipped as package data.
+
+A file holds several statements, each introduced by a `-- name: NAME` line,
+so the SQL stays SQL (reviewable, highlightable) and code refers to it by
+name. The platform loads the same state-machine file as the runtime, so a
+transition is written exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def parse(text: str) -> dict[str, str]:
+    """Split `text` into {name: statement} at each `-- name:` line."""
+    parts = _NAME.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        statement = body.strip().rstrip(";").strip()
+        queries[name] = statement
+    return queries
+
+
+def load(package: str, filename: str) -> dict[str, str]:
+    """Read and parse `filename` from `package`'s data."""
+    return parse(resources.files(package).joinpath(filename).read_text(encoding="utf-8"))
+
+
+def transitions() -> dict[str, str]:
+    """The call state machine, shared by runtime, controller and API."""
+    return load("podfn_runtime", "transitions.sql")
