@@ -1,0 +1,3 @@
+from podfn.cli import main
+
+main()

@@ -1,0 +1,213 @@
+"""The `podfn` command.
+
+Exit codes: 0 success; 1 the call (or demo) failed; 2 usage error;
+3 the platform or its database cannot be reached; 4 configuration error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import platformdirs
+
+from podfn.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    PlatformUnreachable,
+    PodfnError,
+)
+from podfn.settings import Settings, write_profile
+
+EXIT_FAILED, EXIT_UNREACHABLE, EXIT_CONFIG = 1, 3, 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors(fn: F) -> F:
+    """Turn podfn errors into a one-line message and a documented exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (PlatformUnreachable, DatabaseUnavailable) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_UNREACHABLE)
+        except ConfigurationError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        except PodfnError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _platform_modules() -> None:
+    try:
+        import flask  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"this command runs the platform, which needs the 'platform' extra ({exc.name} is "
+            "missing): pip install 'podfn[platform]'"
+        ) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="podfn")
+def cli() -> None:
+    """podfn: Python functions on Kubernetes, one pod per call.
+
+    \b
+    Start a platform on this machine and try it:
+        podfn dev                 # embedded Postgres + API + controller
+        podfn demo                # the same on temporary state, runs an example
+    Settings come from PODFN_* environment variables (see docs/settings.md).
+    """
+
+
+@cli.command()
+@_errors
+def migrate() -> None:
+    """Apply database migrations (PODFN_DATABASE_URL); applying twice changes nothing.
+
+    Example: PODFN_DATABASE_URL=postgresql://localhost/podfn podfn migrate
+    """
+    _platform_modules()
+    from podfn_platform import migrations
+    from podfn_platform.database import Database
+
+    settings = Settings.from_env()
+    with Database(settings.require_database_url(), name="podfn-migrate") as db:
+        applied = migrations.apply(db)
+    if applied:
+        for m in applied:
+            click.echo(f"applied {m.version:04d}_{m.name}")
+    else:
+        click.echo("database is up to date")
+
+
+@cli.command()
+@click.option("--host", help="address to bind (default PODFN_HOST or 127.0.0.1)")
+@click.option("--port", type=int, help="port to bind (default PODFN_PORT or 8080)")
+@_errors
+def serve(host: str | None, port: int | None) -> None:
+    """Run the HTTP API under gunicorn (PODFN_DATABASE_URL, PODFN_WORKERS, PODFN_THREADS).
+
+    Example: podfn serve --host 0.0.0.0 --port 8080
+    """
+    _platform_modules()
+    from podfn_platform.serving import serve as run_server
+
+    run_server(Settings.from_env(host=host, port=port))
+
+
+@cli.command()
+@_errors
+def controller() -> None:
+    """Run the controller: claims queued calls and launches their attempts.
+
+    One controller is active at a time (a Postgres advisory lock); others stand by.
+    SIGTERM stops it cleanly, handing back the attempts it was running.
+    Example: PODFN_LAUNCHER=local podfn controller
+    """
+    _platform_modules()
+    from podfn_platform.controller.service import run
+
+    settings = Settings.from_env()
+    _logging(settings)
+    run(settings)
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("podfn"))
+
+
+@cli.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="where the embedded Postgres keeps its data (default: user data dir)")
+@click.option("--port", type=int, default=None, help="API port (default PODFN_PORT or 8080)")
+@click.option("--launcher", type=click.Choice(["local", "kubernetes"]), default=None,
+              help="how attempts run (default PODFN_LAUNCHER or local)")
+@_errors
+def dev(data_dir: Path | None, port: int | None, launcher: str | None) -> None:
+    """Run the whole platform here: embedded Postgres, API and controller.
+
+    Writes the client profile so `@remote` functions find it; Ctrl-C stops
+    everything. Uses PODFN_DATABASE_URL instead of the embedded Postgres when set.
+    Example: podfn dev --port 8080
+    """
+    _platform_modules()
+    from podfn_platform.dev import DevStack
+
+    settings = Settings.from_env(launcher=launcher)
+    stack = DevStack(settings, data_dir or _default_data_dir(), port or settings.port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with stack:
+        write_profile(settings.profile, stack.url, stack.token)
+        click.echo(f"podfn is running at {stack.url}")
+        click.echo(f"  database: {stack.database_url}")
+        click.echo(f"  profile:  {settings.profile} (url and token for clients)")
+        click.echo("Try: python examples/demo.py    Stop: Ctrl-C")
+        try:
+            code = stack.wait()
+        except KeyboardInterrupt:
+            click.echo("\nstopping podfn")
+            return
+    raise PodfnError(f"a platform process exited unexpectedly (code {code})")
+
+
+def _default_demo_script() -> Path:
+    return Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+
+
+@cli.command()
+@click.argument("script", type=click.Path(exists=True, path_type=Path), required=False)
+@_errors
+def demo(script: Path | None) -> None:
+    """Start a throwaway platform, run an example script against it, stop it.
+
+    Nothing is left running or written outside a temporary directory.
+    Example: podfn demo             (runs examples/demo.py)
+    """
+    _platform_modules()
+    from podfn_platform.dev import DevStack, free_port
+
+    script = script or _default_demo_script()
+    if not script.exists():
+        raise ConfigurationError(f"no example script at {script}; pass one: podfn demo FILE")
+    workdir = Path(tempfile.mkdtemp(prefix="podfn-demo-"))
+    os.chmod(workdir, 0o755)
+    try:
+        settings = Settings.from_env(database_url=os.environ.get("PODFN_DATABASE_URL"))
+        click.echo("starting a temporary podfn platform ...")
+        with DevStack(settings, workdir, free_port(), temporary=True).start(quiet=True) as stack:
+            click.echo(f"running {script} against {stack.url}\n")
+            env = {**os.environ, "PODFN_URL": stack.url, "PODFN_TOKEN": stack.token}
+            code = subprocess.call([sys.executable, str(script)], env=env)
+        click.echo("\ntemporary platform stopped")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if code != 0:
+        raise PodfnError(f"the demo script exited with code {code}")
+
+
+def main() -> None:
+    cli()

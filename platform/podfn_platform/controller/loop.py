@@ -1,0 +1,146 @@
+"""The controller: claims queued calls, launches their attempts, reconciles outcomes.
+
+It holds no state that matters outside Postgres. Each turn it (1) turns the
+launcher's reports into guarded transitions, (2) stops attempts whose call
+was cancelled or moved on, (3) claims queued calls up to its concurrency
+limit and launches them. It sleeps until a NOTIFY (a call queued or
+cancelled), an attempt ending, a deadline, or the periodic sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from podfn.errors import DatabaseError
+from podfn.settings import Settings
+from podfn_platform.controller.launcher import Attempt, Exit, Launcher
+from podfn_platform.controller.leader import LeaderLock
+from podfn_platform.database import Database, Listener
+
+log = logging.getLogger("podfn.controller")
+
+FINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+
+
+def attempt_from(row: dict[str, Any]) -> Attempt:
+    return Attempt(call_id=row["id"], attempt=row["attempt"],
+                   function_name=row.get("function_name", ""), spec=row["spec"],
+                   client_python=row.get("client_python", ""))
+
+
+class Controller:
+    def __init__(self, settings: Settings, db: Database, launcher: Launcher,
+                 wake: threading.Event) -> None:
+        self.settings = settings
+        self.db = db
+        self.launcher = launcher
+        self.wake = wake  # set by the listener and by the launcher when an attempt ends
+        self.leader = LeaderLock(db)
+        self.is_active = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Wait for leadership, then act until `stop` is set or leadership is lost."""
+        while not stop.is_set() and not self.leader.try_acquire():
+            log.info("another controller is active; standing by")
+            stop.wait(min(self.settings.sweep_seconds, 2.0))
+        if stop.is_set():
+            return
+        log.info("this controller is active")
+        listener = Listener(self.db, ["podfn_queued", "podfn_cancelled"],
+                            on_notify=lambda *_: self.wake.set(), on_reconnect=self.wake.set)
+        listener.start()
+        self.is_active.set()
+        try:
+            self.recover()
+            while not stop.is_set():
+                self.leader.check()
+                self.wake.clear()
+                self.turn()
+                self.wake.wait(self._sleep_seconds())
+        finally:
+            self.is_active.clear()
+            listener.stop()
+            self.launcher.close()
+            try:
+                self.reconcile_exits()
+            except DatabaseError as exc:
+                log.warning("could not hand back attempts on shutdown: %s", exc)
+            self.leader.release()
+
+    def _sleep_seconds(self) -> float:
+        sleep = self.settings.sweep_seconds
+        deadline = self.launcher.next_deadline()
+        if deadline is not None:
+            sleep = min(sleep, deadline)
+        row = self.db.one("next_retry_at")
+        if row and row["at"] is not None:
+            sleep = min(sleep, max(0.0, row["at"].timestamp() - time.time()))
+        return max(sleep, 0.01)
+
+    # -- one turn ----------------------------------------------------------
+
+    def turn(self) -> None:
+        self.launcher.enforce_deadlines()
+        self.reconcile_exits()
+        self.stop_moved_on()
+        self.launch_queued()
+
+    def recover(self) -> None:
+        """Reconcile attempts that a previous controller left in flight."""
+        unfinished = [attempt_from(r) for r in self.db.all("unfinished_attempts")]
+        for exit_ in self.launcher.recover(unfinished):
+            self.record(exit_)
+
+    def reconcile_exits(self) -> None:
+        for exit_ in self.launcher.exits():
+            self.record(exit_)
+
+    def record(self, exit_: Exit) -> None:
+        """Turn what happened to an attempt into (at most) one guarded transition."""
+        a = exit_.attempt
+        params: dict[str, Any] = {"id": a.call_id, "attempt": a.attempt, "reason": exit_.reason,
+                                  "exit_code": exit_.exit_code}
+        if exit_.kind == "timeout":
+            row = self.db.one("time_out", params)
+        elif exit_.kind in ("stopped", "disrupted"):
+            row = self.db.one("disrupt", {**params,
+                                          "max_disruptions": self.settings.max_disruptions})
+        else:
+            row = self.db.one("fail", {**params, "retryable": True, "error_type": None,
+                                       "error_message": None, "error_traceback": None,
+                                       "error_pickle": None, "stdout": None, "stderr": None})
+        if row is not None:
+            log.info("call %s attempt %d -> %s: %s", a.call_id, a.attempt, row["state"],
+                     exit_.reason.splitlines()[0])
+
+    def stop_moved_on(self) -> None:
+        """Stop attempts whose call was cancelled, finished or moved to a newer attempt."""
+        active = {a.call_id: a for a in self.launcher.active()}
+        if not active:
+            return
+        for row in self.db.all("call_states", {"ids": list(active)}):
+            a = active[row["id"]]
+            if row["state"] in ("cancelled", "timed_out") or row["attempt"] != a.attempt:
+                log.info("stopping call %s attempt %d (%s)", a.call_id, a.attempt, row["state"])
+                self.launcher.stop(a.key)
+
+    def launch_queued(self) -> None:
+        room = self.settings.max_concurrency - len(self.launcher.active())
+        if room <= 0:
+            return
+        for row in self.db.all("claim_queued", {"limit": room}):
+            attempt = attempt_from(row)
+            try:
+                ref = self.launcher.launch(attempt)
+            except Exception as exc:
+                log.exception("launching call %s attempt %d failed", attempt.call_id,
+                              attempt.attempt)
+                self.record(Exit(attempt, "disrupted", f"could not launch the attempt: {exc}"))
+                continue
+            self.db.all("set_attempt_ref", {"id": attempt.call_id, "attempt": attempt.attempt,
+                                            "ref": ref})

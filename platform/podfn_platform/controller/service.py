@@ -1,0 +1,43 @@
+"""`podfn controller`: build the launcher the settings name and run the loop until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from podfn.errors import ConfigurationError
+from podfn.settings import Settings
+from podfn_platform.controller.launcher import Launcher
+from podfn_platform.controller.local import LocalLauncher
+from podfn_platform.controller.loop import Controller
+from podfn_platform.database import Database
+
+log = logging.getLogger("podfn.controller")
+
+
+def build_launcher(settings: Settings, wake: threading.Event) -> Launcher:
+    if settings.launcher == "local":
+        return LocalLauncher(settings.require_database_url(), on_exit=wake.set)
+    raise ConfigurationError(
+        f"PODFN_LAUNCHER={settings.launcher!r} is not available in this build yet; use 'local'"
+    )
+
+
+def build(settings: Settings) -> tuple[Controller, Database]:
+    db = Database(settings.require_database_url(), max_size=4, name="podfn-controller").open()
+    wake = threading.Event()
+    return Controller(settings, db, build_launcher(settings, wake), wake), db
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Run a controller in this process; SIGTERM and SIGINT stop it cleanly."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    controller, db = build(settings)
+    try:
+        controller.run(stop)
+    finally:
+        db.close()

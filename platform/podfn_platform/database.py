@@ -1,0 +1,171 @@
+"""The platform's one door to Postgres.
+
+Everything the API and the controller say to Postgres goes through
+`Database`: named queries from the package's `.sql` files, a connection pool,
+LISTEN for wake-ups, and psycopg's errors turned into podfn's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from podfn_runtime import queries as named_queries
+
+from podfn.errors import DatabaseError, DatabaseUnavailable
+
+log = logging.getLogger("podfn.database")
+
+Row = dict[str, Any]
+
+_QUERIES: dict[str, str] = {
+    **named_queries.transitions(),
+    **named_queries.load("podfn_platform.sql", "queries.sql"),
+}
+
+
+def translate(exc: BaseException) -> DatabaseError:
+    """psycopg's error as podfn's: unreachable vs refused."""
+    if isinstance(exc, (psycopg.OperationalError, psycopg_pool.PoolTimeout,
+                        psycopg.InterfaceError)):
+        return DatabaseUnavailable(f"the database is unavailable: {exc}")
+    sqlstate = getattr(exc, "sqlstate", None)
+    return DatabaseError(f"the database refused a statement: {exc}", sqlstate=sqlstate)
+
+
+def jsonb(value: Any) -> Jsonb:
+    return Jsonb(value)
+
+
+class Transaction:
+    """Named queries run on one connection inside one transaction."""
+
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self._conn = conn
+
+    def all(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
+        cur = self._conn.execute(_QUERIES[name], params or {})
+        return cur.fetchall() if cur.description else []
+
+    def one(self, name: str, params: dict[str, Any] | None = None) -> Row | None:
+        rows = self.all(name, params)
+        return rows[0] if rows else None
+
+    def many(self, name: str, params: Sequence[dict[str, Any]]) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(_QUERIES[name], params)
+
+
+class Database:
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 10,
+                 name: str = "podfn") -> None:
+        self.url = url
+        self._pool = psycopg_pool.ConnectionPool(
+            url, min_size=min_size, max_size=max_size, open=False, timeout=10.0,
+            kwargs={"autocommit": True, "row_factory": dict_row, "application_name": name},
+            name=name,
+        )
+
+    def open(self, wait: bool = True) -> Database:
+        try:
+            self._pool.open(wait=wait, timeout=10.0)
+        except Exception as exc:
+            self._pool.close()
+            raise translate(exc) from exc
+        return self
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Database:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield Transaction(conn)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise translate(exc) from exc
+
+    def all(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
+        """Run one named statement in its own transaction; all its rows."""
+        with self.transaction() as tx:
+            return tx.all(name, params)
+
+    def one(self, name: str, params: dict[str, Any] | None = None) -> Row | None:
+        rows = self.all(name, params)
+        return rows[0] if rows else None
+
+    def ping(self) -> None:
+        with self.transaction() as tx:
+            tx._conn.execute("SELECT 1")
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Row]:
+        """A dedicated connection outside the pool (LISTEN, leader lock)."""
+        try:
+            return psycopg.connect(self.url, autocommit=autocommit, row_factory=dict_row,
+                                   application_name="podfn-listener")
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+
+class Listener:
+    """LISTEN on channels in a background thread; calls `on_notify(channel, payload)`.
+
+    After (re)connecting it calls `on_reconnect()`, because notifications sent
+    while it was disconnected are lost: whoever waits must look again.
+    """
+
+    def __init__(self, db: Database, channels: Sequence[str], *,
+                 on_notify: Any, on_reconnect: Any) -> None:
+        self._db = db
+        self._channels = list(channels)
+        self._on_notify = on_notify
+        self._on_reconnect = on_reconnect
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="podfn-listener", daemon=True)
+
+    def start(self) -> Listener:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                with self._db.connect() as conn:
+                    for channel in self._channels:
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self.connected.set()
+                    backoff = 0.1
+                    self._on_reconnect()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            self._on_notify(note.channel, note.payload)
+            except (psycopg.Error, DatabaseError) as exc:
+                self.connected.clear()
+                if self._stop.is_set():
+                    return
+                log.warning("listener lost its connection (%s); reconnecting in %.1fs",
+                            exc, backoff)
+                self._on_reconnect()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        self.connected.clear()

