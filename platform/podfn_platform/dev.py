@@ -57,6 +57,13 @@ class DevStack:
     _children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start(self, *, quiet: bool = False) -> DevStack:
+        try:
+            return self._start(quiet)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, quiet: bool) -> DevStack:
         host = self.settings.host
         if not port_is_free(host, self.port):
             raise ConfigurationError(f"port {self.port} on {host} is in use; choose another with "

@@ -1,0 +1,154 @@
+"""Shared fixtures: a real Postgres, a fresh database per test, a running platform.
+
+Postgres comes from PODFN_TEST_DATABASE_URL when set, else from an embedded
+server started for the session. Each test gets its own database cloned from a
+migrated template, so no test sees another's rows or an earlier run's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from podfn.settings import Settings
+from podfn_platform import migrations
+from podfn_platform.api.app import create_app
+from podfn_platform.controller.local import LocalLauncher
+from podfn_platform.controller.loop import Controller
+from podfn_platform.database import Database
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    url = os.environ.get("PODFN_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from podfn_platform.embedded import EmbeddedPostgres
+
+    workdir = Path(tempfile.mkdtemp(prefix="podfn-test-pg-"))
+    os.chmod(workdir, 0o755)
+    server = EmbeddedPostgres(workdir / "pgdata", dbname="postgres", delete=True)
+    try:
+        yield server.admin_url
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _admin(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(url, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(postgres_url: str) -> Iterator[str]:
+    name = f"podfn_template_{uuid.uuid4().hex[:12]}"
+    with _admin(postgres_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    with Database(make_conninfo(postgres_url, dbname=name), name="podfn-template") as db:
+        migrations.apply(db)
+    yield name
+    with _admin(postgres_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database_url(postgres_url: str) -> Iterator[str]:
+    """A brand-new database with no tables, dropped after the test."""
+    name = f"podfn_test_{uuid.uuid4().hex[:12]}"
+    with _admin(postgres_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield make_conninfo(postgres_url, dbname=name)
+    with _admin(postgres_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(postgres_url: str, template_db: str) -> Iterator[str]:
+    """A migrated database of this test's own, dropped after it."""
+    name = f"podfn_test_{uuid.uuid4().hex[:12]}"
+    with _admin(postgres_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield make_conninfo(postgres_url, dbname=name)
+    with _admin(postgres_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    with Database(database_url, name="podfn-test") as database:
+        yield database
+
+
+class ThreadedServer:
+    """The API app served on a loopback port from a thread (tests only)."""
+
+    def __init__(self, app: object) -> None:
+        self.server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@dataclass
+class Platform:
+    url: str
+    token: str
+    settings: Settings
+    db: Database
+    controller: Controller
+
+
+TEST_TOKEN = "test-token"
+
+
+def platform_settings(database_url: str, **overrides: object) -> Settings:
+    return Settings(database_url=database_url, api_token=TEST_TOKEN, sweep_seconds=1.0,
+                    max_wait_seconds=30.0, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def platform(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    """API (in a thread) + controller (in a thread, local launcher) on this test's database.
+
+    The client finds it through PODFN_URL / PODFN_TOKEN, as a user's would.
+    """
+    settings = platform_settings(database_url)
+    app = create_app(settings, db=db)
+    stop = threading.Event()
+    wake = threading.Event()
+    launcher = LocalLauncher(database_url, on_exit=wake.set)
+    controller = Controller(settings, db, launcher, wake)
+    thread = threading.Thread(target=controller.run, args=(stop,), daemon=True)
+    with ThreadedServer(app) as server:
+        monkeypatch.setenv("PODFN_URL", server.url)
+        monkeypatch.setenv("PODFN_TOKEN", TEST_TOKEN)
+        thread.start()
+        try:
+            assert controller.is_active.wait(10), "the controller did not become active"
+            yield Platform(server.url, TEST_TOKEN, settings, db, controller)
+        finally:
+            stop.set()
+            wake.set()
+            thread.join(15)
+            app.extensions["podfn.waiter"].close()
+    assert not thread.is_alive(), "the controller did not stop"
