@@ -1,0 +1,61 @@
+from decimal import Decimal
+
+import pytest
+
+from podfn import remote
+from podfn.errors import InvalidSpec
+from podfn.spec import parse_quantity, validate
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("250m", Decimal("0.25")), ("2", Decimal(2)), ("0.5", Decimal("0.5")),
+    ("256Mi", Decimal(256 * 2**20)), ("1Gi", Decimal(2**30)), ("1G", Decimal(10**9)),
+    ("1e3", Decimal(1000)), (3, Decimal(3)),
+])
+def test_quantities_follow_the_kubernetes_grammar(text: object, value: Decimal) -> None:
+    assert parse_quantity("cpu", text) == value
+
+
+@pytest.mark.parametrize("text", ["2 cores", "-1Gi", "0", "1GB", "", "abc", "1.2.3"])
+def test_bad_quantities_name_the_field(text: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        validate({"memory": text})
+    assert info.value.field == "memory"
+    assert repr(text) in str(info.value)
+
+
+def test_unknown_hint_is_rejected_by_name() -> None:
+    with pytest.raises(InvalidSpec) as info:
+        validate({"memroy": "1Gi"})
+    assert info.value.field == "memroy"
+    assert "known hints" in str(info.value)
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"retries": -1}, "retries"), ({"retries": 1.5}, "retries"), ({"timeout": 0}, "timeout"),
+    ({"gpu": True}, "gpu"), ({"env": {"A": 1}}, "env"), ({"env": ["A"]}, "env"),
+    ({"labels": {"bad key!": "x"}}, "labels"), ({"image": ""}, "image"),
+    ({"tolerations": "all"}, "tolerations"), ({"pod_patch": [1]}, "pod_patch"),
+])
+def test_malformed_hints(spec: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        validate(spec)
+    assert info.value.field == field
+
+
+def test_defaults_are_filled_and_fresh() -> None:
+    a = validate({})
+    a["env"]["X"] = "1"
+    assert validate({})["env"] == {}
+    assert a["retries"] == 0 and a["timeout"] is None
+
+
+def test_decorator_rejects_bad_hints_at_once() -> None:
+    with pytest.raises(InvalidSpec, match="cpu"):
+        remote(cpu="2 cores")(lambda: None)
+
+
+def test_options_override_for_one_copy() -> None:
+    f = remote(memory="1Gi")(lambda: None)
+    g = f.options(memory="2Gi", timeout=5)
+    assert (f.hints["memory"], g.hints["memory"], g.hints["timeout"]) == ("1Gi", "2Gi", 5)

@@ -1,0 +1,147 @@
+"""The call state machine on real Postgres: guards, fencing, final states."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from podfn_platform.database import Database, jsonb
+
+FINAL = ("succeeded", "failed", "timed_out", "cancelled")
+
+
+def new_call(db: Database, **spec: Any) -> str:
+    call_id = uuid.uuid4().hex
+    with db.transaction() as tx:
+        tx.all("insert_payload", {"digest": "d", "data": b"f"})
+        tx.all("insert_call", {"id": call_id, "function_name": "f", "function_digest": "d",
+                               "args": b"a", "spec": jsonb(spec), "client_python": "3.11",
+                               "client_cloudpickle": "3.1"})
+    return call_id
+
+
+def claim(db: Database) -> dict[str, Any]:
+    rows = db.all("claim_queued", {"limit": 1})
+    assert len(rows) == 1
+    return rows[0]
+
+
+def state(db: Database, call_id: str) -> dict[str, Any]:
+    row = db.one("get_call", {"id": call_id})
+    assert row is not None
+    return row
+
+
+def fail_params(call_id: str, attempt: int, retryable: bool = True) -> dict[str, Any]:
+    return {"id": call_id, "attempt": attempt, "retryable": retryable, "reason": "boom",
+            "exit_code": None, "error_type": "E", "error_message": "m", "error_traceback": "tb",
+            "error_pickle": None, "stdout": "", "stderr": ""}
+
+
+def test_happy_path_moves_forward_only(db: Database) -> None:
+    call_id = new_call(db)
+    claimed = claim(db)
+    assert (claimed["id"], claimed["attempt"]) == (call_id, 1)
+    assert db.one("claim_queued", {"limit": 5}) is None
+    run = db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    assert run is not None and run["function"] == b"f" and run["args"] == b"a"
+    assert db.one("claim_attempt", {"id": call_id, "attempt": 1}) is None
+    done = db.one("succeed", {"id": call_id, "attempt": 1, "result": b"r", "stdout": "o",
+                              "stderr": ""})
+    assert done is not None and done["state"] == "succeeded"
+    assert state(db, call_id)["finished_at"] is not None
+
+
+@pytest.mark.parametrize("final", FINAL)
+def test_final_states_are_final(db: Database, final: str) -> None:
+    call_id = new_call(db)
+    claim(db)
+    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    if final == "succeeded":
+        db.one("succeed", {"id": call_id, "attempt": 1, "result": b"r", "stdout": "",
+                           "stderr": ""})
+    elif final == "failed":
+        db.one("fail", fail_params(call_id, 1, retryable=False))
+    elif final == "timed_out":
+        db.one("time_out", {"id": call_id, "attempt": 1, "reason": "late"})
+    else:
+        db.one("cancel", {"id": call_id, "reason": "by test"})
+    assert state(db, call_id)["state"] == final
+    attempts = [
+        ("succeed", {"id": call_id, "attempt": 1, "result": b"x", "stdout": "", "stderr": ""}),
+        ("fail", fail_params(call_id, 1)),
+        ("time_out", {"id": call_id, "attempt": 1, "reason": "x"}),
+        ("cancel", {"id": call_id, "reason": "x"}),
+        ("disrupt", {"id": call_id, "attempt": 1, "reason": "x", "exit_code": None,
+                     "max_disruptions": 3}),
+        ("claim_attempt", {"id": call_id, "attempt": 1}),
+    ]
+    for name, params in attempts:
+        assert db.one(name, params) is None, f"{name} changed a {final} call"
+    assert db.one("claim_queued", {"limit": 5}) is None
+    assert state(db, call_id)["state"] == final
+
+
+def test_a_stale_attempt_cannot_write(db: Database) -> None:
+    call_id = new_call(db)
+    claim(db)
+    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    db.one("disrupt", {"id": call_id, "attempt": 1, "reason": "node lost", "exit_code": None,
+                       "max_disruptions": 3})
+    assert claim(db)["attempt"] == 2
+    assert db.one("succeed", {"id": call_id, "attempt": 1, "result": b"old", "stdout": "",
+                              "stderr": ""}) is None
+    assert db.one("claim_attempt", {"id": call_id, "attempt": 1}) is None
+    assert db.one("claim_attempt", {"id": call_id, "attempt": 2}) is not None
+    assert db.one("succeed", {"id": call_id, "attempt": 2, "result": b"new", "stdout": "",
+                              "stderr": ""}) is not None
+    rows = db.all("finished_calls", {"ids": [call_id]})
+    assert rows[0]["result"] == b"new"
+    attempts = db.all("get_attempts", {"id": call_id})
+    assert [a["state"] for a in attempts] == ["disrupted", "succeeded"]
+
+
+def test_user_retries_back_off_then_fail(db: Database) -> None:
+    call_id = new_call(db, retries=1, retry_backoff=60)
+    claim(db)
+    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    assert db.one("fail", fail_params(call_id, 1))["state"] == "queued"  # type: ignore[index]
+    row = state(db, call_id)
+    assert row["user_failures"] == 1 and row["not_before"] is not None
+    assert db.one("claim_queued", {"limit": 1}) is None, "claimed before its backoff ended"
+    with db.transaction() as tx:
+        tx._conn.execute("UPDATE podfn_calls SET not_before = now() WHERE id = %s", (call_id,))
+    claim(db)
+    db.one("claim_attempt", {"id": call_id, "attempt": 2})
+    assert db.one("fail", fail_params(call_id, 2))["state"] == "failed"  # type: ignore[index]
+
+
+def test_non_retryable_failures_do_not_spend_retries(db: Database) -> None:
+    call_id = new_call(db, retries=5)
+    claim(db)
+    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    assert db.one("fail", fail_params(call_id, 1, retryable=False))["state"] == "failed"  # type: ignore[index]
+
+
+def test_disruptions_do_not_spend_user_retries_up_to_the_platform_limit(db: Database) -> None:
+    call_id = new_call(db, retries=0)
+    for attempt in (1, 2):
+        assert claim(db)["attempt"] == attempt
+        row = db.one("disrupt", {"id": call_id, "attempt": attempt, "reason": "evicted",
+                                 "exit_code": None, "max_disruptions": 2})
+        assert row is not None and row["state"] == "queued"
+    claim(db)
+    row = db.one("disrupt", {"id": call_id, "attempt": 3, "reason": "evicted", "exit_code": None,
+                             "max_disruptions": 2})
+    assert row is not None and row["state"] == "failed"
+    final = state(db, call_id)
+    assert final["user_failures"] == 0
+    assert "platform retries exhausted after 3 disruptions" in final["reason"]
+
+
+def test_cancel_from_queued(db: Database) -> None:
+    call_id = new_call(db)
+    assert db.one("cancel", {"id": call_id, "reason": "r"})["state"] == "cancelled"  # type: ignore[index]
+    assert db.one("claim_queued", {"limit": 5}) is None
