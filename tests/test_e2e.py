@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
 import time
@@ -212,5 +213,5 @@ def test_concurrency_limit_queues_instead_of_failing(platform: object) -> None:
     assert [podfn.Call.from_id(i).result() for i in ids] == [1, 2, 3]
     spans = sorted((a["launched_at"], a["finished_at"])
                    for i in ids for a in podfn.Call.from_id(i).info()["attempts"])
-    for (_, finished), (launched, _) in zip(spans, spans[1:], strict=False):
+    for (_, finished), (launched, _) in itertools.pairwise(spans):
         assert launched >= finished, "two attempts ran at once despite max_concurrency=1"

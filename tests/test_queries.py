@@ -1,4 +1,5 @@
 import pytest
+
 from podfn_runtime import queries
 
 

@@ -58,7 +58,8 @@ def _register_user_modules() -> None:
 
 def dumps(obj: Any) -> bytes:
     _register_user_modules()
-    return cloudpickle.dumps(obj)
+    data: bytes = cloudpickle.dumps(obj)
+    return data
 
 
 def loads(data: bytes) -> Any:

@@ -18,9 +18,9 @@ import psycopg_pool
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from podfn_runtime import queries as named_queries
 
 from podfn.errors import DatabaseError, DatabaseUnavailable
+from podfn_runtime import queries as named_queries
 
 log = logging.getLogger("podfn.database")
 
@@ -95,7 +95,7 @@ class Database:
     def transaction(self) -> Iterator[Transaction]:
         try:
             with self._pool.connection() as conn, conn.transaction():
-                yield Transaction(conn)
+                yield Transaction(conn)  # type: ignore[arg-type]  # pool rows are dict_row
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise translate(exc) from exc
 

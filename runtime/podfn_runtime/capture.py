@@ -82,7 +82,7 @@ def capture_output() -> Iterator[Captured]:
     """Tee sys.stdout and sys.stderr for the duration of the block."""
     saved = sys.stdout, sys.stderr
     out, err = _Tee(saved[0]), _Tee(saved[1])
-    sys.stdout, sys.stderr = out, err  # type: ignore[assignment]
+    sys.stdout, sys.stderr = out, err
     try:
         yield Captured(out, err)
     finally:

@@ -66,7 +66,7 @@ def version_mismatch(client_python: str, client_cloudpickle: str) -> str | None:
 def _pickled_exception(exc: BaseException) -> bytes | None:
     """The exception pickled, if the client will be able to load it back."""
     try:
-        blob = cloudpickle.dumps(exc)
+        blob: bytes = cloudpickle.dumps(exc)
         cloudpickle.loads(blob)
     except Exception:
         return None
@@ -106,7 +106,8 @@ def execute(function: bytes, args: bytes, spec: dict[str, Any]) -> bytes | Failu
             exc, reason=f"the function raised {type(exc).__name__}: {exc}", retryable=True
         )
     try:
-        return cloudpickle.dumps(value)
+        result: bytes = cloudpickle.dumps(value)
+        return result
     except Exception as exc:
         return failure_from(
             exc,

@@ -148,7 +148,7 @@ def _wait_seconds(value: Any) -> float:
                        field="wait") from None
     if not 0 <= seconds < float("inf"):
         raise APIError(400, "invalid_field", "wait must be >= 0", field="wait")
-    return min(seconds, current_app.config["PODFN_MAX_WAIT"])
+    return min(seconds, float(current_app.config["PODFN_MAX_WAIT"]))
 
 
 def _wait_finished(ids: list[str], seconds: float) -> list[Row]:

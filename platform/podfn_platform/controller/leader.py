@@ -8,6 +8,7 @@ gone, so two controllers never act at once for longer than one turn.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import psycopg
@@ -65,7 +66,5 @@ class LeaderLock:
     def release(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 conn.close()
-            except psycopg.Error:
-                pass

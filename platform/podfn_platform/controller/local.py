@@ -11,6 +11,7 @@ node_selector, ...) are accepted and ignored, with a debug log.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -89,7 +90,9 @@ class LocalLauncher:
                "PODFN_CALL_ID": attempt.call_id, "PODFN_ATTEMPT": str(attempt.attempt),
                "PYTHONUNBUFFERED": "1"}
         memory = memory_bytes(spec["memory"]) if spec.get("memory") else None
-        log_file = tempfile.NamedTemporaryFile(prefix=f"podfn-{attempt.call_id}-{attempt.attempt}-",
+        # Closed by the thread that waits for the process.
+        log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix=f"podfn-{attempt.call_id}-{attempt.attempt}-",
                                                suffix=".log", delete=False)
         popen = subprocess.Popen(
             [self._python, "-m", "podfn_runtime"],
@@ -149,10 +152,8 @@ class LocalLauncher:
             if proc is None or proc.ended_by:
                 return None
             proc.ended_by = why
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         return proc
 
     def stop(self, key: tuple[str, int]) -> None:

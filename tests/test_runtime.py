@@ -1,0 +1,83 @@
+"""The runtime process on its own: claiming, fencing, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import cloudpickle
+
+from podfn_platform.database import Database, jsonb
+
+
+def submit(db: Database, fn: object, *args: object) -> str:
+    call_id = uuid.uuid4().hex
+    blob = cloudpickle.dumps(fn)
+    with db.transaction() as tx:
+        tx.all("insert_payload", {"digest": call_id, "data": blob})
+        tx.all("insert_call", {
+            "id": call_id, "function_name": "f", "function_digest": call_id,
+            "args": cloudpickle.dumps((args, {})), "spec": jsonb({}),
+            "client_python": f"{sys.version_info.major}.{sys.version_info.minor}.0",
+            "client_cloudpickle": cloudpickle.__version__})
+    return call_id
+
+
+def run_runtime(database_url: str, call_id: str, attempt: int) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PODFN_DATABASE_URL": database_url}
+    return subprocess.run([sys.executable, "-m", "podfn_runtime", "--call-id", call_id,
+                           "--attempt", str(attempt)], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_runs_a_launched_attempt_and_records_the_result(db: Database, database_url: str) -> None:
+    call_id = submit(db, pow, 2, 10)
+    db.all("claim_queued", {"limit": 1})
+    done = run_runtime(database_url, call_id, 1)
+    assert done.returncode == 0, done.stderr
+    [row] = db.all("finished_calls", {"ids": [call_id]})
+    assert row["state"] == "succeeded" and cloudpickle.loads(row["result"]) == 1024
+
+
+def test_a_stale_attempt_exits_zero_and_writes_nothing(db: Database, database_url: str) -> None:
+    call_id = submit(db, pow, 2, 3)
+    db.all("claim_queued", {"limit": 1})
+    db.one("disrupt", {"id": call_id, "attempt": 1, "reason": "node lost", "exit_code": None,
+                       "max_disruptions": 3})
+    db.all("claim_queued", {"limit": 1})  # attempt 2 is current now
+    late = run_runtime(database_url, call_id, 1)
+    assert late.returncode == 0
+    assert "stale attempt" in late.stderr
+    row = db.one("get_call", {"id": call_id})
+    assert row is not None and row["state"] == "launching" and row["attempt"] == 2
+
+
+def test_a_late_write_from_an_older_attempt_is_ignored(db: Database, database_url: str) -> None:
+    """Attempt 1 claimed and running when attempt 2 took over: its result never lands."""
+    call_id = submit(db, pow, 3, 2)
+    db.all("claim_queued", {"limit": 1})
+    assert db.one("claim_attempt", {"id": call_id, "attempt": 1}) is not None
+    db.one("disrupt", {"id": call_id, "attempt": 1, "reason": "evicted", "exit_code": None,
+                       "max_disruptions": 3})
+    db.all("claim_queued", {"limit": 1})
+    assert run_runtime(database_url, call_id, 2).returncode == 0
+    late = db.one("succeed", {"id": call_id, "attempt": 1, "result": b"stale", "stdout": "",
+                              "stderr": ""})
+    assert late is None
+    [row] = db.all("finished_calls", {"ids": [call_id]})
+    assert cloudpickle.loads(row["result"]) == 9
+
+
+def test_no_database_is_a_runtime_failure() -> None:
+    done = run_runtime("postgresql://nobody@127.0.0.1:1/none", "x", 1)
+    assert done.returncode == 1
+    assert "cannot connect" in done.stderr
+
+
+def test_missing_arguments_are_a_usage_error() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PODFN_")}
+    done = subprocess.run([sys.executable, "-m", "podfn_runtime"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "--call-id" in done.stderr
