@@ -89,3 +89,38 @@ class RemoteTraceback(PodfnError):
 
     def __str__(self) -> str:
         return "\n\n" + self.traceback_text.rstrip()
+
+
+class KubernetesError(PodfnError):
+    """The Kubernetes API refused a request or could not be reached (the platform's side)."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class KubernetesTransient(KubernetesError):
+    """429, 5xx or a broken connection: worth retrying after a pause."""
+
+
+class KubernetesConflict(KubernetesError):
+    """409: the object already exists."""
+
+
+class KubernetesNotFound(KubernetesError):
+    """404."""
+
+
+class KubernetesGone(KubernetesError):
+    """410: the resourceVersion asked for is no longer in the server's history."""
+
+
+class KubernetesQuotaExceeded(KubernetesError):
+    """403 'exceeded quota': the cluster may have room later."""
+
+
+class KubernetesInvalid(KubernetesError):
+    """422 or another 4xx: the request itself is wrong and retrying will not help."""

@@ -119,6 +119,23 @@ SELECT id, attempt, state,
             ELSE pg_notify('podfn_queued', id) END
 FROM c;
 
+-- name: defer
+-- Controller: launching -> queued, not started, to be tried again after
+-- `delay` seconds (the cluster refused the pod for now, e.g. quota). Spends
+-- neither the user's retries nor the platform's.
+WITH c AS (
+    UPDATE podfn_calls
+    SET state = 'queued', reason = %(reason)s,
+        not_before = clock_timestamp() + make_interval(secs => %(delay)s)
+    WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'launching'
+    RETURNING id, attempt, state
+), a AS (
+    UPDATE podfn_attempts SET state = 'deferred', reason = %(reason)s,
+        finished_at = clock_timestamp()
+    FROM c WHERE podfn_attempts.call_id = c.id AND podfn_attempts.attempt = c.attempt
+)
+SELECT id, attempt, state, pg_notify('podfn_queued', id) FROM c;
+
 -- name: time_out
 -- Controller: launching/running -> timed_out. The deadline wins over retries.
 WITH c AS (

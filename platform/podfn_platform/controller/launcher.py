@@ -1,13 +1,15 @@
-"""What the controller needs from a launcher: start attempts, stop them, report exits.
+"""What the controller needs from a launcher: start attempts, stop them, report what became of them.
 
 A launcher runs one attempt of one call somewhere (a local process, a pod).
-It knows nothing of Postgres: it reports what happened to the attempt, and
-the controller turns that into a guarded state transition.
+It knows nothing of Postgres: it reports what happened to each attempt as an
+`Exit`, and the controller turns that into one guarded state transition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -18,50 +20,71 @@ class Attempt:
     function_name: str
     spec: dict[str, Any]
     client_python: str
+    state: str = "launching"
+    launched_at: datetime | None = None
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.call_id, self.attempt)
 
 
+# How the controller reads an Exit's kind:
+EXIT_KINDS = {
+    "exited": "the attempt ended by itself without a result: the function's failure "
+              "(spends the user's retries)",
+    "fatal": "the attempt cannot run and retrying will not help (bad image, bad config)",
+    "timeout": "the attempt ran past its `timeout`: final",
+    "stopped": "the controller stopped it (cancelled, superseded, shutting down)",
+    "disrupted": "it vanished for a reason the user did not cause (platform retry)",
+    "deferred": "it could not start yet (e.g. quota): back to the queue, nothing spent",
+}
+
+
 @dataclass(frozen=True)
 class Exit:
-    """An attempt's process or pod ended.
-
-    `kind` says who ended it and how the controller should read it:
-    - "exited": it ended by itself (exit_code, or signal if killed from outside);
-    - "timeout": the launcher stopped it at its deadline;
-    - "stopped": the controller asked it to stop (cancelled, or a newer attempt);
-    - "disrupted": it vanished for a reason the user did not cause.
-    """
-
     attempt: Attempt
     kind: str
     reason: str
     exit_code: int | None = None
+    delay: float = 0.0  # for "deferred": seconds before trying again
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXIT_KINDS:
+            raise ValueError(f"unknown exit kind {self.kind!r}")
+
+
+Unfinished = Callable[[], list[Attempt]]
 
 
 class Launcher(Protocol):
+    def start(self) -> None:
+        """Begin following what runs (called once this controller is the active one)."""
+
     def launch(self, attempt: Attempt) -> str:
-        """Start the attempt; a reference to it (pid, pod name) for people."""
+        """Start the attempt (may return before it exists); a reference for people."""
 
     def stop(self, key: tuple[str, int]) -> None:
-        """Stop the attempt if it is still running (cancel, fenced)."""
+        """Stop the attempt if it still runs (cancelled, superseded)."""
 
     def active(self) -> list[Attempt]:
-        """Attempts started and not yet reported as exited."""
+        """Attempts started and not yet reported in `exits()`."""
 
     def exits(self) -> list[Exit]:
-        """Attempts that ended since the last call (each reported once)."""
+        """Attempts that ended since the last call, each reported once."""
+
+    def settle(self, exit_: Exit) -> None:
+        """The exit's outcome is in Postgres: free what the attempt still holds."""
 
     def next_deadline(self) -> float | None:
-        """Seconds until the launcher next needs a turn (a timeout), if any."""
+        """Seconds until the launcher next needs `reconcile`, if it has a deadline."""
 
-    def enforce_deadlines(self) -> None:
-        """Stop attempts past their timeout (reported as kind "timeout")."""
+    def reconcile(self, unfinished: Unfinished, *, full: bool) -> None:
+        """Compare what runs with the calls Postgres says are in flight.
 
-    def recover(self, unfinished: list[Attempt]) -> list[Exit]:
-        """After a (re)start: what became of attempts a previous controller launched."""
+        `full` after a (re)start or a lost event stream: every unfinished
+        attempt is checked. Otherwise only what is due (deadlines, timers).
+        Findings are reported through `exits()`.
+        """
 
     def close(self) -> None:
-        """Stop everything still running."""
+        """Stop following; stop local work still running."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from podfn.spec import memory_bytes
-from podfn_platform.controller.launcher import Attempt, Exit
+from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
 
 log = logging.getLogger("podfn.controller.local")
 
@@ -79,6 +79,9 @@ class LocalLauncher:
         self._lock = threading.Lock()
         self._running: dict[tuple[str, int], _Process] = {}
         self._exits: list[Exit] = []
+
+    def start(self) -> None:
+        pass
 
     def launch(self, attempt: Attempt) -> str:
         spec = attempt.spec
@@ -175,7 +178,15 @@ class LocalLauncher:
                          if p.deadline is not None and not p.ended_by]
         return max(0.0, min(deadlines)) if deadlines else None
 
-    def enforce_deadlines(self) -> None:
+    def settle(self, exit_: Exit) -> None:
+        pass
+
+    def reconcile(self, unfinished: Unfinished, *, full: bool) -> None:
+        self._enforce_deadlines()
+        if full:
+            self._adopt_orphans(unfinished())
+
+    def _enforce_deadlines(self) -> None:
         now = time.monotonic()
         with self._lock:
             expired = [k for k, p in self._running.items()
@@ -183,10 +194,12 @@ class LocalLauncher:
         for key in expired:
             self._kill(key, "timeout")
 
-    def recover(self, unfinished: list[Attempt]) -> list[Exit]:
-        """Processes die with the controller that started them: every one is gone."""
-        mine = {a.key for a in self.active()}
-        return [Exit(a, "disrupted",
+    def _adopt_orphans(self, unfinished: list[Attempt]) -> None:
+        """Processes die with the controller that started them: any we did not start is gone."""
+        with self._lock:
+            mine = set(self._running) | {e.attempt.key for e in self._exits}
+            self._exits += [
+                Exit(a, "disrupted",
                      f"attempt {a.attempt} was lost when the controller running it stopped")
                 for a in unfinished if a.key not in mine]
 

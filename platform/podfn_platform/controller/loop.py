@@ -28,7 +28,8 @@ FINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 def attempt_from(row: dict[str, Any]) -> Attempt:
     return Attempt(call_id=row["id"], attempt=row["attempt"],
                    function_name=row.get("function_name", ""), spec=row["spec"],
-                   client_python=row.get("client_python", ""))
+                   client_python=row.get("client_python", ""),
+                   state=row.get("state", "launching"), launched_at=row.get("launched_at"))
 
 
 class Controller:
@@ -56,7 +57,8 @@ class Controller:
         listener.start()
         self.is_active.set()
         try:
-            self.recover()
+            self.launcher.reconcile(self.unfinished, full=True)
+            self.launcher.start()
             while not stop.is_set():
                 self.leader.check()
                 self.wake.clear()
@@ -85,20 +87,19 @@ class Controller:
     # -- one turn ----------------------------------------------------------
 
     def turn(self) -> None:
-        self.launcher.enforce_deadlines()
+        self.launcher.reconcile(self.unfinished, full=False)
         self.reconcile_exits()
         self.stop_moved_on()
         self.launch_queued()
 
-    def recover(self) -> None:
-        """Reconcile attempts that a previous controller left in flight."""
-        unfinished = [attempt_from(r) for r in self.db.all("unfinished_attempts")]
-        for exit_ in self.launcher.recover(unfinished):
-            self.record(exit_)
+    def unfinished(self) -> list[Attempt]:
+        """Attempts Postgres says are in flight (launching or running)."""
+        return [attempt_from(r) for r in self.db.all("unfinished_attempts")]
 
     def reconcile_exits(self) -> None:
         for exit_ in self.launcher.exits():
             self.record(exit_)
+            self.launcher.settle(exit_)
 
     def record(self, exit_: Exit) -> None:
         """Turn what happened to an attempt into (at most) one guarded transition."""
@@ -110,10 +111,14 @@ class Controller:
         elif exit_.kind in ("stopped", "disrupted"):
             row = self.db.one("disrupt", {**params,
                                           "max_disruptions": self.settings.max_disruptions})
+        elif exit_.kind == "deferred":
+            row = self.db.one("defer", {"id": a.call_id, "attempt": a.attempt,
+                                        "reason": exit_.reason, "delay": exit_.delay})
         else:
-            row = self.db.one("fail", {**params, "retryable": True, "error_type": None,
-                                       "error_message": None, "error_traceback": None,
-                                       "error_pickle": None, "stdout": None, "stderr": None})
+            row = self.db.one("fail", {**params, "retryable": exit_.kind == "exited",
+                                       "error_type": None, "error_message": None,
+                                       "error_traceback": None, "error_pickle": None,
+                                       "stdout": None, "stderr": None})
         if row is not None:
             log.info("call %s attempt %d -> %s: %s", a.call_id, a.attempt, row["state"],
                      exit_.reason.splitlines()[0])

@@ -52,7 +52,7 @@ SELECT id, attempt, state FROM podfn_calls WHERE id = ANY(%(ids)s);
 -- name: unfinished_attempts
 -- Calls that had an attempt launched and have not finished: after a restart
 -- the controller reconciles each against what its launcher still holds.
-SELECT id, attempt, state, spec, launched_at FROM podfn_calls
+SELECT id, attempt, state, spec, launched_at, function_name, client_python FROM podfn_calls
 WHERE state IN ('launching', 'running');
 
 -- name: next_retry_at

@@ -49,7 +49,8 @@ CREATE TABLE podfn_attempts (
     attempt      integer NOT NULL,
     state        text NOT NULL DEFAULT 'launching'
         CHECK (state IN ('launching', 'running', 'succeeded', 'failed',
-                         'timed_out', 'cancelled', 'disrupted', 'retrying')),
+                         'timed_out', 'cancelled', 'disrupted', 'retrying',
+                         'deferred')),
     reason       text,
     exit_code    integer,
     ref          text,                -- the process id or pod name that ran it
