@@ -46,6 +46,17 @@ class Settings:
     max_concurrency: int = 32
     sweep_seconds: float = 5.0
     max_disruptions: int = 3
+    # Kubernetes launcher (KUBECONFIG is read as kubectl reads it).
+    kube_context: str | None = None
+    runtime_image: str = "ghcr.io/podfn/runtime"  # tagged py<major.minor>
+    database_secret: str = "podfn-database"  # Secret with key `url`: the database URL for pods
+    pod_create_concurrency: int = 8
+    pod_create_qps: float = 20.0
+    pending_timeout_seconds: float = 300.0
+    launch_grace_seconds: float = 60.0
+    keep_failed_pods_seconds: float = 3600.0
+    reconcile_seconds: float = 60.0
+    watch_timeout_seconds: int = 60
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -54,7 +65,8 @@ class Settings:
                 f"PODFN_LAUNCHER={self.launcher!r} is not a launcher; use one of "
                 + ", ".join(LAUNCHERS)
             )
-        for name in ("port", "workers", "threads", "max_request_bytes", "max_concurrency"):
+        for name in ("port", "workers", "threads", "max_request_bytes", "max_concurrency",
+                     "pod_create_concurrency", "pod_create_qps", "watch_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"PODFN_{name.upper()} must be positive")
 

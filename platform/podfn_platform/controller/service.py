@@ -11,23 +11,28 @@ from podfn.settings import Settings
 from podfn_platform.controller.launcher import Launcher
 from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.controller.loop import Controller
+from podfn_platform.controller.state import StateStore
 from podfn_platform.database import Database
 
 log = logging.getLogger("podfn.controller")
 
 
-def build_launcher(settings: Settings, wake: threading.Event) -> Launcher:
+def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> Launcher:
     if settings.launcher == "local":
         return LocalLauncher(settings.require_database_url(), on_exit=wake.set)
-    raise ConfigurationError(
-        f"PODFN_LAUNCHER={settings.launcher!r} is not available in this build yet; use 'local'"
-    )
+    if settings.launcher == "kubernetes":
+        from podfn_platform.kube.client import KubeClient
+        from podfn_platform.kube.launcher import KubernetesLauncher
+
+        kube = KubeClient(settings.namespace, context=settings.kube_context)
+        return KubernetesLauncher(kube, settings, StateStore(db), wake=wake.set)
+    raise ConfigurationError(f"PODFN_LAUNCHER={settings.launcher!r} is not a launcher")
 
 
 def build(settings: Settings) -> tuple[Controller, Database]:
     db = Database(settings.require_database_url(), max_size=4, name="podfn-controller").open()
     wake = threading.Event()
-    return Controller(settings, db, build_launcher(settings, wake), wake), db
+    return Controller(settings, db, build_launcher(settings, db, wake), wake), db
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:

@@ -9,6 +9,7 @@ subclass, so callers decide on podfn's terms: retry (transient), fine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -121,12 +122,10 @@ class KubeClient:
 
     def delete_pod(self, name: str, *, grace_seconds: int | None = None) -> None:
         """Delete a pod; one that is already gone is fine."""
-        try:
+        with contextlib.suppress(KubernetesNotFound):
             self._call(f"delete pod {name}", self.core.delete_namespaced_pod, name,
                        self.namespace, grace_period_seconds=grace_seconds,
                        _preload_content=False)
-        except KubernetesNotFound:
-            pass
 
     def list_pods(self, label_selector: str) -> tuple[list[dict[str, Any]], str]:
         """The pods and the list's resourceVersion (to watch from)."""
@@ -136,29 +135,16 @@ class KubeClient:
         return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
 
     def watch_pods(self, label_selector: str, resource_version: str, *, timeout_seconds: int,
-                   read_timeout: float) -> Iterator[dict[str, Any]]:
+                   read_timeout: float) -> WatchStream:
         """Raw watch events from `resource_version` until the server ends the stream.
 
         ERROR events with 410 and HTTP 410 both raise KubernetesGone. A
         stream that stops sending for `read_timeout` seconds raises
         KubernetesTransient (a dead connection, noticed).
         """
-        watcher = k8s_watch.Watch()
-        stream = watcher.stream(
-            self.core.list_namespaced_pod, self.namespace, label_selector=label_selector,
-            resource_version=resource_version, timeout_seconds=timeout_seconds,
-            allow_watch_bookmarks=True, deserialize=False,
-            _request_timeout=(_REQUEST_TIMEOUT[0], read_timeout),
-        )
-        try:
-            yield from stream
-        except ApiException as exc:
-            raise translate(exc, "watch pods") from exc
-        except _TRANSPORT as exc:
-            raise translate(exc, "watch pods") from exc
-        finally:
-            watcher.stop()
-            stream.close()
+        return WatchStream(self.core, self.namespace, label_selector=label_selector,
+                           resource_version=resource_version, timeout_seconds=timeout_seconds,
+                           read_timeout=read_timeout)
 
     def create_secret(self, name: str, data: dict[str, str]) -> None:
         """Create (or replace) an Opaque Secret; used by `podfn dev` and tests."""
@@ -170,3 +156,30 @@ class KubeClient:
         except KubernetesConflict:
             self._call(f"replace secret {name}", self.core.replace_namespaced_secret, name,
                        self.namespace, body, _preload_content=False)
+
+
+class WatchStream:
+    """One watch request: iterate its events; `close()` from another thread ends it at once."""
+
+    def __init__(self, core: Any, namespace: str, *, label_selector: str, resource_version: str,
+                 timeout_seconds: int, read_timeout: float) -> None:
+        self._watch = k8s_watch.Watch()
+        self._stream = self._watch.stream(
+            core.list_namespaced_pod, namespace, label_selector=label_selector,
+            resource_version=resource_version, timeout_seconds=timeout_seconds,
+            allow_watch_bookmarks=True, deserialize=False,
+            _request_timeout=(_REQUEST_TIMEOUT[0], read_timeout),
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._stream
+        except ApiException as exc:
+            raise translate(exc, "watch pods") from exc
+        except _TRANSPORT as exc:
+            raise translate(exc, "watch pods") from exc
+        finally:
+            self._stream.close()
+
+    def close(self) -> None:
+        self._watch.stop()
