@@ -8,18 +8,22 @@ environment as their base env. Fault injection is available over HTTP at
 
 from __future__ import annotations
 
-import argparse
-import signal
+import os
 import sys
-import threading
-from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a directory (``python tests/kubesim``): make the package importable
-    # by putting its parent (tests/) on sys.path - never the repo root, whose
-    # ``platform/`` folder would shadow the standard library.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # Run as a directory (``python tests/kubesim``): Python put this folder on
+    # sys.path, where selectors.py would shadow the stdlib module of that name.
+    # Replace it with its parent (tests/) so ``import kubesim`` works - never
+    # the repo root, whose ``platform/`` folder would shadow the stdlib too.
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, os.path.dirname(_here))
     __package__ = "kubesim"
+
+import argparse
+import signal
+import threading
 
 from kubesim import KubeSim
 

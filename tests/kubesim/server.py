@@ -325,7 +325,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._start_chunked()
             for line in lines:
-                self._chunk(line)
+                self._send_event(line)
             deadline = time.monotonic() + timeout
             next_bookmark = time.monotonic() + sim.bookmark_interval
             while not self.server.stopping:
@@ -342,9 +342,7 @@ class Handler(BaseHTTPRequestHandler):
                     out = self._convert(ev, res, ns, selector)
                     if out is None:
                         continue
-                    if faults.watch_event_latency:
-                        time.sleep(faults.watch_event_latency)
-                    self._chunk(self._event_line(*out))
+                    self._send_event(self._event_line(*out))
                 now = time.monotonic()
                 if now >= deadline:
                     break
@@ -361,6 +359,12 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             with faults.lock:
                 faults.open_watches -= 1
+
+    def _send_event(self, line: bytes) -> None:
+        latency = self.server.sim.faults.watch_event_latency
+        if latency:
+            time.sleep(latency)
+        self._chunk(line)
 
     @staticmethod
     def _event_line(type_: str, obj: Obj) -> bytes:
