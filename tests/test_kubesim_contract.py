@@ -738,3 +738,73 @@ def test_cli_process(tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+# -- more API surface ------------------------------------------------------------------
+
+
+def test_watch_410_error_event_without_timeout_retries_once(
+    sim: KubeSim, v1: client.CoreV1Api
+) -> None:
+    old = v1.create_namespaced_pod(NS, pod("r1", SLEEP)).metadata.resource_version
+    v1.create_namespaced_pod(NS, pod("r2", SLEEP))
+    sim.faults.set_gone_mode("event")
+    sim.faults.expire_resource_versions()
+    with pytest.raises(ApiException) as e:
+        list(watch.Watch().stream(v1.list_namespaced_pod, NS, resource_version=old))
+    assert e.value.status == 410
+    assert sim.faults.requests_seen("watch", "pods") == 2  # one silent retry, then it gives up
+
+
+def test_graceful_delete_of_waiting_pod_ends_failed(v1: client.CoreV1Api) -> None:
+    v1.create_namespaced_pod(NS, pod("wp", SLEEP, image="does-not-exist"))
+    p = wait_for_pod(v1, NS, "wp", lambda p: "ImagePullBackOff" in json.dumps(p["status"]))
+    v1.delete_namespaced_pod("wp", NS, grace_period_seconds=30)
+    evs = collect_events(v1, NS, lambda e: e["type"] == "DELETED",
+                         resource_version=p["metadata"]["resourceVersion"])
+    last = evs[-1]["raw_object"]
+    assert phase(last) == "Failed"
+    assert container_state(last)["terminated"]["reason"] == "ContainerStatusUnknown"
+
+
+def test_delete_unscheduled_pod_is_immediate(sim: KubeSim, v1: client.CoreV1Api) -> None:
+    sim.faults.set_unschedulable("0/3 nodes are available: 3 node(s) had untolerated taint.")
+    v1.create_namespaced_pod(NS, pod("us", SLEEP))
+    wait_for_pod(v1, NS, "us", lambda p: condition(p, "PodScheduled").get("status") == "False")
+    out = v1.delete_namespaced_pod("us", NS)  # default grace 30, but no node: at once
+    assert out.metadata.deletion_grace_period_seconds == 0
+    with pytest.raises(ApiException):
+        v1.read_namespaced_pod("us", NS)
+
+
+def test_log_follow_streams_until_exit(sim: KubeSim, v1: client.CoreV1Api) -> None:
+    script = "import time; print('a', flush=True); time.sleep(0.3); print('b')"
+    v1.create_namespaced_pod(NS, pod("fl", [PY, "-c", script]))
+    wait_for_pod(v1, NS, "fl", running)
+    code, headers, body = raw(sim, "GET", f"/api/v1/namespaces/{NS}/pods/fl/log?follow=true")
+    assert code == 200 and headers.get("Transfer-Encoding") == "chunked"
+    assert body == b"a\nb\n"
+
+
+def test_replace_pod_and_status(v1: client.CoreV1Api) -> None:
+    v1.create_namespaced_pod(NS, pod("rp", SLEEP, image="does-not-exist"))
+    cur = v1.read_namespaced_pod("rp", NS)
+    cur.metadata.labels["replaced"] = "yes"
+    cur.status.phase = "Succeeded"  # ignored on the main resource
+    out = v1.replace_namespaced_pod("rp", NS, cur)
+    assert out.metadata.labels["replaced"] == "yes" and out.status.phase == "Pending"
+    with pytest.raises(ApiException) as e:  # stale resourceVersion
+        v1.replace_namespaced_pod("rp", NS, cur)
+    assert e.value.status == 409
+
+
+def test_secret_delete_returns_status(v1: client.CoreV1Api) -> None:
+    v1.create_namespaced_secret(NS, {"metadata": {"name": "gone"}, "stringData": {"a": "b"}})
+    st = v1.api_client.sanitize_for_serialization(v1.delete_namespaced_secret("gone", NS))
+    assert (st["kind"], st["status"], st["details"]["name"]) == ("Status", "Success", "gone")
+    with pytest.raises(ApiException) as e:
+        v1.read_namespaced_secret("gone", NS)
+    assert e.value.status == 404
+    with pytest.raises(ApiException) as e:
+        v1.create_namespaced_secret(NS, {"metadata": {"name": "b"}, "data": {"k": "!!"}})
+    assert e.value.status == 422

@@ -20,7 +20,8 @@ secrets:
   a second delete can only shorten the grace period; finalizers hold the
   object until they are removed; Preconditions (uid, resourceVersion) honoured;
 * secrets: ``stringData`` is folded into base64 ``data``; type defaults to
-  Opaque; secrets are deleted immediately.
+  Opaque; secrets are deleted immediately and DELETE answers with a Success
+  Status (only the pod registry returns the deleted object).
 
 Simplifications: no admission plugins (no ServiceAccount token volume, no
 default tolerations, no LimitRanges/quotas), no managedFields, no dryRun, no
@@ -287,5 +288,8 @@ class Api:
             meta["deletionGracePeriodSeconds"] = g
             return cur
 
-        obj, _exists = self.store.update(resource, namespace, name, fn)
-        return obj
+        obj, exists = self.store.update(resource, namespace, name, fn)
+        if resource == "pods" or exists:
+            return obj  # the pod registry returns the deleted object
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": name, "kind": resource, "uid": obj["metadata"]["uid"]}}

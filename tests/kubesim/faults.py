@@ -13,6 +13,8 @@ Request-level faults
         ``Retry-After`` header and ``details.retryAfterSeconds``.
     set_request_latency(seconds) - sleep before handling every request.
     set_watch_event_latency(seconds) - sleep before writing each watch event.
+    requests_seen(verb, resource) - not a fault: how many such requests came
+        in (to see client retries).
 Watch faults
     drop_watches(partial=False) - close every open watch stream now: cleanly
         (terminating chunk) or half-written (a partial JSON line, then the
@@ -26,11 +28,17 @@ Pod faults (see kubelet.py)
     oom_kill(namespace, name), evict(namespace, name, reason=..., message=...),
     lose_node(namespace, name), fail_image_pulls(pattern),
     set_unschedulable(message=None | str), reset().
+
+Simplification: ``evict`` with reason EvictionByEvictionAPI is modelled like a
+kubelet eviction (process killed, pod Failed/Evicted with the
+DisruptionTarget condition) - the real Eviction API deletes the pod
+gracefully instead; there is no Eviction subresource.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +68,7 @@ class Faults:
     HTTP_METHODS = (
         "fail_requests", "set_request_latency", "set_watch_event_latency", "drop_watches",
         "expire_resource_versions", "set_gone_mode", "oom_kill", "evict", "lose_node",
-        "fail_image_pulls", "set_unschedulable", "reset",
+        "fail_image_pulls", "set_unschedulable", "reset", "requests_seen",
     )
 
     def __init__(self, store: Store, kubelet: Kubelet, gone_mode: str = "http") -> None:
@@ -73,6 +81,7 @@ class Faults:
         self.drop_generation = 0  # watches compare it with the value they started with
         self.drop_partial = False
         self.open_watches = 0
+        self.request_counts: Counter[str] = Counter()  # "verb resource" -> requests seen
 
     # -- request faults ------------------------------------------------------
 
@@ -84,8 +93,9 @@ class Faults:
             self.rules.append(_FailRule(verb, resource, count, code, retry_after))
 
     def take_failure(self, verb: str, resource: str) -> ApiError | None:
-        """Consume a matching failure rule, if any (called per request)."""
+        """Count the request and consume a matching failure rule, if any."""
         with self.lock:
+            self.request_counts[f"{verb} {resource}"] += 1
             for rule in self.rules:
                 if rule.remaining > 0 and rule.verb in ("*", verb) and \
                         rule.resource in ("*", resource):
@@ -98,6 +108,11 @@ class Faults:
                                         "request", retry_after=rule.retry_after)
                     return ApiError(500, "Internal error occurred: injected fault")
             return None
+
+    def requests_seen(self, verb: str, resource: str) -> int:
+        """How many API requests of this verb and resource arrived (failed ones too)."""
+        with self.lock:
+            return self.request_counts[f"{verb} {resource}"]
 
     def set_request_latency(self, seconds: float) -> None:
         self.request_latency = float(seconds)

@@ -217,6 +217,9 @@ class PodWorker:
         finally:
             self._kill(signal.SIGKILL)
             self._reap()
+            pod = self.k.store.try_get("pods", self.ns, self.name)
+            if pod is None or pod["metadata"].get("uid") != self.uid:
+                self.k.forget(self.uid)
 
     def _lifecycle(self) -> int:
         pod = self._check()
@@ -461,6 +464,10 @@ class Kubelet:
                 del self.workers[uid]
         if worker is not None:
             worker.wake.set()
+
+    def forget(self, uid: str) -> None:
+        with self.lock:
+            self.workers.pop(uid, None)
 
     def wake_all(self) -> None:
         with self.lock:
