@@ -173,7 +173,7 @@ class Api:
         self, resource: str, namespace: str | None, label: str | None, field: str | None
     ) -> Obj:
         selector = Selector(resource, label, field)
-        items, rv = self.store.list(resource, namespace)
+        items, rv = self.store.list_objects(resource, namespace)
         return {
             "kind": KINDS[resource] + "List",
             "apiVersion": "v1",
@@ -230,6 +230,8 @@ class Api:
             if resource == "pods":
                 new["status"] = cur.get("status", {})
                 spec = new.get("spec")
+                if not isinstance(spec, dict):
+                    spec = {}
                 causes += validation.pod_spec(spec)
                 if not causes and _mutable_spec_view(spec) != _mutable_spec_view(cur["spec"]):
                     causes.append({

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import itertools
 import os
 import re
@@ -50,7 +51,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .api import TERMINAL, Api, now_rfc3339
 from .errors import ApiError
@@ -127,6 +128,7 @@ class PodWorker:
         self.log_lock = threading.Lock()
         self.started = False  # a container process (or idle container) started
         self.deadline: float | None = None
+        self.started_at: str | None = None
         self.thread = threading.Thread(target=self._run, name=f"kubelet-{name}", daemon=True)
 
     # -- helpers -----------------------------------------------------------
@@ -228,8 +230,12 @@ class PodWorker:
             cur = next((c for c in pod["status"].get("conditions") or []
                         if c["type"] == "PodScheduled"), None)
             if not cur or cur.get("message") != why:
-                self._status(lambda st, why=why: _set_conditions(
-                    st, _cond("PodScheduled", False, "Unschedulable", why)))
+                cond = _cond("PodScheduled", False, "Unschedulable", why)
+
+                def unschedulable(st: Obj, c: Obj = cond) -> None:
+                    _set_conditions(st, c)
+
+                self._status(unschedulable)
             pod = self._wait()
         self._status(
             lambda st: _set_conditions(st, _cond("PodScheduled", True)),
@@ -315,7 +321,8 @@ class PodWorker:
 
     def _read_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        stream = cast(io.BufferedReader, self.proc.stdout)
+        for chunk in iter(lambda: stream.read1(65536), b""):
             with self.log_lock:
                 self.log.extend(chunk)
         self.proc.wait()
@@ -330,7 +337,7 @@ class PodWorker:
         if self.started:
             term: Obj = {"exitCode": code, "reason": reason or ("Completed" if code == 0 else
                                                                  "Error"),
-                         "startedAt": getattr(self, "started_at", finished),
+                         "startedAt": self.started_at or finished,
                          "finishedAt": finished, "containerID":
                              f"kubesim://{self.uid}-{pod['spec']['containers'][0]['name']}"}
         else:

@@ -38,7 +38,9 @@ def kubeconfig(sim: KubeSim, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def v1(kubeconfig: Path) -> Iterator[client.CoreV1Api]:
-    with config.new_client_from_config(config_file=str(kubeconfig)) as api_client:
+    api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig))
+    with api_client:
         yield client.CoreV1Api(api_client)
 
 
@@ -49,10 +51,12 @@ def wait_for_pod(
     lst = v1.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}")
     raw = v1.api_client.sanitize_for_serialization(lst.items)
     if raw and pred(raw[0]):
-        return raw[0]
-    w = watch.Watch()
-    stream = w.stream(v1.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}",
-                      resource_version=lst.metadata.resource_version, timeout_seconds=timeout)
+        return dict(raw[0])
+    w = watch.Watch()  # type: ignore[no-untyped-call]
+    stream = w.stream(  # type: ignore[no-untyped-call]
+        v1.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}",
+        resource_version=lst.metadata.resource_version,  # type: ignore[union-attr]
+        timeout_seconds=timeout)
     try:
         for ev in stream:
             if ev["type"] in ("ADDED", "MODIFIED") and pred(ev["raw_object"]):
@@ -67,9 +71,10 @@ def collect_events(
     timeout: int = 10, **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Watch events (``{"type", "raw_object"...}``) up to and including ``until(event)``."""
-    w = watch.Watch()
+    w = watch.Watch()  # type: ignore[no-untyped-call]
     out: list[dict[str, Any]] = []
-    stream = w.stream(v1.list_namespaced_pod, namespace, timeout_seconds=timeout, **kwargs)
+    stream = w.stream(  # type: ignore[no-untyped-call]
+        v1.list_namespaced_pod, namespace, timeout_seconds=timeout, **kwargs)
     try:
         for ev in stream:
             out.append(ev)

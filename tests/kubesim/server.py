@@ -317,7 +317,7 @@ class Handler(BaseHTTPRequestHandler):
                 self._end_chunked()
                 return
         else:
-            items, last = store.list(res, ns)
+            items, last = store.list_objects(res, ns)
             lines = [self._event_line("ADDED", o) for o in items if selector.matches(o)]
         with faults.lock:
             faults.open_watches += 1

@@ -134,7 +134,9 @@ class Store:
             obj = self._objects.get((resource, namespace, name))
             return None if obj is None else copy.deepcopy(obj)
 
-    def list(self, resource: str, namespace: str | None = None) -> tuple[list[Obj], int]:
+    def list_objects(
+        self, resource: str, namespace: str | None = None
+    ) -> tuple[list[Obj], int]:
         """All objects of ``resource`` (optionally one namespace) and the list's rv."""
         with self.cond:
             items = [
