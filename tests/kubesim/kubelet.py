@@ -129,6 +129,7 @@ class PodWorker:
         self.started = False  # a container process (or idle container) started
         self.deadline: float | None = None
         self.started_at: str | None = None
+        self.accepted_at: float | None = None
         self.thread = threading.Thread(target=self._run, name=f"kubelet-{name}", daemon=True)
 
     # -- helpers -----------------------------------------------------------
@@ -145,6 +146,9 @@ class PodWorker:
         if self.fault is not None:
             raise self.fault
         pod = self._pod()
+        ads = pod["spec"].get("activeDeadlineSeconds")
+        if self.accepted_at is not None and ads:  # re-read: the spec field may be lowered
+            self.deadline = self.accepted_at + ads
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise _Interrupt("deadline")
         if pod["metadata"].get("deletionTimestamp"):
@@ -242,10 +246,8 @@ class PodWorker:
             lambda spec: spec.__setitem__("nodeName", self.k.config.node_name),
         )
         pod = self._wait(self.k.config.step_delay)
-        # 2. accepted by the kubelet
-        ads = pod["spec"].get("activeDeadlineSeconds")
-        if ads:
-            self.deadline = time.monotonic() + ads
+        # 2. accepted by the kubelet; activeDeadlineSeconds counts from here (startTime)
+        self.accepted_at = time.monotonic()
 
         def accept(st: Obj) -> None:
             st["hostIP"] = "10.0.0.1"
