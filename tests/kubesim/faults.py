@@ -1,0 +1,176 @@
+"""Fault injection: the ways a real cluster misbehaves, on demand.
+
+Every method is callable in-process (``sim.faults.oom_kill("ns", "pod")``) and
+over HTTP from another process as ``POST /_sim/faults/<method>`` with the
+keyword arguments as a JSON object body (``{}`` for none); the answer is
+``{"result": ...}``. ``GET /_sim/faults`` lists the method names.
+
+Request-level faults
+    fail_requests(verb, resource, count=1, code=500, retry_after=1)
+        the next ``count`` requests matching verb (get, list, watch, create,
+        update, patch, delete or ``*``) and resource (pods, pods/status,
+        pods/log, secrets or ``*``) get a Status error; 429 and 503 carry a
+        ``Retry-After`` header and ``details.retryAfterSeconds``.
+    set_request_latency(seconds) - sleep before handling every request.
+    set_watch_event_latency(seconds) - sleep before writing each watch event.
+    requests_seen(verb, resource) - not a fault: how many such requests came
+        in (to see client retries).
+Watch faults
+    drop_watches(partial=False) - close every open watch stream now: cleanly
+        (terminating chunk) or half-written (a partial JSON line, then the
+        socket is cut without ending the chunked body); returns how many.
+    expire_resource_versions() - move the compaction point to the current
+        resourceVersion: new watches from any older version get 410.
+    set_gone_mode("http" | "event") - how a too-old watch is refused: an HTTP
+        410 Status response, or a 200 stream whose first event is an ERROR
+        with a 410 Expired Status (both happen on real clusters).
+Pod faults (see kubelet.py)
+    oom_kill(namespace, name), evict(namespace, name, reason=..., message=...),
+    lose_node(namespace, name), fail_image_pulls(pattern),
+    set_unschedulable(message=None | str), reset().
+
+Simplification: ``evict`` with reason EvictionByEvictionAPI is modelled like a
+kubelet eviction (process killed, pod Failed/Evicted with the
+DisruptionTarget condition) - the real Eviction API deletes the pod
+gracefully instead; there is no Eviction subresource.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .kubelet import Kubelet
+    from .store import Store
+
+DEFAULT_UNSCHEDULABLE = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+DEFAULT_EVICTION = "The node was low on resource: memory. Threshold quantity: 100Mi, " \
+    "available: 50Mi. "
+
+
+@dataclass
+class _FailRule:
+    verb: str
+    resource: str
+    remaining: int
+    code: int
+    retry_after: int
+
+
+class Faults:
+    """Fault switches shared by the HTTP server, the store and the kubelet."""
+
+    HTTP_METHODS = (
+        "fail_requests", "set_request_latency", "set_watch_event_latency", "drop_watches",
+        "expire_resource_versions", "set_gone_mode", "oom_kill", "evict", "lose_node",
+        "fail_image_pulls", "set_unschedulable", "reset", "requests_seen",
+    )
+
+    def __init__(self, store: Store, kubelet: Kubelet, gone_mode: str = "http") -> None:
+        self.store, self.kubelet = store, kubelet
+        self.lock = threading.Lock()
+        self.rules: list[_FailRule] = []
+        self.request_latency = 0.0
+        self.watch_event_latency = 0.0
+        self.gone_mode = gone_mode
+        self.drop_generation = 0  # watches compare it with the value they started with
+        self.drop_partial = False
+        self.open_watches = 0
+        self.request_counts: Counter[str] = Counter()  # "verb resource" -> requests seen
+
+    # -- request faults ------------------------------------------------------
+
+    def fail_requests(self, verb: str, resource: str, count: int = 1, code: int = 500,
+                      retry_after: int = 1) -> None:
+        if code not in (429, 500, 503):
+            raise ValueError("code must be 429, 500 or 503")
+        with self.lock:
+            self.rules.append(_FailRule(verb, resource, count, code, retry_after))
+
+    def take_failure(self, verb: str, resource: str) -> ApiError | None:
+        """Count the request and consume a matching failure rule, if any."""
+        with self.lock:
+            self.request_counts[f"{verb} {resource}"] += 1
+            for rule in self.rules:
+                if rule.remaining > 0 and rule.verb in ("*", verb) and \
+                        rule.resource in ("*", resource):
+                    rule.remaining -= 1
+                    if rule.code == 429:
+                        return ApiError(429, "Too many requests, please try again later.",
+                                        retry_after=rule.retry_after)
+                    if rule.code == 503:
+                        return ApiError(503, "the server is currently unable to handle the "
+                                        "request", retry_after=rule.retry_after)
+                    return ApiError(500, "Internal error occurred: injected fault")
+            return None
+
+    def requests_seen(self, verb: str, resource: str) -> int:
+        """How many API requests of this verb and resource arrived (failed ones too)."""
+        with self.lock:
+            return self.request_counts[f"{verb} {resource}"]
+
+    def set_request_latency(self, seconds: float) -> None:
+        self.request_latency = float(seconds)
+
+    def set_watch_event_latency(self, seconds: float) -> None:
+        self.watch_event_latency = float(seconds)
+
+    # -- watch faults ----------------------------------------------------------
+
+    def drop_watches(self, partial: bool = False) -> int:
+        with self.lock:
+            self.drop_generation += 1
+            self.drop_partial = bool(partial)
+            n = self.open_watches
+        self.store.poke()
+        return n
+
+    def expire_resource_versions(self) -> str:
+        return str(self.store.expire())
+
+    def set_gone_mode(self, mode: str) -> None:
+        if mode not in ("http", "event"):
+            raise ValueError("mode must be 'http' or 'event'")
+        self.gone_mode = mode
+
+    # -- pod faults ------------------------------------------------------------
+
+    def oom_kill(self, namespace: str, name: str) -> None:
+        self.kubelet.interrupt(namespace, name, "oom")
+
+    def evict(self, namespace: str, name: str, reason: str = "TerminationByKubelet",
+              message: str = DEFAULT_EVICTION) -> None:
+        if reason not in ("TerminationByKubelet", "EvictionByEvictionAPI"):
+            raise ValueError("reason must be TerminationByKubelet or EvictionByEvictionAPI")
+        self.kubelet.interrupt(namespace, name, "evict", reason=reason, message=message)
+
+    def lose_node(self, namespace: str, name: str) -> None:
+        self.kubelet.interrupt(namespace, name, "lose_node")
+
+    def fail_image_pulls(self, pattern: str) -> None:
+        self.kubelet.config.image_pull_failures.append(pattern)
+
+    def set_unschedulable(self, message: str | None = DEFAULT_UNSCHEDULABLE) -> None:
+        """Refuse to schedule new/pending pods with ``message``; None lifts it."""
+        self.kubelet.set_unschedulable(message)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.rules.clear()
+        self.request_latency = self.watch_event_latency = 0.0
+        self.kubelet.config.image_pull_failures[:] = ["does-not-exist"]
+        self.kubelet.set_unschedulable(None)
+
+    def call(self, method: str, kwargs: dict[str, Any]) -> Any:
+        """Dispatch an HTTP fault call; 404 for unknown names, 400 for bad args."""
+        if method not in self.HTTP_METHODS:
+            raise ApiError(404, f"unknown fault {method!r}")
+        try:
+            return getattr(self, method)(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, str(e)) from e
