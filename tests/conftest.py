@@ -13,6 +13,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from podfn.settings import Settings
 from podfn_platform import migrations
 from podfn_platform.api.app import create_app
+from podfn_platform.controller.launcher import Launcher
 from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.controller.loop import Controller
 from podfn_platform.database import Database
@@ -126,17 +128,12 @@ def platform_settings(database_url: str, **overrides: object) -> Settings:
                     max_wait_seconds=30.0, **overrides)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def platform(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
-    """API (in a thread) + controller (in a thread, local launcher) on this test's database.
-
-    The client finds it through PODFN_URL / PODFN_TOKEN, as a user's would.
-    """
-    settings = platform_settings(database_url)
+@contextmanager
+def running_platform(settings: Settings, db: Database, launcher: Launcher, wake: threading.Event,
+                     monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    """API (in a thread) + controller (in a thread) over `db`, found through PODFN_URL/TOKEN."""
     app = create_app(settings, db=db)
     stop = threading.Event()
-    wake = threading.Event()
-    launcher = LocalLauncher(database_url, on_exit=wake.set)
     controller = Controller(settings, db, launcher, wake)
     thread = threading.Thread(target=controller.run, args=(stop,), daemon=True)
     with ThreadedServer(app) as server:
@@ -152,3 +149,13 @@ def platform(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -
             thread.join(15)
             app.extensions["podfn.waiter"].close()
     assert not thread.is_alive(), "the controller did not stop"
+
+
+@pytest.fixture
+def platform(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    """The embedded default: API + controller with the local launcher, on this test's database."""
+    wake = threading.Event()
+    launcher = LocalLauncher(database_url, on_exit=wake.set)
+    with running_platform(platform_settings(database_url), db, launcher, wake,
+                          monkeypatch) as running:
+        yield running

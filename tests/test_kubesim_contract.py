@@ -21,6 +21,7 @@ import pytest
 import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
+
 from kubesim import KubeSim
 from kubesim.pytest_fixtures import (
     base_env,

@@ -66,6 +66,7 @@ class KubernetesLauncher:
         self._delete_at: dict[str, float] = {}
         self._created: dict[Key, float] = {}  # when our create call returned
         self._want_full = False
+        self._closed = False
         self._next_reconcile = time.monotonic() + settings.reconcile_seconds
         self._pool = ThreadPoolExecutor(max_workers=settings.pod_create_concurrency,
                                         thread_name_prefix="podfn-pods")
@@ -93,7 +94,7 @@ class KubernetesLauncher:
         with self._lock:
             self._active[attempt.key] = attempt
             self._creating.add(attempt.key)
-        self._pool.submit(self._create, attempt, manifest)
+        self._submit(self._create, attempt, manifest)
         return name
 
     def _create(self, attempt: Attempt, manifest: dict[str, Any]) -> None:
@@ -183,7 +184,14 @@ class KubernetesLauncher:
             self._stopping.add(key)
             creating = key in self._creating
         if not creating:  # else _create deletes it once created
-            self._pool.submit(self._delete, pod_name(*key), _DELETE_GRACE_SECONDS)
+            self._submit(self._delete, pod_name(*key), _DELETE_GRACE_SECONDS)
+
+    def _submit(self, fn: Any, *args: Any) -> None:
+        """Run `fn` on the pod-request pool; after close() the next controller will do it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._pool.submit(fn, *args)
 
     def _delete(self, name: str, grace: int | None = None) -> None:
         try:
@@ -209,7 +217,7 @@ class KubernetesLauncher:
             with self._lock:
                 self._delete_at[name] = time.monotonic() + self._settings.keep_failed_pods_seconds
         else:
-            self._pool.submit(self._delete, name)
+            self._submit(self._delete, name)
 
     def next_deadline(self) -> float | None:
         now = time.monotonic()
@@ -225,7 +233,7 @@ class KubernetesLauncher:
                 del self._delete_at[name]
             full = full or self._want_full or now >= self._next_reconcile
         for name in due_deletes:
-            self._pool.submit(self._delete, name)
+            self._submit(self._delete, name)
         if not full:
             return
         listed_at = time.monotonic()
@@ -286,9 +294,11 @@ class KubernetesLauncher:
                 if age < self._settings.keep_failed_pods_seconds:
                     continue
             log.info("deleting pod %s (%s; its call is finished or moved on)", name, phase)
-            self._pool.submit(self._delete, name)
+            self._submit(self._delete, name)
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self.watcher.stop()
         if self._watch_thread.is_alive():
             self._watch_thread.join(10)
