@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from kubernetes import watch
 
 import podfn
 from conftest import Platform, platform_settings, running_platform
@@ -259,18 +260,28 @@ def test_cancel_deletes_the_pod(cluster: Cluster, kplatform: Platform) -> None:
     assert call.status() == "cancelled"
 
 
-def test_a_handled_event_handled_again_changes_nothing(cluster: Cluster,
-                                                       kplatform: Platform) -> None:
-    call = block.spawn(0.2)
-    assert call.result(timeout=60) == "woke"
-    before = call.info()
-    # Replay the whole history: the watch restarts from the oldest version.
-    kplatform.db.all("put_state", {"key": f"kubernetes.pods.resourceVersion.{NS}",
-                                   "value": "1"})
-    cluster.sim.faults.drop_watches()
-    time.sleep(0.5)  # nothing to await: the point is that nothing happens
-    after = call.info()
-    assert after == before
+def test_events_handled_again_or_late_change_nothing(cluster: Cluster,
+                                                     kplatform: Platform) -> None:
+    ok = block.spawn(0.1)
+    oom = block.spawn()
+    wait_running(cluster, oom)
+    cluster.sim.faults.oom_kill(NS, pod_name(oom.id, 1))
+    assert ok.result(timeout=60) == "woke"
+    with pytest.raises(CallFailed):
+        oom.result(timeout=60)
+    before = [ok.info(), oom.info()]
+    # Replay the whole event history into the launcher, as a restarted watch would.
+    stream = watch.Watch().stream(cluster.v1.list_namespaced_pod, NS, resource_version="1",
+                                  timeout_seconds=1)
+    replayed = 0
+    for event in stream:
+        launcher_of(kplatform)._on_event(event["type"], event["raw_object"])
+        replayed += 1
+    assert replayed >= 8
+    turns = kplatform.controller.turns
+    kplatform.controller.wake.set()
+    wait_until(lambda: kplatform.controller.turns > turns + 1, what="two controller turns")
+    assert [ok.info(), oom.info()] == before
 
 
 def test_controller_killed_mid_watch_resumes_from_the_stored_version(

@@ -7,6 +7,7 @@ process as in a cluster, plus a client profile so `@remote` finds them.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -25,6 +26,8 @@ from podfn.settings import Settings
 from podfn_platform import migrations
 from podfn_platform.database import Database
 from podfn_platform.embedded import EmbeddedPostgres
+
+log = logging.getLogger("podfn.dev")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -75,6 +78,8 @@ class DevStack:
             self.database_url = self._postgres.url
         with Database(self.database_url, name="podfn-migrate") as db:
             migrations.apply(db)
+        if self.settings.launcher == "kubernetes":
+            self._publish_database_secret()
         self.url = f"http://{host}:{self.port}"
         env = {**os.environ, "PODFN_DATABASE_URL": self.database_url,
                "PODFN_API_TOKEN": self.token, "PODFN_HOST": host, "PODFN_PORT": str(self.port),
@@ -86,6 +91,19 @@ class DevStack:
                 start_new_session=True))
         self._wait_ready()
         return self
+
+    def _publish_database_secret(self) -> None:
+        """Pods read the database URL from a Secret; write it with the user's own credentials."""
+        from podfn_platform.kube.client import KubeClient
+
+        if self._postgres is not None:
+            log.warning("the embedded Postgres listens on a local socket that pods in a real "
+                        "cluster cannot reach; set PODFN_DATABASE_URL to a Postgres they can")
+        kube = KubeClient(self.settings.namespace, context=self.settings.kube_context)
+        try:
+            kube.create_secret(self.settings.database_secret, {"url": self.database_url})
+        finally:
+            kube.close()
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

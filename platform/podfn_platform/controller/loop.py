@@ -41,6 +41,7 @@ class Controller:
         self.wake = wake  # set by the listener and by the launcher when an attempt ends
         self.leader = LeaderLock(db)
         self.is_active = threading.Event()
+        self.turns = 0  # completed turns, for tests and metrics
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -91,6 +92,7 @@ class Controller:
         self.reconcile_exits()
         self.stop_moved_on()
         self.launch_queued()
+        self.turns += 1
 
     def unfinished(self) -> list[Attempt]:
         """Attempts Postgres says are in flight (launching or running)."""
