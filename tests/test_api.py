@@ -178,7 +178,7 @@ def test_the_api_never_unpickles_what_a_client_sent(client: FlaskClient, tmp_pat
 def _finish(db: Database, call_id: str) -> None:
     db.all("claim_queued", {"limit": 10})
     db.one("claim_attempt", {"id": call_id, "attempt": 1})
-    db.one("succeed", {"id": call_id, "attempt": 1, "result": b"R", "stdout": "",
+    db.one("succeed", {"id": call_id, "attempt": 1, "result": b"R", "result_json": None, "stdout": "",
                        "stderr": ""})
 
 

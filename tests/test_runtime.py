@@ -5,23 +5,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import cloudpickle
 
-from podfn_platform.database import Database, jsonb
+from podfn_platform.database import Database
+from podfn_platform.submission import NewCalls, record_calls, store_payload
 
 
 def submit(db: Database, fn: object, *args: object) -> str:
-    call_id = uuid.uuid4().hex
-    blob = cloudpickle.dumps(fn)
+    python = f"{sys.version_info.major}.{sys.version_info.minor}.0"
     with db.transaction() as tx:
-        tx.all("insert_payload", {"digest": call_id, "data": blob})
-        tx.all("insert_call", {
-            "id": call_id, "function_name": "f", "function_digest": call_id,
-            "args": cloudpickle.dumps((args, {})), "spec": jsonb({}),
-            "client_python": f"{sys.version_info.major}.{sys.version_info.minor}.0",
-            "client_cloudpickle": cloudpickle.__version__})
+        calls = NewCalls("f", store_payload(tx, cloudpickle.dumps(fn)), {}, python,
+                         cloudpickle.__version__)
+        [call_id] = record_calls(tx, calls, [cloudpickle.dumps((args, {}))])
     return call_id
 
 
@@ -63,7 +59,8 @@ def test_a_late_write_from_an_older_attempt_is_ignored(db: Database, database_ur
                        "max_disruptions": 3})
     db.all("claim_queued", {"limit": 1})
     assert run_runtime(database_url, call_id, 2).returncode == 0
-    late = db.one("succeed", {"id": call_id, "attempt": 1, "result": b"stale", "stdout": "",
+    late = db.one("succeed", {"id": call_id, "attempt": 1, "result": b"stale", "result_json": None,
+                       "stdout": "",
                               "stderr": ""})
     assert late is None
     [row] = db.all("finished_calls", {"ids": [call_id]})

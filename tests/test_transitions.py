@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 
-from podfn_platform.database import Database, jsonb
+from podfn_platform.database import Database
+from podfn_platform.submission import NewCalls, record_calls, store_payload
 
 FINAL = ("succeeded", "failed", "timed_out", "cancelled")
 
 
 def new_call(db: Database, **spec: Any) -> str:
-    call_id = uuid.uuid4().hex
     with db.transaction() as tx:
-        tx.all("insert_payload", {"digest": "d", "data": b"f"})
-        tx.all("insert_call", {"id": call_id, "function_name": "f", "function_digest": "d",
-                               "args": b"a", "spec": jsonb(spec), "client_python": "3.11",
-                               "client_cloudpickle": "3.1"})
+        [call_id] = record_calls(tx, NewCalls("f", store_payload(tx, b"f"), spec, "3.11", "3.1"),
+                                 [b"a"])
     return call_id
 
 
@@ -48,7 +45,7 @@ def test_happy_path_moves_forward_only(db: Database) -> None:
     run = db.one("claim_attempt", {"id": call_id, "attempt": 1})
     assert run is not None and run["function"] == b"f" and run["args"] == b"a"
     assert db.one("claim_attempt", {"id": call_id, "attempt": 1}) is None
-    done = db.one("succeed", {"id": call_id, "attempt": 1, "result": b"r", "stdout": "o",
+    done = db.one("succeed", {"id": call_id, "attempt": 1, "result": b"r", "result_json": None, "stdout": "o",
                               "stderr": ""})
     assert done is not None and done["state"] == "succeeded"
     assert state(db, call_id)["finished_at"] is not None
@@ -60,7 +57,8 @@ def test_final_states_are_final(db: Database, final: str) -> None:
     claim(db)
     db.one("claim_attempt", {"id": call_id, "attempt": 1})
     if final == "succeeded":
-        db.one("succeed", {"id": call_id, "attempt": 1, "result": b"r", "stdout": "",
+        db.one("succeed", {"id": call_id, "attempt": 1, "result": b"r", "result_json": None,
+                       "stdout": "",
                            "stderr": ""})
     elif final == "failed":
         db.one("fail", fail_params(call_id, 1, retryable=False))
@@ -70,7 +68,8 @@ def test_final_states_are_final(db: Database, final: str) -> None:
         db.one("cancel", {"id": call_id, "reason": "by test"})
     assert state(db, call_id)["state"] == final
     attempts = [
-        ("succeed", {"id": call_id, "attempt": 1, "result": b"x", "stdout": "", "stderr": ""}),
+        ("succeed", {"id": call_id, "attempt": 1, "result": b"x", "result_json": None,
+                       "stdout": "", "stderr": ""}),
         ("fail", fail_params(call_id, 1)),
         ("time_out", {"id": call_id, "attempt": 1, "reason": "x"}),
         ("cancel", {"id": call_id, "reason": "x"}),
@@ -91,11 +90,13 @@ def test_a_stale_attempt_cannot_write(db: Database) -> None:
     db.one("disrupt", {"id": call_id, "attempt": 1, "reason": "node lost", "exit_code": None,
                        "max_disruptions": 3})
     assert claim(db)["attempt"] == 2
-    assert db.one("succeed", {"id": call_id, "attempt": 1, "result": b"old", "stdout": "",
+    assert db.one("succeed", {"id": call_id, "attempt": 1, "result": b"old", "result_json": None,
+                       "stdout": "",
                               "stderr": ""}) is None
     assert db.one("claim_attempt", {"id": call_id, "attempt": 1}) is None
     assert db.one("claim_attempt", {"id": call_id, "attempt": 2}) is not None
-    assert db.one("succeed", {"id": call_id, "attempt": 2, "result": b"new", "stdout": "",
+    assert db.one("succeed", {"id": call_id, "attempt": 2, "result": b"new", "result_json": None,
+                       "stdout": "",
                               "stderr": ""}) is not None
     rows = db.all("finished_calls", {"ids": [call_id]})
     assert rows[0]["result"] == b"new"

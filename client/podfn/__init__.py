@@ -17,6 +17,7 @@ from podfn.errors import (
     CallTimeout,
     ConfigurationError,
     InvalidSpec,
+    NotAuthorized,
     NotFound,
     PlatformError,
     PlatformUnreachable,
@@ -24,7 +25,7 @@ from podfn.errors import (
     RemoteTraceback,
     ResultTimeout,
 )
-from podfn.function import Function, remote
+from podfn.function import DeployedFunction, Function, remote
 
 __version__ = "0.1.0"
 
@@ -35,9 +36,11 @@ __all__ = [
     "CallFailed",
     "CallTimeout",
     "ConfigurationError",
+    "DeployedFunction",
     "Function",
     "InvalidSpec",
     "Logs",
+    "NotAuthorized",
     "NotFound",
     "PlatformError",
     "PlatformUnreachable",

@@ -49,6 +49,8 @@ def outcome(call: dict[str, Any]) -> Any:
     """The value of a finished call, or raise what it ended with."""
     state, call_id, reason = call["state"], call["id"], call.get("reason")
     if state == "succeeded":
+        if call.get("result") is None and "value" in call:  # a call made by an HTTP invoke
+            return call["value"]
         return serialization.loads(call["result"])
     if state == "cancelled":
         raise CallCancelled(f"call {call_id} was cancelled", call_id=call_id, state=state,

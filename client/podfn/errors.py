@@ -38,6 +38,10 @@ class PlatformUnreachable(PlatformError):
     """The API could not be reached at all."""
 
 
+class NotAuthorized(PlatformError):
+    """401 (no valid token) or 403 (the token lacks a scope)."""
+
+
 class NotFound(PlatformError):
     """The platform has no such call (or function)."""
 

@@ -25,44 +25,26 @@ R = TypeVar("R")
 MAP_BATCH = 256
 
 
-class Function(Generic[P, R]):
-    """A function with platform hints. Calling it runs it here; `.remote` runs it there."""
+class _Remote(Generic[P, R]):
+    """What every remote function offers: spawn, remote, map."""
 
-    def __init__(self, fn: Callable[P, R], hints: dict[str, Any], *, name: str | None = None,
-                 client: APIClient | None = None) -> None:
-        self.fn = fn
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
-        self.hints = spec.validate(hints)
-        self._given = dict(hints)
-        self._client = client
-        functools.update_wrapper(self, fn)
-
-    def __repr__(self) -> str:
-        return f"<podfn.Function {self.name}>"
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)
+    name: str
+    _client: APIClient | None
 
     @property
     def client(self) -> APIClient:
         return self._client or default_client()
 
-    def options(self, **hints: Any) -> Function[P, R]:
-        """A copy with some hints overridden, e.g. `f.options(memory="8Gi").remote(x)`."""
-        return Function(self.fn, {**self._given, **hints}, name=self.name, client=self._client)
+    def _prepare(self) -> Any:
+        """Work done once per spawn or map (e.g. pickling the function)."""
+        return None
 
-    def _submit(self, arg_blobs: list[bytes], function: bytes | None = None) -> list[str]:
-        return self.client.submit(
-            function_name=self.name,
-            function=function if function is not None else serialization.dumps(self.fn),
-            args=arg_blobs,
-            spec=self.hints,
-            versions=serialization.client_versions(),
-        )
+    def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
+        raise NotImplementedError
 
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> Call:
         """Submit one call and return its handle without waiting."""
-        [call_id] = self._submit([serialization.dumps((args, kwargs))])
+        [call_id] = self._submit([serialization.dumps((args, kwargs))], self._prepare())
         return Call(call_id, client=self._client)
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -77,11 +59,11 @@ class Function(Generic[P, R]):
         call yields its exception instead of raising it; `order_outputs=False`
         yields in completion order.
         """
-        function = serialization.dumps(self.fn)
+        prepared = self._prepare()
         ids: list[str] = []
         inputs = zip(*iterables, strict=False)
         while batch := list(itertools.islice(inputs, MAP_BATCH)):
-            ids += self._submit([serialization.dumps((args, {})) for args in batch], function)
+            ids += self._submit([serialization.dumps((args, {})) for args in batch], prepared)
         return self._gather(ids, return_exceptions=return_exceptions, ordered=order_outputs)
 
     def _gather(self, ids: list[str], *, return_exceptions: bool,
@@ -116,6 +98,74 @@ class Function(Generic[P, R]):
             if return_exceptions:
                 return exc
             raise
+
+
+class Function(_Remote[P, R]):
+    """A function with platform hints. Calling it runs it here; `.remote` runs it there."""
+
+    def __init__(self, fn: Callable[P, R], hints: dict[str, Any], *, name: str | None = None,
+                 client: APIClient | None = None) -> None:
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.deploy_name = name or fn.__name__
+        self.hints = spec.validate(hints)
+        self._given = dict(hints)
+        self._explicit_name = name
+        self._client = client
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<podfn.Function {self.name}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    @staticmethod
+    def lookup(name: str, *, client: APIClient | None = None) -> DeployedFunction:
+        """A deployed function by name: `podfn.Function.lookup("add").remote(1, 2)`."""
+        info = (client or default_client()).function(name)
+        return DeployedFunction(info["name"], info["spec"], client=client)
+
+    def options(self, **hints: Any) -> Function[P, R]:
+        """A copy with some hints overridden, e.g. `f.options(memory="8Gi").remote(x)`."""
+        return Function(self.fn, {**self._given, **hints}, name=self._explicit_name,
+                        client=self._client)
+
+    def _prepare(self) -> bytes:
+        return serialization.dumps(self.fn)
+
+    def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
+        return self.client.submit(function_name=self.name, function=prepared, args=arg_blobs,
+                                  spec=self.hints, versions=serialization.client_versions())
+
+    def deploy(self) -> dict[str, Any]:
+        """Register this function (pickled by value) under `deploy_name`; a new version."""
+        return self.client.deploy(name=self.deploy_name, function=self._prepare(),
+                                  spec=self.hints, versions=serialization.client_versions())
+
+
+class DeployedFunction(_Remote[..., Any]):
+    """A function deployed on the platform, called by name; runs its live version."""
+
+    def __init__(self, name: str, deployed_hints: dict[str, Any], *,
+                 overrides: dict[str, Any] | None = None,
+                 client: APIClient | None = None) -> None:
+        self.name = name
+        self.overrides = dict(overrides or {})
+        self.hints = spec.validate({**deployed_hints, **self.overrides})
+        self._deployed_hints = deployed_hints
+        self._client = client
+
+    def __repr__(self) -> str:
+        return f"<podfn.DeployedFunction {self.name}>"
+
+    def options(self, **hints: Any) -> DeployedFunction:
+        return DeployedFunction(self.name, self._deployed_hints,
+                                overrides={**self.overrides, **hints}, client=self._client)
+
+    def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
+        return self.client.submit_deployed(self.name, args=arg_blobs, spec=self.overrides,
+                                           versions=serialization.client_versions())
 
 
 @overload

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from podfn.errors import NotFound, PlatformError, PlatformUnreachable
+from podfn.errors import NotAuthorized, NotFound, PlatformError, PlatformUnreachable
 from podfn.settings import Settings
 
 # Seconds the server may hold a long-poll beyond what we asked for before we
 # call the connection dead.
 _WAIT_SLACK = 15.0
+_SUBMIT_TRIES = 4
 
 
 class APIClient:
@@ -53,15 +57,77 @@ class APIClient:
             raise _error_from(response)
         return response.json()
 
+    def _submit_once(self, path: str, meta: dict[str, Any],
+                     parts: list[tuple[str, bytes]]) -> list[str]:
+        """POST a multipart submission; retried on transport errors and 5xx with one
+        Idempotency-Key, so a retry can never create the calls twice."""
+        files = [(field, (f"{field}{i}", blob, "application/octet-stream"))
+                 for i, (field, blob) in enumerate(parts)]
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        for attempt in range(_SUBMIT_TRIES):
+            try:
+                body = self._request("POST", path, data={"meta": json.dumps(meta)}, files=files,
+                                     headers=headers)
+                return [c["id"] for c in body["calls"]]
+            except PlatformError as exc:
+                retryable = isinstance(exc, PlatformUnreachable) or (exc.status or 0) >= 500
+                if not retryable or attempt == _SUBMIT_TRIES - 1:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def submit(self, *, function_name: str, function: bytes, args: Sequence[bytes],
                spec: dict[str, Any], versions: dict[str, str]) -> list[str]:
         """Record one call per element of `args`, all running `function`; their ids."""
         meta = {"function_name": function_name, "spec": spec, "client": versions}
+        return self._submit_once("/v1/calls", meta,
+                                 [("function", function), *(("args", a) for a in args)])
+
+    def submit_deployed(self, name: str, *, args: Sequence[bytes], spec: dict[str, Any],
+                        versions: dict[str, str]) -> list[str]:
+        """Calls of a deployed function's live version, with hint overrides."""
+        meta = {"spec": spec, "client": versions}
+        return self._submit_once(f"/v1/functions/{quote(name, safe='')}/calls", meta,
+                                 [("args", a) for a in args])
+
+    def deploy(self, *, name: str, function: bytes, spec: dict[str, Any],
+               versions: dict[str, str]) -> dict[str, Any]:
+        meta = {"name": name, "spec": spec, "client": versions}
         files = [("function", ("function", function, "application/octet-stream"))]
-        files += [("args", (f"args{i}", blob, "application/octet-stream"))
-                  for i, blob in enumerate(args)]
-        body = self._request("POST", "/v1/calls", data={"meta": json.dumps(meta)}, files=files)
-        return [c["id"] for c in body["calls"]]
+        return dict(self._request("POST", "/v1/functions", data={"meta": json.dumps(meta)},
+                                  files=files))
+
+    def functions(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/functions")["functions"])
+
+    def function(self, name: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/functions/{quote(name, safe='')}"))
+
+    def rollback(self, name: str, version: int | None) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/functions/{quote(name, safe='')}/rollback",
+                                  json={"version": version}))
+
+    def invoke(self, name: str, body: dict[str, Any], wait: float) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body): 200 when finished, 202 while it runs."""
+        try:
+            response = self._http.post(f"/v1/functions/{quote(name, safe='')}/invoke",
+                                       json=body, params={"wait": wait},
+                                       timeout=wait + _WAIT_SLACK)
+        except httpx.TransportError as exc:
+            raise PlatformUnreachable(f"cannot reach the podfn API at {self.url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response.status_code, dict(response.json())
+
+    def create_token(self, name: str, scopes: Sequence[str]) -> dict[str, Any]:
+        return dict(self._request("POST", "/v1/tokens", json={"name": name,
+                                                               "scopes": list(scopes)}))
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/tokens")["tokens"])
+
+    def revoke_token(self, ref: str) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/tokens/{quote(ref, safe='')}/revoke"))
 
     def get_call(self, call_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/calls/{call_id}"))
@@ -92,6 +158,7 @@ class APIClient:
 
 
 def _error_from(response: httpx.Response) -> PlatformError:
+    """The API's JSON error as a podfn error (NotAuthorized for 401/403, NotFound for 404)."""
     try:
         error = response.json()["error"]
         code, message = str(error["code"]), str(error["message"])
@@ -100,4 +167,6 @@ def _error_from(response: httpx.Response) -> PlatformError:
     text = f"{message} (HTTP {response.status_code} from {response.request.url})"
     if response.status_code == 404:
         return NotFound(text, status=404, code=code)
+    if response.status_code in (401, 403):
+        return NotAuthorized(text, status=response.status_code, code=code)
     return PlatformError(text, status=response.status_code, code=code)

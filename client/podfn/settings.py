@@ -37,7 +37,8 @@ class Settings:
     port: int = 8080
     workers: int = 2
     threads: int = 16
-    api_token: str | None = None  # if set, every request must carry it as a Bearer token
+    api_token: str | None = None  # an admin token outside the database (bootstrap)
+    insecure_no_auth: bool = False  # no tokens at all; refused unless bound to loopback
     max_request_bytes: int = 64 * 1024 * 1024
     max_wait_seconds: float = 60.0
     # Controller.
@@ -113,6 +114,12 @@ class Settings:
 def _convert(var: str, raw: str, kind: Any) -> Any:
     text = raw.strip()
     try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
         if kind in (int, int | None):
             return int(text)
         if kind in (float, float | None):

@@ -83,7 +83,8 @@ class DevStack:
         self.url = f"http://{host}:{self.port}"
         env = {**os.environ, "PODFN_DATABASE_URL": self.database_url,
                "PODFN_API_TOKEN": self.token, "PODFN_HOST": host, "PODFN_PORT": str(self.port),
-               "PODFN_LAUNCHER": self.settings.launcher}
+               "PODFN_LAUNCHER": self.settings.launcher,
+               "PODFN_INSECURE_NO_AUTH": "1" if self.settings.insecure_no_auth else "0"}
         out = subprocess.DEVNULL if quiet else None
         for command in ("serve", "controller"):
             self._children.append(subprocess.Popen(

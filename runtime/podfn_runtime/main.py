@@ -9,10 +9,14 @@ so the controller can tell the two apart.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,8 @@ log = logging.getLogger("podfn.runtime")
 EXIT_RECORDED = 0
 EXIT_RUNTIME_FAILED = 1
 EXIT_USAGE = 2
+# How often a running call's output is written for people following its logs.
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass
@@ -84,8 +90,15 @@ def failure_from(exc: BaseException, *, reason: str, retryable: bool) -> Failure
     )
 
 
-def execute(function: bytes, args: bytes, spec: dict[str, Any]) -> bytes | Failure:
-    """Load and run the call; the pickled result, or why it failed."""
+@dataclass
+class Result:
+    pickled: bytes | None = None
+    json: str | None = None
+
+
+def execute(function: bytes, args: bytes, spec: dict[str, Any],
+            result_format: str = "pickle") -> Result | Failure:
+    """Load and run the call; its result (pickled, or JSON for HTTP invokes), or why it failed."""
     try:
         fn = cloudpickle.loads(function)
         call_args, call_kwargs = cloudpickle.loads(args)
@@ -105,15 +118,52 @@ def execute(function: bytes, args: bytes, spec: dict[str, Any]) -> bytes | Failu
         return failure_from(
             exc, reason=f"the function raised {type(exc).__name__}: {exc}", retryable=True
         )
+    if result_format == "json":
+        try:
+            return Result(json=json.dumps(value))
+        except (TypeError, ValueError) as exc:
+            return failure_from(
+                exc,
+                reason=f"the result ({type(value).__name__}) is not JSON serializable: {exc}; "
+                "return lists, dicts, strings, numbers, booleans or None from functions "
+                "invoked over HTTP",
+                retryable=False,
+            )
     try:
-        result: bytes = cloudpickle.dumps(value)
-        return result
+        return Result(pickled=cloudpickle.dumps(value))
     except Exception as exc:
         return failure_from(
             exc,
             reason=f"the result ({type(value).__name__}) could not be pickled: {exc}",
             retryable=False,
         )
+
+
+@contextmanager
+def _reporting_progress(db: RuntimeDatabase, call_id: str, attempt: int,
+                        captured: Captured) -> Iterator[None]:
+    """Write the output captured so far every PROGRESS_SECONDS, for `podfn logs --follow`."""
+    stop = threading.Event()
+
+    def report() -> None:
+        sent = ("", "")
+        while not stop.wait(PROGRESS_SECONDS):
+            now = (captured.stdout, captured.stderr)
+            if now != sent:
+                try:
+                    db.transition("progress", id=call_id, attempt=attempt, stdout=now[0],
+                                  stderr=now[1])
+                except RuntimeDatabaseError as exc:
+                    log.warning("could not report progress: %s", exc)
+                sent = now
+
+    thread = threading.Thread(target=report, name="podfn-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int) -> int:
@@ -125,10 +175,11 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int) -> int:
     mismatch = version_mismatch(claimed["client_python"], claimed["client_cloudpickle"])
     captured: Captured | None = None
     if mismatch:
-        outcome: bytes | Failure = Failure(mismatch, False, "VersionMismatch", mismatch, "", None)
+        outcome: Result | Failure = Failure(mismatch, False, "VersionMismatch", mismatch, "", None)
     else:
-        with capture_output() as captured:
-            outcome = execute(claimed["function"], claimed["args"], claimed["spec"])
+        with capture_output() as captured, _reporting_progress(db, call_id, attempt, captured):
+            outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
+                              claimed["result_format"])
     output = {
         "stdout": captured.stdout if captured else "",
         "stderr": captured.stderr if captured else "",
@@ -150,7 +201,8 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int) -> int:
             **output,
         )
     else:
-        row = db.transition("succeed", id=call_id, attempt=attempt, result=outcome, **output)
+        row = db.transition("succeed", id=call_id, attempt=attempt, result=outcome.pickled,
+                            result_json=outcome.json, **output)
     if row is None:
         log.info("stale attempt: call %s moved on while attempt %d ran", call_id, attempt)
     else:

@@ -36,20 +36,22 @@ WITH c AS (
     UPDATE podfn_calls
     SET state = 'running', started_at = clock_timestamp()
     WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'launching'
-    RETURNING id, attempt, function_digest, args, spec, client_python, client_cloudpickle
+    RETURNING id, attempt, function_digest, args, spec, client_python, client_cloudpickle,
+              result_format
 ), a AS (
     UPDATE podfn_attempts SET state = 'running', started_at = clock_timestamp()
     FROM c WHERE podfn_attempts.call_id = c.id AND podfn_attempts.attempt = c.attempt
 )
 SELECT c.id, c.attempt, p.data AS function, c.args, c.spec, c.client_python,
-       c.client_cloudpickle
+       c.client_cloudpickle, c.result_format
 FROM c JOIN podfn_payloads p ON p.digest = c.function_digest;
 
 -- name: succeed
 -- Runtime: running -> succeeded, with the result and the captured output.
 WITH c AS (
     UPDATE podfn_calls
-    SET state = 'succeeded', result = %(result)s, stdout = %(stdout)s, stderr = %(stderr)s,
+    SET state = 'succeeded', result = %(result)s, result_json = %(result_json)s,
+        stdout = %(stdout)s, stderr = %(stderr)s,
         reason = NULL, finished_at = clock_timestamp()
     WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
     RETURNING id, attempt, state
@@ -58,6 +60,13 @@ WITH c AS (
     FROM c WHERE podfn_attempts.call_id = c.id AND podfn_attempts.attempt = c.attempt
 )
 SELECT id, attempt, state, pg_notify('podfn_final', id) FROM c;
+
+-- name: progress
+-- Runtime: the output captured so far, while the call runs (not a transition:
+-- the state does not change, and only the running attempt may write it).
+UPDATE podfn_calls SET stdout = %(stdout)s, stderr = %(stderr)s
+WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
+RETURNING id;
 
 -- name: fail
 -- Runtime or controller: launching/running -> failed, or back to queued with

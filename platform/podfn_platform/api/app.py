@@ -6,15 +6,15 @@ unpickles what a client sent.
 
 from __future__ import annotations
 
-import hmac
+from flask import Flask, Response, jsonify
 
-from flask import Flask, Response, jsonify, request
-
-from podfn.errors import DatabaseError
+from podfn.errors import ConfigurationError, DatabaseError
 from podfn.settings import Settings
-from podfn_platform.api import calls, errors
+from podfn_platform.api import auth, calls, errors, functions, tokens
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def create_app(settings: Settings | None = None, db: Database | None = None) -> Flask:
@@ -33,24 +33,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.extensions["podfn.waiter"] = FinishWaiter(db)
     errors.register(app)
     app.register_blueprint(calls.bp)
+    app.register_blueprint(functions.bp)
+    app.register_blueprint(tokens.bp)
 
-    if settings.api_token:
-        expected = settings.api_token.encode()
-
-        @app.before_request
-        def _authenticate() -> tuple[Response, int] | None:
-            if not request.path.startswith("/v1/"):
-                return None
-            header = request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
-                response, status = errors.error_response(
-                    401, "unauthorized",
-                    "a valid bearer token is required: set PODFN_TOKEN (podfn dev writes it "
-                    "to your profile)")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="podfn"'
-                return response, status
-            return None
+    if settings.insecure_no_auth and settings.host not in LOOPBACK:
+        raise ConfigurationError(
+            f"PODFN_INSECURE_NO_AUTH is allowed only on a loopback address, not {settings.host}")
+    auth.install(app, db, root_token=settings.api_token, no_auth=settings.insecure_no_auth)
 
     @app.get("/healthz")
     def healthz() -> Response:

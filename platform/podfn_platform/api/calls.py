@@ -8,23 +8,24 @@ does).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import uuid
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from podfn import spec as call_spec
+from podfn_platform.api import forms, idempotency
+from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
 from podfn_platform.api.errors import APIError
 from podfn_platform.api.waiting import FinishWaiter
-from podfn_platform.database import Database, Row, jsonb
+from podfn_platform.database import Database, Row, Transaction
+from podfn_platform.submission import NewCalls, digest, record_calls, store_payload
 
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
 
 STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
-MAX_IDS = 10_000
+MAX_IDS = forms.MAX_CALLS_PER_REQUEST
 
 
 def _db() -> Database:
@@ -52,7 +53,8 @@ def describe(row: Row) -> dict[str, Any]:
     for key in ("created_at", "launched_at", "started_at", "finished_at", "not_before"):
         if key in row:
             out[key] = _time(row[key])
-    for key in ("user_failures", "disruptions", "spec", "client_python", "client_cloudpickle"):
+    for key in ("user_failures", "disruptions", "spec", "client_python", "client_cloudpickle",
+                "function_version"):
         if key in row:
             out[key] = row[key]
     if row.get("error_type"):
@@ -62,75 +64,53 @@ def describe(row: Row) -> dict[str, Any]:
 
 
 def with_outcome(row: Row) -> dict[str, Any]:
+    """A finished call with its outcome: `result` (base64 pickle) or `value` (JSON calls)."""
     out = describe(row)
     out["result"] = _b64(row["result"])
+    if row.get("result_json") is not None:
+        out["value"] = json.loads(row["result_json"])
     if row.get("error_type"):
         out["error"]["pickle"] = _b64(row["error_pickle"])
     return out
 
 
-def _meta() -> dict[str, Any]:
-    raw = request.form.get("meta")
-    if raw is None:
-        raise APIError(400, "missing_field", "the form field 'meta' (JSON) is required",
-                       field="meta")
-    try:
-        meta = json.loads(raw)
-    except ValueError as exc:
-        raise APIError(400, "malformed_json", f"'meta' is not JSON: {exc}", field="meta") from None
-    if not isinstance(meta, dict):
-        raise APIError(400, "malformed_json", "'meta' must be a JSON object", field="meta")
-    name = meta.get("function_name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 256:
-        raise APIError(422, "invalid_field", "function_name must be a non-empty string of at "
-                       "most 256 characters", field="meta.function_name")
-    client = meta.get("client")
-    if not (isinstance(client, dict) and isinstance(client.get("python"), str)
-            and isinstance(client.get("cloudpickle"), str)):
-        raise APIError(422, "invalid_field", "client must be {'python': VERSION, "
-                       "'cloudpickle': VERSION}", field="meta.client")
-    return meta
-
-
 @bp.post("")
+@requires("submit")
 def submit() -> tuple[Response, int]:
-    meta = _meta()
+    meta = forms.meta()
+    function_name = forms.name(meta.get("function_name"), "function_name")
+    python, cloudpickle = forms.client_versions(meta)
     validated = call_spec.validate(meta.get("spec") or {})
-    function = request.files.get("function")
-    if function is None:
-        raise APIError(400, "missing_field", "the file part 'function' (the pickled function) "
-                       "is required", field="function")
-    args = request.files.getlist("args")
-    if not args:
-        raise APIError(400, "missing_field", "at least one file part 'args' (pickled (args, "
-                       "kwargs)) is required", field="args")
-    if len(args) > MAX_IDS:
-        raise APIError(422, "too_many_calls", f"at most {MAX_IDS} calls per request",
-                       field="args")
-    function_bytes = function.read()
-    digest = hashlib.sha256(function_bytes).hexdigest()
-    rows = [
-        {"id": uuid.uuid4().hex, "function_name": meta["function_name"],
-         "function_digest": digest, "args": part.read(), "spec": jsonb(validated),
-         "client_python": meta["client"]["python"],
-         "client_cloudpickle": meta["client"]["cloudpickle"]}
-        for part in args
-    ]
-    with _db().transaction() as tx:
-        tx.all("insert_payload", {"digest": digest, "data": function_bytes})
-        tx.many("insert_call", rows)
-        tx.all("notify_queued")
-    return jsonify({"calls": [{"id": r["id"], "state": "queued"} for r in rows]}), 201
+    function = forms.function_part()
+    args = forms.args_parts()
+    calls = NewCalls(function_name, digest(function), validated, python, cloudpickle,
+                     owner=principal().token_id)
+
+    def create(tx: Transaction) -> list[str]:
+        store_payload(tx, function)
+        return record_calls(tx, calls, args)
+
+    fingerprint = forms.fingerprint(meta, function, *args)
+    ids, replayed = idempotency.create_once(_db(), fingerprint, create)
+    return created(ids, replayed)
+
+
+def created(ids: list[str], replayed: bool) -> tuple[Response, int]:
+    """201 with new calls, 200 with the calls an Idempotency-Key already made."""
+    body = {"calls": [{"id": i} for i in ids], "replayed": replayed}
+    return jsonify(body), 200 if replayed else 201
 
 
 def _call_or_404(call_id: str) -> Row:
     row = _db().one("get_call", {"id": call_id})
     if row is None:
         raise APIError(404, "not_found", f"no call with id {call_id!r}")
+    check_calls_readable(_db(), [call_id])
     return row
 
 
 @bp.get("/<call_id>")
+@requires("read", "submit", "invoke")
 def get(call_id: str) -> Response:
     out = describe(_call_or_404(call_id))
     out["attempts"] = [
@@ -155,7 +135,9 @@ def _wait_finished(ids: list[str], seconds: float) -> list[Row]:
     db = _db()
     rows = db.all("finished_calls", {"ids": ids})
     if rows or seconds == 0:
+        check_calls_readable(db, ids)
         return rows
+    check_calls_readable(db, ids)
     known = {r["id"] for r in db.all("existing_ids", {"ids": ids})}
     unknown = [i for i in ids if i not in known]
     if unknown:
@@ -166,6 +148,7 @@ def _wait_finished(ids: list[str], seconds: float) -> list[Row]:
 
 
 @bp.get("/<call_id>/result")
+@requires("read", "submit", "invoke")
 def result(call_id: str) -> tuple[Response, int]:
     rows = _wait_finished([call_id], _wait_seconds(request.args.get("wait", 0)))
     if rows:
@@ -174,6 +157,7 @@ def result(call_id: str) -> tuple[Response, int]:
 
 
 @bp.post("/wait")
+@requires("read", "submit", "invoke")
 def wait_any() -> Response:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
@@ -188,22 +172,26 @@ def wait_any() -> Response:
 
 
 @bp.post("/<call_id>/cancel")
+@requires("submit", "invoke")
 def cancel(call_id: str) -> Response:
-    row = _db().one("cancel", {"id": call_id, "reason": "cancelled by request"})
+    current = _call_or_404(call_id)
+    if not principal().has("admin") and current["owner"] != principal().token_id:
+        raise forbidden(("admin",))
+    row = _db().one("cancel", {"id": call_id, "reason": f"cancelled by {principal().name}"})
     out = describe(_call_or_404(call_id))
     out["cancelled"] = row is not None
     return jsonify(out)
 
 
 @bp.get("/<call_id>/logs")
+@requires("read", "submit", "invoke")
 def logs(call_id: str) -> Response:
-    row = _db().one("get_logs", {"id": call_id})
-    if row is None:
-        raise APIError(404, "not_found", f"no call with id {call_id!r}")
-    return jsonify(row)
+    _call_or_404(call_id)
+    return jsonify(_db().one("get_logs", {"id": call_id}))
 
 
 @bp.get("")
+@requires("read")
 def list_calls() -> Response:
     state = request.args.get("state")
     if state is not None and state not in STATES:

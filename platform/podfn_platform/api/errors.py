@@ -28,7 +28,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> tuple[Response, int]:
-        return error_response(exc.status, exc.code, exc.message, **exc.extra)
+        response, status = error_response(exc.status, exc.code, exc.message, **exc.extra)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="podfn"'
+        return response, status
 
     @app.errorhandler(InvalidSpec)
     def _invalid_spec(exc: InvalidSpec) -> tuple[Response, int]:

@@ -1,8 +1,4 @@
-"""The `podfn` command.
-
-Exit codes: 0 success; 1 the call (or demo) failed; 2 usage error;
-3 the platform or its database cannot be reached; 4 configuration error.
-"""
+"""`podfn migrate | serve | controller | dev | demo`: running the platform itself."""
 
 from __future__ import annotations
 
@@ -13,45 +9,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 import platformdirs
 
-from podfn.errors import (
-    ConfigurationError,
-    DatabaseUnavailable,
-    PlatformUnreachable,
-    PodfnError,
-)
+from podfn.cli.support import reports_errors
+from podfn.errors import ConfigurationError, PodfnError
 from podfn.settings import Settings, write_profile
-
-EXIT_FAILED, EXIT_UNREACHABLE, EXIT_CONFIG = 1, 3, 4
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _errors(fn: F) -> F:
-    """Turn podfn errors into a one-line message and a documented exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (PlatformUnreachable, DatabaseUnavailable) as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_UNREACHABLE)
-        except ConfigurationError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_CONFIG)
-        except PodfnError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_FAILED)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _platform_modules() -> None:
@@ -70,21 +35,8 @@ def _logging(settings: Settings) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="podfn")
-def cli() -> None:
-    """podfn: Python functions on Kubernetes, one pod per call.
-
-    \b
-    Start a platform on this machine and try it:
-        podfn dev                 # embedded Postgres + API + controller
-        podfn demo                # the same on temporary state, runs an example
-    Settings come from PODFN_* environment variables (see docs/settings.md).
-    """
-
-
-@cli.command()
-@_errors
+@click.command()
+@reports_errors
 def migrate() -> None:
     """Apply database migrations (PODFN_DATABASE_URL); applying twice changes nothing.
 
@@ -104,10 +56,10 @@ def migrate() -> None:
         click.echo("database is up to date")
 
 
-@cli.command()
+@click.command()
 @click.option("--host", help="address to bind (default PODFN_HOST or 127.0.0.1)")
 @click.option("--port", type=int, help="port to bind (default PODFN_PORT or 8080)")
-@_errors
+@reports_errors
 def serve(host: str | None, port: int | None) -> None:
     """Run the HTTP API under gunicorn (PODFN_DATABASE_URL, PODFN_WORKERS, PODFN_THREADS).
 
@@ -119,8 +71,8 @@ def serve(host: str | None, port: int | None) -> None:
     run_server(Settings.from_env(host=host, port=port))
 
 
-@cli.command()
-@_errors
+@click.command()
+@reports_errors
 def controller() -> None:
     """Run the controller: claims queued calls and launches their attempts.
 
@@ -140,24 +92,27 @@ def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("podfn"))
 
 
-@cli.command()
+@click.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="where the embedded Postgres keeps its data (default: user data dir)")
 @click.option("--port", type=int, default=None, help="API port (default PODFN_PORT or 8080)")
 @click.option("--launcher", type=click.Choice(["local", "kubernetes"]), default=None,
               help="how attempts run (default PODFN_LAUNCHER or local)")
-@_errors
-def dev(data_dir: Path | None, port: int | None, launcher: str | None) -> None:
+@click.option("--no-auth", is_flag=True,
+              help="accept requests without a token (only on a loopback address)")
+@reports_errors
+def dev(data_dir: Path | None, port: int | None, launcher: str | None, no_auth: bool) -> None:
     """Run the whole platform here: embedded Postgres, API and controller.
 
-    Writes the client profile so `@remote` functions find it; Ctrl-C stops
-    everything. Uses PODFN_DATABASE_URL instead of the embedded Postgres when set.
+    Writes the client profile (URL and an admin token) so `@remote`
+    functions and the podfn commands find it; Ctrl-C stops everything. Uses
+    PODFN_DATABASE_URL instead of the embedded Postgres when set.
     Example: podfn dev --port 8080
     """
     _platform_modules()
     from podfn_platform.dev import DevStack
 
-    settings = Settings.from_env(launcher=launcher)
+    settings = Settings.from_env(launcher=launcher, insecure_no_auth=no_auth or None)
     stack = DevStack(settings, data_dir or _default_data_dir(), port or settings.port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with stack:
@@ -175,12 +130,12 @@ def dev(data_dir: Path | None, port: int | None, launcher: str | None) -> None:
 
 
 def _default_demo_script() -> Path:
-    return Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+    return Path(__file__).resolve().parents[3] / "examples" / "demo.py"
 
 
-@cli.command()
+@click.command()
 @click.argument("script", type=click.Path(exists=True, path_type=Path), required=False)
-@_errors
+@reports_errors
 def demo(script: Path | None) -> None:
     """Start a throwaway platform, run an example script against it, stop it.
 
@@ -209,5 +164,4 @@ def demo(script: Path | None) -> None:
         raise PodfnError(f"the demo script exited with code {code}")
 
 
-def main() -> None:
-    cli()
+COMMANDS = [migrate, serve, controller, dev, demo]

@@ -1,0 +1,174 @@
+"""`podfn calls | call | logs | cancel | invoke`: inspecting and managing calls."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Any
+
+import click
+
+from podfn.call import FINAL_STATES
+from podfn.cli.support import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    api,
+    fail,
+    output_option,
+    print_json,
+    print_table,
+    reports_errors,
+)
+
+STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
+
+
+def _duration(call: dict[str, Any]) -> str:
+    start, end = call.get("started_at"), call.get("finished_at")
+    if not start:
+        return ""
+    finished = datetime.fromisoformat(end) if end else None
+    if finished is None:
+        return "running"
+    return f"{(finished - datetime.fromisoformat(start)).total_seconds():.2f}s"
+
+
+def _first_line(text: str | None, width: int = 70) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+@click.command("calls")
+@click.option("--state", type=click.Choice(STATES), help="only calls in this state")
+@click.option("--function", "function", help="only calls of this function")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@output_option
+@reports_errors
+def calls_(state: str | None, function: str | None, limit: int, output: str) -> None:
+    """List recent calls, newest first.
+
+    \b
+    Example: podfn calls --state failed --function train
+    """
+    rows = api().list_calls(state=state, function=function, limit=limit)
+    if output == "json":
+        print_json(rows)
+        return
+    print_table([(c["id"], c["function"], c["state"], c["attempt"], _duration(c),
+                  _first_line(c.get("reason"))) for c in rows],
+                ["id", "function", "state", "attempt", "duration", "reason"])
+
+
+@click.command("call")
+@click.argument("call_id")
+@output_option
+@reports_errors
+def call_(call_id: str, output: str) -> None:
+    """Show one call: its state, reason, error, and the timeline of its attempts.
+
+    \b
+    Example: podfn call 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f
+    """
+    info = api().get_call(call_id)
+    if output == "json":
+        print_json(info)
+        return
+    click.echo(f"call      {info['id']}")
+    click.echo(f"function  {info['function']}"
+               + (f" (version {info['function_version']})" if info.get("function_version") else ""))
+    click.echo(f"state     {info['state']}")
+    if info.get("reason"):
+        click.echo(f"reason    {info['reason']}")
+    for key in ("created_at", "launched_at", "started_at", "finished_at"):
+        if info.get(key):
+            click.echo(f"{key.replace('_at', ''):<9} {info[key]}")
+    error = info.get("error")
+    if error:
+        click.echo(f"error     {error['type']}: {error['message']}")
+    click.echo("attempts:")
+    print_table([(a["attempt"], a["state"], a.get("ref"), a.get("exit_code"),
+                  a.get("launched_at"), a.get("finished_at"), _first_line(a.get("reason"), 60))
+                 for a in info.get("attempts", [])],
+                ["#", "state", "ref", "exit", "launched", "finished", "reason"])
+    if error and error.get("traceback"):
+        click.echo("\nremote traceback:\n" + error["traceback"].rstrip())
+
+
+@click.command("logs")
+@click.argument("call_id")
+@click.option("--follow", "-f", is_flag=True, help="keep printing output until the call ends")
+@reports_errors
+def logs_(call_id: str, follow: bool) -> None:
+    """Print what a call wrote to stdout and stderr.
+
+    \b
+    Example: podfn logs 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f --follow
+    """
+    client = api()
+    printed = {"stdout": 0, "stderr": 0}
+    while True:
+        body = client.logs(call_id)
+        for stream, sink in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+            text = body[stream] or ""
+            if len(text) < printed[stream]:  # a retry started over
+                printed[stream] = 0
+            sink.write(text[printed[stream]:])
+            sink.flush()
+            printed[stream] = len(text)
+        if not follow or body["state"] in FINAL_STATES:
+            return
+        client.wait([call_id], 1.0)  # paces the loop: returns at once when the call ends
+
+
+@click.command("cancel")
+@click.argument("call_id")
+@reports_errors
+def cancel_(call_id: str) -> None:
+    """Cancel a call that has not finished (its process or pod is stopped).
+
+    \b
+    Example: podfn cancel 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f
+    """
+    state = api().cancel(call_id)
+    if state.get("cancelled"):
+        click.echo(f"cancelled {call_id}")
+    else:
+        click.echo(f"{call_id} had already finished: {state['state']}")
+
+
+@click.command("invoke")
+@click.argument("name")
+@click.argument("body", default="{}")
+@click.option("--wait", type=click.FloatRange(0, 3600), default=30.0, show_default=True,
+              help="seconds to wait for the result before printing the call id")
+@output_option
+@reports_errors
+def invoke_(name: str, body: str, wait: float, output: str) -> None:
+    """Invoke a deployed function with JSON arguments and print its JSON result.
+
+    \b
+    Example: podfn invoke add '{"args": [1, 2]}'
+             podfn invoke train '{"kwargs": {"epochs": 3}}' --wait 600
+    """
+    try:
+        parsed = json.loads(body)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="BODY") from None
+    status, answer = api().invoke(name, parsed, wait)
+    if output == "json":
+        print_json(answer)
+    elif status == 202:
+        click.echo(f"call {answer['id']} is {answer['state']}; follow it with: "
+                   f"podfn call {answer['id']}")
+    elif answer["state"] == "succeeded":
+        click.echo(json.dumps(answer.get("value")))
+    if status == 200 and answer["state"] != "succeeded":
+        error = answer.get("error") or {}
+        detail = f"{error.get('type')}: {error.get('message')}" if error else answer.get("reason")
+        fail(f"call {answer['id']} {answer['state']}: {detail}", EXIT_FAILED)
+
+
+COMMANDS = [calls_, call_, logs_, cancel_, invoke_]
+for _command in COMMANDS:
+    _command.help = (_command.help or "") + "\n\n" + EXIT_CODES_HELP

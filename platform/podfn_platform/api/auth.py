@@ -1,0 +1,119 @@
+"""Bearer tokens with scopes.
+
+Scopes: `submit` (may send code, i.e. pickles), `invoke` (may invoke
+deployed functions with JSON, nothing else), `deploy`, `read`, `admin`
+(everything). Tokens are stored as sha256 hashes; the secret is shown once.
+A token may always read and cancel the calls it created itself.
+
+`PODFN_API_TOKEN`, when set, is an admin token that lives outside the
+database (the bootstrap token of a chart install). Running without auth at
+all needs PODFN_INSECURE_NO_AUTH and a loopback address.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, g, request
+
+from podfn_platform.api.errors import APIError
+from podfn_platform.database import Database
+
+SCOPES = ("submit", "invoke", "deploy", "read", "admin")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: str
+    name: str
+    scopes: frozenset[str]
+
+    def has(self, *scopes: str) -> bool:
+        return "admin" in self.scopes or bool(self.scopes.intersection(scopes))
+
+
+ANONYMOUS = Principal("", "anonymous", frozenset({"admin"}))
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token() -> tuple[str, str]:
+    """A fresh (id, secret) pair; only the hash of the secret is ever stored."""
+    return f"tok_{secrets.token_hex(6)}", f"pfn_{secrets.token_urlsafe(32)}"
+
+
+def create_token(db: Database, name: str, scopes: list[str]) -> tuple[dict[str, Any], str] | None:
+    """Store a new token; (its row, its secret), or None if the name is taken."""
+    token_id, secret = new_token()
+    row = db.one("insert_token", {"id": token_id, "name": name, "hash": hash_secret(secret),
+                                  "scopes": sorted(set(scopes))})
+    return (row, secret) if row else None
+
+
+def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Principal:
+    if no_auth:
+        return ANONYMOUS
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and secret:
+        if root_token and hmac.compare_digest(secret.encode(), root_token.encode()):
+            return Principal("root", "root", frozenset({"admin"}))
+        row = db.one("token_by_hash", {"hash": hash_secret(secret)})
+        if row is not None:
+            return Principal(row["id"], row["name"], frozenset(row["scopes"]))
+    raise APIError(401, "unauthorized",
+                   "a valid bearer token is required: set PODFN_TOKEN (podfn dev writes one to "
+                   "your profile; an admin creates more with `podfn token create`)")
+
+
+def principal() -> Principal:
+    return g.podfn_principal  # type: ignore[no-any-return]
+
+
+def forbidden(scopes: tuple[str, ...]) -> APIError:
+    wanted = " or ".join(scopes)
+    return APIError(403, "forbidden",
+                    f"this token ({principal().name}) lacks the {wanted} scope; ask an admin for "
+                    f"one: podfn token create --scope {scopes[0]} --name NAME")
+
+
+def requires(*scopes: str) -> Callable[[F], F]:
+    """Allow the view to tokens holding any of `scopes` (admin holds all)."""
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not principal().has(*scopes):
+                raise forbidden(scopes)
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def check_calls_readable(db: Database, ids: list[str]) -> None:
+    """Reading calls needs `read`, unless every one of them was made with this token."""
+    who = principal()
+    if who.has("read"):
+        return
+    owners = db.all("call_owners", {"ids": ids})
+    if any(row["owner"] != who.token_id for row in owners):
+        raise forbidden(("read",))
+
+
+def install(app: Flask, db: Database, *, root_token: str | None, no_auth: bool) -> None:
+    @app.before_request
+    def _authenticate() -> None:
+        if request.path.startswith("/v1/"):
+            g.podfn_principal = authenticate(db, root_token, no_auth)
+
+    app.extensions["podfn.no_auth"] = no_auth
