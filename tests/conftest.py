@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -124,8 +125,9 @@ TEST_TOKEN = "test-token"
 
 
 def platform_settings(database_url: str, **overrides: object) -> Settings:
-    return Settings(database_url=database_url, api_token=TEST_TOKEN, sweep_seconds=1.0,
-                    max_wait_seconds=30.0, **overrides)  # type: ignore[arg-type]
+    values: dict[str, Any] = {"database_url": database_url, "api_token": TEST_TOKEN,
+                              "sweep_seconds": 1.0, "max_wait_seconds": 30.0, **overrides}
+    return Settings(**values)
 
 
 @contextmanager

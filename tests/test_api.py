@@ -231,3 +231,21 @@ def _eventually(predicate: Any, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_no_auth_only_on_loopback_and_only_when_asked(database_url: str, db: Database) -> None:
+    from podfn.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="loopback"):
+        create_app(platform_settings(database_url, insecure_no_auth=True, host="0.0.0.0"), db=db)
+    app = create_app(platform_settings(database_url, insecure_no_auth=True, api_token=None),
+                     db=db)
+    try:
+        assert app.test_client().get("/v1/calls").status_code == 200
+    finally:
+        app.extensions["podfn.waiter"].close()
+    strict = create_app(platform_settings(database_url, api_token=None), db=db)
+    try:
+        assert strict.test_client().get("/v1/calls").status_code == 401
+    finally:
+        strict.extensions["podfn.waiter"].close()

@@ -10,7 +10,7 @@ from flask import Flask, Response, jsonify
 
 from podfn.errors import ConfigurationError, DatabaseError
 from podfn.settings import Settings
-from podfn_platform.api import auth, calls, errors, functions, tokens
+from podfn_platform.api import auth, calls, errors, functions, openapi, tokens
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
 
@@ -40,6 +40,12 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         raise ConfigurationError(
             f"PODFN_INSECURE_NO_AUTH is allowed only on a loopback address, not {settings.host}")
     auth.install(app, db, root_token=settings.api_token, no_auth=settings.insecure_no_auth)
+
+    spec = openapi.document()
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        return jsonify(spec)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -1,0 +1,207 @@
+"""The API's OpenAPI 3.1 document, served at /openapi.json.
+
+Status codes are the same across endpoints: 200 read/answered, 201
+created, 202 accepted and still running, 400 malformed request, 401 no
+valid token, 403 the token lacks a scope, 404 no such thing, 409 conflict
+with current state, 413 too large, 422 well-formed but invalid, 503 the
+database is unavailable. A test checks that every route is documented.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STATES = ["queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled"]
+SCOPES = ["submit", "invoke", "deploy", "read", "admin"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Malformed request", 401: "No valid bearer token",
+            403: "The token lacks a scope", 404: "Not found",
+            409: "Conflicts with the current state", 413: "Request too large",
+            422: "Invalid field (named in `error.field`)", 503: "The database is unavailable"}
+    return {str(c): _json(_ref("Error"), text[c]) for c in codes}
+
+
+COMMON = (401, 403, 503)
+CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+WAIT = {"name": "wait", "in": "query", "required": False,
+        "schema": {"type": "number", "minimum": 0},
+        "description": "seconds to wait for the call to finish (capped by the server)"}
+IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+               "description": "the same key with the same body returns the original calls"}
+MULTIPART_SUBMIT = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["meta", "function", "args"],
+    "properties": {
+        "meta": {"type": "string", "description": "JSON: {function_name, spec, client}"},
+        "function": {"type": "string", "format": "binary",
+                     "description": "the cloudpickled function (never unpickled by the API)"},
+        "args": {"type": "array", "items": {"type": "string", "format": "binary"},
+                 "description": "one cloudpickled (args, kwargs) per call"},
+    }}}}}
+
+
+def document() -> dict[str, Any]:
+    calls_created = _json({"type": "object", "properties": {
+        "calls": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "string"}}}},
+        "replayed": {"type": "boolean"}}}, "the calls recorded")
+    paths: dict[str, Any] = {
+        "/healthz": {"get": {"summary": "Liveness", "security": [],
+                             "responses": {"200": _json({"type": "object"}, "alive")}}},
+        "/readyz": {"get": {"summary": "Readiness (checks the database)", "security": [],
+                            "responses": {"200": _json({"type": "object"}, "ready"),
+                                          **_errors(503)}}},
+        "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                  "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
+        "/v1/calls": {
+            "post": {"summary": "Submit calls of a pickled function (scope submit)",
+                     "parameters": [IDEMPOTENCY], "requestBody": MULTIPART_SUBMIT,
+                     "responses": {"201": calls_created,
+                                   "200": _json({"type": "object"}, "replayed (Idempotency-Key)"),
+                                   **_errors(400, 413, 422, *COMMON)}},
+            "get": {"summary": "List calls (scope read)",
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": {"type": "string",
+                                                                    "enum": STATES}},
+                        {"name": "function", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+                    "responses": {"200": _json({"type": "object", "properties": {
+                        "calls": {"type": "array", "items": _ref("Call")}}}, "calls"),
+                        **_errors(400, *COMMON)}},
+        },
+        "/v1/calls/wait": {"post": {
+            "summary": "Wait until any of the calls finishes; the finished ones with outcomes",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["ids"], "properties": {
+                    "ids": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                            "maxItems": 10000},
+                    "wait": {"type": "number", "minimum": 0}}}}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "calls": {"type": "array", "items": _ref("Outcome")}}}, "finished calls"),
+                **_errors(400, 404, 422, *COMMON)}}},
+        "/v1/calls/{call_id}": {"get": {
+            "summary": "A call and its attempts", "parameters": [CALL_ID],
+            "responses": {"200": _json(_ref("Call"), "the call"), **_errors(404, *COMMON)}}},
+        "/v1/calls/{call_id}/result": {"get": {
+            "summary": "A call's outcome, waiting up to `wait` seconds",
+            "parameters": [CALL_ID, WAIT],
+            "responses": {"200": _json(_ref("Outcome"), "finished"),
+                          "202": _json(_ref("Call"), "not finished yet"),
+                          **_errors(400, 404, *COMMON)}}},
+        "/v1/calls/{call_id}/cancel": {"post": {
+            "summary": "Cancel a call that has not finished (its own calls, or admin)",
+            "parameters": [CALL_ID],
+            "responses": {"200": _json(_ref("Call"), "the call; `cancelled` says if it was"),
+                          **_errors(404, *COMMON)}}},
+        "/v1/calls/{call_id}/logs": {"get": {
+            "summary": "What the call printed", "parameters": [CALL_ID],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "stdout": {"type": "string"}, "stderr": {"type": "string"},
+                "state": {"type": "string"}}}, "output"), **_errors(404, *COMMON)}}},
+        "/v1/functions": {
+            "post": {"summary": "Deploy a function: a new live version (scope deploy)",
+                     "requestBody": {"required": True, "content": {"multipart/form-data": {
+                         "schema": {"type": "object", "required": ["meta", "function"],
+                                    "properties": {
+                                        "meta": {"type": "string",
+                                                 "description": "JSON: {name, spec, client}"},
+                                        "function": {"type": "string", "format": "binary"}}}}}},
+                     "responses": {"201": _json({"type": "object"}, "deployed"),
+                                   **_errors(400, 413, 422, *COMMON)}},
+            "get": {"summary": "Deployed functions", "responses": {
+                "200": _json({"type": "object"}, "functions"), **_errors(*COMMON)}},
+        },
+        "/v1/functions/{name}": {"get": {
+            "summary": "A deployed function and its versions", "parameters": [NAME],
+            "responses": {"200": _json({"type": "object"}, "the function"),
+                          **_errors(404, *COMMON)}}},
+        "/v1/functions/{name}/rollback": {"post": {
+            "summary": "Make an older version live (default: the one before)",
+            "parameters": [NAME],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"version": {"type": ["integer", "null"]}}}}}},
+            "responses": {"200": _json({"type": "object"}, "the function"),
+                          **_errors(400, 404, 409, 422, *COMMON)}}},
+        "/v1/functions/{name}/calls": {"post": {
+            "summary": "Calls of the live version with pickled arguments (scope submit)",
+            "parameters": [NAME, IDEMPOTENCY],
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                "type": "object", "required": ["meta", "args"], "properties": {
+                    "meta": {"type": "string", "description": "JSON: {spec overrides, client}"},
+                    "args": {"type": "array", "items": {"type": "string",
+                                                        "format": "binary"}}}}}}},
+            "responses": {"201": calls_created,
+                          "200": _json({"type": "object"}, "replayed (Idempotency-Key)"),
+                          **_errors(400, 404, 413, 422, *COMMON)}}},
+        "/v1/functions/{name}/invoke": {"post": {
+            "summary": "Invoke the live version with JSON; its JSON result if it finishes "
+                       "within `wait` (default 30) seconds (scope invoke or submit)",
+            "parameters": [NAME, WAIT, IDEMPOTENCY],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "args": {"type": "array"}, "kwargs": {"type": "object"}}}}}},
+            "responses": {
+                "200": _json(_ref("Outcome"), "finished: `value` or `error`"),
+                "202": {"description": "still running; poll `Location`",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": _ref("Call")}}},
+                **_errors(400, 404, 413, 422, *COMMON)}}},
+        "/v1/tokens": {
+            "post": {"summary": "Create a token (admin); the secret is returned once",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"type": "object", "required": ["name", "scopes"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "scopes": {"type": "array", "items": {
+                                            "type": "string", "enum": SCOPES}}}}}}},
+                     "responses": {"201": _json({"type": "object"}, "the token"),
+                                   **_errors(400, 409, 422, *COMMON)}},
+            "get": {"summary": "List tokens (admin)", "responses": {
+                "200": _json({"type": "object"}, "tokens"), **_errors(*COMMON)}},
+        },
+        "/v1/tokens/{ref}/revoke": {"post": {
+            "summary": "Revoke a token by id or name (admin)",
+            "parameters": [{"name": "ref", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": _json({"type": "object"}, "revoked"),
+                          **_errors(404, *COMMON)}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "podfn", "version": "1",
+                 "description": "Python functions on Kubernetes, one pod per call."},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {
+                    "error": {"type": "object", "required": ["code", "message"], "properties": {
+                        "code": {"type": "string"}, "message": {"type": "string"},
+                        "field": {"type": "string"}}}}},
+                "Call": {"type": "object", "required": ["id", "state"], "properties": {
+                    "id": {"type": "string"}, "function": {"type": "string"},
+                    "state": {"type": "string", "enum": STATES},
+                    "attempt": {"type": "integer"}, "reason": {"type": ["string", "null"]}}},
+                "Outcome": {"allOf": [_ref("Call"), {"type": "object", "properties": {
+                    "result": {"type": ["string", "null"],
+                               "description": "base64 of the pickled result"},
+                    "value": {"description": "the JSON result of an HTTP invoke"},
+                    "error": {"type": "object", "properties": {
+                        "type": {"type": "string"}, "message": {"type": "string"},
+                        "traceback": {"type": "string"}}}}}]},
+            },
+        },
+    }
