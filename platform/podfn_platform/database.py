@@ -7,6 +7,7 @@ LISTEN for wake-ups, and psycopg's errors turned into podfn's own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -112,13 +113,62 @@ class Database:
         with self.transaction() as tx:
             tx._conn.execute("SELECT 1")
 
-    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Row]:
-        """A dedicated connection outside the pool (LISTEN, leader lock)."""
+    def connect(self, *, name: str = "podfn-listener") -> psycopg.Connection[Row]:
+        """A raw connection outside the pool, for this module's own use (LISTEN)."""
         try:
-            return psycopg.connect(self.url, autocommit=autocommit, row_factory=dict_row,
-                                   application_name="podfn-listener")
+            return psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
+                                   application_name=name)
         except psycopg.Error as exc:
             raise translate(exc) from exc
+
+    def session(self, name: str) -> Session:
+        """A dedicated connection whose session state matters (advisory locks, migrations)."""
+        return Session(self.connect(name=name))
+
+
+def ensure_database(server_url: str, dbname: str) -> None:
+    """Create database `dbname` on the server at `server_url` unless it exists."""
+    try:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                 (dbname,)).fetchone()
+            if not found:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    except psycopg.Error as exc:
+        raise translate(exc) from exc
+
+
+class Session:
+    """One connection held on purpose: session-level locks live exactly as long as it does."""
+
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self._conn = conn
+
+    def execute(self, statement: str | bytes, params: Sequence[Any] | None = None) -> list[Row]:
+        """Run raw SQL (a migration script, a lock call); its rows. Errors become podfn's."""
+        try:
+            cur = self._conn.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        try:
+            with self._conn.transaction():
+                yield
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Listener:

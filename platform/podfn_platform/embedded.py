@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import psycopg
-
 from podfn.errors import DatabaseUnavailable
+from podfn_platform.database import ensure_database
 
 log = logging.getLogger("podfn.embedded")
 
@@ -33,11 +32,7 @@ class EmbeddedPostgres:
                 f"see {data_dir / 'log'}, or set PODFN_DATABASE_URL to use another Postgres"
             ) from exc
         admin_url = self._server.get_uri()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                  (dbname,)).fetchone()
-            if not exists:
-                conn.execute(f'CREATE DATABASE "{dbname}"')
+        ensure_database(admin_url, dbname)
         self.admin_url = admin_url
         self.url = self._server.get_uri(dbname)
 

@@ -11,10 +11,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-import psycopg
-
 from podfn.errors import DatabaseError
-from podfn_platform.database import Database, translate
+from podfn_platform.database import Database
 
 _FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _LOCK_KEY = 0x706F64666E  # "podfn"
@@ -43,40 +41,32 @@ def available() -> list[Migration]:
 def apply(db: Database) -> list[Migration]:
     """Apply every migration not yet applied; the ones applied now."""
     applied_now = []
-    try:
-        with db.connect(autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS podfn_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
-            try:
-                done = {r["version"] for r in conn.execute("SELECT version FROM podfn_migrations")}
-                for migration in available():
-                    if migration.version in done:
-                        continue
-                    with conn.transaction():
-                        conn.execute(migration.sql.encode())
-                        conn.execute(
-                            "INSERT INTO podfn_migrations (version, name) VALUES (%s, %s)",
-                            (migration.version, migration.name),
-                        )
-                    applied_now.append(migration)
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    with db.session("podfn-migrate") as session:
+        session.execute(
+            "CREATE TABLE IF NOT EXISTS podfn_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        session.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            done = {r["version"] for r in session.execute("SELECT version FROM podfn_migrations")}
+            for migration in available():
+                if migration.version in done:
+                    continue
+                with session.transaction():
+                    session.execute(migration.sql.encode())
+                    session.execute("INSERT INTO podfn_migrations (version, name) VALUES (%s, %s)",
+                                    (migration.version, migration.name))
+                applied_now.append(migration)
+        finally:
+            session.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
 
 
 def pending(db: Database) -> list[Migration]:
-    try:
-        with db.connect() as conn:
-            exists = conn.execute("SELECT to_regclass('podfn_migrations') AS t").fetchone()
-            done: set[int] = set()
-            if exists and exists["t"]:
-                done = {r["version"] for r in conn.execute("SELECT version FROM podfn_migrations")}
-    except psycopg.Error as exc:
-        raise translate(exc) from exc
+    with db.session("podfn-migrate") as session:
+        [exists] = session.execute("SELECT to_regclass('podfn_migrations') AS t")
+        done: set[int] = set()
+        if exists["t"]:
+            done = {r["version"] for r in session.execute("SELECT version FROM podfn_migrations")}
     return [m for m in available() if m.version not in done]

@@ -10,7 +10,7 @@ from flask import Flask, Response, jsonify
 
 from podfn.errors import ConfigurationError, DatabaseError
 from podfn.settings import Settings
-from podfn_platform.api import auth, calls, errors, functions, openapi, tokens
+from podfn_platform.api import auth, calls, errors, forms, functions, openapi, tokens
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
 
@@ -26,7 +26,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         # A map batch is one form part per call; the parts are bounded by size anyway.
-        MAX_FORM_PARTS=calls.MAX_IDS + 16,
+        MAX_FORM_PARTS=forms.MAX_CALLS_PER_REQUEST + 16,
         PODFN_MAX_WAIT=settings.max_wait_seconds,
     )
     app.extensions["podfn.db"] = db

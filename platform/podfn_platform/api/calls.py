@@ -25,7 +25,6 @@ from podfn_platform.submission import NewCalls, digest, record_calls, store_payl
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
 
 STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
-MAX_IDS = forms.MAX_CALLS_PER_REQUEST
 
 
 def _db() -> Database:
@@ -120,7 +119,7 @@ def get(call_id: str) -> Response:
     return jsonify(out)
 
 
-def _wait_seconds(value: Any) -> float:
+def wait_seconds(value: Any) -> float:
     try:
         seconds = float(value)
     except (TypeError, ValueError):
@@ -131,7 +130,7 @@ def _wait_seconds(value: Any) -> float:
     return min(seconds, float(current_app.config["PODFN_MAX_WAIT"]))
 
 
-def _wait_finished(ids: list[str], seconds: float) -> list[Row]:
+def wait_finished(ids: list[str], seconds: float) -> list[Row]:
     db = _db()
     rows = db.all("finished_calls", {"ids": ids})
     if rows or seconds == 0:
@@ -150,7 +149,7 @@ def _wait_finished(ids: list[str], seconds: float) -> list[Row]:
 @bp.get("/<call_id>/result")
 @requires("read", "submit", "invoke")
 def result(call_id: str) -> tuple[Response, int]:
-    rows = _wait_finished([call_id], _wait_seconds(request.args.get("wait", 0)))
+    rows = wait_finished([call_id], wait_seconds(request.args.get("wait", 0)))
     if rows:
         return jsonify(with_outcome(rows[0])), 200
     return jsonify(describe(_call_or_404(call_id))), 202
@@ -163,11 +162,12 @@ def wait_any() -> Response:
     if not isinstance(body, dict):
         raise APIError(400, "malformed_json", "expected a JSON object {'ids': [...], 'wait': s}")
     ids = body.get("ids")
-    if (not isinstance(ids, list) or not ids or len(ids) > MAX_IDS
+    if (not isinstance(ids, list) or not ids or len(ids) > forms.MAX_CALLS_PER_REQUEST
             or not all(isinstance(i, str) for i in ids)):
-        raise APIError(422, "invalid_field", f"ids must be a list of 1 to {MAX_IDS} call ids",
+        raise APIError(422, "invalid_field",
+                       f"ids must be a list of 1 to {forms.MAX_CALLS_PER_REQUEST} call ids",
                        field="ids")
-    rows = _wait_finished(ids, _wait_seconds(body.get("wait", 0)))
+    rows = wait_finished(ids, wait_seconds(body.get("wait", 0)))
     return jsonify({"calls": [with_outcome(r) for r in rows]})
 
 

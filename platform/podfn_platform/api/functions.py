@@ -17,10 +17,10 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from podfn import spec as call_spec
 from podfn_platform.api import forms, idempotency
 from podfn_platform.api.auth import principal, requires
-from podfn_platform.api.calls import _wait_finished, _wait_seconds, created, describe, with_outcome
+from podfn_platform.api.calls import created, describe, wait_finished, wait_seconds, with_outcome
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Database, Row, Transaction, jsonb
-from podfn_platform.submission import NewCalls, digest, record_calls, store_payload
+from podfn_platform.submission import NewCalls, record_calls, store_payload
 
 bp = Blueprint("functions", __name__, url_prefix="/v1/functions")
 
@@ -177,7 +177,7 @@ def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, 
     """Run the live version with JSON arguments; its JSON result if it finishes in `wait` s."""
     args, kwargs = _invoke_body()
     live = _live(name)
-    wait = _wait_seconds(request.args.get("wait", DEFAULT_INVOKE_WAIT))
+    wait = wait_seconds(request.args.get("wait", DEFAULT_INVOKE_WAIT))
     # A plain pickle of JSON values: built here, loadable by any runtime.
     payload = pickle.dumps((args, kwargs), protocol=4)
     calls = _deployed_calls(live, live["spec"], python=live["client_python"],
@@ -188,7 +188,7 @@ def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, 
 
     [call_id], _ = idempotency.create_once(
         _db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), create)
-    rows = _wait_finished([call_id], wait)
+    rows = wait_finished([call_id], wait)
     if rows:
         return jsonify(invocation(rows[0], name)), 200
     location = url_for("calls.result", call_id=call_id)
@@ -196,6 +196,3 @@ def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, 
     assert row is not None
     return jsonify({**describe(row), "location": location}), 202, {"Location": location}
 
-
-# What a deploy or submit payload is: used by the OpenAPI document.
-__all__ = ["DEFAULT_INVOKE_WAIT", "bp", "digest"]

@@ -8,13 +8,10 @@ gone, so two controllers never act at once for longer than one turn.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
-import psycopg
-
 from podfn.errors import DatabaseError
-from podfn_platform.database import Database, Row
+from podfn_platform.database import Database, Session
 
 log = logging.getLogger("podfn.controller.leader")
 
@@ -28,43 +25,42 @@ class LeadershipLost(DatabaseError):
 class LeaderLock:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._conn: psycopg.Connection[Row] | None = None
+        self._session: Session | None = None
 
     @property
     def held(self) -> bool:
-        return self._conn is not None
+        return self._session is not None
 
     def try_acquire(self) -> bool:
-        if self._conn is not None:
+        if self._session is not None:
             return True
         try:
-            conn = self._db.connect()
+            session = self._db.session("podfn-controller-lock")
         except DatabaseError as exc:
             log.warning("cannot reach the database to seek leadership: %s", exc)
             return False
         try:
-            row = conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (LOCK_KEY,)).fetchone()
-        except psycopg.Error:
-            conn.close()
+            [row] = session.execute("SELECT pg_try_advisory_lock(%s) AS ok", (LOCK_KEY,))
+        except DatabaseError:
+            session.close()
             return False
-        if row and row["ok"]:
-            self._conn = conn
+        if row["ok"]:
+            self._session = session
             return True
-        conn.close()
+        session.close()
         return False
 
     def check(self) -> None:
         """Raise LeadershipLost unless the lock's connection still answers."""
-        if self._conn is None:
+        if self._session is None:
             raise LeadershipLost("not the active controller")
         try:
-            self._conn.execute("SELECT 1")
-        except psycopg.Error as exc:
+            self._session.execute("SELECT 1")
+        except DatabaseError as exc:
             self.release()
             raise LeadershipLost(f"lost the controller lock's connection: {exc}") from exc
 
     def release(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
