@@ -12,7 +12,7 @@ from flask import Flask, Response, jsonify, request
 
 from podfn.errors import DatabaseError
 from podfn.settings import Settings
-from podfn_platform.api import calls, errors
+from podfn_platform.api import calls, errors, metrics
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
 
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.extensions["podfn.waiter"] = FinishWaiter(db)
     errors.register(app)
     app.register_blueprint(calls.bp)
+    metrics.register(app, db)
 
     if settings.api_token:
         expected = settings.api_token.encode()

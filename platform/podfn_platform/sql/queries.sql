@@ -67,3 +67,10 @@ SELECT value FROM podfn_controller_state WHERE key = %(key)s;
 -- name: put_state
 INSERT INTO podfn_controller_state (key, value) VALUES (%(key)s, %(value)s)
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
+
+-- name: call_counts
+-- For /metrics: calls per state, and how many queued calls are due now (the queue depth).
+SELECT state, count(*) AS calls,
+       count(*) FILTER (WHERE state = 'queued' AND (not_before IS NULL OR not_before <= now())) AS due
+FROM podfn_calls
+GROUP BY state;
