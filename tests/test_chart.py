@@ -233,6 +233,9 @@ def test_migrations_run_as_a_pre_install_and_pre_upgrade_hook() -> None:
     assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
     [container] = job["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["podfn", "migrate"]
+    # A hook runs before the release's other objects exist: it may name none of them.
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]
+    assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     # The Secret it reads exists before it: a hook of lower weight.
     [db_secret] = [s for s in find(docs, "Secret", "podfn-database")
                    if s["metadata"]["namespace"] == NAMESPACE]
