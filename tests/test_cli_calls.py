@@ -89,7 +89,7 @@ def test_invoke_failure_exit_code_and_message(deployed: Platform) -> None:
 
 def test_logs_follow_prints_until_the_end(deployed: Platform) -> None:
     started = run("invoke", "chatty", '{"args": [4]}', "--wait", "0")
-    assert started.exit_code == 0 and "is queued" in started.output
+    assert started.exit_code == 0 and "follow it with: podfn call" in started.output
     call_id = started.output.split()[1]
     followed = run("logs", call_id, "--follow")
     assert followed.exit_code == 0

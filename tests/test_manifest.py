@@ -8,6 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from k8s_versions import SUPPORTED
 from podfn.spec import validate as validate_spec
 from podfn_platform.kube.manifest import (
     PodSettings,
@@ -18,8 +19,6 @@ from podfn_platform.kube.manifest import (
     pod_name,
 )
 
-# The Kubernetes minor versions podfn claims to support (docs/deploy.md says the same).
-SUPPORTED = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0", "1.36.0", "1.37.0"]
 SETTINGS = PodSettings(namespace="jobs", runtime_image="registry.example/podfn-runtime",
                        database_secret="podfn-database")
 

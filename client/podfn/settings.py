@@ -58,6 +58,7 @@ class Settings:
     keep_failed_pods_seconds: float = 3600.0
     reconcile_seconds: float = 60.0
     watch_timeout_seconds: int = 60
+    controller_metrics_port: int = 9090  # Prometheus metrics of the controller; 0 turns them off
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

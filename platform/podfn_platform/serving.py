@@ -1,18 +1,15 @@
-"""`podfn serve`: the API under gunicorn (threaded workers, for long-polls)."""
+"""`podfn serve`: the API under gunicorn, configured by `podfn_platform.gunicorn_conf`."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from podfn.settings import Settings
+from podfn_platform.gunicorn_conf import ACCESS_LOG_FORMAT, options
 
-ACCESS_LOG_FORMAT = json.dumps({
-    "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "query": "%(q)s",
-    "status": "%(s)s", "bytes": "%(B)s", "duration_us": "%(D)s",
-})
+__all__ = ["ACCESS_LOG_FORMAT", "options", "serve"]
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -29,21 +26,6 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         from podfn_platform.api.app import create_app
 
         return create_app(self._settings)
-
-
-def options(settings: Settings) -> dict[str, Any]:
-    return {
-        "bind": f"{settings.host}:{settings.port}",
-        "workers": settings.workers,
-        "threads": settings.threads,
-        "worker_class": "gthread",
-        # Long-polls hold a request for up to max_wait_seconds.
-        "timeout": int(settings.max_wait_seconds) + 30,
-        "graceful_timeout": 30,
-        "accesslog": "-",
-        "access_log_format": ACCESS_LOG_FORMAT,
-        "loglevel": settings.log_level.lower(),
-    }
 
 
 def serve(settings: Settings) -> None:

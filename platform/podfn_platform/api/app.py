@@ -10,7 +10,7 @@ from flask import Flask, Response, jsonify
 
 from podfn.errors import ConfigurationError, DatabaseError
 from podfn.settings import Settings
-from podfn_platform.api import auth, calls, errors, forms, functions, openapi, tokens
+from podfn_platform.api import auth, calls, errors, forms, functions, metrics, openapi, tokens
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
 
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.register_blueprint(calls.bp)
     app.register_blueprint(functions.bp)
     app.register_blueprint(tokens.bp)
+    metrics.register(app, db)
 
     if settings.insecure_no_auth and settings.host not in LOOPBACK:
         raise ConfigurationError(

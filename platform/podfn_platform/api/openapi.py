@@ -62,6 +62,10 @@ def document() -> dict[str, Any]:
         "/readyz": {"get": {"summary": "Readiness (checks the database)", "security": [],
                             "responses": {"200": _json({"type": "object"}, "ready"),
                                           **_errors(503)}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics: calls by state, queue depth",
+                             "security": [], "responses": {"200": {
+                                 "description": "Prometheus text format",
+                                 "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "security": [],
                                   "responses": {"200": _json({"type": "object"}, "OpenAPI")}}},
         "/v1/calls": {

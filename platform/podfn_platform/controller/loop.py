@@ -16,6 +16,7 @@ from typing import Any
 
 from podfn.errors import DatabaseError
 from podfn.settings import Settings
+from podfn_platform.controller import metrics
 from podfn_platform.controller.launcher import Attempt, Exit, Launcher
 from podfn_platform.controller.leader import LeaderLock
 from podfn_platform.database import Database, Listener
@@ -121,6 +122,7 @@ class Controller:
                                        "error_type": None, "error_message": None,
                                        "error_traceback": None, "error_pickle": None,
                                        "stdout": None, "stderr": None})
+        metrics.RECONCILE_RESULTS.labels(exit_.kind, row["state"] if row else "unchanged").inc()
         if row is not None:
             log.info("call %s attempt %d -> %s: %s", a.call_id, a.attempt, row["state"],
                      exit_.reason.splitlines()[0])
@@ -143,8 +145,10 @@ class Controller:
         for row in self.db.all("claim_queued", {"limit": room}):
             attempt = attempt_from(row)
             try:
-                ref = self.launcher.launch(attempt)
+                with metrics.LAUNCH_SECONDS.time():
+                    ref = self.launcher.launch(attempt)
             except Exception as exc:
+                metrics.LAUNCH_FAILURES.inc()
                 log.exception("launching call %s attempt %d failed", attempt.call_id,
                               attempt.attempt)
                 self.record(Exit(attempt, "disrupted", f"could not launch the attempt: {exc}"))

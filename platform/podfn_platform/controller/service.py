@@ -8,6 +8,7 @@ import threading
 
 from podfn.errors import ConfigurationError
 from podfn.settings import Settings
+from podfn_platform.controller import metrics
 from podfn_platform.controller.launcher import Launcher
 from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.controller.loop import Controller
@@ -42,7 +43,11 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     controller, db = build(settings)
+    metrics_server = metrics.serve(settings.controller_metrics_port)
     try:
         controller.run(stop)
     finally:
         db.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from podfn.errors import KubernetesGone, KubernetesTransient
+from podfn_platform.controller import metrics
 from podfn_platform.kube.client import KubeClient, WatchStream
 
 log = logging.getLogger("podfn.kube.watcher")
@@ -71,6 +72,7 @@ class PodWatcher:
     def _relist(self) -> str:
         pods, rv = self._kube.list_pods(self._selector)
         self.relists += 1
+        metrics.WATCH_RELISTS.inc()
         log.info("listed %d pods at resourceVersion %s", len(pods), rv)
         self._on_relist(pods)
         self._persist(rv, force=True)
@@ -100,6 +102,7 @@ class PodWatcher:
                         raise KubernetesTransient(f"watch error event: {obj.get('message')}")
                     if kind != "BOOKMARK":
                         self.events += 1
+                        metrics.WATCH_EVENTS.labels(str(kind)).inc()
                         self._on_event(str(kind), obj)
                     rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
                     self._persist(rv)

@@ -136,3 +136,10 @@ UPDATE podfn_idempotency SET call_ids = %(call_ids)s WHERE owner = %(owner)s AND
 
 -- name: call_owners
 SELECT id, owner FROM podfn_calls WHERE id = ANY(%(ids)s);
+
+-- name: call_counts
+-- For /metrics: calls per state, and how many queued calls are due now (the queue depth).
+SELECT state, count(*) AS calls,
+       count(*) FILTER (WHERE state = 'queued' AND (not_before IS NULL OR not_before <= now())) AS due
+FROM podfn_calls
+GROUP BY state;
