@@ -22,7 +22,7 @@ from podfn.settings import Settings
 # Seconds the server may hold a long-poll beyond what we asked for before we
 # call the connection dead.
 _WAIT_SLACK = 15.0
-_SUBMIT_TRIES = 4
+_RETRIES = 4  # for requests that are safe to repeat
 
 
 class APIClient:
@@ -41,6 +41,12 @@ class APIClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> APIClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _request(self, method: str, path: str, *, timeout: float | None = None,
                  **kwargs: Any) -> Any:
         try:
@@ -57,6 +63,19 @@ class APIClient:
             raise _error_from(response)
         return response.json()
 
+    def _idempotent(self, request: Any) -> Any:
+        """Run a request that is safe to repeat, retrying transport errors and 5xx
+        (an API restarting, a long-poll cut by a rolling update) with backoff."""
+        for attempt in range(_RETRIES):
+            try:
+                return request()
+            except PlatformError as exc:
+                retryable = isinstance(exc, PlatformUnreachable) or (exc.status or 0) >= 500
+                if not retryable or attempt == _RETRIES - 1:
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def _submit_once(self, path: str, meta: dict[str, Any],
                      parts: list[tuple[str, bytes]]) -> list[str]:
         """POST a multipart submission; retried on transport errors and 5xx with one
@@ -64,17 +83,9 @@ class APIClient:
         files = [(field, (f"{field}{i}", blob, "application/octet-stream"))
                  for i, (field, blob) in enumerate(parts)]
         headers = {"Idempotency-Key": uuid.uuid4().hex}
-        for attempt in range(_SUBMIT_TRIES):
-            try:
-                body = self._request("POST", path, data={"meta": json.dumps(meta)}, files=files,
-                                     headers=headers)
-                return [c["id"] for c in body["calls"]]
-            except PlatformError as exc:
-                retryable = isinstance(exc, PlatformUnreachable) or (exc.status or 0) >= 500
-                if not retryable or attempt == _SUBMIT_TRIES - 1:
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+        body = self._idempotent(lambda: self._request(
+            "POST", path, data={"meta": json.dumps(meta)}, files=files, headers=headers))
+        return [c["id"] for c in body["calls"]]
 
     def submit(self, *, function_name: str, function: bytes, args: Sequence[bytes],
                spec: dict[str, Any], versions: dict[str, str]) -> list[str]:
@@ -130,12 +141,13 @@ class APIClient:
         return dict(self._request("POST", f"/v1/tokens/{quote(ref, safe='')}/revoke"))
 
     def get_call(self, call_id: str) -> dict[str, Any]:
-        return dict(self._request("GET", f"/v1/calls/{call_id}"))
+        return dict(self._idempotent(lambda: self._request("GET", f"/v1/calls/{call_id}")))
 
     def wait(self, ids: Sequence[str], wait: float) -> list[dict[str, Any]]:
         """The finished calls among `ids` with their results, waiting up to `wait` s for one."""
-        body = self._request("POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
-                             timeout=wait + _WAIT_SLACK)
+        body = self._idempotent(lambda: self._request(
+            "POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
+            timeout=wait + _WAIT_SLACK))
         calls = body["calls"]
         for call in calls:
             for key in ("result",):
