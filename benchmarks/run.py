@@ -197,7 +197,7 @@ def render(results: dict[str, Any]) -> str:
         rows = fig["rows"]
         higher = any(r.get("higher_is_better") for r in rows)
         ref = next((r for r in rows if r.get("peer") == "podfn" and r.get("values")), None)
-        ratio_head = "× podfn (median)" if ref else ""
+        ratio_head = "ratio to podfn (median)" if ref else ""
         head = ["what", "median", "p95", "n", *([ratio_head] if ratio_head else []), "notes",
                 "command"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -213,7 +213,7 @@ def render(results: dict[str, Any]) -> str:
                 cells = [r["name"], f"{fmt(med)} {r['unit']}", f"{fmt(p95)} {r['unit']}",
                          str(len(vals))]
                 if ref:
-                    cells.append(f"{med / median(ref['values']):.3g}×")
+                    cells.append(f"{med / median(ref['values']):.3g}x")
                 cells += [r.get("extra", ""), f"`{r['command']}`"]
             out.append("| " + " | ".join(cells) + " |")
         if higher:

@@ -57,6 +57,8 @@ class Settings:
     keep_failed_pods_seconds: float = 3600.0
     reconcile_seconds: float = 60.0
     watch_timeout_seconds: int = 60
+    # Local launcher: fork attempts from a process with the runtime's imports done (Linux).
+    local_forkserver: bool = True
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -112,6 +114,12 @@ class Settings:
 
 def _convert(var: str, raw: str, kind: Any) -> Any:
     text = raw.strip()
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{var}={raw!r} is not a boolean (use 1 or 0)")
     try:
         if kind in (int, int | None):
             return int(text)
