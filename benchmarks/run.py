@@ -121,6 +121,31 @@ def fig_kube(quick: bool) -> list[Row]:
     return rows
 
 
+def fig_memory(quick: bool) -> list[Row]:
+    args = ["benchmarks/memory.py"] + (["--pods", "1000", "--seconds", "3"] if quick else [])
+    rows: list[Row] = run_json(args)
+    for row in rows:
+        row["command"] = "python " + shlex.join(args)
+    return rows
+
+
+def fig_api(which: str, *extra: str) -> Callable[[bool], list[Row]]:
+    def run(quick: bool) -> list[Row]:
+        args = ["benchmarks/api.py", which, *extra]
+        if quick:
+            args += ["--repeats", "1", "--calls", "10", "--seconds", "2"]
+        rows: list[Row] = run_json(args)
+        baselines = {r["group"]: r for r in rows if r.get("role") == "baseline"}
+        for row in rows:
+            row["command"] = "python " + shlex.join(args)
+            base = baselines.get(row.get("group", ""))
+            if row.get("role") == "podfn" and base is not None:
+                row["extra"] = (f"{median(row['values']) / median(base['values']):.2g}x "
+                                "the raw bytea write+read")
+        return rows
+    return run
+
+
 FIGURES: dict[str, tuple[str, str, Callable[[bool], list[Row]]]] = {
     "trivial": ("1. A trivial call end to end",
                 "`f(1)` for the identity function, one call after another, after warm-up. "
@@ -132,6 +157,28 @@ FIGURES: dict[str, tuple[str, str, Callable[[bool], list[Row]]]] = {
              "kubesim (tests/kubesim) as its own process with `set_request_latency(0.02)`; "
              "pods stay Pending (unschedulable), so only API traffic is measured. Values are "
              "one rate per repeated run.", fig_kube),
+    "submit": ("3. API submit throughput",
+               "`podfn serve` (gunicorn, default 2 workers x 16 threads) over the embedded "
+               "Postgres, no controller; N client processes each submit one call per request "
+               "for 5 s. Values are one rate per repeated run. The clients share the 2 cores "
+               "with the API and Postgres.", fig_api("submit")),
+    "wakeup": ("4. Result wake-up latency",
+               "From the runtime's `succeed` transition committing to a client blocked in "
+               "`Call.result()` (long-poll on `POST /v1/calls/wait`, LISTEN/NOTIFY in the API) "
+               "returning. The runtime's part is done by the benchmark process itself so both "
+               "ends read one clock. Values are per call.", fig_api("wakeup")),
+    "sizes": ("6. Argument and result sizes",
+              "A call whose argument and result are both S MB (random bytes): submit, the "
+              "runtime's claim (reads the argument) and `succeed` (writes the result), the "
+              "client's read of the result; the runtime's part is done in-process as in "
+              "figure 4. Beside it, one raw bytea INSERT + SELECT of S MB on one psycopg "
+              "connection. PODFN_MAX_REQUEST_BYTES is raised for 100 MB (the default refuses "
+              "more than 64 MiB).", fig_api("sizes")),
+    "memory": ("7. Memory",
+               "RSS from /proc (VmRSS). See benchmarks/memory.py for the method: the controller "
+               "figure feeds synthetic launches and pod events to a KubernetesLauncher whose "
+               "Kubernetes client does nothing. One value per worker (API) or one run "
+               "(controller).", fig_memory),
 }
 
 
@@ -182,9 +229,9 @@ def render(results: dict[str, Any]) -> str:
            "Peers: `pip install -r benchmarks/requirements.txt`. Every figure is the median and "
            "the p95 (nearest rank) of the values listed as *n*; comparisons are ratios within "
            "one run, since the machine is shared and noisy: absolute times are context.", ""]
-    prose = results.get("prose", "")
-    if prose:
-        out += [prose.strip(), ""]
+    notes = HERE / "notes.md"
+    if notes.exists():
+        out += [notes.read_text().strip(), ""]
     for name, (title, description, _) in FIGURES.items():
         fig = results["figures"].get(name)
         if fig is None:
