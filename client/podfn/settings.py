@@ -59,6 +59,8 @@ class Settings:
     reconcile_seconds: float = 60.0
     watch_timeout_seconds: int = 60
     controller_metrics_port: int = 9090  # Prometheus metrics of the controller; 0 turns them off
+    # Local launcher: fork attempts from a process with the runtime's imports done (Linux).
+    local_forkserver: bool = True
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -114,13 +116,13 @@ class Settings:
 
 def _convert(var: str, raw: str, kind: Any) -> Any:
     text = raw.strip()
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigurationError(f"{var}={raw!r} is not a boolean (use 1 or 0)")
     try:
-        if kind is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
         if kind in (int, int | None):
             return int(text)
         if kind in (float, float | None):

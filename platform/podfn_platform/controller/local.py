@@ -7,6 +7,12 @@ process at its deadline, and the process gets SIGKILL when the controller
 dies (PR_SET_PDEATHSIG), so a restarted controller knows every attempt it
 did not launch itself is gone. Hints it cannot apply (gpu, image,
 node_selector, ...) are accepted and ignored, with a debug log.
+
+On Linux, attempts are forked from a forkserver (forkserver.py) that has
+the runtime's imports done, so a process per attempt costs a fork instead of
+an interpreter start; every property above holds for those processes too.
+`PODFN_LOCAL_FORKSERVER=0`, another platform, or a forkserver that cannot
+start means the plain path: `python -m podfn_runtime` per attempt.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from podfn.spec import memory_bytes
+from podfn_platform.controller.forkserver import ForkServer, ForkServerError
 from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
 
 log = logging.getLogger("podfn.controller.local")
@@ -53,9 +60,9 @@ def _child_setup(memory_limit: int | None) -> Callable[[], None]:
 @dataclass
 class _Process:
     attempt: Attempt
-    popen: subprocess.Popen[bytes]
     log_file: IO[bytes]
     deadline: float | None
+    pid: int = 0                  # 0 until the process exists
     ended_by: str | None = None   # "timeout" or "stopped" when we killed it
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -71,7 +78,8 @@ def tail(path: Path, limit: int = _TAIL_BYTES) -> str:
 
 class LocalLauncher:
     def __init__(self, database_url: str, *, on_exit: Callable[[], None] = lambda: None,
-                 python: str = sys.executable, env: dict[str, str] | None = None) -> None:
+                 python: str = sys.executable, env: dict[str, str] | None = None,
+                 forkserver: bool | None = None) -> None:
         self._database_url = database_url
         self._on_exit = on_exit
         self._python = python
@@ -79,47 +87,101 @@ class LocalLauncher:
         self._lock = threading.Lock()
         self._running: dict[tuple[str, int], _Process] = {}
         self._exits: list[Exit] = []
+        self._use_forkserver = sys.platform == "linux" if forkserver is None else forkserver
+        self._forkserver: ForkServer | None = None
 
     def start(self) -> None:
         pass
+
+    @property
+    def forkserver(self) -> ForkServer | None:
+        """The running forkserver, if attempts are forked from one."""
+        return self._forkserver
 
     def launch(self, attempt: Attempt) -> str:
         spec = attempt.spec
         ignored = [h for h in _IGNORED_HINTS if spec.get(h)]
         if ignored:
             log.debug("call %s: the local launcher ignores %s", attempt.call_id, ", ".join(ignored))
-        env = {**self._env, **spec.get("env", {}),
+        user_env = spec.get("env", {})
+        env = {**self._env, **user_env,
                "PODFN_DATABASE_URL": self._database_url,
                "PODFN_CALL_ID": attempt.call_id, "PODFN_ATTEMPT": str(attempt.attempt),
                "PYTHONUNBUFFERED": "1"}
         memory = memory_bytes(spec["memory"]) if spec.get("memory") else None
-        # Closed by the thread that waits for the process.
+        # Closed once the process has ended.
         log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"podfn-{attempt.call_id}-{attempt.attempt}-",
                                                suffix=".log", delete=False)
-        popen = subprocess.Popen(
-            [self._python, "-m", "podfn_runtime"],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=_child_setup(memory), start_new_session=True, close_fds=True,
-        )
         timeout = spec.get("timeout")
-        proc = _Process(attempt, popen, log_file,
-                        time.monotonic() + timeout if timeout else None)
+        proc = _Process(attempt, log_file, time.monotonic() + timeout if timeout else None)
         with self._lock:
             self._running[attempt.key] = proc
-        threading.Thread(target=self._wait, args=(proc,), daemon=True,
-                         name=f"podfn-wait-{popen.pid}").start()
-        return f"pid:{popen.pid}"
+        try:
+            # Interpreter-level variables only take effect in a fresh interpreter.
+            server = None if any(k.startswith("PYTHON") for k in user_env) else \
+                self._server()
+            if server is not None:
+                try:
+                    proc.pid = server.spawn(env, log_file.name, memory,
+                                            lambda code: self._finish(proc, code))
+                except ForkServerError as exc:
+                    log.warning("the forkserver could not start call %s (%s); starting a "
+                                "process instead", attempt.call_id, exc)
+            if not proc.pid:
+                popen = subprocess.Popen(
+                    [self._python, "-m", "podfn_runtime"],
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    env=env, preexec_fn=_child_setup(memory), start_new_session=True,
+                    close_fds=True,
+                )
+                proc.pid = popen.pid
+                threading.Thread(target=self._wait, args=(proc, popen), daemon=True,
+                                 name=f"podfn-wait-{popen.pid}").start()
+        except BaseException:
+            with self._lock:
+                self._running.pop(attempt.key, None)
+            log_file.close()
+            Path(log_file.name).unlink(missing_ok=True)
+            raise
+        return f"pid:{proc.pid}"
 
-    def _wait(self, proc: _Process) -> None:
-        code = proc.popen.wait()
+    def _server(self) -> ForkServer | None:
+        """The forkserver, (re)started if needed; None when attempts run the plain way."""
+        if not self._use_forkserver:
+            return None
+        if self._forkserver is not None and self._forkserver.alive:
+            return self._forkserver
+        if self._forkserver is not None:
+            log.warning("the local forkserver died; starting a new one")
+            self._forkserver.close()
+        try:
+            self._forkserver = ForkServer(self._python, self._env).start()
+        except (ForkServerError, OSError) as exc:
+            log.warning("cannot start the local forkserver (%s); every attempt starts a "
+                        "fresh interpreter", exc)
+            self._use_forkserver = False
+            self._forkserver = None
+        return self._forkserver
+
+    def _wait(self, proc: _Process, popen: subprocess.Popen[bytes]) -> None:
+        self._finish(proc, popen.wait())
+
+    def _finish(self, proc: _Process, code: int | None) -> None:
+        """The process ended with `code` (as Popen.returncode), or was lost with the forkserver."""
         proc.log_file.close()
         path = Path(proc.log_file.name)
         try:
             output = tail(path)
         finally:
             path.unlink(missing_ok=True)
-        exit_ = self._describe(proc, code, output)
+        if code is None:
+            exit_ = Exit(proc.attempt, "disrupted",
+                         "the local forkserver running the attempt died")
+            if proc.ended_by:
+                exit_ = self._describe(proc, -signal.SIGKILL, output)
+        else:
+            exit_ = self._describe(proc, code, output)
         with self._lock:
             self._running.pop(proc.attempt.key, None)
             self._exits.append(exit_)
@@ -155,8 +217,9 @@ class LocalLauncher:
             if proc is None or proc.ended_by:
                 return None
             proc.ended_by = why
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.popen.pid, signal.SIGKILL)
+        if proc.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
         return proc
 
     def stop(self, key: tuple[str, int]) -> None:
@@ -210,3 +273,6 @@ class LocalLauncher:
             proc = self._kill(key, "stopped")
             if proc:
                 proc.done.wait(5)
+        if self._forkserver is not None:
+            self._forkserver.close()
+            self._forkserver = None

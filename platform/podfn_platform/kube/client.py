@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 from podfn.errors import (
     ConfigurationError,
@@ -159,27 +160,55 @@ class KubeClient:
 
 
 class WatchStream:
-    """One watch request: iterate its events; `close()` from another thread ends it at once."""
+    """One watch request: iterate its events; `close()` from another thread ends it at once.
+
+    The request is made through the official client's generated API
+    (`list_namespaced_pod(watch=True)`), and the newline-delimited events are
+    parsed here rather than by `kubernetes.watch.Watch`, whose handling of an
+    ERROR event needs deserialized objects (it fails with KeyError on raw
+    ones) and which silently retries a 410 once.
+    """
 
     def __init__(self, core: Any, namespace: str, *, label_selector: str, resource_version: str,
                  timeout_seconds: int, read_timeout: float) -> None:
-        self._watch = k8s_watch.Watch()
-        self._stream = self._watch.stream(
-            core.list_namespaced_pod, namespace, label_selector=label_selector,
-            resource_version=resource_version, timeout_seconds=timeout_seconds,
-            allow_watch_bookmarks=True, deserialize=False,
-            _request_timeout=(_REQUEST_TIMEOUT[0], read_timeout),
-        )
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
-            yield from self._stream
+            self._response = core.list_namespaced_pod(
+                namespace, label_selector=label_selector, resource_version=resource_version,
+                timeout_seconds=timeout_seconds, allow_watch_bookmarks=True, watch=True,
+                _preload_content=False, _request_timeout=(_REQUEST_TIMEOUT[0], read_timeout))
         except ApiException as exc:
             raise translate(exc, "watch pods") from exc
         except _TRANSPORT as exc:
             raise translate(exc, "watch pods") from exc
+        self._closed = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            for line in iter_resp_lines(self._response):
+                if not line or line.isspace():
+                    continue
+                event = json.loads(line)  # a half-written line raises ValueError
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    code = int(status.get("code") or 0)
+                    message = f"watch pods: ERROR event {code} {status.get('reason')}: " \
+                              f"{status.get('message')}"
+                    if code == 410:
+                        raise KubernetesGone(message, status=410, reason=status.get("reason"))
+                    raise KubernetesTransient(message, status=code, reason=status.get("reason"))
+                yield event
+        except _TRANSPORT as exc:
+            if self._closed:
+                return
+            raise translate(exc, "watch pods") from exc
         finally:
-            self._stream.close()
+            self._response.close()
+            self._response.release_conn()
 
     def close(self) -> None:
-        self._watch.stop()
+        """End the stream now (shuts the socket down under a blocked reader)."""
+        self._closed = True
+        with contextlib.suppress(Exception):
+            sock = self._response.connection.sock if self._response.connection else None
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)

@@ -1,0 +1,370 @@
+"""A forkserver for the local launcher: one process per attempt without paying interpreter start-up.
+
+`python -m podfn_runtime` spends most of its life starting Python and
+importing cloudpickle and psycopg (~180 ms of a ~240 ms trivial call on a
+2-core machine). The forkserver is a long-lived helper (the *zygote*) started
+from a fresh interpreter (`python -m podfn_platform.controller.forkserver`,
+never a fork of the multi-threaded controller) that imports the runtime once
+and then forks one child per attempt. Each child is still a process of its
+own and keeps every property of the plain launcher:
+
+- its environment is the attempt's (os.environ is replaced in the child);
+- RLIMIT_AS for the `memory` hint;
+- its own session (setsid), so Ctrl-C in a terminal never reaches it, and
+  the controller can kill its whole process group (timeout, cancel);
+- stdin from /dev/null, stdout and stderr to the per-attempt log file;
+- it dies when the controller dies: the zygote has PR_SET_PDEATHSIG(SIGKILL)
+  on the controller, every child has it on the zygote, and the zygote kills
+  the process group of every child still running when it exits;
+- its exit status (code or signal) is reported to the controller exactly as
+  `Popen.returncode` would be: the zygote reaps its children and writes
+  `{"exit": pid, "status": code}` on its stdout.
+
+The zygote never connects to Postgres (a child must not inherit a
+connection) and is single-threaded when it forks (it checks).
+
+Protocol (one JSON object per line): the controller writes
+`{"id", "env", "log", "memory"}` on the zygote's stdin; the zygote answers
+`{"id", "pid"}` (or `{"id", "error"}`) at once and `{"exit": pid, "status": n}`
+when that child ends. EOF on stdin means: kill every child, exit.
+
+Simplification: a forked child inherits the zygote's interpreter settings,
+so interpreter-level variables in the attempt's `env` (PYTHONPATH,
+PYTHONHASHSEED, PYTHONMALLOC, ...) do not take effect as they would for a
+fresh `python`; the local launcher uses the plain path for an attempt whose
+env sets any PYTHON* variable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import gc
+import io
+import json
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _send(out: Any, message: dict[str, Any]) -> None:
+    out.write((json.dumps(message) + "\n").encode())
+    out.flush()
+
+
+def _run_child(request: dict[str, Any], zygote_pid: int, libc: Any, keep_fds: list[int]) -> None:
+    """In the forked child: become the attempt's process, run the runtime, never return."""
+    code = 1
+    try:
+        os.setsid()
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != zygote_pid:  # the zygote died before prctl took effect
+            os._exit(1)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        memory = request.get("memory")
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        null = os.open(os.devnull, os.O_RDONLY)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        for fd in {null, log, *keep_fds}:
+            if fd > 2:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        os.closerange(3, 256)
+        # PYTHONUNBUFFERED semantics on the new descriptors.
+        stdin = open(0, closefd=False)  # noqa: SIM115
+        stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),  # noqa: SIM115
+                                  write_through=True)
+        stderr = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False),  # noqa: SIM115
+                                  write_through=True, errors="backslashreplace")
+        sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
+        # The runtime logs to sys.__stderr__: point the originals at the new streams too.
+        setattr(sys, "__stdin__", stdin)  # noqa: B010
+        setattr(sys, "__stdout__", stdout)  # noqa: B010
+        setattr(sys, "__stderr__", stderr)  # noqa: B010
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [sys.argv[0]]
+        from podfn_runtime.main import main
+
+        try:
+            code = main([])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, int) and exc.code is not None:
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        import atexit
+
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    finally:
+        os._exit(code)
+
+
+class Zygote:
+    def __init__(self) -> None:
+        self.libc = _libc()
+        self.children: set[int] = set()
+        self.out = os.fdopen(os.dup(1), "wb")
+        self.stdin_fd = 0
+        self.buffer = b""
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+
+    def serve(self) -> None:
+        # Everything an attempt imports anyway, imported once here.
+        import podfn_runtime.main  # noqa: F401
+        from podfn_runtime.queries import transitions
+
+        transitions()
+        # Nothing of ours writes to fd 1 but the protocol; keep prints off it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # handled as EOF, below
+        signal.set_wakeup_fd(self.wake_w)
+        gc.freeze()  # children share the imported modules' pages
+        _send(self.out, {"ready": os.getpid()})
+        sel = selectors.DefaultSelector()
+        sel.register(self.stdin_fd, selectors.EVENT_READ, "stdin")
+        sel.register(self.wake_r, selectors.EVENT_READ, "signal")
+        try:
+            while True:
+                for key, _ in sel.select():
+                    if key.data == "signal":
+                        got = b""
+                        with contextlib.suppress(BlockingIOError):
+                            got = os.read(self.wake_r, 512)
+                        self.reap()
+                        if signal.SIGTERM.value.to_bytes(1, "little") in got:
+                            return
+                    elif not self.read_requests():
+                        return
+                self.reap()
+        finally:
+            self.kill_all()
+
+    def read_requests(self) -> bool:
+        try:
+            chunk = os.read(self.stdin_fd, 65536)
+        except InterruptedError:
+            return True
+        if not chunk:
+            return False
+        self.buffer += chunk
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            if line.strip():
+                self.spawn(json.loads(line))
+        return True
+
+    def spawn(self, request: dict[str, Any]) -> None:
+        if threading.active_count() != 1:
+            _send(self.out, {"id": request["id"],
+                             "error": "the forkserver is not single-threaded"})
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _send(self.out, {"id": request["id"], "error": f"fork failed: {exc}"})
+            return
+        if pid == 0:
+            _run_child(request, os.getppid(), self.libc,
+                       [self.out.fileno(), self.wake_r, self.wake_w, self.stdin_fd])
+        self.children.add(pid)
+        _send(self.out, {"id": request["id"], "pid": pid})
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.children:
+                self.children.discard(pid)
+                _send(self.out, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+
+    def kill_all(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+
+
+# -- the controller's side -----------------------------------------------------
+
+
+class ForkServerError(Exception):
+    """The forkserver could not start an attempt (or is gone)."""
+
+
+ExitCallback = Callable[[int | None], None]  # exit status as Popen.returncode; None: lost
+
+
+class ForkServer:
+    """Start attempts through a zygote; report each child's exit status to its callback."""
+
+    def __init__(self, python: str, env: dict[str, str], *, start_timeout: float = 30.0) -> None:
+        self._python = python
+        self._env = env
+        self._start_timeout = start_timeout
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._pending: dict[int, tuple[threading.Event, dict[str, Any], ExitCallback]] = {}
+        self._callbacks: dict[int, ExitCallback] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self._ready = threading.Event()
+        self.alive = False
+        self.pid: int | None = None
+
+    def start(self) -> ForkServer:
+        parent = os.getpid()
+        libc = _libc()
+
+        def setup() -> None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+        self._proc = subprocess.Popen(
+            [self._python, "-m", "podfn_platform.controller.forkserver"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+            env={**self._env, "PODFN_FORKSERVER_PARENT": str(parent)},
+            preexec_fn=setup, start_new_session=True, close_fds=True)
+        self.pid = self._proc.pid
+        self.alive = True
+        self._reader = threading.Thread(target=self._read, daemon=True,
+                                        name=f"podfn-forkserver-{self._proc.pid}")
+        self._reader.start()
+        if not self._ready.wait(self._start_timeout) or not self.alive:
+            self.close()
+            raise ForkServerError("the forkserver did not start")
+        return self
+
+    def spawn(self, env: dict[str, str], log: str, memory: int | None,
+              on_exit: ExitCallback, timeout: float = 30.0) -> int:
+        """Fork a child for one attempt; its pid. `on_exit` gets its status later."""
+        done = threading.Event()
+        reply: dict[str, Any] = {}
+        with self._lock:
+            if not self.alive or self._proc is None or self._proc.stdin is None:
+                raise ForkServerError("the forkserver is not running")
+            self._next_id += 1
+            rid = self._next_id
+            self._pending[rid] = (done, reply, on_exit)
+            line = json.dumps({"id": rid, "env": env, "log": log, "memory": memory}) + "\n"
+            try:
+                self._proc.stdin.write(line.encode())
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError) as exc:
+                self._pending.pop(rid, None)
+                raise ForkServerError(f"the forkserver is gone: {exc}") from exc
+        if not done.wait(timeout):
+            with self._lock:
+                self._pending.pop(rid, None)
+            raise ForkServerError("the forkserver did not answer")
+        if "pid" not in reply:
+            raise ForkServerError(reply.get("error", "the forkserver is gone"))
+        return int(reply["pid"])
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            if "ready" in message:
+                self._ready.set()
+            elif "id" in message:
+                with self._lock:
+                    entry = self._pending.pop(message["id"], None)
+                    if entry is not None and "pid" in message:
+                        self._callbacks[int(message["pid"])] = entry[2]
+                if entry is not None:
+                    entry[1].update(message)
+                    entry[0].set()
+            elif "exit" in message:
+                with self._lock:
+                    callback = self._callbacks.pop(int(message["exit"]), None)
+                if callback is not None:
+                    callback(int(message["status"]))
+        # EOF: the zygote is gone, and (PDEATHSIG) every child with it.
+        with self._lock:
+            self.alive = False
+            pending, self._pending = self._pending, {}
+            lost, self._callbacks = self._callbacks, {}
+        self._ready.set()
+        for done, _, _ in pending.values():
+            done.set()
+        for callback in lost.values():
+            callback(None)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End the zygote; it kills every child still running."""
+        proc = self._proc
+        if proc is None:
+            return
+        with self._lock:
+            self.alive = False
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def main() -> int:
+    # The zygote dies with the controller that started it (set again in
+    # case the launcher could not; harmless when it did).
+    libc = _libc()
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = os.environ.get("PODFN_FORKSERVER_PARENT")
+    if parent and os.getppid() != int(parent):
+        return 1
+    Zygote().serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
