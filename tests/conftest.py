@@ -154,6 +154,17 @@ def running_platform(settings: Settings, db: Database, launcher: Launcher, wake:
 
 
 @pytest.fixture
+def api_only(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The API alone (in a thread), for tests that run controllers as processes."""
+    app = create_app(platform_settings(database_url), db=db)
+    with ThreadedServer(app) as server:
+        monkeypatch.setenv("PODFN_URL", server.url)
+        monkeypatch.setenv("PODFN_TOKEN", TEST_TOKEN)
+        yield server.url
+    app.extensions["podfn.waiter"].close()
+
+
+@pytest.fixture
 def platform(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
     """The embedded default: API + controller with the local launcher, on this test's database."""
     wake = threading.Event()

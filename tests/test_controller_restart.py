@@ -7,14 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import TEST_TOKEN, ThreadedServer, platform_settings
 from podfn import remote
-from podfn_platform.api.app import create_app
 from podfn_platform.database import Database
 
 pytestmark = pytest.mark.e2e
@@ -27,16 +24,6 @@ def start_controller(database_url: str, log: Path) -> subprocess.Popen[bytes]:
                                 stdout=subprocess.DEVNULL, stderr=sink)
 
 
-@pytest.fixture
-def api(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    app = create_app(platform_settings(database_url), db=db)
-    with ThreadedServer(app) as server:
-        monkeypatch.setenv("PODFN_URL", server.url)
-        monkeypatch.setenv("PODFN_TOKEN", TEST_TOKEN)
-        yield server.url
-    app.extensions["podfn.waiter"].close()
-
-
 def wait_for(predicate: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():  # type: ignore[operator]
@@ -44,7 +31,7 @@ def wait_for(predicate: object, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_controller_killed_and_restarted_loses_nothing(api: str, database_url: str,
+def test_controller_killed_and_restarted_loses_nothing(api_only: str, database_url: str,
                                                       db: Database, tmp_path: Path) -> None:
     started = tmp_path / "started"
     release = tmp_path / "release"
@@ -79,7 +66,7 @@ def test_controller_killed_and_restarted_loses_nothing(api: str, database_url: s
         assert "controller" in info["attempts"][0]["reason"]
 
 
-def test_two_controllers_one_active(api: str, database_url: str, tmp_path: Path) -> None:
+def test_two_controllers_one_active(api_only: str, database_url: str, tmp_path: Path) -> None:
     first = start_controller(database_url, tmp_path / "first.log")
     wait_for(lambda: "this controller is active" in (tmp_path / "first.log").read_text())
     second = start_controller(database_url, tmp_path / "second.log")

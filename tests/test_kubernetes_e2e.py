@@ -333,16 +333,3 @@ def test_controller_killed_mid_watch_resumes_from_the_stored_version(
         assert call.info()["attempt"] == 1, "a call ran twice"
     assert "resuming the pod watch from stored resourceVersion" in log.read_text()
     assert cluster.sim.faults.requests_seen("create", "pods") == 2
-
-
-@pytest.fixture
-def api_only(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    from conftest import TEST_TOKEN, ThreadedServer
-    from podfn_platform.api.app import create_app
-
-    app = create_app(platform_settings(database_url), db=db)
-    with ThreadedServer(app) as server:
-        monkeypatch.setenv("PODFN_URL", server.url)
-        monkeypatch.setenv("PODFN_TOKEN", TEST_TOKEN)
-        yield server.url
-    app.extensions["podfn.waiter"].close()
