@@ -40,10 +40,15 @@ def build(settings: Settings) -> tuple[Controller, Database]:
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run a controller in this process; SIGTERM and SIGINT stop it cleanly."""
     stop = stop or threading.Event()
+    controller, db = build(settings)
+
+    def stop_now(*_: object) -> None:
+        stop.set()
+        controller.wake.set()  # do not sleep out the sweep interval
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    controller, db = build(settings)
+            signal.signal(sig, stop_now)
     metrics_server = metrics.serve(settings.controller_metrics_port)
     try:
         controller.run(stop)
