@@ -23,6 +23,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from podfn.call import close_default_clients
 from podfn.settings import Settings
 from podfn_platform import migrations
 from podfn_platform.api.app import create_app
@@ -30,6 +31,13 @@ from podfn_platform.controller.launcher import Launcher
 from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.controller.loop import Controller
 from podfn_platform.database import Database
+
+
+@pytest.fixture(autouse=True)
+def _fresh_api_clients() -> Iterator[None]:
+    """Each test's PODFN_URL is its own server: drop pooled connections to the last one."""
+    yield
+    close_default_clients()
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,15 @@ def default_client() -> APIClient:
         return client
 
 
+def close_default_clients() -> None:
+    """Close the shared API clients (tests, or a process that is done with the platform)."""
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.close()
+
+
 @dataclass(frozen=True)
 class Logs:
     stdout: str
