@@ -38,6 +38,7 @@ import httpx
 
 from podfn.settings import Settings
 from podfn_platform.controller.launcher import Attempt
+from podfn_platform.controller.state import MemoryStore
 from podfn_platform.kube.client import KubeClient
 from podfn_platform.kube.launcher import KubernetesLauncher
 from podfn_platform.kube.manifest import SELECTOR, PodSettings, build_pod
@@ -47,16 +48,6 @@ NS = "podfn"
 POD_SETTINGS = PodSettings(namespace=NS, runtime_image="ghcr.io/podfn/runtime",
                            database_secret="podfn-database")
 
-
-class MemoryStore:
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        return self.values.get(key)
-
-    def put(self, key: str, value: str) -> None:
-        self.values[key] = value
 
 
 class Sim:

@@ -112,21 +112,13 @@ class NullKube:
         pass
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        return self.values.get(key)
-
-    def put(self, key: str, value: str) -> None:
-        self.values[key] = value
 
 
 def controller_memory(pods: int) -> dict[str, float]:
     """Run in a fresh process: RSS (MiB) before and after tracking `pods` pods."""
     from podfn.settings import Settings
     from podfn_platform.controller.launcher import Attempt
+    from podfn_platform.controller.state import MemoryStore
     from podfn_platform.kube.launcher import KubernetesLauncher
     from podfn_platform.kube.manifest import PodSettings, build_pod
 

@@ -74,26 +74,32 @@ def template_db(postgres_url: str) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextmanager
+def scratch_database(postgres_url: str, template: str | None = None) -> Iterator[str]:
+    """A database of one test's own (a copy of `template`, if given), dropped after it."""
+    name = f"podfn_test_{uuid.uuid4().hex[:12]}"
+    clause = f' TEMPLATE "{template}"' if template else ""
+    with _admin(postgres_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{clause}')
+    try:
+        yield make_conninfo(postgres_url, dbname=name)
+    finally:
+        with _admin(postgres_url) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def empty_database_url(postgres_url: str) -> Iterator[str]:
-    """A brand-new database with no tables, dropped after the test."""
-    name = f"podfn_test_{uuid.uuid4().hex[:12]}"
-    with _admin(postgres_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield make_conninfo(postgres_url, dbname=name)
-    with _admin(postgres_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A brand-new database with no tables."""
+    with scratch_database(postgres_url) as url:
+        yield url
 
 
 @pytest.fixture
 def database_url(postgres_url: str, template_db: str) -> Iterator[str]:
-    """A migrated database of this test's own, dropped after it."""
-    name = f"podfn_test_{uuid.uuid4().hex[:12]}"
-    with _admin(postgres_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    yield make_conninfo(postgres_url, dbname=name)
-    with _admin(postgres_url) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A migrated database of this test's own."""
+    with scratch_database(postgres_url, template_db) as url:
+        yield url
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from podfn.errors import CallFailed
 from podfn.settings import Settings
 from podfn_platform.api.app import create_app
 from podfn_platform.controller import metrics
+from podfn_platform.controller.state import MemoryStore
 from podfn_platform.database import Database
 from podfn_platform.kube.watcher import PodWatcher
 
@@ -140,15 +141,6 @@ class FakeKube:
                           self.done)
 
 
-class MemoryStore:
-    def __init__(self) -> None:
-        self.data: dict[str, str] = {}
-
-    def get(self, key: str) -> str | None:
-        return self.data.get(key)
-
-    def put(self, key: str, value: str) -> None:
-        self.data[key] = value
 
 
 def test_watcher_counts_events_by_type_and_relists() -> None:

@@ -15,3 +15,16 @@ class StateStore:
 
     def put(self, key: str, value: str) -> None:
         self._db.all("put_state", {"key": key, "value": value})
+
+
+class MemoryStore:
+    """The same interface kept in memory: for benchmarks and tests without a database."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def put(self, key: str, value: str) -> None:
+        self.values[key] = value
