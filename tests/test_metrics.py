@@ -148,7 +148,7 @@ def test_watcher_counts_events_by_type_and_relists() -> None:
     relists = value("podfn_watch_relists_total")
     done = threading.Event()
     watcher = PodWatcher(FakeKube(done), selector="x", store=MemoryStore(),  # type: ignore[arg-type]
-                         on_event=lambda *_: None, on_relist=lambda _: None)
+                         on_event=lambda *_: None, on_relist=lambda *_: None)
     done_then_stop = threading.Thread(target=lambda: (done.wait(10), watcher.stop()))
     done_then_stop.start()
     watcher.run()

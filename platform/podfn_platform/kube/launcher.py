@@ -66,6 +66,7 @@ class KubernetesLauncher:
         self._delete_at: dict[str, float] = {}
         self._created: dict[Key, float] = {}  # when our create call returned
         self._want_full = False
+        self._relisted: tuple[list[dict[str, Any]], float] | None = None
         self._closed = False
         self._next_reconcile = time.monotonic() + settings.reconcile_seconds
         self._pool = ThreadPoolExecutor(max_workers=settings.pod_create_concurrency,
@@ -170,9 +171,11 @@ class KubernetesLauncher:
         if found is not None:
             self._report(attempt, found.kind, found.reason, exit_code=found.exit_code)
 
-    def _on_relist(self, pods: list[dict[str, Any]]) -> None:
+    def _on_relist(self, pods: list[dict[str, Any]], listed_at: float) -> None:
+        """The watcher relisted (after 410): reconcile against that list, not a second one."""
         with self._lock:
             self._want_full = True
+            self._relisted = (pods, listed_at)
         self._wake()
 
     # -- the controller's turn ------------------------------------------------
@@ -236,12 +239,17 @@ class KubernetesLauncher:
             self._submit(self._delete, name)
         if not full:
             return
-        listed_at = time.monotonic()
-        try:
-            pods, _ = self._kube.list_pods(SELECTOR)
-        except KubernetesError as exc:
-            log.warning("reconcile could not list pods (%s); trying again next turn", exc)
-            return
+        with self._lock:
+            relisted, self._relisted = self._relisted, None
+        if relisted is not None:
+            pods, listed_at = relisted
+        else:
+            listed_at = time.monotonic()
+            try:
+                pods, _ = self._kube.list_pods(SELECTOR)
+            except KubernetesError as exc:
+                log.warning("reconcile could not list pods (%s); trying again next turn", exc)
+                return
         with self._lock:
             self._want_full = False
             self._next_reconcile = now + self._settings.reconcile_seconds

@@ -38,7 +38,7 @@ class Store(Protocol):
 class PodWatcher:
     def __init__(self, kube: KubeClient, *, selector: str, store: Store,
                  on_event: Callable[[str, dict[str, Any]], None],
-                 on_relist: Callable[[list[dict[str, Any]]], None],
+                 on_relist: Callable[[list[dict[str, Any]], float], None],
                  timeout_seconds: int = 60) -> None:
         self._kube = kube
         self._selector = selector
@@ -70,11 +70,12 @@ class PodWatcher:
             self._stored, self._stored_at = rv, now
 
     def _relist(self) -> str:
+        started = time.monotonic()
         pods, rv = self._kube.list_pods(self._selector)
         self.relists += 1
         metrics.WATCH_RELISTS.inc()
         log.info("listed %d pods at resourceVersion %s", len(pods), rv)
-        self._on_relist(pods)
+        self._on_relist(pods, started)  # (the pods, and when the list was asked for)
         self._persist(rv, force=True)
         return rv
 
