@@ -121,22 +121,28 @@ def _submit_loop(api: str, seconds: float, start_at: float, out: Any) -> None:
     out.put(done)
 
 
+def run_submitters(api: str, clients: int, seconds: float, *, start_delay: float) -> int:
+    """Calls accepted from `clients` processes submitting for `seconds`, started together."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    start_at = time.time() + start_delay
+    procs = [ctx.Process(target=_submit_loop, args=(api, seconds, start_at, queue))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    total = sum(queue.get(timeout=seconds + 60) for _ in procs)
+    for p in procs:
+        p.join(30)
+    return total
+
+
 def fig_submit(clients: list[int], seconds: float, repeats: int) -> list[dict[str, Any]]:
     rows = []
-    ctx = multiprocessing.get_context("spawn")
     with api_server() as (api, _):
         for n in clients:
             rates = []
             for _ in range(repeats):
-                queue = ctx.Queue()
-                start_at = time.time() + 2.0 + 0.1 * n
-                procs = [ctx.Process(target=_submit_loop, args=(api, seconds, start_at, queue))
-                         for _ in range(n)]
-                for p in procs:
-                    p.start()
-                total = sum(queue.get(timeout=seconds + 60) for _ in procs)
-                for p in procs:
-                    p.join(30)
+                total = run_submitters(api, n, seconds, start_delay=2.0 + 0.1 * n)
                 rates.append(total / seconds)
             rows.append({"name": f"{n} concurrent client process(es), one call per request",
                          "unit": "calls/s", "values": rates, "higher_is_better": True})

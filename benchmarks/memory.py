@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import gc
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
@@ -76,16 +75,7 @@ def api_memory(clients: int, seconds: float) -> list[dict[str, Any]]:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        ctx = multiprocessing.get_context("spawn")
-        queue = ctx.Queue()
-        start_at = time.time() + 3.0
-        procs = [ctx.Process(target=api._submit_loop, args=(url, seconds, start_at, queue))
-                 for _ in range(clients)]
-        for p in procs:
-            p.start()
-        total = sum(queue.get(timeout=seconds + 60) for _ in procs)
-        for p in procs:
-            p.join(30)
+        total = api.run_submitters(url, clients, seconds, start_delay=3.0)
         stop.set()
         sampler.join(5)
     return [

@@ -150,9 +150,8 @@ class APIClient:
             timeout=wait + _WAIT_SLACK))
         calls = body["calls"]
         for call in calls:
-            for key in ("result",):
-                if call.get(key) is not None:
-                    call[key] = base64.b64decode(call[key])
+            if call.get("result") is not None:
+                call["result"] = base64.b64decode(call["result"])
             error = call.get("error")
             if error and error.get("pickle") is not None:
                 error["pickle"] = base64.b64decode(error["pickle"])

@@ -211,12 +211,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, static[path.rstrip("/")])
             return
         if method == "GET" and path in ("/healthz", "/readyz", "/livez"):
-            data = b"ok"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._send_text(b"ok")
             return
         m = _ROUTE.match(path)
         if not m:
@@ -263,17 +258,20 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- logs ------------------------------------------------------------------
 
+    def _send_text(self, data: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _log(self, ns: str, name: str, q: dict[str, str]) -> None:
         kubelet = self.server.sim.kubelet
         tail = int(q["tailLines"]) if q.get("tailLines") else None
         limit = int(q["limitBytes"]) if q.get("limitBytes") else None
         data = kubelet.read_log(ns, name, q.get("container"), tail, limit)
         if q.get("follow", "").lower() not in _TRUE:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self._send_text(data)
             return
         self._start_chunked("text/plain")
         if data:

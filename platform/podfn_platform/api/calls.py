@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from podfn import spec as call_spec
-from podfn_platform.api import forms, idempotency
+from podfn_platform.api import context, forms, idempotency
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
 from podfn_platform.api.errors import APIError
-from podfn_platform.api.waiting import FinishWaiter
-from podfn_platform.database import Database, Row, Transaction
+from podfn_platform.database import Row, Transaction
 from podfn_platform.submission import NewCalls, digest, record_calls, store_payload
 
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
@@ -27,16 +25,7 @@ bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
 STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
 
 
-def _db() -> Database:
-    return current_app.extensions["podfn.db"]  # type: ignore[no-any-return]
 
-
-def _waiter() -> FinishWaiter:
-    return current_app.extensions["podfn.waiter"]  # type: ignore[no-any-return]
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def _b64(value: bytes | None) -> str | None:
@@ -51,7 +40,7 @@ def describe(row: Row) -> dict[str, Any]:
     }
     for key in ("created_at", "launched_at", "started_at", "finished_at", "not_before"):
         if key in row:
-            out[key] = _time(row[key])
+            out[key] = context.iso(row[key])
     for key in ("user_failures", "disruptions", "spec", "client_python", "client_cloudpickle",
                 "function_version"):
         if key in row:
@@ -90,7 +79,7 @@ def submit() -> tuple[Response, int]:
         return record_calls(tx, calls, args)
 
     fingerprint = forms.fingerprint(meta, function, *args)
-    ids, replayed = idempotency.create_once(_db(), fingerprint, create)
+    ids, replayed = idempotency.create_once(context.db(), fingerprint, create)
     return created(ids, replayed)
 
 
@@ -101,10 +90,10 @@ def created(ids: list[str], replayed: bool) -> tuple[Response, int]:
 
 
 def _call_or_404(call_id: str) -> Row:
-    row = _db().one("get_call", {"id": call_id})
+    row = context.db().one("get_call", {"id": call_id})
     if row is None:
         raise APIError(404, "not_found", f"no call with id {call_id!r}")
-    check_calls_readable(_db(), [call_id])
+    check_calls_readable(context.db(), [call_id])
     return row
 
 
@@ -113,8 +102,8 @@ def _call_or_404(call_id: str) -> Row:
 def get(call_id: str) -> Response:
     out = describe(_call_or_404(call_id))
     out["attempts"] = [
-        {**a, **{k: _time(a[k]) for k in ("launched_at", "started_at", "finished_at")}}
-        for a in _db().all("get_attempts", {"id": call_id})
+        {**a, **{k: context.iso(a[k]) for k in ("launched_at", "started_at", "finished_at")}}
+        for a in context.db().all("get_attempts", {"id": call_id})
     ]
     return jsonify(out)
 
@@ -131,7 +120,7 @@ def wait_seconds(value: Any) -> float:
 
 
 def wait_finished(ids: list[str], seconds: float) -> list[Row]:
-    db = _db()
+    db = context.db()
     rows = db.all("finished_calls", {"ids": ids})
     if rows or seconds == 0:
         check_calls_readable(db, ids)
@@ -143,7 +132,7 @@ def wait_finished(ids: list[str], seconds: float) -> list[Row]:
         raise APIError(404, "not_found", f"no call with id {unknown[0]!r}"
                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
                        ids=unknown[:20])
-    return _waiter().wait(ids, seconds, lambda: db.all("finished_calls", {"ids": ids}))
+    return context.waiter().wait(ids, seconds, lambda: db.all("finished_calls", {"ids": ids}))
 
 
 @bp.get("/<call_id>/result")
@@ -177,7 +166,7 @@ def cancel(call_id: str) -> Response:
     current = _call_or_404(call_id)
     if not principal().has("admin") and current["owner"] != principal().token_id:
         raise forbidden(("admin",))
-    row = _db().one("cancel", {"id": call_id, "reason": f"cancelled by {principal().name}"})
+    row = context.db().one("cancel", {"id": call_id, "reason": f"cancelled by {principal().name}"})
     out = describe(_call_or_404(call_id))
     out["cancelled"] = row is not None
     return jsonify(out)
@@ -187,7 +176,7 @@ def cancel(call_id: str) -> Response:
 @requires("read", "submit", "invoke")
 def logs(call_id: str) -> Response:
     _call_or_404(call_id)
-    return jsonify(_db().one("get_logs", {"id": call_id}))
+    return jsonify(context.db().one("get_logs", {"id": call_id}))
 
 
 @bp.get("")
@@ -204,6 +193,6 @@ def list_calls() -> Response:
                        field="limit") from None
     if not 1 <= limit <= 1000:
         raise APIError(400, "invalid_field", "limit must be between 1 and 1000", field="limit")
-    rows = _db().all("list_calls", {"state": state, "function": request.args.get("function"),
+    rows = context.db().all("list_calls", {"state": state, "function": request.args.get("function"),
                                     "limit": limit})
     return jsonify({"calls": [describe(r) for r in rows]})

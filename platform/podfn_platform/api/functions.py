@@ -9,17 +9,16 @@ answer.
 from __future__ import annotations
 
 import pickle
-from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from podfn import spec as call_spec
-from podfn_platform.api import forms, idempotency
+from podfn_platform.api import context, forms, idempotency
 from podfn_platform.api.auth import principal, requires
 from podfn_platform.api.calls import created, describe, wait_finished, wait_seconds, with_outcome
 from podfn_platform.api.errors import APIError
-from podfn_platform.database import Database, Row, Transaction, jsonb
+from podfn_platform.database import Row, Transaction, jsonb
 from podfn_platform.submission import NewCalls, record_calls, store_payload
 
 bp = Blueprint("functions", __name__, url_prefix="/v1/functions")
@@ -27,16 +26,10 @@ bp = Blueprint("functions", __name__, url_prefix="/v1/functions")
 DEFAULT_INVOKE_WAIT = 30.0
 
 
-def _db() -> Database:
-    return current_app.extensions["podfn.db"]  # type: ignore[no-any-return]
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def _live(name: str) -> Row:
-    row = _db().one("get_function", {"name": name})
+    row = context.db().one("get_function", {"name": name})
     if row is None:
         raise APIError(404, "not_found", f"no deployed function named {name!r}; see "
                        "`podfn functions`, or deploy it with `podfn deploy FILE`")
@@ -45,7 +38,7 @@ def _live(name: str) -> Row:
 
 def _summary(row: Row) -> dict[str, Any]:
     return {"name": row["name"], "live_version": row["live_version"], "spec": row["spec"],
-            "deployed_at": _time(row["deployed_at"]), "deployed_by": row["deployed_by"]}
+            "deployed_at": context.iso(row["deployed_at"]), "deployed_by": row["deployed_by"]}
 
 
 @bp.post("")
@@ -56,7 +49,7 @@ def deploy() -> tuple[Response, int]:
     python, cloudpickle = forms.client_versions(meta)
     validated = call_spec.validate(meta.get("spec") or {})
     function = forms.function_part()
-    with _db().transaction() as tx:
+    with context.db().transaction() as tx:
         tx.all("lock_function_name", {"name": name})
         key = store_payload(tx, function)
         row = tx.one("insert_function_version", {
@@ -66,7 +59,7 @@ def deploy() -> tuple[Response, int]:
         assert row is not None
         tx.all("set_live_version", {"name": name, "version": row["version"]})
     return jsonify({"name": name, "version": row["version"], "live_version": row["version"],
-                    "deployed_at": _time(row["deployed_at"])}), 201
+                    "deployed_at": context.iso(row["deployed_at"])}), 201
 
 
 @bp.get("")
@@ -74,7 +67,7 @@ def deploy() -> tuple[Response, int]:
 def list_functions() -> Response:
     return jsonify({"functions": [
         {**_summary(r), "latest_version": r["latest_version"]}
-        for r in _db().all("list_functions")]})
+        for r in context.db().all("list_functions")]})
 
 
 @bp.get("/<name>")
@@ -82,8 +75,8 @@ def list_functions() -> Response:
 def get(name: str) -> Response:
     out = _summary(_live(name))
     out["versions"] = [{"version": v["version"], "spec": v["spec"],
-                        "deployed_at": _time(v["deployed_at"]), "deployed_by": v["deployed_by"]}
-                       for v in _db().all("function_versions", {"name": name})]
+                        "deployed_at": context.iso(v["deployed_at"]), "deployed_by": v["deployed_by"]}
+                       for v in context.db().all("function_versions", {"name": name})]
     return jsonify(out)
 
 
@@ -94,7 +87,7 @@ def rollback(name: str) -> Response:
     if not isinstance(body, dict):
         raise APIError(400, "malformed_json", "expected a JSON object {'version': N}")
     target = body.get("version")
-    with _db().transaction() as tx:
+    with context.db().transaction() as tx:
         tx.all("lock_function_name", {"name": name})
         live = tx.one("get_function", {"name": name})
         if live is None:
@@ -136,7 +129,7 @@ def submit(name: str) -> tuple[Response, int]:
     calls = _deployed_calls(live, spec, python=python, cloudpickle=cloudpickle,
                             result_format="pickle")
     fingerprint = forms.fingerprint(name, live["version"], meta, *args)
-    ids, replayed = idempotency.create_once(_db(), fingerprint,
+    ids, replayed = idempotency.create_once(context.db(), fingerprint,
                                             lambda tx: record_calls(tx, calls, args))
     return created(ids, replayed)
 
@@ -187,12 +180,12 @@ def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, 
         return record_calls(tx, calls, [payload])
 
     [call_id], _ = idempotency.create_once(
-        _db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), create)
+        context.db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), create)
     rows = wait_finished([call_id], wait)
     if rows:
         return jsonify(invocation(rows[0], name)), 200
     location = url_for("calls.result", call_id=call_id)
-    row = _db().one("get_call", {"id": call_id})
+    row = context.db().one("get_call", {"id": call_id})
     assert row is not None
     return jsonify({**describe(row), "location": location}), 202, {"Location": location}
 

@@ -5,25 +5,23 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
+from podfn_platform.api import context
 from podfn_platform.api.auth import SCOPES, create_token, requires
 from podfn_platform.api.errors import APIError
-from podfn_platform.database import Database, Row
+from podfn_platform.database import Row
 
 bp = Blueprint("tokens", __name__, url_prefix="/v1/tokens")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 
 
-def _db() -> Database:
-    return current_app.extensions["podfn.db"]  # type: ignore[no-any-return]
-
 
 def _public(row: Row) -> dict[str, Any]:
     return {"id": row["id"], "name": row["name"], "scopes": list(row["scopes"]),
-            "created_at": row["created_at"].isoformat(),
-            "revoked_at": row["revoked_at"].isoformat() if row.get("revoked_at") else None}
+            "created_at": context.iso(row["created_at"]),
+            "revoked_at": context.iso(row.get("revoked_at"))}
 
 
 @bp.post("")
@@ -40,7 +38,7 @@ def create() -> tuple[Response, int]:
             or not all(isinstance(s, str) and s in SCOPES for s in scopes)):
         raise APIError(422, "invalid_field", f"scopes must be a non-empty list of "
                        f"{', '.join(SCOPES)}", field="scopes")
-    made = create_token(_db(), name, scopes)
+    made = create_token(context.db(), name, scopes)
     if made is None:
         raise APIError(409, "name_taken", f"a token named {name!r} exists; revoke it or choose "
                        "another name", field="name")
@@ -51,13 +49,13 @@ def create() -> tuple[Response, int]:
 @bp.get("")
 @requires("admin")
 def list_tokens() -> Response:
-    return jsonify({"tokens": [_public(r) for r in _db().all("list_tokens")]})
+    return jsonify({"tokens": [_public(r) for r in context.db().all("list_tokens")]})
 
 
 @bp.post("/<ref>/revoke")
 @requires("admin")
 def revoke(ref: str) -> Response:
-    row = _db().one("revoke_token", {"ref": ref})
+    row = context.db().one("revoke_token", {"ref": ref})
     if row is None:
         raise APIError(404, "not_found", f"no active token with id or name {ref!r}")
     return jsonify(_public(row))
