@@ -4,13 +4,24 @@ cloudpickle pickles `__main__` by value but other modules by reference, which
 would make a pod import the user's `helpers.py`. Every module loaded from the
 user's own files (not the standard library, not an installed distribution)
 is therefore registered to be pickled by value.
+
+Code pickled by value keeps the client's file name and carries its file's
+source text (see podfn_runtime/sources.py), so a remote traceback shows the
+user's file, line and source line where that file does not exist. The text
+travels once per file and payload, only for files whose code is pickled by
+value, and is capped (MAX_SOURCE_BYTES) so a generated giant module costs
+source lines, not megabytes.
 """
 
 from __future__ import annotations
 
 import functools
+import io
+import linecache
 import sys
 import sysconfig
+import types
+from collections import ChainMap
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -18,8 +29,12 @@ from typing import Any
 
 import cloudpickle
 
+from podfn_runtime.sources import restore_code
+
 _registered: set[str] = set()
 _OWN = frozenset({"podfn", "podfn_platform", "podfn_runtime"})
+# Files larger than this travel without their text (tracebacks keep file and line).
+MAX_SOURCE_BYTES = 1 << 20
 
 
 @functools.cache
@@ -56,10 +71,34 @@ def _register_user_modules() -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
+class _SourcePickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no hints
+    """cloudpickle's pickler, with code objects that keep their file name and carry its text."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        self._sources: dict[str, tuple[str, ...] | None] = {}
+        # Set before the base initializer: the C pickler reads its dispatch table there.
+        self.dispatch_table = ChainMap({types.CodeType: self._reduce_code},
+                                       cloudpickle.Pickler.dispatch_table)
+        super().__init__(file, protocol=cloudpickle.DEFAULT_PROTOCOL)
+
+    def _source(self, filename: str) -> tuple[str, ...] | None:
+        """The file's lines, one shared tuple per file (pickled once, then memoized)."""
+        if filename not in self._sources:
+            lines = linecache.getlines(filename)
+            too_big = sum(map(len, lines)) > MAX_SOURCE_BYTES
+            self._sources[filename] = tuple(lines) if lines and not too_big else None
+        return self._sources[filename]
+
+    def _reduce_code(self, code: types.CodeType) -> tuple[Any, ...]:
+        constructor, args = cloudpickle.Pickler.dispatch_table[types.CodeType](code)
+        return restore_code, (constructor, args, code.co_filename, self._source(code.co_filename))
+
+
 def dumps(obj: Any) -> bytes:
     _register_user_modules()
-    data: bytes = cloudpickle.dumps(obj)
-    return data
+    buffer = io.BytesIO()
+    _SourcePickler(buffer).dump(obj)
+    return buffer.getvalue()
 
 
 def loads(data: bytes) -> Any:

@@ -90,6 +90,13 @@ def failure_from(exc: BaseException, *, reason: str, retryable: bool) -> Failure
     )
 
 
+def _from_user_frame(exc: BaseException) -> BaseException:
+    """`exc` with its traceback starting at the user's function, not in this runtime."""
+    if exc.__traceback__ is not None and exc.__traceback__.tb_frame.f_code is execute.__code__:
+        exc.__traceback__ = exc.__traceback__.tb_next
+    return exc
+
+
 @dataclass
 class Result:
     pickled: bytes | None = None
@@ -113,11 +120,11 @@ def execute(function: bytes, args: bytes, spec: dict[str, Any],
     except MemoryError as exc:
         limit = spec.get("memory")
         reason = f"memory limit {limit} exceeded" if limit else "out of memory (MemoryError)"
-        return failure_from(exc, reason=reason, retryable=True)
+        return failure_from(_from_user_frame(exc), reason=reason, retryable=True)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are the call's outcome too
-        return failure_from(
-            exc, reason=f"the function raised {type(exc).__name__}: {exc}", retryable=True
-        )
+        return failure_from(_from_user_frame(exc),
+                            reason=f"the function raised {type(exc).__name__}: {exc}",
+                            retryable=True)
     if result_format == "json":
         try:
             return Result(json=json.dumps(value))
