@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -13,7 +12,10 @@ from tqdm import tqdm
 
 from podfn import serialization, spec
 from podfn.call import Call, default_client, outcome
+from podfn.errors import PodfnError
 from podfn.http import APIClient
+from podfn.interrupt import cancelling_on_interrupt
+from podfn.settings import Settings
 
 log = logging.getLogger("podfn")
 
@@ -23,10 +25,30 @@ R = TypeVar("R")
 # Calls per submit request in `map`: big enough to amortise HTTP, small enough
 # that one request stays well under the API's size limit for small arguments.
 MAP_BATCH = 256
+# Room left in a request for the multipart framing and the `meta` part.
+_PART_OVERHEAD = 256
+_REQUEST_SLACK = 64 * 1024
+
+
+def batches(blobs: Iterable[bytes], *, max_count: int, max_bytes: int) -> Iterator[list[bytes]]:
+    """Group argument blobs so each batch holds at most `max_count` and (with framing)
+    at most `max_bytes`; a blob bigger than `max_bytes` alone goes alone (and the API
+    will say it is too large)."""
+    batch: list[bytes] = []
+    size = 0
+    for blob in blobs:
+        cost = len(blob) + _PART_OVERHEAD
+        if batch and (len(batch) >= max_count or size + cost > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(blob)
+        size += cost
+    if batch:
+        yield batch
 
 
 class _Remote(Generic[P, R]):
-    """What every remote function offers: spawn, remote, map."""
+    """What every remote function offers: spawn, remote, map, starmap."""
 
     name: str
     _client: APIClient | None
@@ -39,31 +61,63 @@ class _Remote(Generic[P, R]):
         """Work done once per spawn or map (e.g. pickling the function)."""
         return None
 
+    def _prepared_size(self, prepared: Any) -> int:
+        return len(prepared) if isinstance(prepared, bytes) else 0
+
     def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
         raise NotImplementedError
 
+    def _cancel_many(self, ids: list[str]) -> int:
+        return int(self.client.cancel_many(ids=ids)["count"])
+
     def spawn(self, *args: P.args, **kwargs: P.kwargs) -> Call:
-        """Submit one call and return its handle without waiting."""
+        """Submit one call and return its handle without waiting (Ctrl-C leaves it running)."""
         [call_id] = self._submit([serialization.dumps((args, kwargs))], self._prepare())
         return Call(call_id, client=self._client)
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run on the platform and return the result, or raise the remote exception."""
-        return self.spawn(*args, **kwargs).result()  # type: ignore[no-any-return]
+        """Run on the platform and return the result, or raise the remote exception.
 
-    def map(self, *iterables: Iterable[Any], return_exceptions: bool = False,
-            order_outputs: bool = True) -> Iterator[Any]:
+        Ctrl-C while waiting cancels the call (see podfn.interrupt).
+        """
+        call = self.spawn(*args, **kwargs)
+        with cancelling_on_interrupt(self._cancel_many, [call.id]):
+            return call.result()  # type: ignore[no-any-return]
+
+    def map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None,
+            return_exceptions: bool = False, order_outputs: bool = True) -> Iterator[Any]:
         """Run once per element (zip of `iterables`), yielding results as they come.
 
-        Calls are submitted in batches. With `return_exceptions`, a failed
-        call yields its exception instead of raising it; `order_outputs=False`
-        yields in completion order.
+        `kwargs` are passed to every call. Calls are submitted in batches
+        bounded by count and by bytes (PODFN_MAX_REQUEST_BYTES); if a batch
+        cannot be submitted, the calls already submitted are cancelled and the
+        error is raised. With `return_exceptions`, a failed call yields its
+        exception instead of raising it; `order_outputs=False` yields in
+        completion order. Ctrl-C cancels every call this map submitted.
         """
+        return self.starmap(zip(*iterables, strict=False), kwargs=kwargs,
+                            return_exceptions=return_exceptions, order_outputs=order_outputs)
+
+    def starmap(self, arg_tuples: Iterable[Iterable[Any]], *,
+                kwargs: dict[str, Any] | None = None, return_exceptions: bool = False,
+                order_outputs: bool = True) -> Iterator[Any]:
+        """Like `map`, but each element is the tuple of one call's positional arguments."""
+        extra = dict(kwargs or {})
         prepared = self._prepare()
+        blobs = (serialization.dumps((tuple(args), extra)) for args in arg_tuples)
+        budget = (Settings.from_env().max_request_bytes - self._prepared_size(prepared)
+                  - _REQUEST_SLACK)
         ids: list[str] = []
-        inputs = zip(*iterables, strict=False)
-        while batch := list(itertools.islice(inputs, MAP_BATCH)):
-            ids += self._submit([serialization.dumps((args, {})) for args in batch], prepared)
+        with cancelling_on_interrupt(self._cancel_many, ids):
+            try:
+                for batch in batches(blobs, max_count=MAP_BATCH, max_bytes=budget):
+                    ids += self._submit(batch, prepared)
+            except PodfnError as exc:
+                if ids:
+                    cancelled = self._cancel_many(ids)
+                    exc.add_note(f"podfn: {self.name}.map could not submit all its calls; "
+                                 f"cancelled the {cancelled} it had submitted")
+                raise
         return self._gather(ids, return_exceptions=return_exceptions, ordered=order_outputs)
 
     def _gather(self, ids: list[str], *, return_exceptions: bool,
@@ -76,7 +130,9 @@ class _Remote(Generic[P, R]):
                    disable=not sys.stderr.isatty(), leave=False)
         try:
             while pending:
-                for call in self.client.wait(sorted(pending, key=position.__getitem__), 30.0):
+                with cancelling_on_interrupt(self._cancel_many, pending):
+                    finished = self.client.wait(sorted(pending, key=position.__getitem__), 30.0)
+                for call in finished:
                     pending.discard(call["id"])
                     done[position[call["id"]]] = call
                     bar.update(1)

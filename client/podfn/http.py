@@ -160,6 +160,18 @@ class APIClient:
     def cancel(self, call_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/calls/{call_id}/cancel"))
 
+    def cancel_many(self, *, ids: Sequence[str] | None = None, function: str | None = None,
+                    state: str | None = None, mine: bool = False,
+                    dry_run: bool = False) -> dict[str, Any]:
+        """Cancel calls by ids and/or filters (safe to repeat); `matched` lists them."""
+        body: dict[str, Any] = {"mine": mine, "dry_run": dry_run}
+        for key, value in (("ids", None if ids is None else list(ids)), ("function", function),
+                           ("state", state)):
+            if value is not None:
+                body[key] = value
+        return dict(self._idempotent(lambda: self._request("POST", "/v1/calls/cancel",
+                                                           json=body)))
+
     def logs(self, call_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/calls/{call_id}/logs"))
 

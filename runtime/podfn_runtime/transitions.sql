@@ -176,3 +176,26 @@ WITH c AS (
 )
 SELECT id, attempt, state, pg_notify('podfn_final', id), pg_notify('podfn_cancelled', id)
 FROM c;
+
+-- name: cancel_many
+-- API (bulk cancel): every matching call in a non-final state -> cancelled, in
+-- one statement. `ids` NULL means "any id"; each other filter NULL means "any".
+-- `owner` is set for tokens that may cancel only their own calls.
+WITH c AS (
+    UPDATE podfn_calls
+    SET state = 'cancelled', reason = %(reason)s, finished_at = clock_timestamp(),
+        not_before = NULL
+    WHERE state IN ('queued', 'launching', 'running')
+      AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+      AND (%(function)s::text IS NULL OR function_name = %(function)s::text)
+      AND (%(state)s::text IS NULL OR state = %(state)s::text)
+      AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+    RETURNING id, attempt, state
+), a AS (
+    UPDATE podfn_attempts SET state = 'cancelled', reason = %(reason)s,
+        finished_at = clock_timestamp()
+    FROM c WHERE podfn_attempts.call_id = c.id AND podfn_attempts.attempt = c.attempt
+        AND podfn_attempts.finished_at IS NULL
+)
+SELECT id, attempt, state, pg_notify('podfn_final', id), pg_notify('podfn_cancelled', id)
+FROM c;

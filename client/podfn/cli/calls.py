@@ -98,14 +98,22 @@ def call_(call_id: str, output: str) -> None:
 @click.command("logs")
 @click.argument("call_id")
 @click.option("--follow", "-f", is_flag=True, help="keep printing output until the call ends")
+@output_option
 @reports_errors
-def logs_(call_id: str, follow: bool) -> None:
+def logs_(call_id: str, follow: bool, output: str) -> None:
     """Print what a call wrote to stdout and stderr.
 
     \b
     Example: podfn logs 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f --follow
+             podfn logs 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f --output json
     """
+    if follow and output == "json":
+        raise click.UsageError("--follow prints output as it comes; it cannot be combined with "
+                               "--output json (drop one of them)")
     client = api()
+    if output == "json":
+        print_json(client.logs(call_id))
+        return
     printed = {"stdout": 0, "stderr": 0}
     while True:
         body = client.logs(call_id)
@@ -121,20 +129,65 @@ def logs_(call_id: str, follow: bool) -> None:
         client.wait([call_id], 1.0)  # paces the loop: returns at once when the call ends
 
 
+CANCELLABLE = ("queued", "launching", "running")
+
+
 @click.command("cancel")
-@click.argument("call_id")
+@click.argument("call_ids", nargs=-1, metavar="[CALL_ID]...")
+@click.option("--function", "function", help="cancel the unfinished calls of this function")
+@click.option("--state", type=click.Choice(CANCELLABLE), help="only calls in this state")
+@click.option("--all-mine", is_flag=True, help="every unfinished call made with this token")
+@click.option("--yes", "-y", is_flag=True, help="do not ask before cancelling several calls")
+@output_option
 @reports_errors
-def cancel_(call_id: str) -> None:
-    """Cancel a call that has not finished (its process or pod is stopped).
+def cancel_(call_ids: tuple[str, ...], function: str | None, state: str | None, all_mine: bool,
+            yes: bool, output: str) -> None:
+    """Cancel calls that have not finished (their processes or pods are stopped).
+
+    Give call ids, or filters, or both (ids and filters together cancel the
+    given calls that match the filters). Several calls are counted and
+    confirmed first; --yes skips the question. Tokens without the admin
+    scope only ever cancel their own calls.
 
     \b
-    Example: podfn cancel 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f
+    Examples:
+      podfn cancel 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f
+      podfn cancel ID1 ID2 ID3
+      podfn cancel --function train --state queued
+      podfn cancel --all-mine --yes
     """
-    state = api().cancel(call_id)
-    if state.get("cancelled"):
-        click.echo(f"cancelled {call_id}")
-    else:
-        click.echo(f"{call_id} had already finished: {state['state']}")
+    filtered = function is not None or state is not None or all_mine
+    if not call_ids and not filtered:
+        raise click.UsageError("say which calls to cancel: CALL_ID..., --function, --state "
+                               "or --all-mine")
+    client = api()
+    if len(call_ids) == 1 and not filtered:
+        [call_id] = call_ids
+        answer = client.cancel(call_id)
+        if output == "json":
+            print_json(answer)
+        elif answer.get("cancelled"):
+            click.echo(f"cancelled {call_id}")
+        else:
+            click.echo(f"{call_id} had already finished: {answer['state']}")
+        return
+    matched = client.cancel_many(ids=list(call_ids) or None, function=function, state=state,
+                                 mine=all_mine, dry_run=True)["matched"]
+    if not matched:
+        if output == "json":
+            print_json({"cancelled": [], "count": 0})
+        else:
+            click.echo("no unfinished calls match; nothing to cancel")
+        return
+    if not yes:
+        click.confirm(f"cancel {len(matched)} call(s)?", abort=True, err=True)
+    done = client.cancel_many(ids=matched)
+    if output == "json":
+        print_json({"cancelled": done["cancelled"], "count": done["count"]})
+        return
+    finished = len(matched) - done["count"]
+    click.echo(f"cancelled {done['count']} call(s)"
+               + (f"; {finished} finished in the meantime" if finished else ""))
 
 
 @click.command("invoke")

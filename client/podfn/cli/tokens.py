@@ -60,14 +60,18 @@ def list_(output: str) -> None:
 
 @token.command("revoke")
 @click.argument("ref")
+@output_option
 @reports_errors
-def revoke(ref: str) -> None:
+def revoke(ref: str, output: str) -> None:
     """Revoke a token by id or name; it stops working at once.
 
     \b
     Example: podfn token revoke billing
     """
     row = api().revoke_token(ref)
+    if output == "json":
+        print_json(row)
+        return
     click.echo(f"revoked {row['id']} ({row['name']})")
 
 

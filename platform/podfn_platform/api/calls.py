@@ -172,6 +172,56 @@ def cancel(call_id: str) -> Response:
     return jsonify(out)
 
 
+CANCELLABLE = ("queued", "launching", "running")
+
+
+@bp.post("/cancel")
+@requires("submit", "invoke")
+def cancel_many() -> Response:
+    """Cancel many calls at once: by `ids`, by filters (`function`, `state`, `mine`), or both.
+
+    Tokens without `admin` only ever match their own calls, as with a single
+    cancel; `dry_run` answers what would be cancelled (the CLI's count and
+    confirmation) without changing anything.
+    """
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise APIError(400, "malformed_json", "expected a JSON object, e.g. {'ids': [...]} or "
+                       "{'function': NAME, 'state': STATE, 'mine': true}")
+    ids = body.get("ids")
+    if ids is not None and (not isinstance(ids, list) or len(ids) > forms.MAX_CALLS_PER_REQUEST
+                            or not all(isinstance(i, str) for i in ids)):
+        raise APIError(422, "invalid_field",
+                       f"ids must be a list of at most {forms.MAX_CALLS_PER_REQUEST} call ids",
+                       field="ids")
+    function, state = body.get("function"), body.get("state")
+    if function is not None and not isinstance(function, str):
+        raise APIError(422, "invalid_field", "function must be a function name", field="function")
+    if state is not None and state not in CANCELLABLE:
+        raise APIError(422, "invalid_field", f"state must be one of {', '.join(CANCELLABLE)} "
+                       "(finished calls cannot be cancelled)", field="state")
+    mine, dry_run = body.get("mine", False), body.get("dry_run", False)
+    if not isinstance(mine, bool) or not isinstance(dry_run, bool):
+        raise APIError(422, "invalid_field", "mine and dry_run must be true or false")
+    if ids is None and function is None and state is None and not mine:
+        raise APIError(422, "missing_field", "say which calls to cancel: ids, function, state, "
+                       "or mine=true (an empty filter would cancel everything)", field="ids")
+    who = principal()
+    if ids and not who.has("admin"):
+        owners = context.db().all("call_owners", {"ids": ids})
+        if any(row["owner"] != who.token_id for row in owners):
+            raise forbidden(("admin",))
+    params = {"ids": ids, "function": function, "state": state,
+              "owner": who.token_id if mine or not who.has("admin") else None}
+    if dry_run:
+        rows = context.db().all("cancellable_calls", params)
+    else:
+        rows = context.db().all("cancel_many", {**params, "reason": f"cancelled by {who.name}"})
+    matched = [r["id"] for r in rows]
+    return jsonify({"cancelled": [] if dry_run else matched, "matched": matched,
+                    "count": len(matched), "dry_run": dry_run})
+
+
 @bp.get("/<call_id>/logs")
 @requires("read", "submit", "invoke")
 def logs(call_id: str) -> Response:

@@ -95,6 +95,23 @@ def document() -> dict[str, Any]:
             "responses": {"200": _json({"type": "object", "properties": {
                 "calls": {"type": "array", "items": _ref("Outcome")}}}, "finished calls"),
                 **_errors(400, 404, 422, *COMMON)}}},
+        "/v1/calls/cancel": {"post": {
+            "summary": "Cancel many calls: by ids and/or filters (own calls only, unless admin)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {
+                    "ids": {"type": "array", "items": {"type": "string"}},
+                    "function": {"type": "string"},
+                    "state": {"type": "string", "enum": ["queued", "launching", "running"]},
+                    "mine": {"type": "boolean", "description": "only calls made with this token"},
+                    "dry_run": {"type": "boolean",
+                                "description": "say what would be cancelled, change nothing"}},
+            }}}},
+            "responses": {"200": _json({"type": "object", "properties": {
+                "cancelled": {"type": "array", "items": {"type": "string"}},
+                "matched": {"type": "array", "items": {"type": "string"}},
+                "count": {"type": "integer"}, "dry_run": {"type": "boolean"}}},
+                "the calls cancelled (or, with dry_run, that would be)"),
+                **_errors(400, 422, *COMMON)}}},
         "/v1/calls/{call_id}": {"get": {
             "summary": "A call and its attempts", "parameters": [CALL_ID],
             "responses": {"200": _json(_ref("Call"), "the call"), **_errors(404, *COMMON)}}},

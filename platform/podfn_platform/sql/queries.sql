@@ -143,3 +143,13 @@ SELECT state, count(*) AS calls,
        count(*) FILTER (WHERE state = 'queued' AND (not_before IS NULL OR not_before <= now())) AS due
 FROM podfn_calls
 GROUP BY state;
+
+-- name: cancellable_calls
+-- What a bulk cancel with these filters would cancel now (its dry run).
+SELECT id, function_name, state FROM podfn_calls
+WHERE state IN ('queued', 'launching', 'running')
+  AND (%(ids)s::text[] IS NULL OR id = ANY(%(ids)s::text[]))
+  AND (%(function)s::text IS NULL OR function_name = %(function)s::text)
+  AND (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+ORDER BY created_at, id;
