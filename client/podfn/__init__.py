@@ -24,6 +24,7 @@ from podfn.errors import (
     PodfnError,
     RemoteTraceback,
     ResultTimeout,
+    Unpicklable,
 )
 from podfn.function import DeployedFunction, Function, remote
 
@@ -47,5 +48,6 @@ __all__ = [
     "PodfnError",
     "RemoteTraceback",
     "ResultTimeout",
+    "Unpicklable",
     "remote",
 ]

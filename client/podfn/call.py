@@ -14,6 +14,7 @@ from podfn.errors import (
     CallTimeout,
     RemoteTraceback,
     ResultTimeout,
+    logs_hint,
 )
 from podfn.http import APIClient
 from podfn.settings import Settings
@@ -55,7 +56,7 @@ class Logs:
 
 
 def outcome(call: dict[str, Any]) -> Any:
-    """The value of a finished call, or raise what it ended with."""
+    """The value of a finished call, or raise what it ended with (naming the call)."""
     state, call_id, reason = call["state"], call["id"], call.get("reason")
     if state == "succeeded":
         if call.get("result") is None and "value" in call:  # a call made by an HTTP invoke
@@ -65,8 +66,8 @@ def outcome(call: dict[str, Any]) -> Any:
         raise CallCancelled(f"call {call_id} was cancelled", call_id=call_id, state=state,
                             reason=reason)
     if state == "timed_out":
-        raise CallTimeout(f"call {call_id} timed out: {reason}", call_id=call_id, state=state,
-                          reason=reason)
+        raise CallTimeout(f"call {call_id} timed out: {reason}; {logs_hint(call_id)}",
+                          call_id=call_id, state=state, reason=reason)
     error = call.get("error") or {}
     remote_tb = error.get("traceback") or ""
     if error.get("pickle") is not None:
@@ -75,8 +76,9 @@ def outcome(call: dict[str, Any]) -> Any:
         except Exception:
             exc = None
         if isinstance(exc, BaseException):
-            raise exc from RemoteTraceback(remote_tb)
-    message = f"call {call_id} failed: {reason or 'no reason recorded'}"
+            exc.add_note(f"podfn: raised in call {call_id}; {logs_hint(call_id)}")
+            raise exc from RemoteTraceback(remote_tb, call_id=call_id)
+    message = f"call {call_id} failed: {reason or 'no reason recorded'}; {logs_hint(call_id)}"
     if remote_tb:
         message += "\n\nRemote traceback:\n" + remote_tb.rstrip()
     raise CallFailed(message, call_id=call_id, state=state, reason=reason)

@@ -25,6 +25,10 @@ class InvalidSpec(PodfnError, ValueError):
         self.message = message
 
 
+class Unpicklable(PodfnError, TypeError):
+    """A function or argument cannot be pickled; the message names the variable or argument."""
+
+
 class PlatformError(PodfnError):
     """The platform answered with an error."""
 
@@ -84,15 +88,22 @@ class ResultTimeout(PodfnError, TimeoutError):
     """`Call.result(timeout=...)` gave up waiting; the call itself goes on."""
 
 
+def logs_hint(call_id: str) -> str:
+    """The command that shows a call's output (named in every remote error)."""
+    return f"see its output with: podfn logs {call_id}"
+
+
 class RemoteTraceback(PodfnError):
     """Carries the remote traceback text as the `__cause__` of a re-raised exception."""
 
-    def __init__(self, traceback_text: str) -> None:
+    def __init__(self, traceback_text: str, *, call_id: str | None = None) -> None:
         super().__init__(traceback_text)
         self.traceback_text = traceback_text
+        self.call_id = call_id
 
     def __str__(self) -> str:
-        return "\n\n" + self.traceback_text.rstrip()
+        where = f" of call {self.call_id} ({logs_hint(self.call_id)})" if self.call_id else ""
+        return f"\n\nRemote traceback{where}:\n\n" + self.traceback_text.rstrip()
 
 
 class KubernetesError(PodfnError):

@@ -15,6 +15,7 @@ source lines, not megabytes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import linecache
@@ -22,6 +23,7 @@ import sys
 import sysconfig
 import types
 from collections import ChainMap
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +31,7 @@ from typing import Any
 
 import cloudpickle
 
+from podfn.errors import Unpicklable
 from podfn_runtime.sources import restore_code
 
 _registered: set[str] = set()
@@ -94,11 +97,87 @@ class _SourcePickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle 
         return restore_code, (constructor, args, code.co_filename, self._source(code.co_filename))
 
 
-def dumps(obj: Any) -> bytes:
-    _register_user_modules()
+def _pickle(obj: Any) -> bytes:
     buffer = io.BytesIO()
     _SourcePickler(buffer).dump(obj)
     return buffer.getvalue()
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle a function, or a call's `(args, kwargs)`; an Unpicklable error names what
+    could not be pickled (the global, closure variable or argument), not just its type."""
+    _register_user_modules()
+    try:
+        return _pickle(obj)
+    except Exception as exc:
+        raise Unpicklable(_explain(obj, exc)) from exc
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _problem(value: Any) -> str | None:
+    """Why `value` cannot be pickled, or None if it can."""
+    try:
+        _pickle(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _global_names(code: types.CodeType) -> Iterator[str]:
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_names(const)
+
+
+def _culprits(fn: types.FunctionType, path: str, seen: set[int]) -> Iterator[str]:
+    """'the global `lock` (a _thread.lock): why' for each unpicklable value `fn` uses,
+    following the user's own functions it calls."""
+    if id(fn) in seen:
+        return
+    seen.add(id(fn))
+    used: list[tuple[str, Any]] = []
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+        with contextlib.suppress(ValueError):  # an empty cell
+            used.append((f"closure variable `{name}`", cell.cell_contents))
+    for name in dict.fromkeys(_global_names(fn.__code__)):
+        if name in fn.__globals__:
+            used.append((f"global `{name}`", fn.__globals__[name]))
+    for label, value in used:
+        if isinstance(value, types.ModuleType):
+            continue
+        if isinstance(value, types.FunctionType):
+            yield from _culprits(value, f"{path} -> {value.__qualname__}", seen)
+            continue
+        why = _problem(value)
+        if why is not None:
+            yield f"{path} uses the {label} (a {_type_name(value)}): {why}"
+
+
+def _explain(obj: Any, exc: Exception) -> str:
+    if isinstance(obj, types.FunctionType):
+        found = list(_culprits(obj, obj.__qualname__, set()))
+        if found:
+            return (f"cannot pickle the function {obj.__qualname__} to send it to the platform: "
+                    + "; ".join(found) + ". Create such objects inside the function, or pass "
+                    "what it needs to build them (a path, a URL, settings) as arguments")
+        return (f"cannot pickle the function {obj.__qualname__} to send it to the platform: "
+                f"{type(exc).__name__}: {exc}")
+    if (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], tuple)
+            and isinstance(obj[1], dict)):
+        named = [(f"argument {i}", v) for i, v in enumerate(obj[0])]
+        named += [(f"keyword argument `{k}`", v) for k, v in obj[1].items()]
+        found = [f"{label} (a {_type_name(v)}): {why}" for label, v in named
+                 if (why := _problem(v)) is not None]
+        if found:
+            return ("cannot pickle the call's arguments to send them to the platform: "
+                    + "; ".join(found) + ". Pass plain data (or a reference to it) instead")
+    return f"cannot pickle {type(obj).__qualname__} for the platform: {type(exc).__name__}: {exc}"
 
 
 def loads(data: bytes) -> Any:

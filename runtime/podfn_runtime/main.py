@@ -9,6 +9,8 @@ so the controller can tell the two apart.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 import json
 import logging
 import os
@@ -90,11 +92,38 @@ def failure_from(exc: BaseException, *, reason: str, retryable: bool) -> Failure
     )
 
 
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
+
+
 def _from_user_frame(exc: BaseException) -> BaseException:
-    """`exc` with its traceback starting at the user's function, not in this runtime."""
-    if exc.__traceback__ is not None and exc.__traceback__.tb_frame.f_code is execute.__code__:
-        exc.__traceback__ = exc.__traceback__.tb_next
+    """`exc` with its traceback starting at the user's function, not in this runtime
+    (nor in asyncio, for an `async def`)."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code in (execute.__code__, _invoke.__code__):
+        tb = tb.tb_next
+        while tb is not None and (tb.tb_frame.f_code is _invoke.__code__ or
+                                  tb.tb_frame.f_code.co_filename.startswith(_ASYNCIO_DIR)):
+            tb = tb.tb_next
+        exc.__traceback__ = tb
     return exc
+
+
+def _invoke(fn: Any, args: Any, kwargs: Any) -> Any:
+    """Call the user's function; an `async def` (any coroutine it returns) runs to its
+    end in an event loop of this process, as `asyncio.run` would run a script's main."""
+    value = fn(*args, **kwargs)
+    if inspect.iscoroutine(value):
+        value = asyncio.run(value)
+    return value
+
+
+def missing_module_hint(exc: ModuleNotFoundError) -> str:
+    """What to do when the runtime lacks a module the call imports."""
+    module = (exc.name or "").partition(".")[0] or "the module"
+    return (f"the runtime image does not have {module!r} installed: build an image FROM the "
+            f"podfn runtime image that installs it (e.g. `RUN pip install {module}` or a "
+            "requirements file) and name it with the `image` hint, "
+            "@remote(image=\"registry/you/runtime-with-deps:tag\")")
 
 
 @dataclass
@@ -110,21 +139,28 @@ def execute(function: bytes, args: bytes, spec: dict[str, Any],
         fn = cloudpickle.loads(function)
         call_args, call_kwargs = cloudpickle.loads(args)
     except Exception as exc:
-        return failure_from(
-            exc,
-            reason=f"could not load the function or its arguments: {type(exc).__name__}: {exc}",
-            retryable=False,
-        )
+        reason = f"could not load the function or its arguments: {type(exc).__name__}: {exc}"
+        if isinstance(exc, ModuleNotFoundError):
+            exc.add_note(missing_module_hint(exc))
+            reason += f"; {missing_module_hint(exc)}"
+        return failure_from(exc, reason=reason, retryable=False)
     try:
-        value = fn(*call_args, **call_kwargs)
+        value = _invoke(fn, call_args, call_kwargs)
     except MemoryError as exc:
         limit = spec.get("memory")
         reason = f"memory limit {limit} exceeded" if limit else "out of memory (MemoryError)"
+        if limit and not exc.args:
+            exc.args = (f"memory limit {limit} exceeded",)
+        if limit:
+            exc.add_note(f"the call ran out of its memory limit, memory={limit!r}: ask for more "
+                         "with the `memory` hint, e.g. f.options(memory=\"2Gi\")")
         return failure_from(_from_user_frame(exc), reason=reason, retryable=True)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt are the call's outcome too
-        return failure_from(_from_user_frame(exc),
-                            reason=f"the function raised {type(exc).__name__}: {exc}",
-                            retryable=True)
+        reason = f"the function raised {type(exc).__name__}: {exc}"
+        if isinstance(exc, ModuleNotFoundError):
+            exc.add_note(missing_module_hint(exc))
+            reason += f"; {missing_module_hint(exc)}"
+        return failure_from(_from_user_frame(exc), reason=reason, retryable=True)
     if result_format == "json":
         try:
             return Result(json=json.dumps(value))

@@ -40,7 +40,10 @@ from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
 
 log = logging.getLogger("podfn.controller.local")
 
-_IGNORED_HINTS = ("gpu", "image", "node_selector", "tolerations", "labels", "annotations",
+_NO_GPU = ("gpu={gpu} cannot be honoured: the local launcher runs calls as processes on this "
+           "machine, without GPUs; run on Kubernetes (PODFN_LAUNCHER=kubernetes), or drop the "
+           "hint for local runs, e.g. f.options(gpu=0).remote(...)")
+_IGNORED_HINTS = ("image", "node_selector", "tolerations", "labels", "annotations",
                   "service_account", "pod_patch")
 _TAIL_BYTES = 2000
 _PR_SET_PDEATHSIG = 1
@@ -100,6 +103,13 @@ class LocalLauncher:
 
     def launch(self, attempt: Attempt) -> str:
         spec = attempt.spec
+        if spec.get("gpu"):
+            # Refused, not ignored: a GPU job run on CPUs would fail or crawl in ways
+            # far harder to trace back to the hint than this one failure.
+            with self._lock:
+                self._exits.append(Exit(attempt, "fatal", _NO_GPU.format(gpu=spec["gpu"])))
+            self._on_exit()
+            return "refused:gpu"
         ignored = [h for h in _IGNORED_HINTS if spec.get(h)]
         if ignored:
             log.debug("call %s: the local launcher ignores %s", attempt.call_id, ", ".join(ignored))
