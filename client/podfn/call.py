@@ -16,7 +16,7 @@ from podfn.errors import (
     ResultTimeout,
     logs_hint,
 )
-from podfn.http import APIClient
+from podfn.http import APIClient, AsyncAPIClient
 from podfn.settings import Settings
 
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
@@ -110,20 +110,19 @@ class Call:
         """The call's state: queued, launching, running, succeeded, failed, ..."""
         return str(self.info()["state"])
 
-    def result(self, timeout: float | None = None) -> Any:
+    @property
+    def result(self) -> _Result:
         """Wait for the call and return its value (or raise what it raised).
 
-        `timeout` bounds the wait only (ResultTimeout); the call goes on.
+        `call.result(timeout=None)` waits in this thread; `await call.result.aio()`
+        waits in the running event loop. `timeout` bounds the wait only
+        (ResultTimeout); the call goes on.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
-            finished = self.client.wait([self.id], max(0.0, min(remaining, _POLL_SECONDS)))
-            if finished:
-                return outcome(finished[0])
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeout(f"call {self.id} did not finish within {timeout} s; "
-                                    "it is still running: call .result() again or .cancel() it")
+        return _Result(self)
+
+    def _timed_out(self, timeout: float | None) -> ResultTimeout:
+        return ResultTimeout(f"call {self.id} did not finish within {timeout} s; it is still "
+                             "running: call .result() again or .cancel() it")
 
     def cancel(self) -> str:
         """Cancel the call if it has not finished; its state afterwards."""
@@ -132,3 +131,40 @@ class Call:
     def logs(self) -> Logs:
         body = self.client.logs(self.id)
         return Logs(stdout=body["stdout"], stderr=body["stderr"])
+
+
+class _Result:
+    """`call.result(...)` and `await call.result.aio(...)`: one wait loop, two ways to sleep."""
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+
+    def __call__(self, timeout: float | None = None) -> Any:
+        call = self._call
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            finished = call.client.wait([call.id], _next_poll(deadline))
+            if finished:
+                return outcome(finished[0])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise call._timed_out(timeout)
+
+    async def aio(self, timeout: float | None = None, *,
+                  client: AsyncAPIClient | None = None) -> Any:
+        """The same wait in an event loop (on httpx's AsyncClient)."""
+        call = self._call
+        if client is None:
+            async with AsyncAPIClient.like(call.client) as own:
+                return await self.aio(timeout, client=own)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            finished = await client.wait([call.id], _next_poll(deadline))
+            if finished:
+                return outcome(finished[0])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise call._timed_out(timeout)
+
+
+def _next_poll(deadline: float | None) -> float:
+    remaining = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
+    return max(0.0, min(remaining, _POLL_SECONDS))

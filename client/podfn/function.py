@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
-
-from tqdm import tqdm
 
 from podfn import serialization, spec
 from podfn.call import Call, default_client, outcome
 from podfn.errors import PodfnError
-from podfn.http import APIClient
+from podfn.http import APIClient, AsyncAPIClient
 from podfn.interrupt import cancelling_on_interrupt
 from podfn.settings import Settings
 
@@ -70,19 +69,24 @@ class _Remote(Generic[P, R]):
     def _cancel_many(self, ids: list[str]) -> int:
         return int(self.client.cancel_many(ids=ids)["count"])
 
-    def spawn(self, *args: P.args, **kwargs: P.kwargs) -> Call:
-        """Submit one call and return its handle without waiting (Ctrl-C leaves it running)."""
-        [call_id] = self._submit([serialization.dumps((args, kwargs))], self._prepare())
-        return Call(call_id, client=self._client)
+    @property
+    def spawn(self) -> _Spawn[P]:
+        """Submit one call and return its handle without waiting: `f.spawn(x)`, or
+        `await f.spawn.aio(x)`. Ctrl-C leaves it running (that is what spawn is for)."""
+        return _Spawn(self)
 
-    def remote(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run on the platform and return the result, or raise the remote exception.
+    @property
+    def remote(self) -> _RemoteCall[P, R]:
+        """Run on the platform and return the result, or raise the remote exception:
+        `f.remote(x)`, or `await f.remote.aio(x)` in an event loop.
 
-        Ctrl-C while waiting cancels the call (see podfn.interrupt).
+        Ctrl-C while waiting (or cancelling the awaiting task) cancels the call.
         """
-        call = self.spawn(*args, **kwargs)
-        with cancelling_on_interrupt(self._cancel_many, [call.id]):
-            return call.result()  # type: ignore[no-any-return]
+        return _RemoteCall(self)
+
+    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
+                    prepared: Any) -> Awaitable[list[str]]:
+        raise NotImplementedError
 
     def map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None,
             return_exceptions: bool = False, order_outputs: bool = True) -> Iterator[Any]:
@@ -122,6 +126,8 @@ class _Remote(Generic[P, R]):
 
     def _gather(self, ids: list[str], *, return_exceptions: bool,
                 ordered: bool) -> Iterator[Any]:
+        from tqdm import tqdm  # imported when first needed: it is slow to import
+
         position = {call_id: i for i, call_id in enumerate(ids)}
         pending = set(ids)
         done: dict[int, dict[str, Any]] = {}
@@ -154,6 +160,48 @@ class _Remote(Generic[P, R]):
             if return_exceptions:
                 return exc
             raise
+
+
+class _Spawn(Generic[P]):
+    def __init__(self, fn: _Remote[P, Any]) -> None:
+        self._fn = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        fn = self._fn
+        [call_id] = fn._submit([serialization.dumps((args, kwargs))], fn._prepare())
+        return Call(call_id, client=fn._client)
+
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> Call:
+        fn = self._fn
+        blob, prepared = serialization.dumps((args, kwargs)), fn._prepare()
+        async with AsyncAPIClient.like(fn.client) as client:
+            [call_id] = await fn._submit_aio(client, [blob], prepared)
+        return Call(call_id, client=fn._client)
+
+
+class _RemoteCall(Generic[P, R]):
+    def __init__(self, fn: _Remote[P, R]) -> None:
+        self._fn = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        call = self._fn.spawn(*args, **kwargs)
+        with cancelling_on_interrupt(self._fn._cancel_many, [call.id]):
+            return call.result()  # type: ignore[no-any-return]
+
+    async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        import asyncio
+
+        fn = self._fn
+        blob, prepared = serialization.dumps((args, kwargs)), fn._prepare()
+        async with AsyncAPIClient.like(fn.client) as client:
+            [call_id] = await fn._submit_aio(client, [blob], prepared)
+            try:
+                return await Call(call_id, client=fn._client).result.aio(  # type: ignore[no-any-return]
+                    client=client)
+            except asyncio.CancelledError:  # the awaiting task was cancelled (or Ctrl-C)
+                with contextlib.suppress(PodfnError):
+                    await client.cancel_many(ids=[call_id])
+                raise
 
 
 class Function(_Remote[P, R]):
@@ -194,6 +242,11 @@ class Function(_Remote[P, R]):
         return self.client.submit(function_name=self.name, function=prepared, args=arg_blobs,
                                   spec=self.hints, versions=serialization.client_versions())
 
+    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
+                    prepared: Any) -> Awaitable[list[str]]:
+        return client.submit(function_name=self.name, function=prepared, args=arg_blobs,
+                             spec=self.hints, versions=serialization.client_versions())
+
     def deploy(self) -> dict[str, Any]:
         """Register this function (pickled by value) under `deploy_name`; a new version."""
         return self.client.deploy(name=self.deploy_name, function=self._prepare(),
@@ -222,6 +275,11 @@ class DeployedFunction(_Remote[..., Any]):
     def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
         return self.client.submit_deployed(self.name, args=arg_blobs, spec=self.overrides,
                                            versions=serialization.client_versions())
+
+    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
+                    prepared: Any) -> Awaitable[list[str]]:
+        return client.submit_deployed(self.name, args=arg_blobs, spec=self.overrides,
+                                      versions=serialization.client_versions())
 
 
 @overload

@@ -1,7 +1,9 @@
-"""The client's one connection to the podfn API.
+"""The client's one connection to the podfn API (`APIClient`, and `AsyncAPIClient` for asyncio).
 
 Every transport or HTTP error becomes a podfn error here, with the URL and a
-next step, so the rest of the client never sees httpx.
+next step, so the rest of the client never sees httpx. httpx is imported on
+first use, not with `import podfn`: it is about half of podfn's import time,
+which `podfn --help` and scripts that never reach the platform should not pay.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from podfn.errors import NotAuthorized, NotFound, PlatformError, PlatformUnreachable
 from podfn.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 # Seconds the server may hold a long-poll beyond what we asked for before we
 # call the connection dead.
@@ -28,10 +31,10 @@ _RETRIES = 4  # for requests that are safe to repeat
 class APIClient:
     def __init__(self, url: str, token: str | None, *, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        headers = {"User-Agent": "podfn-client"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self.token = token
+        import httpx
+
+        self._http = httpx.Client(base_url=self.url, headers=_headers(token), timeout=timeout)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> APIClient:
@@ -49,16 +52,15 @@ class APIClient:
 
     def _request(self, method: str, path: str, *, timeout: float | None = None,
                  **kwargs: Any) -> Any:
+        import httpx
+
         try:
             response = self._http.request(
                 method, path, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                 **kwargs,
             )
         except httpx.TransportError as exc:
-            raise PlatformUnreachable(
-                f"cannot reach the podfn API at {self.url} ({type(exc).__name__}: {exc}); "
-                "check PODFN_URL, or start a local platform with `podfn dev`"
-            ) from exc
+            raise _unreachable(self.url, exc) from exc
         if response.status_code >= 400:
             raise _error_from(response)
         return response.json()
@@ -80,8 +82,7 @@ class APIClient:
                      parts: list[tuple[str, bytes]]) -> list[str]:
         """POST a multipart submission; retried on transport errors and 5xx with one
         Idempotency-Key, so a retry can never create the calls twice."""
-        files = [(field, (f"{field}{i}", blob, "application/octet-stream"))
-                 for i, (field, blob) in enumerate(parts)]
+        files = _files(parts)
         headers = {"Idempotency-Key": uuid.uuid4().hex}
         body = self._idempotent(lambda: self._request(
             "POST", path, data={"meta": json.dumps(meta)}, files=files, headers=headers))
@@ -120,6 +121,8 @@ class APIClient:
 
     def invoke(self, name: str, body: dict[str, Any], wait: float) -> tuple[int, dict[str, Any]]:
         """(HTTP status, body): 200 when finished, 202 while it runs."""
+        import httpx
+
         try:
             response = self._http.post(f"/v1/functions/{quote(name, safe='')}/invoke",
                                        json=body, params={"wait": wait},
@@ -148,14 +151,7 @@ class APIClient:
         body = self._idempotent(lambda: self._request(
             "POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
             timeout=wait + _WAIT_SLACK))
-        calls = body["calls"]
-        for call in calls:
-            if call.get("result") is not None:
-                call["result"] = base64.b64decode(call["result"])
-            error = call.get("error")
-            if error and error.get("pickle") is not None:
-                error["pickle"] = base64.b64decode(error["pickle"])
-        return list(calls)
+        return _decoded(body["calls"])
 
     def cancel(self, call_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/calls/{call_id}/cancel"))
@@ -178,6 +174,120 @@ class APIClient:
     def list_calls(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
         return list(self._request("GET", "/v1/calls", params=params)["calls"])
+
+
+class AsyncAPIClient:
+    """The asyncio twin of what `.aio` needs from APIClient: submit, wait, cancel.
+
+    Built on httpx.AsyncClient; use it as `async with AsyncAPIClient(url, token)`
+    (an async client belongs to one event loop, so `.aio` makes one per operation).
+    """
+
+    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, headers=_headers(token),
+                                       timeout=timeout)
+
+    @classmethod
+    def like(cls, client: APIClient) -> AsyncAPIClient:
+        """An async client for the same platform and token as `client`."""
+        return cls(client.url, client.token)
+
+    async def __aenter__(self) -> AsyncAPIClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, *, timeout: float | None = None,
+                       **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = await self._http.request(
+                method, path, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                **kwargs,
+            )
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response.json()
+
+    async def _idempotent(self, request: Callable[[], Awaitable[Any]]) -> Any:
+        """As APIClient._idempotent, sleeping in the event loop between tries."""
+        import asyncio
+
+        for attempt in range(_RETRIES):
+            try:
+                return await request()
+            except PlatformError as exc:
+                retryable = isinstance(exc, PlatformUnreachable) or (exc.status or 0) >= 500
+                if not retryable or attempt == _RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _submit_once(self, path: str, meta: dict[str, Any],
+                           parts: list[tuple[str, bytes]]) -> list[str]:
+        files = _files(parts)
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        body = await self._idempotent(lambda: self._request(
+            "POST", path, data={"meta": json.dumps(meta)}, files=files, headers=headers))
+        return [c["id"] for c in body["calls"]]
+
+    async def submit(self, *, function_name: str, function: bytes, args: Sequence[bytes],
+                     spec: dict[str, Any], versions: dict[str, str]) -> list[str]:
+        meta = {"function_name": function_name, "spec": spec, "client": versions}
+        return await self._submit_once("/v1/calls", meta,
+                                       [("function", function), *(("args", a) for a in args)])
+
+    async def submit_deployed(self, name: str, *, args: Sequence[bytes], spec: dict[str, Any],
+                              versions: dict[str, str]) -> list[str]:
+        meta = {"spec": spec, "client": versions}
+        return await self._submit_once(f"/v1/functions/{quote(name, safe='')}/calls", meta,
+                                       [("args", a) for a in args])
+
+    async def wait(self, ids: Sequence[str], wait: float) -> list[dict[str, Any]]:
+        body = await self._idempotent(lambda: self._request(
+            "POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
+            timeout=wait + _WAIT_SLACK))
+        return _decoded(body["calls"])
+
+    async def cancel_many(self, *, ids: Sequence[str]) -> dict[str, Any]:
+        return dict(await self._idempotent(lambda: self._request(
+            "POST", "/v1/calls/cancel", json={"ids": list(ids)})))
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    headers = {"User-Agent": "podfn-client"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
+
+
+def _files(parts: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [(field, (f"{field}{i}", blob, "application/octet-stream"))
+            for i, (field, blob) in enumerate(parts)]
+
+
+def _decoded(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished calls from /v1/calls/wait with their pickles as bytes again."""
+    for call in calls:
+        if call.get("result") is not None:
+            call["result"] = base64.b64decode(call["result"])
+        error = call.get("error")
+        if error and error.get("pickle") is not None:
+            error["pickle"] = base64.b64decode(error["pickle"])
+    return list(calls)
+
+
+def _unreachable(url: str, exc: Exception) -> PlatformUnreachable:
+    return PlatformUnreachable(
+        f"cannot reach the podfn API at {url} ({type(exc).__name__}: {exc}); "
+        "check PODFN_URL, or start a local platform with `podfn dev`")
 
 
 def _error_from(response: httpx.Response) -> PlatformError:

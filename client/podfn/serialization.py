@@ -24,7 +24,6 @@ import sysconfig
 import types
 from collections import ChainMap
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,6 +41,8 @@ MAX_SOURCE_BYTES = 1 << 20
 
 @functools.cache
 def _installed_top_levels() -> frozenset[str]:
+    from importlib import metadata  # slow to import; needed only at the first pickling
+
     return frozenset(metadata.packages_distributions())
 
 
