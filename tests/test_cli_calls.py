@@ -56,10 +56,12 @@ def test_functions_and_rollback(deployed: Platform, tmp_path: Path) -> None:
     assert "add" in listed.output and "cpu=250m memory=256Mi" in listed.output
     as_json = json.loads(run("functions", "--output", "json").output)
     assert {f["name"] for f in as_json} == {"add", "fails", "chatty"}
-    assert run("deploy", str(tmp_path / "app.py")).exit_code == 0
+    app = tmp_path / "app.py"
+    app.write_text(APP.replace("return a + b", "return b + a"))  # unchanged code is not redeployed
+    assert run("deploy", str(app)).exit_code == 0
     rolled = run("rollback", "add")
     assert rolled.exit_code == 0 and "version 1 is live (was 2)" in rolled.output
-    assert run("rollback", "add", "--to", "7").exit_code == 1
+    assert run("rollback", "add", "--to", "7").exit_code == 2  # no such version: usage
     assert run("rollback", "ghost").exit_code == 6
 
 

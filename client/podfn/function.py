@@ -210,8 +210,10 @@ class Function(_Remote[P, R]):
     def __init__(self, fn: Callable[P, R], hints: dict[str, Any], *, name: str | None = None,
                  client: APIClient | None = None) -> None:
         self.fn = fn
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
-        self.deploy_name = name or fn.__name__
+        # One naming rule: a call is recorded under the name a deploy would use (the
+        # function's own, or @remote(name=...)), so `podfn calls --function add` finds
+        # the `.remote` calls and the deployed ones alike.
+        self.name = self.deploy_name = name or fn.__name__
         self.hints = spec.validate(hints)
         self._given = dict(hints)
         self._explicit_name = name
@@ -248,7 +250,8 @@ class Function(_Remote[P, R]):
                              spec=self.hints, versions=serialization.client_versions())
 
     def deploy(self) -> dict[str, Any]:
-        """Register this function (pickled by value) under `deploy_name`; a new version."""
+        """Register this function (pickled by value) under `deploy_name`: a new live
+        version, unless code and hints equal the live version's (`unchanged` in the answer)."""
         return self.client.deploy(name=self.deploy_name, function=self._prepare(),
                                   spec=self.hints, versions=serialization.client_versions())
 

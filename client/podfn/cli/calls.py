@@ -11,7 +11,6 @@ import click
 
 from podfn.call import FINAL_STATES
 from podfn.cli.support import (
-    EXIT_CODES_HELP,
     EXIT_FAILED,
     api,
     fail,
@@ -19,6 +18,7 @@ from podfn.cli.support import (
     print_json,
     print_table,
     reports_errors,
+    with_exit_codes,
 )
 
 STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
@@ -208,6 +208,11 @@ def invoke_(name: str, body: str, wait: float, output: str) -> None:
         parsed = json.loads(body)
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="BODY") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(
+            f"must be a JSON object such as '{{\"args\": {body.strip()}}}', not a "
+            f"{type(parsed).__name__}: positional arguments go in \"args\", keyword arguments "
+            "in \"kwargs\"", param_hint="BODY")
     status, answer = api().invoke(name, parsed, wait)
     if output == "json":
         print_json(answer)
@@ -224,4 +229,4 @@ def invoke_(name: str, body: str, wait: float, output: str) -> None:
 
 COMMANDS = [calls_, call_, logs_, cancel_, invoke_]
 for _command in COMMANDS:
-    _command.help = (_command.help or "") + "\n\n" + EXIT_CODES_HELP
+    _command.help = with_exit_codes(_command.help)

@@ -9,12 +9,12 @@ from pathlib import Path
 import click
 
 from podfn.cli.support import (
-    EXIT_CODES_HELP,
     api,
     output_option,
     print_json,
     print_table,
     reports_errors,
+    with_exit_codes,
 )
 from podfn.errors import ConfigurationError
 from podfn.function import Function
@@ -46,10 +46,11 @@ def load_functions(path: Path) -> list[Function[..., object]]:
 @output_option
 @reports_errors
 def deploy_(file: Path, output: str) -> None:
-    """Deploy every @remote function in FILE; each deploy of a name is a new live version.
+    """Deploy every @remote function in FILE; each changed function becomes a new live version.
 
     The name is the function's own, or @remote(name=...). Functions are
-    pickled by value, so the platform does not need FILE.
+    pickled by value, so the platform does not need FILE. A function whose
+    code and hints equal its live version's is left as it is.
 
     \b
     Example: podfn deploy app.py
@@ -59,7 +60,11 @@ def deploy_(file: Path, output: str) -> None:
         print_json(results)
         return
     for r in results:
-        click.echo(f"deployed {r['name']} version {r['version']} (live)")
+        if r.get("unchanged"):
+            click.echo(f"{r['name']} is unchanged: version {r['version']} stays live "
+                       "(nothing deployed)")
+        else:
+            click.echo(f"deployed {r['name']} version {r['version']} (live)")
 
 
 @click.command("functions")
@@ -104,4 +109,4 @@ def rollback_(name: str, version: int | None, output: str) -> None:
 
 COMMANDS = [deploy_, functions_, rollback_]
 for _command in COMMANDS:
-    _command.help = (_command.help or "") + "\n\n" + EXIT_CODES_HELP
+    _command.help = with_exit_codes(_command.help)

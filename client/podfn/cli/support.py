@@ -12,6 +12,7 @@ Exit codes:
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from podfn.errors import (
     DatabaseUnavailable,
     NotAuthorized,
     NotFound,
+    PlatformError,
     PlatformUnreachable,
     PodfnError,
 )
@@ -39,6 +41,13 @@ Exit codes: 0 ok, 1 the call failed, 2 usage, 3 cannot reach the platform,
 4 configuration, 5 not authorized, 6 not found."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_exit_codes(help_text: str | None) -> str:
+    """A command's help with the exit codes after it. The docstring is dedented first:
+    click dedents help by its common indentation, which the unindented exit-code
+    lines would otherwise reduce to nothing, leaving the examples indented twice."""
+    return inspect.cleandoc(help_text or "") + "\n\n" + EXIT_CODES_HELP
 
 output_option = click.option("--output", "-o", type=click.Choice(["table", "json"]),
                              default="table", show_default=True, help="output format")
@@ -59,6 +68,10 @@ def reports_errors(fn: F) -> F:
             fail(str(exc), EXIT_UNAUTHORIZED)
         except NotFound as exc:
             fail(str(exc), EXIT_NOT_FOUND)
+        except PlatformError as exc:
+            # 400/422: the request was wrong (a bad argument, a version that does not
+            # exist), which is a usage error whichever side noticed it.
+            fail(str(exc), EXIT_USAGE if exc.status in (400, 422) else EXIT_FAILED)
         except PodfnError as exc:
             fail(str(exc), EXIT_FAILED)
 

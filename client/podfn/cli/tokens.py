@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from podfn.cli.support import EXIT_CODES_HELP, api, output_option, print_json, print_table, reports_errors
+from podfn.cli.support import (
+    api,
+    output_option,
+    print_json,
+    print_table,
+    reports_errors,
+    with_exit_codes,
+)
 
 SCOPES = ("submit", "invoke", "deploy", "read", "admin")
 
@@ -76,5 +83,5 @@ def revoke(ref: str, output: str) -> None:
 
 
 for _command in (token, create, list_, revoke):
-    _command.help = (_command.help or "") + "\n\n" + EXIT_CODES_HELP
+    _command.help = with_exit_codes(_command.help)
 COMMANDS = [token]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from podfn.errors import DatabaseUnavailable, InvalidSpec
@@ -23,12 +23,26 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> tuple[
     return jsonify({"error": {"code": code, "message": message, **extra}}), status
 
 
+FORM_HINT = ("the body was sent as {kind} (what `curl -d` does by default): send JSON with the "
+             "header Content-Type: application/json (curl -H 'Content-Type: application/json' "
+             "-d '...', or curl --json '...'); submissions and deploys take multipart/form-data")
+
+
+def _sent_as_form() -> bool:
+    """A body without a content type, or as a url-encoded form (curl -d's default)."""
+    return bool(request.content_length) and request.mimetype in (
+        "", "application/x-www-form-urlencoded")
+
+
 def register(app: Flask) -> None:
     max_bytes = app.config["MAX_CONTENT_LENGTH"]
 
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> tuple[Response, int]:
-        response, status = error_response(exc.status, exc.code, exc.message, **exc.extra)
+        message = exc.message
+        if exc.status == 400 and _sent_as_form():
+            message += "; " + FORM_HINT.format(kind=request.mimetype or "no content type")
+        response, status = error_response(exc.status, exc.code, message, **exc.extra)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="podfn"'
         return response, status
@@ -53,6 +67,18 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> tuple[Response, int]:
+        """Werkzeug's own errors (unknown path, wrong method) as our JSON, keeping
+        their headers (405's Allow)."""
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(status, code, exc.description or exc.name)
+        message = exc.description or exc.name
+        if status == 404:
+            message = f"no such endpoint: {request.path}; see /openapi.json for every route"
+        elif status == 405:
+            allowed = ", ".join(getattr(exc, "valid_methods", None) or [])
+            message = f"{request.method} is not allowed on {request.path}; use {allowed}"
+        response, status = error_response(status, code, message)
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status

@@ -52,6 +52,14 @@ def deploy() -> tuple[Response, int]:
     with context.db().transaction() as tx:
         tx.all("lock_function_name", {"name": name})
         key = store_payload(tx, function)
+        live = tx.one("get_function", {"name": name})
+        if live is not None and (live["function_digest"], live["spec"], live["client_python"],
+                                 live["client_cloudpickle"]) == (key, validated, python,
+                                                                 cloudpickle):
+            # An unchanged deploy changes nothing (no new version to roll back over).
+            return jsonify({"name": name, "version": live["version"],
+                            "live_version": live["version"], "unchanged": True,
+                            "deployed_at": context.iso(live["deployed_at"])}), 200
         row = tx.one("insert_function_version", {
             "name": name, "function_digest": key, "spec": jsonb(validated),
             "client_python": python, "client_cloudpickle": cloudpickle,
@@ -59,7 +67,7 @@ def deploy() -> tuple[Response, int]:
         assert row is not None
         tx.all("set_live_version", {"name": name, "version": row["version"]})
     return jsonify({"name": name, "version": row["version"], "live_version": row["version"],
-                    "deployed_at": context.iso(row["deployed_at"])}), 201
+                    "unchanged": False, "deployed_at": context.iso(row["deployed_at"])}), 201
 
 
 @bp.get("")

@@ -132,7 +132,8 @@ def document() -> dict[str, Any]:
                 "stdout": {"type": "string"}, "stderr": {"type": "string"},
                 "state": {"type": "string"}}}, "output"), **_errors(404, *COMMON)}}},
         "/v1/functions": {
-            "post": {"summary": "Deploy a function: a new live version (scope deploy)",
+            "post": {"summary": "Deploy a function: a new live version unless unchanged "
+                             "(scope deploy)",
                      "requestBody": {"required": True, "content": {"multipart/form-data": {
                          "schema": {"type": "object", "required": ["meta", "function"],
                                     "properties": {
@@ -140,6 +141,8 @@ def document() -> dict[str, Any]:
                                                  "description": "JSON: {name, spec, client}"},
                                         "function": {"type": "string", "format": "binary"}}}}}},
                      "responses": {"201": _json({"type": "object"}, "deployed"),
+                                   "200": _json({"type": "object"}, "unchanged: code and hints "
+                                                "equal the live version's; nothing deployed"),
                                    **_errors(400, 413, 422, *COMMON)}},
             "get": {"summary": "Deployed functions", "responses": {
                 "200": _json({"type": "object"}, "functions"), **_errors(*COMMON)}},
