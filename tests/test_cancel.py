@@ -200,3 +200,37 @@ def test_map_batches_by_count_and_by_bytes() -> None:
     by_bytes = list(batches(blobs, max_count=100, max_bytes=3 * (1000 + _PART_OVERHEAD)))
     assert [len(b) for b in by_bytes] == [3, 3, 3, 1]
     assert [len(b) for b in batches([b"x" * 5000, b"y"], max_count=9, max_bytes=100)] == [1, 1]
+
+
+SLOW_CANCEL_SCRIPT = """
+import sys, threading
+from podfn.interrupt import cancelling_on_interrupt
+
+def cancel_many(ids):
+    print("cancelling", flush=True)
+    threading.Event().wait()  # a cancel request that never answers
+    return 0
+
+with cancelling_on_interrupt(cancel_many, ["a", "b"]):
+    print("waiting", flush=True)
+    threading.Event().wait()
+"""
+
+
+def test_a_second_ctrl_c_leaves_at_once(tmp_path: Path) -> None:
+    script = tmp_path / "slow_cancel.py"
+    script.write_text(SLOW_CANCEL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "waiting"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline().strip() == "cancelling"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "cancelling the 2 call(s)" in stderr and "leaving now" in stderr
+    assert "Traceback" not in stderr, stderr
