@@ -41,6 +41,7 @@ class Settings:
     insecure_no_auth: bool = False  # no tokens at all; refused unless bound to loopback
     max_request_bytes: int = 64 * 1024 * 1024
     max_wait_seconds: float = 60.0
+    access_log: bool = True  # one JSON line per request on stdout (`podfn dev`: only --verbose)
     # Controller.
     launcher: str = "local"
     namespace: str = "podfn"

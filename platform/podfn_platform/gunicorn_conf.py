@@ -10,7 +10,7 @@ config module on its own, for running the API under a stock gunicorn:
 - graceful shutdown: on SIGTERM the master stops accepting, lets requests in
   flight finish for up to `GRACEFUL_TIMEOUT` seconds, then exits; the chart's
   terminationGracePeriodSeconds is longer than that.
-- access log: one JSON object per request on stdout.
+- access log: one JSON object per request on stdout (PODFN_ACCESS_LOG=0: none).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def options(settings: Settings) -> dict[str, Any]:
         "timeout": int(settings.max_wait_seconds) + 30,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "keepalive": 5,
-        "accesslog": "-",
+        "accesslog": "-" if settings.access_log else None,
         "access_log_format": ACCESS_LOG_FORMAT,
         "logger_class": "podfn_platform.gunicorn_conf.JsonAccessLogger",
         "errorlog": "-",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -92,6 +95,33 @@ def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("podfn"))
 
 
+def stable_token(data_dir: Path) -> str:
+    """The admin token of a data directory: made on its first run, the same on every
+    restart, so clients and profiles that hold it keep working."""
+    path = data_dir / "admin-token"
+    with contextlib.suppress(FileNotFoundError):
+        token = path.read_text().strip()
+        if token:
+            return token
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # readable by its owner only
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
+
+
+def running_platform(profile: Path) -> str | None:
+    """The URL in `profile` if a platform answers there now, else None."""
+    import httpx
+
+    try:
+        url = json.loads(profile.read_text())["url"]
+        return str(url) if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200 else None
+    except (OSError, ValueError, KeyError, TypeError, httpx.HTTPError):
+        return None
+
+
 @click.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="where the embedded Postgres keeps its data (default: user data dir)")
@@ -100,32 +130,58 @@ def _default_data_dir() -> Path:
               help="how attempts run (default PODFN_LAUNCHER or local)")
 @click.option("--no-auth", is_flag=True,
               help="accept requests without a token (only on a loopback address)")
+@click.option("--verbose", "-v", is_flag=True,
+              help="also print the API's access log (one JSON line per request)")
 @reports_errors
-def dev(data_dir: Path | None, port: int | None, launcher: str | None, no_auth: bool) -> None:
+def dev(data_dir: Path | None, port: int | None, launcher: str | None, no_auth: bool,
+        verbose: bool) -> None:
     """Run the whole platform here: embedded Postgres, API and controller.
 
     Writes the client profile (URL and an admin token) so `@remote`
     functions and the podfn commands find it; Ctrl-C stops everything. Uses
-    PODFN_DATABASE_URL instead of the embedded Postgres when set.
+    PODFN_DATABASE_URL instead of the embedded Postgres when set. The admin
+    token is kept in the data directory, the same across restarts. A second
+    `podfn dev` while the profile's platform runs is refused (give it its own
+    PODFN_PROFILE).
     Example: podfn dev --port 8080
     """
     _platform_modules()
     from podfn_platform.dev import DevStack
 
     settings = Settings.from_env(launcher=launcher, insecure_no_auth=no_auth or None)
-    stack = DevStack(settings, data_dir or _default_data_dir(), port or settings.port)
+    # One profile per running platform: a second `podfn dev` would overwrite the
+    # profile of the first, and leave it pointing at nothing when it exits.
+    other = running_platform(settings.profile)
+    if other is not None:
+        raise ConfigurationError(
+            f"a podfn platform is already running at {other} (profile {settings.profile}); "
+            "use it, stop it first, or give this one a profile of its own: "
+            "PODFN_PROFILE=/tmp/podfn-2.json podfn dev --port 8081 --data-dir /tmp/podfn-2")
+    data_dir = data_dir or _default_data_dir()
+    stack = DevStack(settings, data_dir, port or settings.port, token=stable_token(data_dir))
+    # The API process reads it from the environment it inherits: a line per finished
+    # call (below) says more to a person than a line per request.
+    if verbose:
+        os.environ["PODFN_ACCESS_LOG"] = "1"
+    else:
+        os.environ.setdefault("PODFN_ACCESS_LOG", "0")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    from podfn_platform.call_events import CallEvents
+
     with stack:
         write_profile(settings.profile, stack.url, stack.token)
         click.echo(f"podfn is running at {stack.url}")
         click.echo(f"  database: {stack.database_url}")
         click.echo(f"  profile:  {settings.profile} (url and token for clients)")
         click.echo("Try: python examples/demo.py    Stop: Ctrl-C")
+        events = CallEvents(stack.database_url, click.echo).start()
         try:
             code = stack.wait()
         except KeyboardInterrupt:
             click.echo("\nstopping podfn")
             return
+        finally:
+            events.stop()
     raise PodfnError(f"a platform process exited unexpectedly (code {code})")
 
 

@@ -69,6 +69,11 @@ def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Princip
         row = db.one("token_by_hash", {"hash": hash_secret(secret)})
         if row is not None:
             return Principal(row["id"], row["name"], frozenset(row["scopes"]))
+        raise APIError(401, "unauthorized",
+                       "this token was not recognised (was the platform restarted with a new "
+                       "data directory?): `podfn dev` writes its current token to your profile; "
+                       "else check PODFN_TOKEN, or ask an admin for one (`podfn token create`); "
+                       "a revoked token is not recognised either")
     raise APIError(401, "unauthorized",
                    "a valid bearer token is required: set PODFN_TOKEN (podfn dev writes one to "
                    "your profile; an admin creates more with `podfn token create`)")
