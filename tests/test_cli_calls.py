@@ -131,7 +131,7 @@ def test_exit_codes(deployed: Platform, args: tuple[str, ...], code: int) -> Non
 def test_not_authorized_exit_code(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PODFN_TOKEN", "wrong")
     result = CliRunner().invoke(cli, ["calls"])
-    assert result.exit_code == 5 and "bearer token" in result.output
+    assert result.exit_code == 5 and "this token was not recognised" in result.output
 
 
 def test_unreachable_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
