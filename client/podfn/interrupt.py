@@ -7,7 +7,8 @@ with a plain KeyboardInterrupt (so it exits as Ctrl-C does, status 130; the
 interpreter only does that for KeyboardInterrupt itself, not a subclass)
 carrying `podfn_cancelled`/`podfn_submitted` counts, whose default report is
 that one line instead of a traceback from inside the HTTP client. A second
-Ctrl-C while cancelling leaves at once. `spawn` is not covered: leaving a call running is what `spawn` is for.
+Ctrl-C while cancelling leaves at once. `spawn` is not covered: leaving a
+call running is what `spawn` is for.
 """
 
 from __future__ import annotations
