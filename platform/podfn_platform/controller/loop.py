@@ -49,7 +49,7 @@ def backoff_seconds(failures: int) -> float:
 def unprocessable(row: dict[str, Any]) -> str | None:
     """Why the controller cannot launch this claimed row, or None if it can."""
     try:
-        call_spec.validate(row.get("spec"))  # any JSON: validate says what is wrong
+        call_spec.validate(row["spec"])  # any JSON: validate says what is wrong
     except InvalidSpec as exc:
         return (f"the call's stored spec cannot be run ({exc}); it was written by another "
                 "podfn version or corrupted: submit the call again")
