@@ -33,7 +33,7 @@ def test_runs_a_launched_attempt_and_records_the_result(db: Database, database_u
     db.all("claim_queued", {"limit": 1})
     done = run_runtime(database_url, call_id, 1)
     assert done.returncode == 0, done.stderr
-    [row] = db.all("finished_calls", {"ids": [call_id]})
+    [row] = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
     assert row["state"] == "succeeded" and cloudpickle.loads(row["result"]) == 1024
 
 
@@ -63,7 +63,7 @@ def test_a_late_write_from_an_older_attempt_is_ignored(db: Database, database_ur
                        "stdout": "",
                               "stderr": ""})
     assert late is None
-    [row] = db.all("finished_calls", {"ids": [call_id]})
+    [row] = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
     assert cloudpickle.loads(row["result"]) == 9
 
 

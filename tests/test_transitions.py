@@ -98,7 +98,7 @@ def test_a_stale_attempt_cannot_write(db: Database) -> None:
     assert db.one("succeed", {"id": call_id, "attempt": 2, "result": b"new", "result_json": None,
                        "stdout": "",
                               "stderr": ""}) is not None
-    rows = db.all("finished_calls", {"ids": [call_id]})
+    rows = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
     assert rows[0]["result"] == b"new"
     attempts = db.all("get_attempts", {"id": call_id})
     assert [a["state"] for a in attempts] == ["disrupted", "succeeded"]

@@ -54,13 +54,19 @@ class Logs:
         return self.stdout + self.stderr
 
 
-def outcome(call: dict[str, Any]) -> Any:
-    """The value of a finished call, or raise what it ended with."""
+def outcome(call: dict[str, Any], client: APIClient) -> Any:
+    """The value of a finished call (as `wait` describes it), or raise what it ended with.
+
+    A result `wait` did not carry along is fetched from the API with `client`.
+    """
     state, call_id, reason = call["state"], call["id"], call.get("reason")
     if state == "succeeded":
-        if call.get("result") is None and "value" in call:  # a call made by an HTTP invoke
+        if "value" in call:  # an HTTP invoke's JSON result
             return call["value"]
-        return serialization.loads(call["result"])
+        if call.get("result_format") == "json":
+            return client.result_value(call_id)
+        blob = call.get("result")
+        return serialization.loads(blob if blob is not None else client.result_bytes(call_id))
     if state == "cancelled":
         raise CallCancelled(f"call {call_id} was cancelled", call_id=call_id, state=state,
                             reason=reason)
@@ -69,9 +75,9 @@ def outcome(call: dict[str, Any]) -> Any:
                           reason=reason)
     error = call.get("error") or {}
     remote_tb = error.get("traceback") or ""
-    if error.get("pickle") is not None:
+    if error.get("pickle_size") is not None:
         try:
-            exc = serialization.loads(error["pickle"])
+            exc = serialization.loads(client.error_bytes(call_id))
         except Exception:
             exc = None
         if isinstance(exc, BaseException):
@@ -118,7 +124,7 @@ class Call:
             remaining = _POLL_SECONDS if deadline is None else deadline - time.monotonic()
             finished = self.client.wait([self.id], max(0.0, min(remaining, _POLL_SECONDS)))
             if finished:
-                return outcome(finished[0])
+                return outcome(finished[0], self.client)
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeout(f"call {self.id} did not finish within {timeout} s; "
                                     "it is still running: call .result() again or .cancel() it")

@@ -144,7 +144,9 @@ class APIClient:
         return dict(self._idempotent(lambda: self._request("GET", f"/v1/calls/{call_id}")))
 
     def wait(self, ids: Sequence[str], wait: float) -> list[dict[str, Any]]:
-        """The finished calls among `ids` with their results, waiting up to `wait` s for one."""
+        """The finished calls among `ids`, waiting up to `wait` s for one: their states and
+        result sizes; a small pickled result comes along as bytes in `result`, any other
+        is fetched with `result_bytes`."""
         body = self._idempotent(lambda: self._request(
             "POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
             timeout=wait + _WAIT_SLACK))
@@ -152,10 +154,40 @@ class APIClient:
         for call in calls:
             if call.get("result") is not None:
                 call["result"] = base64.b64decode(call["result"])
-            error = call.get("error")
-            if error and error.get("pickle") is not None:
-                error["pickle"] = base64.b64decode(error["pickle"])
         return list(calls)
+
+    def _download(self, path: str) -> tuple[str, bytes]:
+        """GET a streamed body whole: (content type, bytes). A body cut short (the API
+        restarting mid-stream) is a transport error, so it is fetched again."""
+        def fetch() -> tuple[str, bytes]:
+            try:
+                with self._http.stream("GET", path) as response:
+                    body = response.read()
+            except httpx.TransportError as exc:
+                raise PlatformUnreachable(
+                    f"lost the podfn API at {self.url} while reading {path} "
+                    f"({type(exc).__name__}: {exc})") from exc
+            if response.status_code >= 400:
+                raise _error_from(response)
+            return response.headers.get("content-type", ""), body
+        return self._idempotent(fetch)  # type: ignore[no-any-return]
+
+    def result_bytes(self, call_id: str) -> bytes:
+        """A succeeded call's pickled result, streamed from GET /v1/calls/{id}/result."""
+        kind, body = self._download(f"/v1/calls/{quote(call_id, safe='')}/result")
+        if not kind.startswith("application/octet-stream"):
+            raise PlatformError(f"call {call_id} has no pickled result (the API answered "
+                                f"{kind or 'without a content type'})")
+        return body
+
+    def result_value(self, call_id: str) -> Any:
+        """A succeeded HTTP invoke's JSON value, from GET /v1/calls/{id}/result."""
+        _kind, body = self._download(f"/v1/calls/{quote(call_id, safe='')}/result")
+        return json.loads(body)["value"]
+
+    def error_bytes(self, call_id: str) -> bytes:
+        """A failed call's pickled exception, streamed from GET /v1/calls/{id}/error."""
+        return self._download(f"/v1/calls/{quote(call_id, safe='')}/error")[1]
 
     def cancel(self, call_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/calls/{call_id}/cancel"))

@@ -41,6 +41,9 @@ class Settings:
     insecure_no_auth: bool = False  # no tokens at all; refused unless bound to loopback
     max_request_bytes: int = 64 * 1024 * 1024
     max_wait_seconds: float = 60.0
+    max_result_bytes: int = 64 * 1024 * 1024  # a larger result fails its call (runtime checks)
+    longpoll_threads: int = 64  # threads per API worker that hold long-polls (worker.py)
+    header_timeout_seconds: float = 10.0  # a client that has not sent its headers is dropped
     # Controller.
     launcher: str = "local"
     namespace: str = "podfn"
@@ -69,7 +72,8 @@ class Settings:
                 f"PODFN_LAUNCHER={self.launcher!r} is not a launcher; use one of "
                 + ", ".join(LAUNCHERS)
             )
-        for name in ("port", "workers", "threads", "max_request_bytes", "max_concurrency",
+        for name in ("port", "workers", "threads", "max_request_bytes", "max_result_bytes",
+                     "longpoll_threads", "header_timeout_seconds", "max_concurrency",
                      "pod_create_concurrency", "pod_create_qps", "watch_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"PODFN_{name.upper()} must be positive")
