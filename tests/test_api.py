@@ -66,6 +66,9 @@ def test_submit_records_calls_and_get_describes_them(client: FlaskClient) -> Non
 @pytest.mark.parametrize(("meta", "status", "field"), [
     ({"function_name": "f", "spec": {"cpu": "2 cores"}, "client": CLIENT}, 422, "spec.cpu"),
     ({"function_name": "f", "spec": {"memory": "-1Gi"}, "client": CLIENT}, 422, "spec.memory"),
+    ({"function_name": "f", "spec": {"retries": 3_000_000_000}, "client": CLIENT}, 422,
+     "spec.retries"),
+    ({"function_name": "f", "spec": {"memory": 512}, "client": CLIENT}, 422, "spec.memory"),
     ({"function_name": "f", "spec": {"bogus": 1}, "client": CLIENT}, 422, "spec.bogus"),
     ({"function_name": "", "spec": {}, "client": CLIENT}, 422, "meta.function_name"),
     ({"function_name": "f", "spec": {}}, 422, "meta.client"),
