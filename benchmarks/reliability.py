@@ -25,22 +25,18 @@ import argparse
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import api  # a sibling script (python puts benchmarks/ first on sys.path)
 import cloudpickle
 import httpx
+from memory import children, rss_kib
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import api  # noqa: E402  (a sibling script, not a package)
-from memory import children, rss_kib  # noqa: E402
-
-from podfn.call import Call  # noqa: E402
-from podfn.http import APIClient  # noqa: E402
-from podfn_platform.database import Database  # noqa: E402
+from podfn.call import Call
+from podfn.http import APIClient
+from podfn_platform.database import Database
 
 
 def _vm(pid: int, key: str) -> float:
@@ -107,7 +103,8 @@ def fig_result(mib: int) -> list[dict[str, Any]]:
         [worker] = children(serve)
         call_id = _one_call(client)
         with Database(db_url, name="podfn-bench-runtime") as db:
-            db.all("claim_queued", {"limit": 1})
+            claimed = db.all("claim_queued", {"limit": 1})
+            assert [r["id"] for r in claimed] == [call_id], "use a database of its own"
             db.one("claim_attempt", {"id": call_id, "attempt": 1})
             db.one("succeed", {"id": call_id, "attempt": 1, "result": payload,
                                "result_json": None, "stdout": "", "stderr": ""})
@@ -135,10 +132,8 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=20)
     parser.add_argument("--mib", type=int, default=64)
     ns = parser.parse_args()
-    if ns.figure == "held":
-        rows = fig_held(ns.requests, ns.long_polls, ns.slow)
-    else:
-        rows = fig_result(ns.mib)
+    rows = (fig_held(ns.requests, ns.long_polls, ns.slow) if ns.figure == "held"
+            else fig_result(ns.mib))
     print(json.dumps(rows))
 
 
