@@ -78,3 +78,18 @@ def test_missing_arguments_are_a_usage_error() -> None:
     done = subprocess.run([sys.executable, "-m", "podfn_runtime"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "--call-id" in done.stderr
+
+
+def test_max_result_bytes_on_the_command_line_fails_a_larger_result(db: Database,
+                                                                    database_url: str) -> None:
+    call_id = submit(db, bytes, 5000)
+    db.all("claim_queued", {"limit": 1})
+    env = {**os.environ, "PODFN_DATABASE_URL": database_url}
+    done = subprocess.run([sys.executable, "-m", "podfn_runtime", "--call-id", call_id,
+                           "--attempt", "1", "--max-result-bytes", "1000"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    row = db.one("get_call", {"id": call_id})
+    assert row is not None and row["state"] == "failed"
+    assert "more than the platform's limit of 1000 bytes" in row["reason"]
+    assert row["error_type"] == "ResultTooLarge" and row["user_failures"] == 0
