@@ -191,3 +191,24 @@ def test_a_row_the_controller_cannot_process_fails_alone(platform: object, db: D
     assert [c.result(timeout=30) for c in others] == [2, 3, 4]
     row = db.one("get_call", {"id": "bad-row"})
     assert row is not None and row["user_failures"] == 0 and row["disruptions"] == 0
+
+
+def test_a_controller_whose_lock_another_took_stops_and_the_next_one_runs_calls(
+        api_only: str, database_url: str, postgres_url: str) -> None:
+    with Database(database_url, name="podfn-test-standby") as db, \
+            controller(database_url) as (ctl, thread):
+        standby = LeaderLock(db)
+        for _ in range(5):  # the standby must take the freed lock before the controller does
+            terminate(postgres_url, database_url, ("podfn-controller-lock",))
+            deadline = time.monotonic() + 2
+            while not standby.try_acquire() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            if standby.held:
+                break
+        assert standby.held
+        ctl.wake.set()
+        thread.join(15)
+        assert not thread.is_alive() and not ctl.is_active.is_set()
+        standby.release()
+    with controller(database_url):
+        assert remote(abs).remote(-3) == 3
