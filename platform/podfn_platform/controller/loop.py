@@ -86,7 +86,8 @@ class Controller:
     def run(self, stop: threading.Event) -> None:
         """Wait for leadership, then act until `stop` is set or leadership is lost."""
         while not stop.is_set() and not self.leader.try_acquire():
-            log.info("another controller is active; standing by")
+            log.info("not the active controller (another is, or the database cannot be "
+                     "reached); standing by")
             stop.wait(min(self.settings.sweep_seconds, 2.0))
         if stop.is_set():
             return

@@ -33,7 +33,10 @@ def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> L
 
 
 def build(settings: Settings) -> tuple[Controller, Database]:
-    db = Database(settings.require_database_url(), max_size=4, name="podfn-controller").open()
+    # Not waiting for the database: a controller started while it is down stands by
+    # until it can seek leadership, instead of exiting.
+    db = Database(settings.require_database_url(), max_size=4, name="podfn-controller").open(
+        wait=False)
     wake = threading.Event()
     return Controller(settings, db, build_launcher(settings, db, wake), wake), db
 
