@@ -61,7 +61,10 @@ def identity(x: Any) -> Any:
 
 
 @contextmanager
-def api_server(max_request_bytes: int | None = None) -> Iterator[tuple[str, str]]:
+def api_server(max_request_bytes: int | None = None, *,
+               extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """`podfn serve` on a migrated database: (API URL, database URL); `extra_env` adds
+    PODFN_* settings."""
     workdir = Path(tempfile.mkdtemp(prefix="podfn-bench-api-"))
     os.chmod(workdir, 0o755)
     pg = None
@@ -78,6 +81,7 @@ def api_server(max_request_bytes: int | None = None) -> Iterator[tuple[str, str]
            "PODFN_PORT": str(port), "PODFN_LOG_LEVEL": "WARNING"}
     if max_request_bytes:
         env["PODFN_MAX_REQUEST_BYTES"] = str(max_request_bytes)
+    env.update(extra_env or {})
     serve = subprocess.Popen([sys.executable, "-m", "podfn", "serve"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     api = f"http://127.0.0.1:{port}"

@@ -66,6 +66,9 @@ def test_submit_records_calls_and_get_describes_them(client: FlaskClient) -> Non
 @pytest.mark.parametrize(("meta", "status", "field"), [
     ({"function_name": "f", "spec": {"cpu": "2 cores"}, "client": CLIENT}, 422, "spec.cpu"),
     ({"function_name": "f", "spec": {"memory": "-1Gi"}, "client": CLIENT}, 422, "spec.memory"),
+    ({"function_name": "f", "spec": {"retries": 3_000_000_000}, "client": CLIENT}, 422,
+     "spec.retries"),
+    ({"function_name": "f", "spec": {"memory": 512}, "client": CLIENT}, 422, "spec.memory"),
     ({"function_name": "f", "spec": {"bogus": 1}, "client": CLIENT}, 422, "spec.bogus"),
     ({"function_name": "", "spec": {}, "client": CLIENT}, 422, "meta.function_name"),
     ({"function_name": "f", "spec": {}}, 422, "meta.client"),
@@ -165,7 +168,7 @@ def test_the_api_never_unpickles_what_a_client_sent(client: FlaskClient, tmp_pat
     client.post(f"/v1/calls/{call_id}/cancel", headers=AUTH)
     client.post("/v1/calls/wait", json={"ids": [call_id], "wait": 0}, headers=AUTH)
     assert not evidence.exists()
-    stored = db.all("finished_calls", {"ids": [call_id]})
+    stored = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
     assert stored and stored[0]["state"] == "cancelled"
     with db.transaction() as tx:
         row = tx._conn.execute("SELECT args FROM podfn_calls WHERE id = %s", (call_id,)).fetchone()
@@ -197,9 +200,8 @@ def test_wait_wakes_on_notify(client: FlaskClient, db: Database) -> None:
     thread.join(10)
     response = result["response"]
     assert response.status_code == 200
-    assert response.json["state"] == "succeeded"
-    import base64
-    assert base64.b64decode(response.json["result"]) == b"R"
+    assert response.headers["X-Podfn-State"] == "succeeded"
+    assert response.mimetype == "application/octet-stream" and response.data == b"R"
 
 
 def test_wait_sees_a_result_that_landed_while_the_listener_was_down(
@@ -214,7 +216,7 @@ def test_wait_sees_a_result_that_landed_while_the_listener_was_down(
                          "WHERE application_name = 'podfn-listener' AND datname = current_database()")
     _finish(db, call_id)
     response = client.get(f"/v1/calls/{call_id}/result?wait=20", headers=AUTH)
-    assert response.status_code == 200 and response.json["state"] == "succeeded"
+    assert response.status_code == 200 and response.headers["X-Podfn-State"] == "succeeded"
 
 
 def test_result_without_finish_answers_202(client: FlaskClient) -> None:

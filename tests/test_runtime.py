@@ -33,7 +33,7 @@ def test_runs_a_launched_attempt_and_records_the_result(db: Database, database_u
     db.all("claim_queued", {"limit": 1})
     done = run_runtime(database_url, call_id, 1)
     assert done.returncode == 0, done.stderr
-    [row] = db.all("finished_calls", {"ids": [call_id]})
+    [row] = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
     assert row["state"] == "succeeded" and cloudpickle.loads(row["result"]) == 1024
 
 
@@ -63,7 +63,7 @@ def test_a_late_write_from_an_older_attempt_is_ignored(db: Database, database_ur
                        "stdout": "",
                               "stderr": ""})
     assert late is None
-    [row] = db.all("finished_calls", {"ids": [call_id]})
+    [row] = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
     assert cloudpickle.loads(row["result"]) == 9
 
 
@@ -78,3 +78,18 @@ def test_missing_arguments_are_a_usage_error() -> None:
     done = subprocess.run([sys.executable, "-m", "podfn_runtime"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "--call-id" in done.stderr
+
+
+def test_max_result_bytes_on_the_command_line_fails_a_larger_result(db: Database,
+                                                                    database_url: str) -> None:
+    call_id = submit(db, bytes, 5000)
+    db.all("claim_queued", {"limit": 1})
+    env = {**os.environ, "PODFN_DATABASE_URL": database_url}
+    done = subprocess.run([sys.executable, "-m", "podfn_runtime", "--call-id", call_id,
+                           "--attempt", "1", "--max-result-bytes", "1000"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    row = db.one("get_call", {"id": call_id})
+    assert row is not None and row["state"] == "failed"
+    assert "more than the platform's limit of 1000 bytes" in row["reason"]
+    assert row["error_type"] == "ResultTooLarge" and row["user_failures"] == 0

@@ -59,3 +59,34 @@ def test_options_override_for_one_copy() -> None:
     f = remote(memory="1Gi")(lambda: None)
     g = f.options(memory="2Gi", timeout=5)
     assert (f.hints["memory"], g.hints["memory"], g.hints["timeout"]) == ("1Gi", "2Gi", 5)
+
+
+@pytest.mark.parametrize(("spec", "field", "words"), [
+    ({"retries": 3_000_000_000}, "retries", "0 to 100"),
+    ({"retry_backoff": 1.7e308}, "retry_backoff", "0 to 3600"),
+    ({"retry_backoff": float("inf")}, "retry_backoff", "out of range"),
+    ({"timeout": 10**12}, "timeout", "7 days"),
+    ({"memory": "512"}, "memory", "too little to run Python"),
+    ({"memory": 512}, "memory", "too little to run Python"),
+    ({"memory": "2Ei"}, "memory", "32Mi to 1Ti"),
+    ({"cpu": "0.1m"}, "cpu", "1m to 1024"),
+    ({"cpu": "1e9"}, "cpu", "1m to 1024"),
+    ({"gpu": 10_000}, "gpu", "0 to 64"),
+])
+def test_hints_are_bounded_with_a_clear_error(spec: dict[str, object], field: str,
+                                              words: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        validate(spec)
+    assert info.value.field == field
+    assert words in str(info.value)
+
+
+def test_the_edges_of_each_bound_are_accepted() -> None:
+    out = validate({"retries": 100, "retry_backoff": 3600, "timeout": 604800, "memory": "32Mi",
+                    "cpu": "1m", "gpu": 64})
+    assert (out["retries"], out["memory"], out["cpu"]) == (100, "32Mi", "1m")
+
+
+def test_the_decorator_applies_the_same_bounds() -> None:
+    with pytest.raises(InvalidSpec, match="retries"):
+        remote(retries=3_000_000_000)(lambda: None)

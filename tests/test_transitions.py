@@ -98,7 +98,7 @@ def test_a_stale_attempt_cannot_write(db: Database) -> None:
     assert db.one("succeed", {"id": call_id, "attempt": 2, "result": b"new", "result_json": None,
                        "stdout": "",
                               "stderr": ""}) is not None
-    rows = db.all("finished_calls", {"ids": [call_id]})
+    rows = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
     assert rows[0]["result"] == b"new"
     attempts = db.all("get_attempts", {"id": call_id})
     assert [a["state"] for a in attempts] == ["disrupted", "succeeded"]
@@ -146,3 +146,25 @@ def test_cancel_from_queued(db: Database) -> None:
     call_id = new_call(db)
     assert db.one("cancel", {"id": call_id, "reason": "r"})["state"] == "cancelled"  # type: ignore[index]
     assert db.one("claim_queued", {"limit": 5}) is None
+
+
+@pytest.mark.parametrize("spec", [
+    '{"retries": 3000000000, "retry_backoff": 1.7e308}',
+    '{"retries": "many", "retry_backoff": "slow"}',
+    '{"retries": 1e400, "retry_backoff": -5}',
+    '"not an object"',
+])
+def test_fail_clamps_what_a_row_holds_instead_of_overflowing(db: Database, spec: str) -> None:
+    """A spec no validator saw (an older version's row, a corrupted one) still fails cleanly."""
+    call_id = new_call(db)
+    with db.transaction() as tx:
+        tx._conn.execute("UPDATE podfn_calls SET spec = %s::jsonb, user_failures = 999 "
+                         "WHERE id = %s", (spec, call_id))
+    claim(db)
+    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    row = db.one("fail", fail_params(call_id, 1))
+    assert row is not None and row["state"] in ("queued", "failed")
+    after = state(db, call_id)
+    if after["state"] == "queued":  # backoff capped at 300 s
+        wait = (after["not_before"] - after["launched_at"]).total_seconds()
+        assert 0 <= wait <= 301

@@ -55,13 +55,23 @@ class Logs:
         return self.stdout + self.stderr
 
 
-def outcome(call: dict[str, Any]) -> Any:
-    """The value of a finished call, or raise what it ended with (naming the call)."""
+def outcome(call: dict[str, Any], client: APIClient | None) -> Any:
+    """The value of a finished call (as `wait` describes it), or raise what it ended with.
+
+    A result or error `wait` did not carry along is fetched from the API with
+    `client` (the asyncio path fetches first, with `AsyncAPIClient.complete`, and
+    passes no client).
+    """
     state, call_id, reason = call["state"], call["id"], call.get("reason")
     if state == "succeeded":
-        if call.get("result") is None and "value" in call:  # a call made by an HTTP invoke
+        if "value" in call:  # an HTTP invoke's JSON result
             return call["value"]
-        return serialization.loads(call["result"])
+        if call.get("result_format") == "json":
+            return _needs(client, call_id).result_value(call_id)
+        blob = call.get("result")
+        if blob is None:
+            blob = _needs(client, call_id).result_bytes(call_id)
+        return serialization.loads(blob)
     if state == "cancelled":
         raise CallCancelled(f"call {call_id} was cancelled", call_id=call_id, state=state,
                             reason=reason)
@@ -70,9 +80,12 @@ def outcome(call: dict[str, Any]) -> Any:
                           call_id=call_id, state=state, reason=reason)
     error = call.get("error") or {}
     remote_tb = error.get("traceback") or ""
-    if error.get("pickle") is not None:
+    pickled = error.get("pickle")
+    if pickled is None and error.get("pickle_size") is not None:
+        pickled = _needs(client, call_id).error_bytes(call_id)
+    if pickled is not None:
         try:
-            exc = serialization.loads(error["pickle"])
+            exc = serialization.loads(pickled)
         except Exception:
             exc = None
         if isinstance(exc, BaseException):
@@ -82,6 +95,12 @@ def outcome(call: dict[str, Any]) -> Any:
     if remote_tb:
         message += "\n\nRemote traceback:\n" + remote_tb.rstrip()
     raise CallFailed(message, call_id=call_id, state=state, reason=reason)
+
+
+def _needs(client: APIClient | None, call_id: str) -> APIClient:
+    if client is None:
+        raise AssertionError(f"call {call_id}: its result was not fetched before outcome()")
+    return client
 
 
 class Call:
@@ -145,7 +164,7 @@ class _Result:
         while True:
             finished = call.client.wait([call.id], _next_poll(deadline))
             if finished:
-                return outcome(finished[0])
+                return outcome(finished[0], call.client)
             if deadline is not None and time.monotonic() >= deadline:
                 raise call._timed_out(timeout)
 
@@ -160,7 +179,7 @@ class _Result:
         while True:
             finished = await client.wait([call.id], _next_poll(deadline))
             if finished:
-                return outcome(finished[0])
+                return outcome(await client.complete(finished[0]), None)
             if deadline is not None and time.monotonic() >= deadline:
                 raise call._timed_out(timeout)
 

@@ -152,10 +152,9 @@ class _Remote(Generic[P, R]):
         finally:
             bar.close()
 
-    @staticmethod
-    def _value(call: dict[str, Any], return_exceptions: bool) -> Any:
+    def _value(self, call: dict[str, Any], return_exceptions: bool) -> Any:
         try:
-            return outcome(call)
+            return outcome(call, self.client)
         except Exception as exc:
             if return_exceptions:
                 return exc

@@ -147,11 +147,48 @@ class APIClient:
         return dict(self._idempotent(lambda: self._request("GET", f"/v1/calls/{call_id}")))
 
     def wait(self, ids: Sequence[str], wait: float) -> list[dict[str, Any]]:
-        """The finished calls among `ids` with their results, waiting up to `wait` s for one."""
+        """The finished calls among `ids`, waiting up to `wait` s for one: their states and
+        result sizes; a small pickled result comes along as bytes in `result`, any other
+        is fetched with `result_bytes`."""
         body = self._idempotent(lambda: self._request(
             "POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
             timeout=wait + _WAIT_SLACK))
         return _decoded(body["calls"])
+
+    def _download(self, path: str) -> tuple[str, bytes]:
+        """GET a streamed body whole: (content type, bytes). A body cut short (the API
+        restarting mid-stream) is a transport error, so it is fetched again."""
+        import httpx
+
+        def fetch() -> tuple[str, bytes]:
+            try:
+                with self._http.stream("GET", path) as response:
+                    body = response.read()
+            except httpx.TransportError as exc:
+                raise PlatformUnreachable(
+                    f"lost the podfn API at {self.url} while reading {path} "
+                    f"({type(exc).__name__}: {exc})") from exc
+            if response.status_code >= 400:
+                raise _error_from(response)
+            return response.headers.get("content-type", ""), body
+        return self._idempotent(fetch)  # type: ignore[no-any-return]
+
+    def result_bytes(self, call_id: str) -> bytes:
+        """A succeeded call's pickled result, streamed from GET /v1/calls/{id}/result."""
+        kind, body = self._download(f"/v1/calls/{quote(call_id, safe='')}/result")
+        if not kind.startswith("application/octet-stream"):
+            raise PlatformError(f"call {call_id} has no pickled result (the API answered "
+                                f"{kind or 'without a content type'})")
+        return body
+
+    def result_value(self, call_id: str) -> Any:
+        """A succeeded HTTP invoke's JSON value, from GET /v1/calls/{id}/result."""
+        _kind, body = self._download(f"/v1/calls/{quote(call_id, safe='')}/result")
+        return json.loads(body)["value"]
+
+    def error_bytes(self, call_id: str) -> bytes:
+        """A failed call's pickled exception, streamed from GET /v1/calls/{id}/error."""
+        return self._download(f"/v1/calls/{quote(call_id, safe='')}/error")[1]
 
     def cancel(self, call_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/calls/{call_id}/cancel"))
@@ -255,6 +292,37 @@ class AsyncAPIClient:
             "POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
             timeout=wait + _WAIT_SLACK))
         return _decoded(body["calls"])
+
+    async def _download(self, path: str) -> bytes:
+        """As APIClient._download, in the event loop: the whole streamed body."""
+        import httpx
+
+        async def fetch() -> bytes:
+            try:
+                async with self._http.stream("GET", path) as response:
+                    body = await response.aread()
+            except httpx.TransportError as exc:
+                raise PlatformUnreachable(
+                    f"lost the podfn API at {self.url} while reading {path} "
+                    f"({type(exc).__name__}: {exc})") from exc
+            if response.status_code >= 400:
+                raise _error_from(response)
+            return body
+        return await self._idempotent(fetch)  # type: ignore[no-any-return]
+
+    async def complete(self, call: dict[str, Any]) -> dict[str, Any]:
+        """A finished call from `wait` with the result or error pickle that `wait` left
+        out fetched, so that `outcome(call, None)` needs no (blocking) client."""
+        path = f"/v1/calls/{quote(call['id'], safe='')}"
+        if call["state"] == "succeeded" and "value" not in call:
+            if call.get("result_format") == "json":
+                call["value"] = json.loads(await self._download(path + "/result"))["value"]
+            elif call.get("result") is None:
+                call["result"] = await self._download(path + "/result")
+        error = call.get("error")
+        if error and error.get("pickle") is None and error.get("pickle_size") is not None:
+            error["pickle"] = await self._download(path + "/error")
+        return call
 
     async def cancel_many(self, *, ids: Sequence[str]) -> dict[str, Any]:
         return dict(await self._idempotent(lambda: self._request(

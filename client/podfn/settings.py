@@ -42,6 +42,9 @@ class Settings:
     max_request_bytes: int = 64 * 1024 * 1024
     max_wait_seconds: float = 60.0
     access_log: bool = True  # one JSON line per request on stdout (`podfn dev`: only --verbose)
+    max_result_bytes: int = 64 * 1024 * 1024  # a larger result fails its call (runtime checks)
+    longpoll_threads: int = 64  # threads per API worker that hold long-polls (worker.py)
+    header_timeout_seconds: float = 10.0  # a client that has not sent its headers is dropped
     # Controller.
     launcher: str = "local"
     namespace: str = "podfn"
@@ -70,7 +73,8 @@ class Settings:
                 f"PODFN_LAUNCHER={self.launcher!r} is not a launcher; use one of "
                 + ", ".join(LAUNCHERS)
             )
-        for name in ("port", "workers", "threads", "max_request_bytes", "max_concurrency",
+        for name in ("port", "workers", "threads", "max_request_bytes", "max_result_bytes",
+                     "longpoll_threads", "header_timeout_seconds", "max_concurrency",
                      "pod_create_concurrency", "pod_create_qps", "watch_timeout_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"PODFN_{name.upper()} must be positive")

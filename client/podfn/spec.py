@@ -44,6 +44,21 @@ DEFAULTS: dict[str, Any] = {
     "pod_patch": None,
 }
 
+# The bounds every hint must fall in: one rule set, applied by the client when
+# a hint is given and by the API to every submitted spec. They keep a call's
+# numbers where Postgres, the forkserver and Kubernetes can hold them (a
+# `retries` of 3e9 overflowed the retry counter; `memory=512` means 512 bytes,
+# too little for Python to start).
+LIMITS: dict[str, tuple[Decimal, Decimal, str]] = {
+    # hint: (minimum, maximum, how to say the range to people)
+    "retries": (Decimal(0), Decimal(100), "0 to 100"),
+    "retry_backoff": (Decimal(0), Decimal(3600), "0 to 3600 seconds"),
+    "timeout": (Decimal("0.001"), Decimal(7 * 24 * 3600), "0.001 to 604800 seconds (7 days)"),
+    "memory": (Decimal(32 * 2**20), Decimal(2**40), "32Mi to 1Ti"),
+    "cpu": (Decimal("0.001"), Decimal(1024), "1m to 1024 cores"),
+    "gpu": (Decimal(0), Decimal(64), "0 to 64"),
+}
+
 
 def parse_quantity(field: str, value: object) -> Decimal:
     """A Kubernetes quantity as a number (bytes for memory, cores for CPU)."""
@@ -68,6 +83,12 @@ def parse_quantity(field: str, value: object) -> Decimal:
     return amount
 
 
+def _bounded(field: str, value: object, amount: Decimal | float) -> None:
+    low, high, text = LIMITS[field]
+    if not low <= Decimal(amount) <= high:
+        raise InvalidSpec(field, f"{value!r} is out of range; podfn accepts {text}")
+
+
 def memory_bytes(value: str) -> int:
     return math.ceil(parse_quantity("memory", value))
 
@@ -90,6 +111,8 @@ def _number(field: str, value: object, *, integer: bool, minimum: float, allow_z
                                  f"not {value!r}")
     if not math.isfinite(value) or value < minimum or (value == 0 and not allow_zero):
         raise InvalidSpec(field, f"{value!r} is out of range")
+    if field in LIMITS:
+        _bounded(field, value, value)
     return value
 
 
@@ -105,10 +128,15 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
         if key not in spec or spec[key] is None:
             out[key] = type(DEFAULTS[key])()
     if out["cpu"] is not None:
-        parse_quantity("cpu", out["cpu"])
+        _bounded("cpu", out["cpu"], parse_quantity("cpu", out["cpu"]))
         out["cpu"] = str(out["cpu"])
     if out["memory"] is not None:
-        parse_quantity("memory", out["memory"])
+        memory = parse_quantity("memory", out["memory"])
+        if memory < LIMITS["memory"][0]:
+            raise InvalidSpec("memory", f"{out['memory']!r} is {memory} bytes, too little to run "
+                              "Python; write a unit, e.g. '512Mi' (podfn accepts "
+                              f"{LIMITS['memory'][2]})")
+        _bounded("memory", out["memory"], memory)
         out["memory"] = str(out["memory"])
     out["gpu"] = _number("gpu", out["gpu"], integer=True, minimum=0, allow_zero=True)
     if out["timeout"] is not None:

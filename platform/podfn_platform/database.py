@@ -3,6 +3,11 @@
 Everything the API and the controller say to Postgres goes through
 `Database`: named queries from the package's `.sql` files, a connection pool,
 LISTEN for wake-ups, and psycopg's errors turned into podfn's own.
+
+The pool checks a connection before lending it (a backend killed by an
+administrator, a failover or an idle timeout is replaced, not handed out),
+and a read that still meets a dead connection is tried once more on a fresh
+one: reads are safe to repeat, writes are not retried here.
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ def translate(exc: BaseException) -> DatabaseError:
     return DatabaseError(f"the database refused a statement: {exc}", sqlstate=sqlstate)
 
 
+def is_read(statement: str) -> bool:
+    """A statement that changes nothing (safe to run twice): a SELECT without side effects."""
+    lines = [ln for ln in statement.lower().splitlines() if not ln.lstrip().startswith("--")]
+    text = "\n".join(lines).lstrip()
+    return text.startswith("select") and "pg_notify" not in text and "pg_advisory" not in text
+
+
+_READS = frozenset(name for name, statement in _QUERIES.items() if is_read(statement))
+
+
 def jsonb(value: Any) -> Jsonb:
     return Jsonb(value)
 
@@ -72,7 +87,7 @@ class Database:
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, timeout=10.0,
             kwargs={"autocommit": True, "row_factory": dict_row, "application_name": name},
-            name=name,
+            name=name, check=psycopg_pool.ConnectionPool.check_connection,
         )
 
     def open(self, wait: bool = True) -> Database:
@@ -101,7 +116,18 @@ class Database:
             raise translate(exc) from exc
 
     def all(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
-        """Run one named statement in its own transaction; all its rows."""
+        """Run one named statement in its own transaction; all its rows.
+
+        A read that fails because its connection died is run once more on a
+        fresh connection (the pool drops the broken one on its return).
+        """
+        try:
+            with self.transaction() as tx:
+                return tx.all(name, params)
+        except DatabaseUnavailable as exc:
+            if name not in _READS:
+                raise
+            log.info("read %s lost its connection (%s); trying once more", name, exc)
         with self.transaction() as tx:
             return tx.all(name, params)
 

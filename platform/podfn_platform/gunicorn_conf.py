@@ -5,8 +5,11 @@ config module on its own, for running the API under a stock gunicorn:
 
     gunicorn -c python:podfn_platform.gunicorn_conf 'podfn_platform.api.app:create_app()'
 
-- workers and threads: `PODFN_WORKERS`, `PODFN_THREADS` (threaded workers:
-  a long-poll holds a thread, not a process).
+- workers and threads: `PODFN_WORKERS`, `PODFN_THREADS` request threads
+  each, in podfn's own worker class (`podfn_platform.worker`): request
+  heads are read without a thread and dropped after
+  `PODFN_HEADER_TIMEOUT_SECONDS`, and long-polls run on
+  `PODFN_LONGPOLL_THREADS` threads of their own (docs/deploy.md says why).
 - graceful shutdown: on SIGTERM the master stops accepting, lets requests in
   flight finish for up to `GRACEFUL_TIMEOUT` seconds, then exits; the chart's
   terminationGracePeriodSeconds is longer than that.
@@ -21,6 +24,7 @@ from typing import Any
 from gunicorn.glogging import Logger, SafeAtoms
 
 from podfn.settings import Settings
+from podfn_platform import worker
 
 ACCESS_LOG_FORMAT = json.dumps({
     "remote": "%(h)s", "method": "%(m)s", "path": "%(U)s", "query": "%(q)s",
@@ -45,11 +49,13 @@ class JsonAccessLogger(Logger):  # type: ignore[misc]
 
 
 def options(settings: Settings) -> dict[str, Any]:
+    """gunicorn's settings; also tunes podfn's worker class (read in the master, before fork)."""
+    worker.configure(settings.longpoll_threads, settings.header_timeout_seconds)
     return {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
         "threads": settings.threads,
-        "worker_class": "gthread",
+        "worker_class": "podfn_platform.worker.PodfnWorker",
         # Long-polls hold a request for up to max_wait_seconds.
         "timeout": int(settings.max_wait_seconds) + 30,
         "graceful_timeout": GRACEFUL_TIMEOUT,

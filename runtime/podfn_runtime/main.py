@@ -34,6 +34,9 @@ EXIT_RUNTIME_FAILED = 1
 EXIT_USAGE = 2
 # How often a running call's output is written for people following its logs.
 PROGRESS_SECONDS = 1.0
+# The largest result (pickled or JSON) recorded; the launchers pass the
+# platform's PODFN_MAX_RESULT_BYTES as --max-result-bytes.
+DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -209,7 +212,23 @@ def _reporting_progress(db: RuntimeDatabase, call_id: str, attempt: int,
         thread.join()
 
 
-def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int) -> int:
+def within_limit(outcome: Result | Failure, limit: int) -> Result | Failure:
+    """`outcome`, unless it is larger than the platform stores: then a clear failure."""
+    if isinstance(outcome, Failure):
+        if outcome.error_pickle is not None and len(outcome.error_pickle) > limit:
+            outcome.error_pickle = None  # the type, message and traceback still tell the story
+        return outcome
+    size = len(outcome.pickled or b"") + len((outcome.json or "").encode())
+    if size <= limit:
+        return outcome
+    reason = (f"the result is {size} bytes, more than the platform's limit of {limit} bytes "
+              "(PODFN_MAX_RESULT_BYTES); return something smaller, e.g. write large data to "
+              "object storage and return its key")
+    return Failure(reason, False, "ResultTooLarge", reason, "", None)
+
+
+def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
+                max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
     claimed = db.transition("claim_attempt", id=call_id, attempt=attempt)
     if claimed is None:
         log.info("stale attempt: call %s is no longer at attempt %d; exiting", call_id, attempt)
@@ -223,6 +242,7 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int) -> int:
         with capture_output() as captured, _reporting_progress(db, call_id, attempt, captured):
             outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
                               claimed["result_format"])
+        outcome = within_limit(outcome, max_result_bytes)
     output = {
         "stdout": captured.stdout if captured else "",
         "stderr": captured.stderr if captured else "",
@@ -265,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("PODFN_DATABASE_URL"),
         help="default: $PODFN_DATABASE_URL",
     )
+    parser.add_argument(
+        "--max-result-bytes", type=int,
+        default=int(os.environ.get("PODFN_MAX_RESULT_BYTES") or DEFAULT_MAX_RESULT_BYTES),
+        help="a larger result fails the call (default: $PODFN_MAX_RESULT_BYTES, else 64 MiB)",
+    )
     ns = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("PODFN_LOG_LEVEL", "INFO").upper(),
@@ -286,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_RUNTIME_FAILED
     try:
-        return run_attempt(db, ns.call_id, int(ns.attempt))
+        return run_attempt(db, ns.call_id, int(ns.attempt), ns.max_result_bytes)
     except RuntimeDatabaseError as exc:
         log.error("could not record the outcome of call %s: %s", ns.call_id, exc)
         return EXIT_RUNTIME_FAILED

@@ -72,12 +72,23 @@ RETURNING id;
 -- Runtime or controller: launching/running -> failed, or back to queued with
 -- exponential backoff while the user's `retries` last and the failure is
 -- `retryable` (the function's own failure, not a wrong version or setup).
-WITH d AS (
-    SELECT id,
-           %(retryable)s AND user_failures < COALESCE((spec->>'retries')::int, 0) AS retry,
-           LEAST(COALESCE((spec->>'retry_backoff')::float8, 1.0) * power(2, user_failures),
-                 300.0) AS backoff
+WITH h AS (
+    -- The spec's numbers clamped before any arithmetic (issue 11): a row from an
+    -- older version or a corrupted spec (3e9 retries, a backoff of 1.7e308, a
+    -- string) must never overflow this statement. Not a number -> the default.
+    SELECT id, user_failures,
+           CASE WHEN jsonb_typeof(spec->'retries') = 'number'
+                THEN LEAST(GREATEST((spec->>'retries')::numeric, 0), 1000)::int ELSE 0 END
+               AS retries,
+           CASE WHEN jsonb_typeof(spec->'retry_backoff') = 'number'
+                THEN LEAST(GREATEST((spec->>'retry_backoff')::numeric, 0), 3600)::float8
+                ELSE 1.0 END AS retry_backoff
     FROM podfn_calls WHERE id = %(id)s
+), d AS (
+    SELECT id,
+           %(retryable)s AND user_failures < retries AS retry,
+           LEAST(retry_backoff * power(2, LEAST(user_failures, 30)), 300.0) AS backoff
+    FROM h
 ), c AS (
     UPDATE podfn_calls c
     SET state = CASE WHEN d.retry THEN 'queued' ELSE 'failed' END,

@@ -20,7 +20,8 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def create_app(settings: Settings | None = None, db: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()
     if db is None:
-        db = Database(settings.require_database_url(), max_size=settings.threads + 2,
+        # Long-polls hold no connection while they wait; they borrow one to look.
+        db = Database(settings.require_database_url(), max_size=settings.threads + 4,
                       name="podfn-api").open(wait=False)
     app = Flask("podfn_platform.api")
     app.config.update(
@@ -30,7 +31,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         PODFN_MAX_WAIT=settings.max_wait_seconds,
     )
     app.extensions["podfn.db"] = db
-    app.extensions["podfn.waiter"] = FinishWaiter(db)
+    app.extensions["podfn.waiter"] = waiter = FinishWaiter(db)
+    app.extensions["podfn.drain"] = waiter.drain  # called by podfn's worker on SIGTERM
     errors.register(app)
     app.register_blueprint(calls.bp)
     app.register_blueprint(functions.bp)

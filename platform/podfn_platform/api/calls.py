@@ -8,13 +8,12 @@ does).
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency
+from podfn_platform.api import context, forms, idempotency, results
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row, Transaction
@@ -23,13 +22,10 @@ from podfn_platform.submission import NewCalls, digest, record_calls, store_payl
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
 
 STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
-
-
-
-
-
-def _b64(value: bytes | None) -> str | None:
-    return base64.b64encode(value).decode() if value is not None else None
+# `wait` carries a pickled result along only if it is this small, and only this
+# many bytes of them per response; any other is fetched from .../result.
+INLINE_RESULT_BYTES = 64 * 1024
+INLINE_BUDGET_BYTES = 4 * 1024 * 1024
 
 
 def describe(row: Row) -> dict[str, Any]:
@@ -51,14 +47,21 @@ def describe(row: Row) -> dict[str, Any]:
     return out
 
 
-def with_outcome(row: Row) -> dict[str, Any]:
-    """A finished call with its outcome: `result` (base64 pickle) or `value` (JSON calls)."""
+def summary(row: Row) -> dict[str, Any]:
+    """A finished call: its state, and the format and sizes of what it stored.
+
+    Never the payloads: `wait` may name 10,000 calls, each with a result of
+    up to PODFN_MAX_RESULT_BYTES; each result is fetched on its own from
+    GET /v1/calls/{id}/result (and a pickled exception from .../error).
+    """
     out = describe(row)
-    out["result"] = _b64(row["result"])
-    if row.get("result_json") is not None:
-        out["value"] = json.loads(row["result_json"])
+    fmt = row.get("result_format") or "pickle"
+    out["result_format"] = fmt
+    out["result_size"] = row.get("value_size" if fmt == "json" else "result_size")
+    if row.get("result") is not None:
+        out["result"] = base64.b64encode(row["result"]).decode()
     if row.get("error_type"):
-        out["error"]["pickle"] = _b64(row["error_pickle"])
+        out["error"]["pickle_size"] = row.get("error_pickle_size")
     return out
 
 
@@ -121,7 +124,8 @@ def wait_seconds(value: Any) -> float:
 
 def wait_finished(ids: list[str], seconds: float) -> list[Row]:
     db = context.db()
-    rows = db.all("finished_calls", {"ids": ids})
+    params = {"ids": ids, "inline": INLINE_RESULT_BYTES, "budget": INLINE_BUDGET_BYTES}
+    rows = db.all("finished_calls", params)
     if rows or seconds == 0:
         check_calls_readable(db, ids)
         return rows
@@ -132,16 +136,29 @@ def wait_finished(ids: list[str], seconds: float) -> list[Row]:
         raise APIError(404, "not_found", f"no call with id {unknown[0]!r}"
                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
                        ids=unknown[:20])
-    return context.waiter().wait(ids, seconds, lambda: db.all("finished_calls", {"ids": ids}))
+    return context.waiter().wait(ids, seconds, lambda: db.all("finished_calls", params))
 
 
 @bp.get("/<call_id>/result")
 @requires("read", "submit", "invoke")
-def result(call_id: str) -> tuple[Response, int]:
+def result(call_id: str) -> Response | tuple[Response, int]:
+    """200 with the outcome once finished (a pickled result is streamed as octet-stream),
+    202 with the call's state if it does not finish within `wait` seconds."""
     rows = wait_finished([call_id], wait_seconds(request.args.get("wait", 0)))
     if rows:
-        return jsonify(with_outcome(rows[0])), 200
+        return results.outcome_response(rows[0], summary(rows[0]))
     return jsonify(describe(_call_or_404(call_id))), 202
+
+
+@bp.get("/<call_id>/error")
+@requires("read", "submit", "invoke")
+def error(call_id: str) -> Response:
+    """A failed call's pickled exception, streamed as octet-stream (404 if it has none)."""
+    rows = wait_finished([call_id], 0)
+    if not rows:
+        row = _call_or_404(call_id)
+        raise APIError(404, "no_error_pickle", f"call {call_id} has not failed ({row['state']})")
+    return results.error_response(rows[0])
 
 
 @bp.post("/wait")
@@ -157,7 +174,7 @@ def wait_any() -> Response:
                        f"ids must be a list of 1 to {forms.MAX_CALLS_PER_REQUEST} call ids",
                        field="ids")
     rows = wait_finished(ids, wait_seconds(body.get("wait", 0)))
-    return jsonify({"calls": [with_outcome(r) for r in rows]})
+    return jsonify({"calls": [summary(r) for r in rows]})
 
 
 @bp.post("/<call_id>/cancel")

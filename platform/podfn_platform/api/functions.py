@@ -14,9 +14,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency
+from podfn_platform.api import context, forms, idempotency, results
 from podfn_platform.api.auth import principal, requires
-from podfn_platform.api.calls import created, describe, wait_finished, wait_seconds, with_outcome
+from podfn_platform.api.calls import created, describe, summary, wait_finished, wait_seconds
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row, Transaction, jsonb
 from podfn_platform.submission import NewCalls, record_calls, store_payload
@@ -162,14 +162,13 @@ def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
     return args, kwargs
 
 
-def invocation(row: Row, name: str) -> dict[str, Any]:
-    """A finished invoke as JSON: its value, or its error."""
-    out = with_outcome(row)
-    out.pop("result", None)
+def invocation(row: Row, name: str) -> Response:
+    """A finished invoke as JSON: its value (streamed from Postgres), or its error."""
+    out = summary(row)
     out["function"] = name
     if "error" in out:
-        out["error"].pop("pickle", None)
-    return out
+        out["error"].pop("pickle_size", None)
+    return results.outcome_response(row, out)
 
 
 @bp.post("/<name>/invoke")
@@ -191,7 +190,7 @@ def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, 
         context.db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), create)
     rows = wait_finished([call_id], wait)
     if rows:
-        return jsonify(invocation(rows[0], name)), 200
+        return invocation(rows[0], name), 200
     location = url_for("calls.result", call_id=call_id)
     row = context.db().one("get_call", {"id": call_id})
     assert row is not None

@@ -116,11 +116,23 @@ def document() -> dict[str, Any]:
             "summary": "A call and its attempts", "parameters": [CALL_ID],
             "responses": {"200": _json(_ref("Call"), "the call"), **_errors(404, *COMMON)}}},
         "/v1/calls/{call_id}/result": {"get": {
-            "summary": "A call's outcome, waiting up to `wait` seconds",
+            "summary": "A call's outcome, waiting up to `wait` seconds: a pickled result is "
+                       "streamed as octet-stream; an HTTP invoke's result, or a call that ended "
+                       "without one, is JSON (header X-Podfn-State: the state)",
             "parameters": [CALL_ID, WAIT],
-            "responses": {"200": _json(_ref("Outcome"), "finished"),
+            "responses": {"200": {"description": "finished", "content": {
+                              "application/octet-stream": {"schema": {
+                                  "type": "string", "format": "binary"}},
+                              "application/json": {"schema": _ref("Outcome")}}},
                           "202": _json(_ref("Call"), "not finished yet"),
                           **_errors(400, 404, *COMMON)}}},
+        "/v1/calls/{call_id}/error": {"get": {
+            "summary": "A failed call's pickled exception, streamed as octet-stream",
+            "parameters": [CALL_ID],
+            "responses": {"200": {"description": "the pickled exception", "content": {
+                              "application/octet-stream": {"schema": {
+                                  "type": "string", "format": "binary"}}}},
+                          **_errors(404, *COMMON)}}},
         "/v1/calls/{call_id}/cancel": {"post": {
             "summary": "Cancel a call that has not finished (its own calls, or admin)",
             "parameters": [CALL_ID],
@@ -220,12 +232,20 @@ def document() -> dict[str, Any]:
                     "state": {"type": "string", "enum": STATES},
                     "attempt": {"type": "integer"}, "reason": {"type": ["string", "null"]}}},
                 "Outcome": {"allOf": [_ref("Call"), {"type": "object", "properties": {
-                    "result": {"type": ["string", "null"],
-                               "description": "base64 of the pickled result"},
+                    "result_format": {"type": "string", "enum": ["pickle", "json"]},
+                    "result_size": {"type": ["integer", "null"],
+                                    "description": "bytes of the stored result"},
+                    "result": {"type": "string",
+                               "description": "base64 of the pickled result, in `wait` "
+                                              "answers for small results only; else GET "
+                                              "/v1/calls/{id}/result"},
                     "value": {"description": "the JSON result of an HTTP invoke"},
                     "error": {"type": "object", "properties": {
                         "type": {"type": "string"}, "message": {"type": "string"},
-                        "traceback": {"type": "string"}}}}}]},
+                        "traceback": {"type": "string"},
+                        "pickle_size": {"type": ["integer", "null"],
+                                        "description": "bytes of the pickled exception "
+                                                       "(GET /v1/calls/{id}/error)"}}}}}]},
             },
         },
     }

@@ -29,6 +29,7 @@ class FinishWaiter:
         self._lock = threading.Lock()
         self._waiting: dict[str, set[threading.Event]] = defaultdict(set)
         self._listener: Listener | None = None
+        self._draining = False
 
     def _ensure_listening(self) -> Listener:
         with self._lock:
@@ -44,6 +45,12 @@ class FinishWaiter:
             listener, self._listener = self._listener, None
         if listener:
             listener.stop()
+
+    def drain(self) -> None:
+        """The process is stopping: every wait answers now with what it has (a client
+        whose wait comes back empty asks again, reaching a process that stays)."""
+        self._draining = True
+        self._wake_all()
 
     def _notified(self, channel: str, call_id: str) -> None:
         with self._lock:
@@ -69,7 +76,7 @@ class FinishWaiter:
                 event.clear()
                 rows = fetch()
                 remaining = deadline - time.monotonic()
-                if rows or remaining <= 0:
+                if rows or remaining <= 0 or self._draining:
                     return rows
                 if not listener.connected.is_set():
                     remaining = min(remaining, _DISCONNECTED_RECHECK)

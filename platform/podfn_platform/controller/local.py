@@ -82,8 +82,10 @@ def tail(path: Path, limit: int = _TAIL_BYTES) -> str:
 class LocalLauncher:
     def __init__(self, database_url: str, *, on_exit: Callable[[], None] = lambda: None,
                  python: str = sys.executable, env: dict[str, str] | None = None,
-                 forkserver: bool | None = None) -> None:
+                 forkserver: bool | None = None,
+                 max_result_bytes: int | None = None) -> None:
         self._database_url = database_url
+        self._max_result_bytes = max_result_bytes
         self._on_exit = on_exit
         self._python = python
         self._env = dict(os.environ if env is None else env)
@@ -118,6 +120,8 @@ class LocalLauncher:
                "PODFN_DATABASE_URL": self._database_url,
                "PODFN_CALL_ID": attempt.call_id, "PODFN_ATTEMPT": str(attempt.attempt),
                "PYTHONUNBUFFERED": "1"}
+        if self._max_result_bytes is not None:
+            env["PODFN_MAX_RESULT_BYTES"] = str(self._max_result_bytes)
         memory = memory_bytes(spec["memory"]) if spec.get("memory") else None
         # Closed once the process has ended.
         log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115

@@ -5,25 +5,59 @@ launcher's reports into guarded transitions, (2) stops attempts whose call
 was cancelled or moved on, (3) claims queued calls up to its concurrency
 limit and launches them. It sleeps until a NOTIFY (a call queued or
 cancelled), an attempt ending, a deadline, or the periodic sweep.
+
+A database error in a turn is never fatal: the turn is abandoned and tried
+again after a backoff with jitter, attempts keep running, and exits not yet
+recorded wait for the next turn. Only losing leadership (another controller
+holds the lock) ends the loop. A row the controller cannot process (a spec
+written by an older version, or corrupted) fails that call with a reason
+naming the fault; every other call goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from typing import Any
 
-from podfn.errors import DatabaseError
+from podfn import spec as call_spec
+from podfn.errors import DatabaseError, InvalidSpec
 from podfn.settings import Settings
 from podfn_platform.controller import metrics
 from podfn_platform.controller.launcher import Attempt, Exit, Launcher
-from podfn_platform.controller.leader import LeaderLock
+from podfn_platform.controller.leader import LeaderLock, LeadershipLost
 from podfn_platform.database import Database, Listener
 
 log = logging.getLogger("podfn.controller")
 
 FINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+# Retrying a turn after a database error: from BACKOFF_FIRST seconds, doubling
+# up to BACKOFF_MAX, each wait drawn between half and all of that (jitter, so
+# controllers and replicas do not hammer a recovering database in step).
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+
+
+def backoff_seconds(failures: int) -> float:
+    """How long to wait after the `failures`-th database error in a row (1-based)."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures - 1, 16))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def unprocessable(row: dict[str, Any]) -> str | None:
+    """Why the controller cannot launch this claimed row, or None if it can."""
+    try:
+        call_spec.validate(row["spec"])  # any JSON: validate says what is wrong
+    except InvalidSpec as exc:
+        return (f"the call's stored spec cannot be run ({exc}); it was written by another "
+                "podfn version or corrupted: submit the call again")
+    for key in ("function_name", "client_python"):
+        if not isinstance(row.get(key), str):
+            return (f"the call's stored {key} is {row.get(key)!r}, not text; it was written by "
+                    "another podfn version or corrupted: submit the call again")
+    return None
 
 
 def attempt_from(row: dict[str, Any]) -> Attempt:
@@ -43,13 +77,17 @@ class Controller:
         self.leader = LeaderLock(db)
         self.is_active = threading.Event()
         self.turns = 0  # completed turns, for tests and metrics
+        self.database_errors = 0  # turns abandoned on a database error, for tests and logs
+        self._unrecorded: list[Exit] = []  # exits taken from the launcher, not yet in Postgres
+        self._full_reconcile = True  # after (re)start or a database error: check everything
 
     # -- lifecycle ---------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Wait for leadership, then act until `stop` is set or leadership is lost."""
         while not stop.is_set() and not self.leader.try_acquire():
-            log.info("another controller is active; standing by")
+            log.info("not the active controller (another is, or the database cannot be "
+                     "reached); standing by")
             stop.wait(min(self.settings.sweep_seconds, 2.0))
         if stop.is_set():
             return
@@ -59,13 +97,32 @@ class Controller:
         listener.start()
         self.is_active.set()
         try:
-            self.launcher.reconcile(self.unfinished, full=True)
             self.launcher.start()
+            failures = 0
             while not stop.is_set():
-                self.leader.check()
-                self.wake.clear()
-                self.turn()
-                self.wake.wait(self._sleep_seconds())
+                try:
+                    self.leader.check()
+                    self.wake.clear()
+                    self.turn()
+                    sleep = self._sleep_seconds()
+                except LeadershipLost:
+                    log.warning("leadership lost: another controller is active; stopping")
+                    raise
+                except DatabaseError as exc:
+                    failures += 1
+                    self.database_errors += 1
+                    self._full_reconcile = True
+                    metrics.DATABASE_ERRORS.inc()
+                    sleep = backoff_seconds(failures)
+                    log.warning("database error in a controller turn (%d in a row): %s; "
+                                "attempts keep running, trying again in %.2fs", failures,
+                                exc, sleep)
+                    stop.wait(sleep)
+                    continue
+                failures = 0
+                self.wake.wait(sleep)
+        except LeadershipLost:
+            pass
         finally:
             self.is_active.clear()
             listener.stop()
@@ -89,7 +146,9 @@ class Controller:
     # -- one turn ----------------------------------------------------------
 
     def turn(self) -> None:
-        self.launcher.reconcile(self.unfinished, full=False)
+        full = self._full_reconcile
+        self.launcher.reconcile(self.unfinished, full=full)
+        self._full_reconcile = self._full_reconcile and not full
         self.reconcile_exits()
         self.stop_moved_on()
         self.launch_queued()
@@ -100,8 +159,12 @@ class Controller:
         return [attempt_from(r) for r in self.db.all("unfinished_attempts")]
 
     def reconcile_exits(self) -> None:
-        for exit_ in self.launcher.exits():
+        """Record every exit; one that a database error interrupts waits for the next turn."""
+        self._unrecorded += self.launcher.exits()
+        while self._unrecorded:
+            exit_ = self._unrecorded[0]
             self.record(exit_)
+            self._unrecorded.pop(0)
             self.launcher.settle(exit_)
 
     def record(self, exit_: Exit) -> None:
@@ -143,6 +206,10 @@ class Controller:
         if room <= 0:
             return
         for row in self.db.all("claim_queued", {"limit": room}):
+            problem = unprocessable(row)
+            if problem is not None:
+                self.reject(row, problem)
+                continue
             attempt = attempt_from(row)
             try:
                 with metrics.LAUNCH_SECONDS.time():
@@ -153,5 +220,18 @@ class Controller:
                               attempt.attempt)
                 self.record(Exit(attempt, "disrupted", f"could not launch the attempt: {exc}"))
                 continue
-            self.db.all("set_attempt_ref", {"id": attempt.call_id, "attempt": attempt.attempt,
-                                            "ref": ref})
+            try:
+                self.db.all("set_attempt_ref", {"id": attempt.call_id,
+                                                "attempt": attempt.attempt, "ref": ref})
+            except DatabaseError as exc:  # the ref is for people; launch the other claims
+                log.warning("could not record call %s's ref %s: %s", attempt.call_id, ref, exc)
+
+    def reject(self, row: dict[str, Any], problem: str) -> None:
+        """Fail a claimed call the controller cannot launch; the reason names the fault."""
+        log.error("call %s attempt %s cannot be processed: %s", row.get("id"),
+                  row.get("attempt"), problem)
+        self.db.one("fail", {"id": row["id"], "attempt": row["attempt"], "reason": problem,
+                             "retryable": False, "exit_code": None, "error_type": None,
+                             "error_message": None, "error_traceback": None,
+                             "error_pickle": None, "stdout": None, "stderr": None})
+        metrics.RECONCILE_RESULTS.labels("unprocessable", "failed").inc()

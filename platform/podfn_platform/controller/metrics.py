@@ -20,6 +20,8 @@ LAUNCH_SECONDS = Histogram(
 LAUNCH_FAILURES = Counter("podfn_launch_failures", "Launches that raised (handed back as disruptions)")
 WATCH_EVENTS = Counter("podfn_watch_events", "Pod watch events handled", ["type"])
 WATCH_RELISTS = Counter("podfn_watch_relists", "Full pod lists (start, 410 Gone, periodic)")
+DATABASE_ERRORS = Counter("podfn_controller_database_errors",
+                          "Controller turns abandoned on a database error (retried with backoff)")
 RECONCILE_RESULTS = Counter(
     "podfn_reconcile_results", "Attempt outcomes recorded: what happened and the call's new state "
     "('unchanged' when a guard found the call already moved on)", ["kind", "state"])

@@ -21,7 +21,8 @@ log = logging.getLogger("podfn.controller")
 def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> Launcher:
     if settings.launcher == "local":
         return LocalLauncher(settings.require_database_url(), on_exit=wake.set,
-                             forkserver=settings.local_forkserver)
+                             forkserver=settings.local_forkserver,
+                             max_result_bytes=settings.max_result_bytes)
     if settings.launcher == "kubernetes":
         from podfn_platform.kube.client import KubeClient
         from podfn_platform.kube.launcher import KubernetesLauncher
@@ -32,7 +33,10 @@ def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> L
 
 
 def build(settings: Settings) -> tuple[Controller, Database]:
-    db = Database(settings.require_database_url(), max_size=4, name="podfn-controller").open()
+    # Not waiting for the database: a controller started while it is down stands by
+    # until it can seek leadership, instead of exiting.
+    db = Database(settings.require_database_url(), max_size=4, name="podfn-controller").open(
+        wait=False)
     wake = threading.Event()
     return Controller(settings, db, build_launcher(settings, db, wake), wake), db
 

@@ -56,7 +56,8 @@ class KubernetesLauncher:
         self._settings = settings
         self._pods = pod_settings or PodSettings(
             namespace=kube.namespace, runtime_image=settings.runtime_image,
-            database_secret=settings.database_secret)
+            database_secret=settings.database_secret,
+            max_result_bytes=settings.max_result_bytes)
         self._wake = wake
         self._lock = threading.Lock()
         self._active: dict[Key, Attempt] = {}

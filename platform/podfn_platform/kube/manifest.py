@@ -39,6 +39,7 @@ class PodSettings:
     database_secret: str         # Secret holding the database URL for pods
     database_secret_key: str = "url"
     default_service_account: str | None = None
+    max_result_bytes: int = 64 * 1024 * 1024  # PODFN_MAX_RESULT_BYTES, for the runtime
 
 
 def pod_name(call_id: str, attempt: int) -> str:
@@ -125,6 +126,7 @@ def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str,
         {"name": "PODFN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
             "name": settings.database_secret, "key": settings.database_secret_key}}},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "PODFN_MAX_RESULT_BYTES", "value": str(settings.max_result_bytes)},
     ]
     reserved = {e["name"] for e in env}
     env += [{"name": k, "value": v} for k, v in sorted(spec.get("env", {}).items())

@@ -31,12 +31,42 @@ FROM podfn_attempts WHERE call_id = %(id)s ORDER BY attempt;
 SELECT id, state, stdout, stderr FROM podfn_calls WHERE id = %(id)s;
 
 -- name: finished_calls
--- The finished calls among ids, with what the client needs to rebuild the outcome.
-SELECT id, function_name, state, attempt, reason, result, result_json, result_format,
-       error_type, error_message, error_traceback, error_pickle, created_at, started_at,
-       finished_at
-FROM podfn_calls
-WHERE id = ANY(%(ids)s) AND state IN ('succeeded', 'failed', 'timed_out', 'cancelled');
+-- The finished calls among ids: states and sizes, not the payloads. Only a
+-- small pickled result (at most `inline` bytes) is carried along, and only
+-- while the results carried add up to at most `budget` bytes (a `map` of
+-- small results needs no request per call, and the response stays bounded);
+-- any other result is read on its own, in chunks (result_chunk). octet_length
+-- reads a stored value's size without loading it.
+SELECT c.id, c.function_name, c.state, c.attempt, c.reason, c.result_format,
+       s.result_size, octet_length(c.result_json) AS value_size,
+       CASE WHEN s.result_size <= %(inline)s AND s.running <= %(budget)s THEN c.result END
+           AS result,
+       c.error_type, c.error_message, c.error_traceback,
+       octet_length(c.error_pickle) AS error_pickle_size, c.created_at, c.started_at,
+       c.finished_at
+FROM podfn_calls c
+JOIN (SELECT id, octet_length(result) AS result_size,
+             sum(CASE WHEN octet_length(result) <= %(inline)s THEN octet_length(result)
+                      ELSE 0 END) OVER (ORDER BY id) AS running
+      FROM podfn_calls
+      WHERE id = ANY(%(ids)s) AND state IN ('succeeded', 'failed', 'timed_out', 'cancelled')
+     ) s ON s.id = c.id;
+
+-- name: result_chunk
+-- `size` bytes of a succeeded call's pickled result from byte `offset` (1-based).
+-- The column is stored uncompressed (0004), so Postgres reads only the slice.
+SELECT substring(result FROM %(offset)s FOR %(size)s) AS chunk
+FROM podfn_calls WHERE id = %(id)s AND state = 'succeeded';
+
+-- name: value_chunk
+-- `size` characters of a succeeded call's JSON result (HTTP invokes) from `offset`.
+SELECT substring(result_json FROM %(offset)s FOR %(size)s) AS chunk
+FROM podfn_calls WHERE id = %(id)s AND state = 'succeeded';
+
+-- name: error_chunk
+-- `size` bytes of a failed call's pickled exception from byte `offset` (1-based).
+SELECT substring(error_pickle FROM %(offset)s FOR %(size)s) AS chunk
+FROM podfn_calls WHERE id = %(id)s AND state = 'failed';
 
 -- name: existing_ids
 SELECT id FROM podfn_calls WHERE id = ANY(%(ids)s);

@@ -1,0 +1,75 @@
+"""A finished call's outcome as an HTTP response, streamed out of Postgres in chunks.
+
+A result may be as large as PODFN_MAX_RESULT_BYTES (64 MiB by default).
+Loading it whole, and base64-encoding it into JSON, made one API worker grow
+by twenty times a result's size; so a result is never loaded whole here: each
+chunk is one short query (substring over the stored value) written to the
+socket before the next is read, and the API's memory stays bounded by the
+chunk size whatever the result's size. The bytes stay opaque: nothing here
+unpickles them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Response
+
+from podfn_platform.api import context
+from podfn_platform.api.errors import APIError
+from podfn_platform.database import Database, Row
+
+CHUNK_BYTES = 1024 * 1024
+OCTETS = "application/octet-stream"
+
+
+def chunks(db: Database, query: str, call_id: str, size: int | None) -> Iterator[bytes]:
+    """The stored value `query` reads, CHUNK_BYTES at a time (all of it: `size` bytes)."""
+    offset = 1
+    while size is None or offset <= size:
+        row = db.one(query, {"id": call_id, "offset": offset, "size": CHUNK_BYTES})
+        piece = row["chunk"] if row else None
+        if not piece:
+            return
+        yield piece.encode() if isinstance(piece, str) else bytes(piece)
+        offset += len(piece)
+
+
+def _headers(row: Row) -> dict[str, str]:
+    return {"X-Podfn-Call-Id": row["id"], "X-Podfn-State": row["state"]}
+
+
+def outcome_response(row: Row, summary: dict[str, Any]) -> Response:
+    """200: the pickled result (octet-stream), or JSON with the `value` of an HTTP invoke,
+    or, for a call that ended without a result, JSON with its state and error (`summary`)."""
+    db = context.db()
+    if row["state"] == "succeeded" and row.get("result_format") == "json":
+        head = json.dumps(summary)
+        assert head.endswith("}")
+
+        def body() -> Iterator[bytes]:
+            yield (head[:-1] + ', "value": ').encode()
+            yield from chunks(db, "value_chunk", row["id"], None)
+            yield b"}"
+
+        return Response(body(), mimetype="application/json", headers=_headers(row))
+    if row["state"] == "succeeded":
+        size = row.get("result_size")
+        if size is None:
+            raise APIError(404, "no_result", f"call {row['id']} stored no result")
+        return Response(chunks(db, "result_chunk", row["id"], size), mimetype=OCTETS,
+                        headers={**_headers(row), "Content-Length": str(size)})
+    return Response(json.dumps(summary), mimetype="application/json", headers=_headers(row))
+
+
+def error_response(row: Row) -> Response:
+    """200: the failed call's pickled exception (octet-stream)."""
+    size = row.get("error_pickle_size")
+    if row["state"] != "failed" or size is None:
+        raise APIError(404, "no_error_pickle",
+                       f"call {row['id']} ({row['state']}) has no pickled exception; "
+                       "its state, reason and traceback are in GET /v1/calls/{id}")
+    return Response(chunks(context.db(), "error_chunk", row["id"], size), mimetype=OCTETS,
+                    headers={**_headers(row), "Content-Length": str(size)})
