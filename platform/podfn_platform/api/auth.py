@@ -8,6 +8,12 @@ A token may always read and cancel the calls it created itself.
 `PODFN_API_TOKEN`, when set, is an admin token that lives outside the
 database (the bootstrap token of a chart install). Running without auth at
 all needs PODFN_INSECURE_NO_AUTH and a loopback address.
+
+A running call holds a token of its own (`pfn_call_...`, minted per attempt
+by the controller, stored as a hash on the attempt) so that it can make
+nested calls: it acts for the identity that submitted the call, with at most
+`submit`, `invoke` and `read` of that identity's scopes, and stops working the
+moment the attempt ends (docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from podfn_platform.api.errors import APIError
 from podfn_platform.database import Database
 
 SCOPES = ("submit", "invoke", "deploy", "read", "admin")
+NESTED_SCOPES = frozenset({"submit", "invoke", "read"})
+CALL_TOKEN_PREFIX = "pfn_call_"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -66,12 +74,29 @@ def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Princip
     if scheme.lower() == "bearer" and secret:
         if root_token and hmac.compare_digest(secret.encode(), root_token.encode()):
             return Principal("root", "root", frozenset({"admin"}))
-        row = db.one("token_by_hash", {"hash": hash_secret(secret)})
-        if row is not None:
-            return Principal(row["id"], row["name"], frozenset(row["scopes"]))
+        if secret.startswith(CALL_TOKEN_PREFIX):
+            nested = _call_token(db, secret)
+            if nested is not None:
+                return nested
+        else:
+            row = db.one("token_by_hash", {"hash": hash_secret(secret)})
+            if row is not None:
+                return Principal(row["id"], row["name"], frozenset(row["scopes"]))
     raise APIError(401, "unauthorized",
                    "a valid bearer token is required: set PODFN_TOKEN (podfn dev writes one to "
                    "your profile; an admin creates more with `podfn token create`)")
+
+
+def _call_token(db: Database, secret: str) -> Principal | None:
+    """The identity a running call's own token acts for, or None once its attempt ended."""
+    row = db.one("call_token_owner", {"hash": hash_secret(secret)})
+    if row is None:
+        return None
+    owner_scopes = frozenset({"admin"}) if row["owner"] in ("", "root") else frozenset(row["scopes"])
+    scopes = NESTED_SCOPES if "admin" in owner_scopes else owner_scopes & NESTED_SCOPES
+    if not scopes:
+        return None
+    return Principal(row["owner"], f"call {row['call_id']}", scopes)
 
 
 def principal() -> Principal:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from podfn.spec import memory_bytes
+from podfn_platform.controller.environment import base_environment
 from podfn_platform.controller.forkserver import ForkServer, ForkServerError
 from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
 
@@ -77,13 +78,15 @@ def tail(path: Path, limit: int = _TAIL_BYTES) -> str:
 
 
 class LocalLauncher:
+    """Runs attempts as local processes; `database_url` is the runtime role's (roles.py)."""
+
     def __init__(self, database_url: str, *, on_exit: Callable[[], None] = lambda: None,
                  python: str = sys.executable, env: dict[str, str] | None = None,
                  forkserver: bool | None = None) -> None:
         self._database_url = database_url
         self._on_exit = on_exit
         self._python = python
-        self._env = dict(os.environ if env is None else env)
+        self._env = base_environment(env)
         self._lock = threading.Lock()
         self._running: dict[tuple[str, int], _Process] = {}
         self._exits: list[Exit] = []
@@ -104,10 +107,8 @@ class LocalLauncher:
         if ignored:
             log.debug("call %s: the local launcher ignores %s", attempt.call_id, ", ".join(ignored))
         user_env = spec.get("env", {})
-        env = {**self._env, **user_env,
-               "PODFN_DATABASE_URL": self._database_url,
-               "PODFN_CALL_ID": attempt.call_id, "PODFN_ATTEMPT": str(attempt.attempt),
-               "PYTHONUNBUFFERED": "1"}
+        # Never this process's environment: a few start-up variables, then the attempt's own.
+        env = {**self._env, **attempt.env, "PODFN_RUNTIME_DATABASE_URL": self._database_url}
         memory = memory_bytes(spec["memory"]) if spec.get("memory") else None
         # Closed once the process has ended.
         log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115

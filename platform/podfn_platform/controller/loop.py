@@ -9,6 +9,7 @@ cancelled), an attempt ending, a deadline, or the periodic sweep.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 from podfn.errors import DatabaseError
 from podfn.settings import Settings
-from podfn_platform.controller import metrics
+from podfn_platform.controller import environment, metrics
 from podfn_platform.controller.launcher import Attempt, Exit, Launcher
 from podfn_platform.controller.leader import LeaderLock
 from podfn_platform.database import Database, Listener
@@ -142,8 +143,18 @@ class Controller:
         room = self.settings.max_concurrency - len(self.launcher.active())
         if room <= 0:
             return
-        for row in self.db.all("claim_queued", {"limit": room}):
-            attempt = attempt_from(row)
+        rows = self.db.all("claim_queued", {"limit": room})
+        if not rows:
+            return
+        minted = [environment.Credentials.mint() for _ in rows]
+        self.db.all("arm_attempts", {"ids": [r["id"] for r in rows],
+                                     "attempts": [r["attempt"] for r in rows],
+                                     "secret_hashes": [c.secret_hash for c in minted],
+                                     "token_hashes": [c.token_hash for c in minted]})
+        for row, credentials in zip(rows, minted, strict=True):
+            attempt = dataclasses.replace(attempt_from(row), env=environment.runtime_environment(
+                call_id=row["id"], attempt=row["attempt"], credentials=credentials,
+                api_url=self.settings.runtime_api_url, spec=row["spec"]))
             try:
                 with metrics.LAUNCH_SECONDS.time():
                     ref = self.launcher.launch(attempt)

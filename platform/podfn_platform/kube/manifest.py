@@ -13,8 +13,13 @@ schemas without a cluster. What the hints become:
 
 Always: `restartPolicy: Never`, `activeDeadlineSeconds` from `timeout`,
 `automountServiceAccountToken: false`, a security context that passes the
-"restricted" Pod Security Standard, and the database URL from a Secret
-(never plain text in the manifest).
+"restricted" Pod Security Standard, and the runtime role's database URL
+from the runtime database Secret (never the platform's Secret, never plain
+text in the manifest). The attempt's environment (controller/environment.py:
+its secret and its nested-call token, plus the user's `env`) is plain values
+in the pod spec: the controller never needs `get` on Secrets, and anyone who
+may read pods in the runtime namespace may read them; both die with the
+attempt (docs/security.md).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ RUNTIME_UID = 10001
 class PodSettings:
     namespace: str
     runtime_image: str           # repository; the tag is py<major.minor>
-    database_secret: str         # Secret holding the database URL for pods
+    database_secret: str         # Secret holding the runtime role's database URL for pods
     database_secret_key: str = "url"
     default_service_account: str | None = None
 
@@ -117,18 +122,20 @@ def _merge_field(key: str, base: Any, patch: Any) -> Any:
 
 
 def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str, Any],
-              client_python: str, settings: PodSettings) -> dict[str, Any]:
+              client_python: str, settings: PodSettings,
+              runtime_env: dict[str, str] | None = None) -> dict[str, Any]:
     name = pod_name(call_id, attempt)
     env: list[dict[str, Any]] = [
         {"name": "PODFN_CALL_ID", "value": call_id},
         {"name": "PODFN_ATTEMPT", "value": str(attempt)},
-        {"name": "PODFN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
+        {"name": "PODFN_RUNTIME_DATABASE_URL", "valueFrom": {"secretKeyRef": {
             "name": settings.database_secret, "key": settings.database_secret_key}}},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     reserved = {e["name"] for e in env}
-    env += [{"name": k, "value": v} for k, v in sorted(spec.get("env", {}).items())
-            if k not in reserved]
+    given = runtime_env if runtime_env is not None else {
+        k: str(v) for k, v in (spec.get("env") or {}).items()}
+    env += [{"name": k, "value": v} for k, v in sorted(given.items()) if k not in reserved]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.get("image") or runtime_image(settings.runtime_image, client_python),

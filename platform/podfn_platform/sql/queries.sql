@@ -1,5 +1,5 @@
 -- Platform queries that are not call transitions (those live in
--- podfn_runtime/transitions.sql, shared with the runtime).
+-- transitions.sql beside this file, and in the runtime protocol of migration 0003).
 
 -- name: insert_payload
 INSERT INTO podfn_payloads (digest, data) VALUES (%(digest)s, %(data)s)
@@ -143,3 +143,17 @@ SELECT state, count(*) AS calls,
        count(*) FILTER (WHERE state = 'queued' AND (not_before IS NULL OR not_before <= now())) AS due
 FROM podfn_calls
 GROUP BY state;
+
+-- name: call_token_owner
+-- A nested-call token (pfn_call_...): valid only while its attempt is the
+-- call's current one and has not ended. Returns whom it acts for: the call's
+-- owner, and that owner's scopes when the owner is a stored token (NULL for
+-- the bootstrap token or no-auth mode; a revoked owner yields no row).
+SELECT c.id AS call_id, c.owner, t.scopes
+FROM podfn_attempts a
+JOIN podfn_calls c ON c.id = a.call_id AND c.attempt = a.attempt
+LEFT JOIN podfn_tokens t ON t.id = c.owner
+WHERE a.token_hash = %(hash)s AND a.finished_at IS NULL
+  AND c.state IN ('launching', 'running')
+  AND (t.id IS NULL OR t.revoked_at IS NULL)
+  AND (c.owner IN ('', 'root') OR t.id IS NOT NULL);
