@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from podfn.errors import ConfigurationError, DatabaseError
 from podfn.settings import Settings
@@ -86,5 +86,12 @@ def runtime_database_url(settings: Settings) -> str:
     database with the runtime role's name and password in place of the platform's."""
     if settings.runtime_database_url:
         return settings.runtime_database_url
-    return make_conninfo(settings.require_database_url(), user=settings.runtime_role,
-                         password=settings.runtime_role_password or None)
+    # Built from the parts, so nothing of the platform's credentials (password,
+    # passfile, service file) carries over to the runtime's.
+    parts = conninfo_to_dict(settings.require_database_url())
+    for secret in ("password", "passfile", "service", "sslkey", "sslcert", "sslpassword"):
+        parts.pop(secret, None)
+    parts["user"] = settings.runtime_role
+    if settings.runtime_role_password:
+        parts["password"] = settings.runtime_role_password
+    return make_conninfo("", **parts)
