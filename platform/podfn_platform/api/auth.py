@@ -67,8 +67,19 @@ def create_token(db: Database, name: str, scopes: list[str]) -> tuple[dict[str, 
     return (row, secret) if row else None
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Principal:
     if no_auth:
+        # The address the server really listens on (gunicorn: the bound socket's), not
+        # PODFN_HOST: `gunicorn --bind 0.0.0.0` must not serve without auth.
+        bound = request.environ.get("SERVER_NAME", "")
+        if bound.strip("[]") not in LOOPBACK:
+            raise APIError(403, "no_auth_off_loopback",
+                           f"this server runs without auth (PODFN_INSECURE_NO_AUTH) but listens "
+                           f"on {bound!r}, not a loopback address; it serves nothing. Bind to "
+                           "127.0.0.1, or turn auth on")
         return ANONYMOUS
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and secret:

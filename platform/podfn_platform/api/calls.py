@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency
+from podfn_platform.api import context, forms, idempotency, inputs
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row, Transaction
@@ -147,7 +147,7 @@ def result(call_id: str) -> tuple[Response, int]:
 @bp.post("/wait")
 @requires("read", "submit", "invoke")
 def wait_any() -> Response:
-    body = request.get_json(silent=True)
+    body = inputs.json_body()
     if not isinstance(body, dict):
         raise APIError(400, "malformed_json", "expected a JSON object {'ids': [...], 'wait': s}")
     ids = body.get("ids")

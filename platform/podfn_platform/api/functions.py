@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency
+from podfn_platform.api import context, forms, idempotency, inputs
 from podfn_platform.api.auth import principal, requires
 from podfn_platform.api.calls import created, describe, wait_finished, wait_seconds, with_outcome
 from podfn_platform.api.errors import APIError
@@ -45,7 +45,7 @@ def _summary(row: Row) -> dict[str, Any]:
 @requires("deploy")
 def deploy() -> tuple[Response, int]:
     meta = forms.meta()
-    name = forms.name(meta.get("name"), "name")
+    name = inputs.function_name(meta.get("name"), "name")
     python, cloudpickle = forms.client_versions(meta)
     validated = call_spec.validate(meta.get("spec") or {})
     function = forms.function_part()
@@ -83,7 +83,7 @@ def get(name: str) -> Response:
 @bp.post("/<name>/rollback")
 @requires("deploy")
 def rollback(name: str) -> Response:
-    body = request.get_json(silent=True) or {}
+    body = inputs.json_body() or {}
     if not isinstance(body, dict):
         raise APIError(400, "malformed_json", "expected a JSON object {'version': N}")
     target = body.get("version")
@@ -135,7 +135,7 @@ def submit(name: str) -> tuple[Response, int]:
 
 
 def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
-    body = request.get_json(silent=True)
+    body = inputs.json_body()
     if body is None:
         raise APIError(400, "malformed_json", "the body must be JSON: "
                        '{"args": [...], "kwargs": {...}}')

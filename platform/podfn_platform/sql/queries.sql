@@ -84,9 +84,17 @@ SELECT id, name, scopes FROM podfn_tokens WHERE hash = %(hash)s AND revoked_at I
 SELECT id, name, scopes, created_at, revoked_at FROM podfn_tokens ORDER BY created_at, id;
 
 -- name: revoke_token
+-- Only when `ref` names exactly one active token (an id and another token's
+-- name could be equal): an ambiguous reference revokes nothing.
 UPDATE podfn_tokens SET revoked_at = now()
 WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL
+  AND (SELECT count(*) FROM podfn_tokens
+       WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL) = 1
 RETURNING id, name, scopes, created_at, revoked_at;
+
+-- name: active_tokens_named
+SELECT id, name FROM podfn_tokens
+WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL ORDER BY id;
 
 -- name: lock_function_name
 SELECT pg_advisory_xact_lock(hashtext('podfn.function:' || %(name)s));
