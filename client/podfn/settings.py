@@ -24,6 +24,10 @@ def default_profile_path() -> Path:
     return Path(platformdirs.user_config_dir("podfn")) / "profile.json"
 
 
+def default_secrets_dir() -> Path:
+    return Path(platformdirs.user_config_dir("podfn")) / "secrets"
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where the client finds the platform (else the profile `podfn dev` writes).
@@ -73,6 +77,8 @@ class Settings:
     controller_metrics_host: str = "127.0.0.1"  # loopback unless an operator opens it
     # Local launcher: fork attempts from a process with the runtime's imports done (Linux).
     local_forkserver: bool = True
+    # Local launcher: `secrets=["name"]` reads <dir>/<name>/<KEY> files (docs/security.md).
+    local_secrets_dir: Path = field(default_factory=default_secrets_dir)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

@@ -44,7 +44,7 @@ def describe(row: Row) -> dict[str, Any]:
     for key in ("user_failures", "disruptions", "spec", "client_python", "client_cloudpickle",
                 "function_version"):
         if key in row:
-            out[key] = row[key]
+            out[key] = context.public_spec(row[key]) if key == "spec" else row[key]
     if row.get("error_type"):
         out["error"] = {"type": row["error_type"], "message": row["error_message"],
                         "traceback": row["error_traceback"]}

@@ -37,7 +37,8 @@ def _live(name: str) -> Row:
 
 
 def _summary(row: Row) -> dict[str, Any]:
-    return {"name": row["name"], "live_version": row["live_version"], "spec": row["spec"],
+    return {"name": row["name"], "live_version": row["live_version"],
+            "spec": context.public_spec(row["spec"]),
             "deployed_at": context.iso(row["deployed_at"]), "deployed_by": row["deployed_by"]}
 
 
@@ -74,7 +75,7 @@ def list_functions() -> Response:
 @requires("read", "deploy", "submit", "invoke")
 def get(name: str) -> Response:
     out = _summary(_live(name))
-    out["versions"] = [{"version": v["version"], "spec": v["spec"],
+    out["versions"] = [{"version": v["version"], "spec": context.public_spec(v["spec"]),
                         "deployed_at": context.iso(v["deployed_at"]), "deployed_by": v["deployed_by"]}
                        for v in context.db().all("function_versions", {"name": name})]
     return jsonify(out)

@@ -26,6 +26,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 CALL_TOKEN_PREFIX = "pfn_call_"
@@ -69,6 +70,26 @@ def runtime_environment(*, call_id: str, attempt: int, credentials: Credentials,
     if api_url:
         env["PODFN_URL"] = api_url
         env["PODFN_TOKEN"] = credentials.api_token
+    return env
+
+
+def local_secrets(directory: Path, names: list[str]) -> dict[str, str]:
+    """`secrets=` on the local launcher: `<directory>/<name>/<KEY>` files, one per variable.
+
+    The local equivalent of a Kubernetes Secret mounted as files (the layout
+    `kubectl create secret generic NAME --from-file=DIR` reads). LookupError
+    naming the missing one.
+    """
+    env: dict[str, str] = {}
+    for name in names:
+        folder = directory / name
+        if not folder.is_dir():
+            raise LookupError(f"secret {name!r} not found: the local launcher reads secrets from "
+                              f"{folder}/ (one file per variable, named after it); create it or "
+                              "set PODFN_LOCAL_SECRETS_DIR")
+        for item in sorted(folder.iterdir()):
+            if item.is_file() and not item.name.startswith("."):
+                env[item.name] = item.read_text(encoding="utf-8").rstrip("\n")
     return env
 
 

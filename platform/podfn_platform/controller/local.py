@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from podfn.settings import default_secrets_dir
 from podfn.spec import memory_bytes
-from podfn_platform.controller.environment import base_environment
+from podfn_platform.controller.environment import base_environment, local_secrets
 from podfn_platform.controller.forkserver import ForkServer, ForkServerError
 from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
 
@@ -82,8 +83,9 @@ class LocalLauncher:
 
     def __init__(self, database_url: str, *, on_exit: Callable[[], None] = lambda: None,
                  python: str = sys.executable, env: dict[str, str] | None = None,
-                 forkserver: bool | None = None) -> None:
+                 forkserver: bool | None = None, secrets_dir: Path | None = None) -> None:
         self._database_url = database_url
+        self._secrets_dir = secrets_dir or default_secrets_dir()
         self._on_exit = on_exit
         self._python = python
         self._env = base_environment(env)
@@ -107,8 +109,17 @@ class LocalLauncher:
         if ignored:
             log.debug("call %s: the local launcher ignores %s", attempt.call_id, ", ".join(ignored))
         user_env = spec.get("env", {})
-        # Never this process's environment: a few start-up variables, then the attempt's own.
-        env = {**self._env, **attempt.env, "PODFN_RUNTIME_DATABASE_URL": self._database_url}
+        try:
+            secret_env = local_secrets(self._secrets_dir, spec.get("secrets") or [])
+        except LookupError as exc:
+            with self._lock:
+                self._exits.append(Exit(attempt, "fatal", str(exc)))
+            self._on_exit()
+            return "not started"
+        # Never this process's environment: a few start-up variables, the call's secrets,
+        # then the attempt's own (the user's `env` wins over a secret's key, as on Kubernetes).
+        env = {**self._env, **secret_env, **attempt.env,
+               "PODFN_RUNTIME_DATABASE_URL": self._database_url}
         memory = memory_bytes(spec["memory"]) if spec.get("memory") else None
         # Closed once the process has ended.
         log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115

@@ -22,7 +22,8 @@ log = logging.getLogger("podfn.controller")
 def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> Launcher:
     if settings.launcher == "local":
         return LocalLauncher(runtime_database_url(settings), on_exit=wake.set,
-                             forkserver=settings.local_forkserver)
+                             forkserver=settings.local_forkserver,
+                             secrets_dir=settings.local_secrets_dir)
     if settings.launcher == "kubernetes":
         from podfn_platform.kube.client import KubeClient
         from podfn_platform.kube.launcher import KubernetesLauncher

@@ -8,7 +8,8 @@ schemas without a cluster. What the hints become:
 - `image` -> the container image; default: the runtime image tagged for the
   client's Python major.minor.
 - `env`, `node_selector`, `tolerations`, `labels`, `annotations`,
-  `service_account` -> the same fields of the pod.
+  `service_account` -> the same fields of the pod; `secrets` -> `envFrom`
+  with a `secretRef` per Secret (in the runtime namespace).
 - `pod_patch` -> merged last (see `merge_patch`).
 
 Always: `restartPolicy: Never`, `activeDeadlineSeconds` from `timeout`,
@@ -141,6 +142,10 @@ def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str,
         "image": spec.get("image") or runtime_image(settings.runtime_image, client_python),
         "command": ["python", "-m", "podfn_runtime"],
         "env": env,
+        # `secrets=`: each Secret's keys as variables, resolved by the kubelet (the
+        # controller never reads them); `env` above wins over a key of the same name.
+        **({"envFrom": [{"secretRef": {"name": name}} for name in spec["secrets"]]}
+           if spec.get("secrets") else {}),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
