@@ -141,3 +141,15 @@ def add(a: int, b: int) -> int:
 def nested(a: int) -> int:
     """Calls another function from inside a call, with the call's own token."""
     return int(add.remote(a, 1)) * 10
+
+
+@remote(name="hostile-try-submit")
+def try_submit() -> str:
+    """Deployed and invoked by an invoke-only token: its own token may not send code."""
+    from podfn.errors import NotAuthorized
+
+    try:
+        add.remote(1, 2)
+    except NotAuthorized as exc:
+        return f"refused: {exc}"
+    return "ALLOWED: submitted code"

@@ -80,3 +80,19 @@ def test_nested_calls_act_for_the_caller(where: Platform) -> None:
                                                         {"ids": [call.id, inner[0]["id"]]})}
     assert owners[inner[0]["id"]] == owners[call.id]  # the outer call's owner, not a new one
 
+
+
+def test_a_calls_token_has_at_most_its_callers_scopes(platform: Platform) -> None:
+    """Invoked by an `invoke`-only token, a function cannot submit code with its own token."""
+    from podfn.http import APIClient
+
+    hostile.try_submit.deploy()
+    admin = APIClient(platform.url, platform.token)
+    invoker = admin.create_token("invoker", ["invoke"])["token"]
+    answer = httpx.post(f"{platform.url}/v1/functions/hostile-try-submit/invoke",
+                        json={"args": []}, headers={"Authorization": f"Bearer {invoker}"},
+                        timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["value"].startswith("refused: ")
+    assert "lacks the submit scope" in answer.json()["value"]
+    admin.close()
