@@ -178,7 +178,12 @@ def test_database_url_and_token_only_in_secrets() -> None:
         [container] = one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in container["env"]}
         assert env["PODFN_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
-            "name": "podfn-database", "key": "url"}
+            "name": "podfn-database", "key": "platform-url"}
+    [platform_secret] = find(docs, "Secret", "podfn-database")
+    platform_url = base64.b64decode(platform_secret["data"]["platform-url"]).decode()
+    password = base64.b64decode(platform_secret["data"]["platform-password"]).decode()
+    # API and controller connect as the platform role, not as the owner in database.url.
+    assert platform_url == f"postgresql://podfn_platform:{password}@db.example:5432/podfn"
     token = one(docs, "Secret", "podfn-api-token")
     assert base64.b64decode(token["data"]["token"]).decode() == "a-token-of-at-least-16"
 

@@ -77,18 +77,25 @@ class DevStack:
         else:
             self._postgres = EmbeddedPostgres(self.data_dir / "pgdata", delete=self.temporary)
             self.database_url = self._postgres.url
-        # The runtime role gets a fresh password each start unless one is configured.
-        runtime_password = self.settings.runtime_role_password or secrets.token_urlsafe(24)
-        self.settings = dataclasses.replace(self.settings, database_url=self.database_url,
-                                            runtime_role_password=runtime_password)
+        # Managed roles get fresh passwords each start unless some are configured.
+        fresh = self.settings.manage_roles
+        self.settings = dataclasses.replace(
+            self.settings, database_url=self.database_url,
+            platform_role_password=self.settings.platform_role_password
+            or (secrets.token_urlsafe(24) if fresh else None),
+            runtime_role_password=self.settings.runtime_role_password
+            or (secrets.token_urlsafe(24) if fresh else None))
         with Database(self.database_url, name="podfn-migrate") as db:
             migrations.apply(db)
             roles.ensure(db, roles.Roles.from_settings(self.settings))
         if self.settings.launcher == "kubernetes":
             self._publish_database_secret()
         self.url = f"http://{host}:{self.port}"
-        env = {**os.environ, "PODFN_DATABASE_URL": self.database_url,
-               "PODFN_RUNTIME_ROLE_PASSWORD": runtime_password,
+        # API and controller connect as the platform role, not as the owner that migrated.
+        platform_url = roles.as_role(self.database_url, self.settings.platform_role,
+                                     self.settings.platform_role_password)
+        env = {**os.environ, "PODFN_DATABASE_URL": platform_url,
+               "PODFN_RUNTIME_DATABASE_URL": roles.runtime_database_url(self.settings),
                "PODFN_RUNTIME_API_URL": self.settings.runtime_api_url or f"http://{host}:{self.port}",
                "PODFN_API_TOKEN": self.token, "PODFN_HOST": host, "PODFN_PORT": str(self.port),
                "PODFN_LAUNCHER": self.settings.launcher,

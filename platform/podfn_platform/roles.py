@@ -86,12 +86,17 @@ def runtime_database_url(settings: Settings) -> str:
     database with the runtime role's name and password in place of the platform's."""
     if settings.runtime_database_url:
         return settings.runtime_database_url
-    # Built from the parts, so nothing of the platform's credentials (password,
-    # passfile, service file) carries over to the runtime's.
-    parts = conninfo_to_dict(settings.require_database_url())
+    return as_role(settings.require_database_url(), settings.runtime_role,
+                   settings.runtime_role_password)
+
+
+def as_role(url: str, role: str, password: str | None) -> str:
+    """`url`'s database as `role`. Built from the parts, so nothing of the original
+    credentials (password, passfile, service file, client key) carries over."""
+    parts = conninfo_to_dict(url)
     for secret in ("password", "passfile", "service", "sslkey", "sslcert", "sslpassword"):
         parts.pop(secret, None)
-    parts["user"] = settings.runtime_role
-    if settings.runtime_role_password:
-        parts["password"] = settings.runtime_role_password
+    parts["user"] = role
+    if password:
+        parts["password"] = password
     return make_conninfo("", **parts)
