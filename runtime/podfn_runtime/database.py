@@ -36,9 +36,11 @@ class RuntimeDatabase:
             raise RuntimeDatabaseError(f"cannot connect to the database: {exc}") from exc
 
     def transition(self, name: str, **params: Any) -> dict[str, Any] | None:
-        """Call one protocol function with this attempt's secret; its row, or None if it did not apply."""
+        """Call one protocol function with this attempt's secret (unless `secret=` is given);
+        its row, or None if it did not apply."""
         try:
-            row = self._conn.execute(self._queries[name], {**params, "secret": self._secret}).fetchone()
+            row = self._conn.execute(self._queries[name],
+                                     {"secret": self._secret, **params}).fetchone()
         except psycopg.Error as exc:
             raise RuntimeDatabaseError(f"{name} failed: {exc}") from exc
         if name == "progress":
