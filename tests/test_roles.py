@@ -8,9 +8,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from attempts import Runtime
 from podfn.errors import ConfigurationError
 from podfn.settings import Settings
-from podfn_platform import roles
+from podfn_platform import migrations, roles
 from podfn_platform.database import Database
 from podfn_platform.roles import Roles
 from podfn_platform.submission import NewCalls, record_calls, store_payload
@@ -150,3 +151,34 @@ def test_runtime_url_is_the_platforms_database_as_the_runtime_role() -> None:
     assert "password" not in conninfo_to_dict(roles.runtime_database_url(plain))
     given = Settings(database_url="postgresql://a@b/c", runtime_database_url="postgresql://r@b/c")
     assert roles.runtime_database_url(given) == "postgresql://r@b/c"
+
+
+def test_migrate_works_for_a_non_superuser_owner_as_on_managed_postgres(postgres_url: str) -> None:
+    """The owner of podfn's database holds CREATEROLE but is no superuser (RDS, Cloud SQL)."""
+    suffix = uuid.uuid4().hex[:8]
+    owner, dbname = f"podfn_owner_{suffix}", f"podfn_managed_{suffix}"
+    made = Roles(f"podfn_platform_m{suffix}", f"podfn_runtime_m{suffix}")
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{owner}" LOGIN CREATEROLE NOSUPERUSER')
+        admin.execute(f'CREATE DATABASE "{dbname}" OWNER "{owner}"')
+    url = make_conninfo(postgres_url, dbname=dbname, user=owner)
+    try:
+        with Database(url, name="podfn-test-managed") as db:
+            migrations.apply(db)
+            roles.ensure(db, made)
+            roles.ensure(db, made)  # and again, as every upgrade does
+            with db.transaction() as tx:
+                [call_id] = record_calls(
+                    tx, NewCalls("f", store_payload(tx, b"f"), {}, "3.11", "3.1"), [b"a"])
+            db.all("claim_queued", {"limit": 1})
+            runtime = Runtime(db, make_conninfo(url, user=made.runtime))
+            assert runtime.claim(call_id, 1) is not None
+            assert runtime.succeed(call_id, 1, b"done") is not None
+        assert scalar(make_conninfo(postgres_url, dbname=dbname),
+                      "SELECT has_table_privilege(%s, 'public.podfn_calls', 'SELECT')",
+                      (made.runtime,)) is False
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            for role in (made.runtime, made.platform, owner):
+                admin.execute(f'DROP ROLE IF EXISTS "{role}"')
