@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cloudpickle
 
@@ -83,3 +84,23 @@ def test_missing_arguments_are_a_usage_error() -> None:
     done = subprocess.run([sys.executable, "-m", "podfn_runtime"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "--call-id" in done.stderr
+
+
+def test_a_payload_that_does_not_match_its_digest_is_never_loaded(
+        db: Database, runtime_database_url: str, tmp_path: Path) -> None:
+    """Were a payload row ever altered, the runtime would refuse it rather than run it."""
+    evidence = tmp_path / "ran"
+    python = f"{sys.version_info.major}.{sys.version_info.minor}.0"
+    forged = cloudpickle.dumps(lambda: evidence.write_text("ran"))
+    with db.transaction() as tx:
+        tx._conn.execute("INSERT INTO podfn_payloads (digest, data) VALUES (%s, %s)",
+                         ("0" * 64, forged))
+        [call_id] = record_calls(tx, NewCalls("f", "0" * 64, {}, python, cloudpickle.__version__),
+                                 [cloudpickle.dumps(((), {}))])
+    db.all("claim_queued", {"limit": 1})
+    done = run_runtime(runtime_database_url, call_id, 1, arm(db, call_id, 1).secret)
+    assert done.returncode == 0, done.stderr
+    row = db.one("get_call", {"id": call_id})
+    assert row is not None and row["state"] == "failed"
+    assert "does not match its digest" in row["reason"]
+    assert not evidence.exists()
