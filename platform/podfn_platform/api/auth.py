@@ -85,14 +85,12 @@ def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Princip
     if scheme.lower() == "bearer" and secret:
         if root_token and hmac.compare_digest(secret.encode(), root_token.encode()):
             return Principal("root", "root", frozenset({"admin"}))
-        if secret.startswith(CALL_TOKEN_PREFIX):
-            nested = _call_token(db, secret)
-            if nested is not None:
-                return nested
-        else:
-            row = db.one("token_by_hash", {"hash": hash_secret(secret)})
-            if row is not None:
-                return Principal(row["id"], row["name"], frozenset(row["scopes"]))
+        nested = _call_token(db, secret) if secret.startswith(CALL_TOKEN_PREFIX) else None
+        if nested is not None:
+            return nested
+        row = db.one("token_by_hash", {"hash": hash_secret(secret)})
+        if row is not None:
+            return Principal(row["id"], row["name"], frozenset(row["scopes"]))
     raise APIError(401, "unauthorized",
                    "a valid bearer token is required: set PODFN_TOKEN (podfn dev writes one to "
                    "your profile; an admin creates more with `podfn token create`)")
