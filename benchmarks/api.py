@@ -14,7 +14,7 @@ Postgres alone:
   (`APIClient.submit`, a small pickled function and argument) in a loop for a
   fixed time; calls accepted per second summed over clients.
 - wakeup: a client thread long-polls a call (`Call.result()`); this process
-  then does what a runtime does (claim_attempt, then the `succeed`
+  then does what a runtime does (the protocol's `claim`, then its `succeed`
   transition, committed) and times from the commit returning to the client
   thread holding the result. Same clock, same process.
 - sizes: a call whose argument and result are both S MB, round trip = submit
@@ -49,6 +49,7 @@ from podfn import serialization
 from podfn.call import Call
 from podfn.http import APIClient
 from podfn_platform import migrations
+from podfn_platform.controller.environment import Credentials
 from podfn_platform.database import Database
 from podfn_platform.dev import free_port
 from podfn_runtime.database import RuntimeDatabase
@@ -153,15 +154,26 @@ def fig_submit(clients: list[int], seconds: float, repeats: int) -> list[dict[st
     return rows
 
 
+def arm(db: Database, call_id: str) -> str:
+    """What the controller does at launch: an attempt secret, its hash stored on attempt 1."""
+    minted = Credentials.mint()
+    db.all("arm_attempts", {"ids": [call_id], "attempts": [1],
+                            "secret_hashes": [minted.secret_hash],
+                            "token_hashes": [minted.token_hash]})
+    return minted.secret
+
+
 def run_as_runtime(rdb: RuntimeDatabase, db: Database, call_id: str,
                    result: bytes) -> float:
     """Do what the controller and runtime do for one call; the time the result was committed."""
     claimed = db.all("claim_queued", {"limit": 1})
     assert [r["id"] for r in claimed] == [call_id], claimed
-    row = rdb.transition("claim_attempt", id=call_id, attempt=1)
+    secret = arm(db, call_id)
+    row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)
     assert row is not None
     cloudpickle.loads(row["args"])  # the runtime loads the argument
-    done = rdb.transition("succeed", id=call_id, attempt=1, result=result, stdout="", stderr="")
+    done = rdb.transition("succeed", id=call_id, attempt=1, result=result, result_json=None,
+                          stdout="", stderr="", secret=secret)
     committed = time.perf_counter()
     assert done is not None
     return committed
@@ -173,7 +185,7 @@ def fig_wakeup(calls: int) -> list[dict[str, Any]]:
     result = cloudpickle.dumps(1)
     latencies = []
     with api_server() as (api, url), Database(url, name="podfn-bench") as db:
-        rdb = RuntimeDatabase(url)
+        rdb = RuntimeDatabase(url, secret="")
         client = APIClient(api, TOKEN)
         for _ in range(calls + 3):
             call_id = submit_one(client, function, arg)
@@ -197,7 +209,7 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     # The default PODFN_MAX_REQUEST_BYTES (64 MiB) refuses a 100 MB argument: raised here.
     limit = (max(sizes) * 2 + 16) * 1024 * 1024
     with api_server(limit) as (api, url), Database(url, name="podfn-bench") as db:
-        rdb = RuntimeDatabase(url)
+        rdb = RuntimeDatabase(url, secret="")
         client = APIClient(api, TOKEN, timeout=300)
         function = cloudpickle.dumps(identity)
         with psycopg.connect(url, autocommit=True) as conn:
@@ -210,11 +222,13 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
                     call_id = submit_one(client, function, serialization.dumps(((blob,), {})))
                     claimed = db.all("claim_queued", {"limit": 1})
                     assert [r["id"] for r in claimed] == [call_id]
-                    row = rdb.transition("claim_attempt", id=call_id, attempt=1)
+                    secret = arm(db, call_id)
+                    row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)
                     assert row is not None
                     (value,), _ = cloudpickle.loads(row["args"])
-                    rdb.transition("succeed", id=call_id, attempt=1,
-                                   result=cloudpickle.dumps(value), stdout="", stderr="")
+                    rdb.transition("succeed", id=call_id, attempt=1, secret=secret,
+                                   result=cloudpickle.dumps(value), result_json=None,
+                                   stdout="", stderr="")
                     assert Call(call_id, client=client).result(timeout=300) == blob
                     podfn_times.append(time.perf_counter() - started)
 

@@ -7,6 +7,7 @@ migrated template, so no test sees another's rows or an earlier run's.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -25,12 +26,13 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from podfn.call import close_default_clients
 from podfn.settings import Settings
-from podfn_platform import migrations
+from podfn_platform import migrations, roles
 from podfn_platform.api.app import create_app
 from podfn_platform.controller.launcher import Launcher
 from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.controller.loop import Controller
 from podfn_platform.database import Database
+from podfn_platform.roles import Roles
 
 
 @pytest.fixture(autouse=True)
@@ -63,12 +65,42 @@ def _admin(url: str) -> psycopg.Connection[tuple[object, ...]]:
 
 
 @pytest.fixture(scope="session")
-def template_db(postgres_url: str) -> Iterator[str]:
+def db_roles(postgres_url: str) -> Iterator[Roles]:
+    """Platform and runtime roles of this test session's own (roles are cluster-wide).
+
+    Their names go to PODFN_PLATFORM_ROLE / PODFN_RUNTIME_ROLE for every process
+    the tests start, and they are dropped at the end, so concurrent or earlier
+    runs on the same Postgres never share one.
+    """
+    suffix = uuid.uuid4().hex[:10]
+    found = Roles(f"podfn_platform_{suffix}", f"podfn_runtime_{suffix}")
+    saved = {k: os.environ.get(k) for k in ("PODFN_PLATFORM_ROLE", "PODFN_RUNTIME_ROLE")}
+    os.environ["PODFN_PLATFORM_ROLE"] = found.platform
+    os.environ["PODFN_RUNTIME_ROLE"] = found.runtime
+    try:
+        yield found
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        with _admin(postgres_url) as conn:
+            for role in (found.runtime, found.platform):
+                try:
+                    conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+                except psycopg.Error as exc:  # still granted in a database a test left behind
+                    print(f"could not drop role {role}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def template_db(postgres_url: str, db_roles: Roles) -> Iterator[str]:
     name = f"podfn_template_{uuid.uuid4().hex[:12]}"
     with _admin(postgres_url) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     with Database(make_conninfo(postgres_url, dbname=name), name="podfn-template") as db:
         migrations.apply(db)
+        roles.ensure(db, db_roles)
     yield name
     with _admin(postgres_url) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -89,7 +121,7 @@ def scratch_database(postgres_url: str, template: str | None = None) -> Iterator
 
 
 @pytest.fixture
-def empty_database_url(postgres_url: str) -> Iterator[str]:
+def empty_database_url(postgres_url: str, db_roles: Roles) -> Iterator[str]:
     """A brand-new database with no tables."""
     with scratch_database(postgres_url) as url:
         yield url
@@ -100,6 +132,12 @@ def database_url(postgres_url: str, template_db: str) -> Iterator[str]:
     """A migrated database of this test's own."""
     with scratch_database(postgres_url, template_db) as url:
         yield url
+
+
+@pytest.fixture
+def runtime_database_url(database_url: str, db_roles: Roles) -> str:
+    """This test's database as the runtime role: what code inside a call connects with."""
+    return make_conninfo(database_url, user=db_roles.runtime)
 
 
 @pytest.fixture
@@ -150,9 +188,11 @@ def running_platform(settings: Settings, db: Database, launcher: Launcher, wake:
     """API (in a thread) + controller (in a thread) over `db`, found through PODFN_URL/TOKEN."""
     app = create_app(settings, db=db)
     stop = threading.Event()
-    controller = Controller(settings, db, launcher, wake)
-    thread = threading.Thread(target=controller.run, args=(stop,), daemon=True)
     with ThreadedServer(app) as server:
+        if settings.runtime_api_url is None:  # nested calls reach this test's API
+            settings = dataclasses.replace(settings, runtime_api_url=server.url)
+        controller = Controller(settings, db, launcher, wake)
+        thread = threading.Thread(target=controller.run, args=(stop,), daemon=True)
         monkeypatch.setenv("PODFN_URL", server.url)
         monkeypatch.setenv("PODFN_TOKEN", TEST_TOKEN)
         thread.start()
@@ -179,10 +219,11 @@ def api_only(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture
-def platform(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+def platform(database_url: str, runtime_database_url: str, db: Database,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
     """The embedded default: API + controller with the local launcher, on this test's database."""
     wake = threading.Event()
-    launcher = LocalLauncher(database_url, on_exit=wake.set)
+    launcher = LocalLauncher(runtime_database_url, on_exit=wake.set)
     with running_platform(platform_settings(database_url), db, launcher, wake,
                           monkeypatch) as running:
         yield running

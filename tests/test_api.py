@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 from flask.testing import FlaskClient
+from psycopg.conninfo import make_conninfo
 
+from attempts import Runtime
 from conftest import TEST_TOKEN, ThreadedServer, platform_settings
 from podfn_platform.api.app import create_app
 from podfn_platform.database import Database
@@ -180,9 +182,9 @@ def test_the_api_never_unpickles_what_a_client_sent(client: FlaskClient, tmp_pat
 
 def _finish(db: Database, call_id: str) -> None:
     db.all("claim_queued", {"limit": 10})
-    db.one("claim_attempt", {"id": call_id, "attempt": 1})
-    db.one("succeed", {"id": call_id, "attempt": 1, "result": b"R", "result_json": None, "stdout": "",
-                       "stderr": ""})
+    runtime = Runtime(db, make_conninfo(db.url, user=os.environ["PODFN_RUNTIME_ROLE"]))
+    runtime.claim(call_id, 1)
+    runtime.succeed(call_id, 1, b"R")
 
 
 def test_wait_wakes_on_notify(client: FlaskClient, db: Database) -> None:

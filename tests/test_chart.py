@@ -178,7 +178,12 @@ def test_database_url_and_token_only_in_secrets() -> None:
         [container] = one(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in container["env"]}
         assert env["PODFN_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
-            "name": "podfn-database", "key": "url"}
+            "name": "podfn-database", "key": "platform-url"}
+    [platform_secret] = find(docs, "Secret", "podfn-database")
+    platform_url = base64.b64decode(platform_secret["data"]["platform-url"]).decode()
+    password = base64.b64decode(platform_secret["data"]["platform-password"]).decode()
+    # API and controller connect as the platform role, not as the owner in database.url.
+    assert platform_url == f"postgresql://podfn_platform:{password}@db.example:5432/podfn"
     token = one(docs, "Secret", "podfn-api-token")
     assert base64.b64decode(token["data"]["token"]).decode() == "a-token-of-at-least-16"
 
@@ -190,7 +195,7 @@ def test_existing_secrets_are_used_not_created() -> None:
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in api["env"]}
     assert env == {"PODFN_DATABASE_URL": {"name": "pg-credentials", "key": "dsn"},
                    "PODFN_API_TOKEN": {"name": "podfn-token", "key": "token"}}
-    assert "create the Secret \"podfn-database\"" in render(
+    assert "create the Secret \"podfn-runtime-database\"" in render(
         VALUE_SETS["existing-secrets"])["podfn/templates/NOTES.txt"]
 
 
@@ -204,14 +209,27 @@ def test_generated_token_is_long_and_notes_say_how_to_read_it() -> None:
     assert "port-forward svc/podfn-api" in notes
 
 
-def test_runtime_pods_can_read_the_database_secret_the_controller_names() -> None:
+def test_runtime_pods_read_the_runtime_roles_url_never_the_platforms() -> None:
     for name in ("minimal", "in-cluster-postgres"):
         docs = manifests(VALUE_SETS[name])
         settings = settings_of(docs)
-        [runtime_secret] = [s for s in find(docs, "Secret", settings["PODFN_DATABASE_SECRET"])
+        [runtime_secret] = [s for s in find(docs, "Secret", settings["PODFN_RUNTIME_DATABASE_SECRET"])
                             if s["metadata"]["namespace"] == settings["PODFN_NAMESPACE"]]
         url = base64.b64decode(runtime_secret["data"]["url"]).decode()
-        assert url.startswith("postgresql://podfn:")
+        password = base64.b64decode(runtime_secret["data"]["password"]).decode()
+        assert url.startswith(f"postgresql://podfn_runtime:{password}@")
+        assert url.endswith(":5432/podfn")
+        [platform_secret] = [s for s in find(docs, "Secret", "podfn-database")
+                             if s["metadata"]["namespace"] == NAMESPACE]
+        platform_url = base64.b64decode(platform_secret["data"]["url"]).decode()
+        assert platform_url not in yaml.safe_dump(runtime_secret)
+        assert settings["PODFN_RUNTIME_DATABASE_SECRET"] != "podfn-database"
+        # The migration Job sets that password on the role it creates.
+        [migrate] = one(docs, "Job", "podfn-migrate")["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in migrate["env"]}
+        assert env["PODFN_RUNTIME_ROLE"]["value"] == "podfn_runtime"
+        ref = env["PODFN_RUNTIME_ROLE_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert base64.b64decode(platform_secret["data"][ref["key"]]).decode() == password
 
 
 def test_in_cluster_postgres_is_a_statefulset_with_a_volume() -> None:
@@ -369,7 +387,7 @@ def test_the_launchers_pod_for_this_install_passes_the_restricted_profile(name: 
                     client_python="3.12.3",
                     settings=PodSettings(namespace=settings["PODFN_NAMESPACE"],
                                          runtime_image=settings["PODFN_RUNTIME_IMAGE"],
-                                         database_secret=settings["PODFN_DATABASE_SECRET"]))
+                                         database_secret=settings["PODFN_RUNTIME_DATABASE_SECRET"]))
     assert restricted_violations(pod["spec"]) == []
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert pod["spec"]["containers"][0]["image"] == "ghcr.io/podfn/runtime:py3.12"

@@ -61,14 +61,14 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, database_url: str) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, runtime_database_url: str) -> Iterator[Cluster]:
     with KubeSim(base_env=container_env(), bookmark_interval=0.5) as sim:
         kubeconfig = sim.kubeconfig(tmp_path / "kubeconfig")
         api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
         with api_client:
             v1 = k8s.CoreV1Api(api_client)
-            v1.create_namespaced_secret(NS, {"metadata": {"name": "podfn-database"},
-                                             "stringData": {"url": database_url}})
+            v1.create_namespaced_secret(NS, {"metadata": {"name": "podfn-runtime-database"},
+                                             "stringData": {"url": runtime_database_url}})
             yield Cluster(sim, kubeconfig, v1)
 
 
@@ -202,7 +202,7 @@ def test_image_pull_failure_fails_fast_naming_the_image(kplatform: Platform) -> 
 
 
 def test_missing_secret_is_a_config_error(make_platform: Callable[..., Platform]) -> None:
-    make_platform(database_secret="no-such-secret")
+    make_platform(runtime_database_secret="no-such-secret")
     with pytest.raises(CallFailed) as info:
         add.remote(1, 2)
     assert "CreateContainerConfigError" in (info.value.reason or "")

@@ -20,7 +20,7 @@ from podfn_platform.kube.manifest import (
 )
 
 SETTINGS = PodSettings(namespace="jobs", runtime_image="registry.example/podfn-runtime",
-                       database_secret="podfn-database")
+                       database_secret="podfn-runtime-database")
 
 
 def pod(spec: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -82,10 +82,11 @@ def test_cpu_limit_only_when_asked_and_other_gpu_vendors() -> None:
 
 
 def test_database_url_comes_from_a_secret_never_plain_text() -> None:
-    manifest = pod({"env": {"PODFN_DATABASE_URL": "postgresql://leak"}})
+    manifest = pod({"env": {"PODFN_RUNTIME_DATABASE_URL": "postgresql://leak"}})
     env = {e["name"]: e for e in manifest["spec"]["containers"][0]["env"]}
-    assert env["PODFN_DATABASE_URL"] == {"name": "PODFN_DATABASE_URL", "valueFrom": {
-        "secretKeyRef": {"name": "podfn-database", "key": "url"}}}
+    assert "PODFN_DATABASE_URL" not in env
+    assert env["PODFN_RUNTIME_DATABASE_URL"] == {"name": "PODFN_RUNTIME_DATABASE_URL", "valueFrom": {
+        "secretKeyRef": {"name": "podfn-runtime-database", "key": "url"}}}
     assert "postgresql://" not in repr(manifest)
 
 

@@ -13,8 +13,10 @@ def test_duplicate_names_are_an_error() -> None:
         queries.parse("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;")
 
 
-def test_every_transition_is_a_single_statement() -> None:
-    for name, statement in queries.transitions().items():
+@pytest.mark.parametrize("package, filename", [("podfn_platform.sql", "transitions.sql"),
+                                               ("podfn_runtime", "protocol.sql")])
+def test_every_transition_is_a_single_statement(package: str, filename: str) -> None:
+    for name, statement in queries.load(package, filename).items():
         code = "\n".join(line for line in statement.splitlines()
                          if not line.strip().startswith("--"))
         assert ";" not in code, f"{name} holds more than one statement"

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from attempts import Runtime
 from podfn_platform.database import Database
 from podfn_platform.submission import NewCalls, record_calls, store_payload
 
@@ -31,35 +32,37 @@ def state(db: Database, call_id: str) -> dict[str, Any]:
     return row
 
 
+@pytest.fixture
+def runtime(db: Database, runtime_database_url: str) -> Runtime:
+    return Runtime(db, runtime_database_url)
+
+
 def fail_params(call_id: str, attempt: int, retryable: bool = True) -> dict[str, Any]:
     return {"id": call_id, "attempt": attempt, "retryable": retryable, "reason": "boom",
             "exit_code": None, "error_type": "E", "error_message": "m", "error_traceback": "tb",
             "error_pickle": None, "stdout": "", "stderr": ""}
 
 
-def test_happy_path_moves_forward_only(db: Database) -> None:
+def test_happy_path_moves_forward_only(db: Database, runtime: Runtime) -> None:
     call_id = new_call(db)
     claimed = claim(db)
     assert (claimed["id"], claimed["attempt"]) == (call_id, 1)
     assert db.one("claim_queued", {"limit": 5}) is None
-    run = db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    run = runtime.claim(call_id, 1)
     assert run is not None and run["function"] == b"f" and run["args"] == b"a"
-    assert db.one("claim_attempt", {"id": call_id, "attempt": 1}) is None
-    done = db.one("succeed", {"id": call_id, "attempt": 1, "result": b"r", "result_json": None, "stdout": "o",
-                              "stderr": ""})
+    assert runtime.claim(call_id, 1) is None
+    done = runtime.succeed(call_id, 1, b"r", "o")
     assert done is not None and done["state"] == "succeeded"
     assert state(db, call_id)["finished_at"] is not None
 
 
 @pytest.mark.parametrize("final", FINAL)
-def test_final_states_are_final(db: Database, final: str) -> None:
+def test_final_states_are_final(db: Database, runtime: Runtime, final: str) -> None:
     call_id = new_call(db)
     claim(db)
-    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    runtime.claim(call_id, 1)
     if final == "succeeded":
-        db.one("succeed", {"id": call_id, "attempt": 1, "result": b"r", "result_json": None,
-                       "stdout": "",
-                           "stderr": ""})
+        runtime.succeed(call_id, 1, b"r", "")
     elif final == "failed":
         db.one("fail", fail_params(call_id, 1, retryable=False))
     elif final == "timed_out":
@@ -68,46 +71,41 @@ def test_final_states_are_final(db: Database, final: str) -> None:
         db.one("cancel", {"id": call_id, "reason": "by test"})
     assert state(db, call_id)["state"] == final
     attempts = [
-        ("succeed", {"id": call_id, "attempt": 1, "result": b"x", "result_json": None,
-                       "stdout": "", "stderr": ""}),
         ("fail", fail_params(call_id, 1)),
         ("time_out", {"id": call_id, "attempt": 1, "reason": "x"}),
         ("cancel", {"id": call_id, "reason": "x"}),
         ("disrupt", {"id": call_id, "attempt": 1, "reason": "x", "exit_code": None,
                      "max_disruptions": 3}),
-        ("claim_attempt", {"id": call_id, "attempt": 1}),
     ]
     for name, params in attempts:
         assert db.one(name, params) is None, f"{name} changed a {final} call"
+    assert runtime.succeed(call_id, 1, b"x") is None, f"succeed changed a {final} call"
+    assert runtime.claim(call_id, 1) is None, f"claim changed a {final} call"
     assert db.one("claim_queued", {"limit": 5}) is None
     assert state(db, call_id)["state"] == final
 
 
-def test_a_stale_attempt_cannot_write(db: Database) -> None:
+def test_a_stale_attempt_cannot_write(db: Database, runtime: Runtime) -> None:
     call_id = new_call(db)
     claim(db)
-    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    runtime.claim(call_id, 1)
     db.one("disrupt", {"id": call_id, "attempt": 1, "reason": "node lost", "exit_code": None,
                        "max_disruptions": 3})
     assert claim(db)["attempt"] == 2
-    assert db.one("succeed", {"id": call_id, "attempt": 1, "result": b"old", "result_json": None,
-                       "stdout": "",
-                              "stderr": ""}) is None
-    assert db.one("claim_attempt", {"id": call_id, "attempt": 1}) is None
-    assert db.one("claim_attempt", {"id": call_id, "attempt": 2}) is not None
-    assert db.one("succeed", {"id": call_id, "attempt": 2, "result": b"new", "result_json": None,
-                       "stdout": "",
-                              "stderr": ""}) is not None
+    assert runtime.succeed(call_id, 1, b"old", "") is None
+    assert runtime.claim(call_id, 1) is None
+    assert runtime.claim(call_id, 2) is not None
+    assert runtime.succeed(call_id, 2, b"new", "") is not None
     rows = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
     assert rows[0]["result"] == b"new"
     attempts = db.all("get_attempts", {"id": call_id})
     assert [a["state"] for a in attempts] == ["disrupted", "succeeded"]
 
 
-def test_user_retries_back_off_then_fail(db: Database) -> None:
+def test_user_retries_back_off_then_fail(db: Database, runtime: Runtime) -> None:
     call_id = new_call(db, retries=1, retry_backoff=60)
     claim(db)
-    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    runtime.claim(call_id, 1)
     assert db.one("fail", fail_params(call_id, 1))["state"] == "queued"  # type: ignore[index]
     row = state(db, call_id)
     assert row["user_failures"] == 1 and row["not_before"] is not None
@@ -115,14 +113,14 @@ def test_user_retries_back_off_then_fail(db: Database) -> None:
     with db.transaction() as tx:
         tx._conn.execute("UPDATE podfn_calls SET not_before = now() WHERE id = %s", (call_id,))
     claim(db)
-    db.one("claim_attempt", {"id": call_id, "attempt": 2})
+    runtime.claim(call_id, 2)
     assert db.one("fail", fail_params(call_id, 2))["state"] == "failed"  # type: ignore[index]
 
 
-def test_non_retryable_failures_do_not_spend_retries(db: Database) -> None:
+def test_non_retryable_failures_do_not_spend_retries(db: Database, runtime: Runtime) -> None:
     call_id = new_call(db, retries=5)
     claim(db)
-    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    runtime.claim(call_id, 1)
     assert db.one("fail", fail_params(call_id, 1, retryable=False))["state"] == "failed"  # type: ignore[index]
 
 
@@ -154,14 +152,15 @@ def test_cancel_from_queued(db: Database) -> None:
     '{"retries": 1e400, "retry_backoff": -5}',
     '"not an object"',
 ])
-def test_fail_clamps_what_a_row_holds_instead_of_overflowing(db: Database, spec: str) -> None:
+def test_fail_clamps_what_a_row_holds_instead_of_overflowing(db: Database, runtime: Runtime,
+                                                             spec: str) -> None:
     """A spec no validator saw (an older version's row, a corrupted one) still fails cleanly."""
     call_id = new_call(db)
     with db.transaction() as tx:
         tx._conn.execute("UPDATE podfn_calls SET spec = %s::jsonb, user_failures = 999 "
                          "WHERE id = %s", (spec, call_id))
     claim(db)
-    db.one("claim_attempt", {"id": call_id, "attempt": 1})
+    runtime.claim(call_id, 1)
     row = db.one("fail", fail_params(call_id, 1))
     assert row is not None and row["state"] in ("queued", "failed")
     after = state(db, call_id)

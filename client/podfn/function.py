@@ -263,7 +263,9 @@ class DeployedFunction(_Remote[..., Any]):
                  client: APIClient | None = None) -> None:
         self.name = name
         self.overrides = dict(overrides or {})
-        self.hints = spec.validate({**deployed_hints, **self.overrides})
+        # The API shows a spec's `env` as `env_names` (never values): keep the hints only.
+        known = {k: v for k, v in deployed_hints.items() if k in spec.DEFAULTS}
+        self.hints = spec.validate({**known, **self.overrides})
         self._deployed_hints = deployed_hints
         self._client = client
 

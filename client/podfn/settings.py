@@ -24,6 +24,10 @@ def default_profile_path() -> Path:
     return Path(platformdirs.user_config_dir("podfn")) / "profile.json"
 
 
+def default_secrets_dir() -> Path:
+    return Path(platformdirs.user_config_dir("podfn")) / "secrets"
+
+
 @dataclass(frozen=True)
 class Settings:
     # Where the client finds the platform (else the profile `podfn dev` writes).
@@ -32,6 +36,16 @@ class Settings:
     profile: Path = field(default_factory=default_profile_path)
     # The platform's database.
     database_url: str | None = None
+    # Database roles (docs/security.md): `podfn migrate` creates them unless manage_roles is off.
+    platform_role: str = "podfn_platform"
+    runtime_role: str = "podfn_runtime"
+    platform_role_password: str | None = None
+    runtime_role_password: str | None = None
+    manage_roles: bool = True
+    # What runtimes connect with (the runtime role); default: database_url as the runtime role.
+    runtime_database_url: str | None = None
+    # How code inside a call reaches the API for nested calls (PODFN_URL in the attempt).
+    runtime_api_url: str | None = None
     # API server.
     host: str = "127.0.0.1"
     port: int = 8080
@@ -54,7 +68,8 @@ class Settings:
     # Kubernetes launcher (KUBECONFIG is read as kubectl reads it).
     kube_context: str | None = None
     runtime_image: str = "ghcr.io/podfn/runtime"  # tagged py<major.minor>
-    database_secret: str = "podfn-database"  # Secret with key `url`: the database URL for pods
+    # Secret with key `url`: the runtime role's database URL for pods (never the platform's).
+    runtime_database_secret: str = "podfn-runtime-database"
     pod_create_concurrency: int = 8
     pod_create_qps: float = 20.0
     pending_timeout_seconds: float = 300.0
@@ -63,8 +78,11 @@ class Settings:
     reconcile_seconds: float = 60.0
     watch_timeout_seconds: int = 60
     controller_metrics_port: int = 9090  # Prometheus metrics of the controller; 0 turns them off
+    controller_metrics_host: str = "127.0.0.1"  # loopback unless an operator opens it
     # Local launcher: fork attempts from a process with the runtime's imports done (Linux).
     local_forkserver: bool = True
+    # Local launcher: `secrets=["name"]` reads <dir>/<name>/<KEY> files (docs/security.md).
+    local_secrets_dir: Path = field(default_factory=default_secrets_dir)
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:

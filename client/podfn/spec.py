@@ -23,6 +23,7 @@ _SUFFIX: dict[str, Decimal | int] = {
 }
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_SECRET_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 # Hints and their defaults. Anything else is rejected by name.
 DEFAULTS: dict[str, Any] = {
@@ -32,7 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "gpu": 0,                  # count of GPUs
     "gpu_vendor": "nvidia.com",
     "image": None,             # default: the runtime image for the client's Python
-    "env": {},
+    "env": {},                 # plain variables (names shown by the API, values never)
+    "secrets": [],             # names of Secrets whose keys become environment variables
     "timeout": None,           # seconds per attempt
     "retries": 0,              # re-runs after the function's own failure
     "retry_backoff": 1.0,      # seconds before the first retry, doubling after
@@ -124,7 +126,7 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidSpec(unknown[0], f"is not a hint podfn knows; known hints: {', '.join(DEFAULTS)}")
     out = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
-    for key in ("env", "node_selector", "labels", "annotations", "tolerations"):
+    for key in ("env", "secrets", "node_selector", "labels", "annotations", "tolerations"):
         if key not in spec or spec[key] is None:
             out[key] = type(DEFAULTS[key])()
     if out["cpu"] is not None:
@@ -151,6 +153,11 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
         if out[key] is not None and (not isinstance(out[key], str) or not out[key].strip()):
             raise InvalidSpec(key, "must be a non-empty string")
     out["env"] = _string_map("env", out["env"], keys=_ENV_NAME)
+    if not isinstance(out["secrets"], list) or not all(
+            isinstance(s, str) and _SECRET_NAME.match(s) for s in out["secrets"]):
+        raise InvalidSpec("secrets", "must be a list of Secret names (lowercase letters, digits, "
+                                     "'-' and '.', at most 253 characters)")
+    out["secrets"] = list(dict.fromkeys(out["secrets"]))
     out["node_selector"] = _string_map("node_selector", out["node_selector"], keys=_LABEL_KEY)
     out["labels"] = _string_map("labels", out["labels"], keys=_LABEL_KEY)
     out["annotations"] = _string_map("annotations", out["annotations"], keys=_LABEL_KEY)

@@ -33,7 +33,7 @@ log = logging.getLogger("podfn.database")
 Row = dict[str, Any]
 
 _QUERIES: dict[str, str] = {
-    **named_queries.transitions(),
+    **named_queries.load("podfn_platform.sql", "transitions.sql"),
     **named_queries.load("podfn_platform.sql", "queries.sql"),
 }
 
@@ -170,11 +170,27 @@ class Session:
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
 
-    def execute(self, statement: str | bytes, params: Sequence[Any] | None = None) -> list[Row]:
+    def execute(self, statement: str | bytes, params: Sequence[Any] | dict[str, Any] | None = None,
+                ) -> list[Row]:
         """Run raw SQL (a migration script, a lock call); its rows. Errors become podfn's."""
         try:
             cur = self._conn.execute(statement, params)
             return cur.fetchall() if cur.description else []
+        except psycopg.Error as exc:
+            raise translate(exc) from exc
+
+    def execute_with_names(self, template: str, *, identifiers: dict[str, str],
+                           literals: dict[str, str] | None = None) -> None:
+        """Run `template` (no bind parameters) with {name} filled by quoted identifiers/literals.
+
+        For statements that cannot take bind parameters (CREATE ROLE, GRANT ...)
+        and name objects that come from settings.
+        """
+        values: dict[str, sql.Composable] = {k: sql.Identifier(v) for k, v in identifiers.items()}
+        values.update({k: sql.Literal(v) for k, v in (literals or {}).items()})
+        try:
+            statement = sql.SQL(template).format(**values).as_string(self._conn)
+            self._conn.execute(statement.encode())
         except psycopg.Error as exc:
             raise translate(exc) from exc
 

@@ -7,6 +7,7 @@ process as in a cluster, plus a client profile so `@remote` finds them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -23,7 +24,7 @@ import httpx
 
 from podfn.errors import ConfigurationError, PlatformUnreachable
 from podfn.settings import Settings
-from podfn_platform import migrations
+from podfn_platform import migrations, roles
 from podfn_platform.database import Database
 from podfn_platform.embedded import EmbeddedPostgres
 
@@ -76,12 +77,26 @@ class DevStack:
         else:
             self._postgres = EmbeddedPostgres(self.data_dir / "pgdata", delete=self.temporary)
             self.database_url = self._postgres.url
+        # Managed roles get fresh passwords each start unless some are configured.
+        fresh = self.settings.manage_roles
+        self.settings = dataclasses.replace(
+            self.settings, database_url=self.database_url,
+            platform_role_password=self.settings.platform_role_password
+            or (secrets.token_urlsafe(24) if fresh else None),
+            runtime_role_password=self.settings.runtime_role_password
+            or (secrets.token_urlsafe(24) if fresh else None))
         with Database(self.database_url, name="podfn-migrate") as db:
             migrations.apply(db)
+            roles.ensure(db, roles.Roles.from_settings(self.settings))
         if self.settings.launcher == "kubernetes":
             self._publish_database_secret()
         self.url = f"http://{host}:{self.port}"
-        env = {**os.environ, "PODFN_DATABASE_URL": self.database_url,
+        # API and controller connect as the platform role, not as the owner that migrated.
+        platform_url = roles.as_role(self.database_url, self.settings.platform_role,
+                                     self.settings.platform_role_password)
+        env = {**os.environ, "PODFN_DATABASE_URL": platform_url,
+               "PODFN_RUNTIME_DATABASE_URL": roles.runtime_database_url(self.settings),
+               "PODFN_RUNTIME_API_URL": self.settings.runtime_api_url or f"http://{host}:{self.port}",
                "PODFN_API_TOKEN": self.token, "PODFN_HOST": host, "PODFN_PORT": str(self.port),
                "PODFN_LAUNCHER": self.settings.launcher,
                "PODFN_INSECURE_NO_AUTH": "1" if self.settings.insecure_no_auth else "0"}
@@ -94,7 +109,8 @@ class DevStack:
         return self
 
     def _publish_database_secret(self) -> None:
-        """Pods read the database URL from a Secret; write it with the user's own credentials."""
+        """Pods read the runtime role's database URL from a Secret; write it with the user's
+        own credentials (the platform's URL never goes to the cluster)."""
         from podfn_platform.kube.client import KubeClient
 
         if self._postgres is not None:
@@ -102,7 +118,8 @@ class DevStack:
                         "cluster cannot reach; set PODFN_DATABASE_URL to a Postgres they can")
         kube = KubeClient(self.settings.namespace, context=self.settings.kube_context)
         try:
-            kube.create_secret(self.settings.database_secret, {"url": self.database_url})
+            kube.create_secret(self.settings.runtime_database_secret,
+                               {"url": roles.runtime_database_url(self.settings)})
         finally:
             kube.close()
 

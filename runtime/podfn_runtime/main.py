@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
@@ -229,15 +230,21 @@ def within_limit(outcome: Result | Failure, limit: int) -> Result | Failure:
 
 def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
-    claimed = db.transition("claim_attempt", id=call_id, attempt=attempt)
+    claimed = db.transition("claim", id=call_id, attempt=attempt)
     if claimed is None:
-        log.info("stale attempt: call %s is no longer at attempt %d; exiting", call_id, attempt)
+        log.info("stale attempt: call %s is no longer at attempt %d (or its secret is not "
+                 "this attempt's); exiting", call_id, attempt)
         return EXIT_RECORDED
     log.info("running call %s attempt %d", call_id, attempt)
     mismatch = version_mismatch(claimed["client_python"], claimed["client_cloudpickle"])
     captured: Captured | None = None
-    if mismatch:
-        outcome: Result | Failure = Failure(mismatch, False, "VersionMismatch", mismatch, "", None)
+    digest = hashlib.sha256(claimed["function"]).hexdigest()
+    if digest != claimed["function_digest"]:
+        why = (f"the function payload does not match its digest ({digest} is not "
+               f"{claimed['function_digest']}); it was not loaded")
+        outcome: Result | Failure = Failure(why, False, "PayloadDigestMismatch", why, "", None)
+    elif mismatch:
+        outcome = Failure(mismatch, False, "VersionMismatch", mismatch, "", None)
     else:
         with capture_output() as captured, _reporting_progress(db, call_id, attempt, captured):
             outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
@@ -256,7 +263,6 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
             attempt=attempt,
             retryable=outcome.retryable,
             reason=outcome.reason,
-            exit_code=None,
             error_type=outcome.error_type,
             error_message=outcome.error_message,
             error_traceback=outcome.error_traceback,
@@ -282,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attempt", type=int, default=os.environ.get("PODFN_ATTEMPT"))
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("PODFN_DATABASE_URL"),
-        help="default: $PODFN_DATABASE_URL",
+        default=os.environ.get("PODFN_RUNTIME_DATABASE_URL"),
+        help="the runtime role's database URL; default: $PODFN_RUNTIME_DATABASE_URL",
     )
     parser.add_argument(
         "--max-result-bytes", type=int,
@@ -296,17 +302,21 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s podfn-runtime %(levelname)s %(message)s",
         stream=sys.__stderr__,
     )
+    # The secret is never a flag: argv is visible to every user of the machine.
+    secret = os.environ.get("PODFN_ATTEMPT_SECRET", "")
     missing = [
         flag
         for flag, value in (("--call-id", ns.call_id), ("--attempt", ns.attempt),
-                            ("--database-url", ns.database_url))
+                            ("--database-url", ns.database_url),
+                            ("PODFN_ATTEMPT_SECRET", secret))
         if value in (None, "")
     ]
     if missing:
         parser.error("missing " + ", ".join(missing) + " (or PODFN_CALL_ID, PODFN_ATTEMPT, "
-                     "PODFN_DATABASE_URL in the environment)")
+                     "PODFN_RUNTIME_DATABASE_URL in the environment; the controller sets "
+                     "them, with PODFN_ATTEMPT_SECRET, for each attempt)")
     try:
-        db = RuntimeDatabase(ns.database_url)
+        db = RuntimeDatabase(ns.database_url, secret)
     except RuntimeDatabaseError as exc:
         log.error("%s", exc)
         return EXIT_RUNTIME_FAILED

@@ -2,8 +2,9 @@
 
 A file holds several statements, each introduced by a `-- name: NAME` line,
 so the SQL stays SQL (reviewable, highlightable) and code refers to it by
-name. The platform loads the same state-machine file as the runtime, so a
-transition is written exactly once.
+name. The runtime's own file, protocol.sql, holds its only statements: calls
+of the runtime protocol's functions (the platform's migration 0003 defines
+them, and the platform loads its own state machine with the same parser).
 """
 
 from __future__ import annotations
@@ -31,6 +32,6 @@ def load(package: str, filename: str) -> dict[str, str]:
     return parse(resources.files(package).joinpath(filename).read_text(encoding="utf-8"))
 
 
-def transitions() -> dict[str, str]:
-    """The call state machine, shared by runtime, controller and API."""
-    return load("podfn_runtime", "transitions.sql")
+def protocol() -> dict[str, str]:
+    """The runtime protocol: every statement the runtime may send to Postgres."""
+    return load("podfn_runtime", "protocol.sql")

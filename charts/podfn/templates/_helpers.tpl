@@ -93,6 +93,16 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* API and controller: the platform role's URL when the chart made the Secret; with
+     database.existingSecret, the URL in it (point it at the platform role yourself). */}}
+{{- define "podfn.platformDatabaseEnv" -}}
+- name: PODFN_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "podfn.databaseSecret" . }}
+      key: {{ if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}platform-url{{ end }}
+{{- end -}}
+
 {{- define "podfn.databaseEnv" -}}
 - name: PODFN_DATABASE_URL
   valueFrom:

@@ -41,22 +41,28 @@ def _logging(settings: Settings) -> None:
 @click.command()
 @reports_errors
 def migrate() -> None:
-    """Apply database migrations (PODFN_DATABASE_URL); applying twice changes nothing.
+    """Apply database migrations and grant the platform and runtime roles (PODFN_DATABASE_URL).
+
+    Creates the roles PODFN_PLATFORM_ROLE and PODFN_RUNTIME_ROLE unless
+    PODFN_MANAGE_ROLES=0; applying twice changes nothing.
 
     Example: PODFN_DATABASE_URL=postgresql://localhost/podfn podfn migrate
     """
     _platform_modules()
-    from podfn_platform import migrations
+    from podfn_platform import migrations, roles
     from podfn_platform.database import Database
 
     settings = Settings.from_env()
     with Database(settings.require_database_url(), name="podfn-migrate") as db:
         applied = migrations.apply(db)
+        roles.ensure(db, roles.Roles.from_settings(settings))
     if applied:
         for m in applied:
             click.echo(f"applied {m.version:04d}_{m.name}")
     else:
         click.echo("database is up to date")
+    click.echo(f"roles granted: {settings.platform_role} (API, controller), "
+               f"{settings.runtime_role} (runtime)")
 
 
 @click.command()

@@ -10,7 +10,17 @@ from flask import Flask, Response, jsonify
 
 from podfn.errors import ConfigurationError, DatabaseError
 from podfn.settings import Settings
-from podfn_platform.api import auth, calls, errors, forms, functions, metrics, openapi, tokens
+from podfn_platform.api import (
+    auth,
+    calls,
+    errors,
+    forms,
+    functions,
+    inputs,
+    metrics,
+    openapi,
+    tokens,
+)
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
 
@@ -34,6 +44,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.extensions["podfn.waiter"] = waiter = FinishWaiter(db)
     app.extensions["podfn.drain"] = waiter.drain  # called by podfn's worker on SIGTERM
     errors.register(app)
+    inputs.install(app)
     app.register_blueprint(calls.bp)
     app.register_blueprint(functions.bp)
     app.register_blueprint(tokens.bp)

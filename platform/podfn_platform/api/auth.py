@@ -8,6 +8,12 @@ A token may always read and cancel the calls it created itself.
 `PODFN_API_TOKEN`, when set, is an admin token that lives outside the
 database (the bootstrap token of a chart install). Running without auth at
 all needs PODFN_INSECURE_NO_AUTH and a loopback address.
+
+A running call holds a token of its own (`pfn_call_...`, minted per attempt
+by the controller, stored as a hash on the attempt) so that it can make
+nested calls: it acts for the identity that submitted the call, with at most
+`submit`, `invoke` and `read` of that identity's scopes, and stops working the
+moment the attempt ends (docs/security.md).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from podfn_platform.api.errors import APIError
 from podfn_platform.database import Database
 
 SCOPES = ("submit", "invoke", "deploy", "read", "admin")
+NESTED_SCOPES = frozenset({"submit", "invoke", "read"})
+CALL_TOKEN_PREFIX = "pfn_call_"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -59,13 +67,27 @@ def create_token(db: Database, name: str, scopes: list[str]) -> tuple[dict[str, 
     return (row, secret) if row else None
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
 def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Principal:
     if no_auth:
+        # The address the server really listens on (gunicorn: the bound socket's), not
+        # PODFN_HOST: `gunicorn --bind 0.0.0.0` must not serve without auth.
+        bound = request.environ.get("SERVER_NAME", "")
+        if bound.strip("[]") not in LOOPBACK:
+            raise APIError(403, "no_auth_off_loopback",
+                           f"this server runs without auth (PODFN_INSECURE_NO_AUTH) but listens "
+                           f"on {bound!r}, not a loopback address; it serves nothing. Bind to "
+                           "127.0.0.1, or turn auth on")
         return ANONYMOUS
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and secret:
         if root_token and hmac.compare_digest(secret.encode(), root_token.encode()):
             return Principal("root", "root", frozenset({"admin"}))
+        nested = _call_token(db, secret) if secret.startswith(CALL_TOKEN_PREFIX) else None
+        if nested is not None:
+            return nested
         row = db.one("token_by_hash", {"hash": hash_secret(secret)})
         if row is not None:
             return Principal(row["id"], row["name"], frozenset(row["scopes"]))
@@ -77,6 +99,18 @@ def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Princip
     raise APIError(401, "unauthorized",
                    "a valid bearer token is required: set PODFN_TOKEN (podfn dev writes one to "
                    "your profile; an admin creates more with `podfn token create`)")
+
+
+def _call_token(db: Database, secret: str) -> Principal | None:
+    """The identity a running call's own token acts for, or None once its attempt ended."""
+    row = db.one("call_token_owner", {"hash": hash_secret(secret)})
+    if row is None:
+        return None
+    owner_scopes = frozenset({"admin"}) if row["owner"] in ("", "root") else frozenset(row["scopes"])
+    scopes = NESTED_SCOPES if "admin" in owner_scopes else owner_scopes & NESTED_SCOPES
+    if not scopes:
+        return None
+    return Principal(row["owner"], f"call {row['call_id']}", scopes)
 
 
 def principal() -> Principal:

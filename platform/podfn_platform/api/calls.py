@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency, results
+from podfn_platform.api import context, forms, idempotency, inputs, results
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row, Transaction
@@ -40,7 +40,7 @@ def describe(row: Row) -> dict[str, Any]:
     for key in ("user_failures", "disruptions", "spec", "client_python", "client_cloudpickle",
                 "function_version"):
         if key in row:
-            out[key] = row[key]
+            out[key] = context.public_spec(row[key]) if key == "spec" else row[key]
     if row.get("error_type"):
         out["error"] = {"type": row["error_type"], "message": row["error_message"],
                         "traceback": row["error_traceback"]}
@@ -164,7 +164,7 @@ def error(call_id: str) -> Response:
 @bp.post("/wait")
 @requires("read", "submit", "invoke")
 def wait_any() -> Response:
-    body = request.get_json(silent=True)
+    body = inputs.json_body()
     if not isinstance(body, dict):
         raise APIError(400, "malformed_json", "expected a JSON object {'ids': [...], 'wait': s}")
     ids = body.get("ids")

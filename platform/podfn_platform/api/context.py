@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from flask import current_app
 
@@ -20,3 +21,10 @@ def waiter() -> FinishWaiter:
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def public_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec as the API shows it: `env` names only, never values (they may be credentials)."""
+    out = {k: v for k, v in spec.items() if k != "env"}
+    out["env_names"] = sorted(spec.get("env") or {})
+    return out

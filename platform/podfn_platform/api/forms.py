@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import request
 
+from podfn_platform.api import inputs
 from podfn_platform.api.errors import APIError
 
 MAX_CALLS_PER_REQUEST = 10_000
@@ -22,10 +23,7 @@ def meta() -> dict[str, Any]:
     if raw is None:
         raise APIError(400, "missing_field", "the form field 'meta' (JSON) is required",
                        field="meta")
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise APIError(400, "malformed_json", f"'meta' is not JSON: {exc}", field="meta") from None
+    value = inputs.loads(raw, "meta")
     if not isinstance(value, dict):
         raise APIError(400, "malformed_json", "'meta' must be a JSON object", field="meta")
     return value
@@ -35,7 +33,7 @@ def name(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > 256:
         raise APIError(422, "invalid_field", f"{field} must be a non-empty string of at most 256 "
                        "characters", field=f"meta.{field}")
-    return value
+    return inputs.text(value, f"meta.{field}")
 
 
 def client_versions(meta: dict[str, Any]) -> tuple[str, str]:

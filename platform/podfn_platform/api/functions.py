@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency, results
+from podfn_platform.api import context, forms, idempotency, inputs, results
 from podfn_platform.api.auth import principal, requires
 from podfn_platform.api.calls import created, describe, summary, wait_finished, wait_seconds
 from podfn_platform.api.errors import APIError
@@ -37,7 +37,8 @@ def _live(name: str) -> Row:
 
 
 def _summary(row: Row) -> dict[str, Any]:
-    return {"name": row["name"], "live_version": row["live_version"], "spec": row["spec"],
+    return {"name": row["name"], "live_version": row["live_version"],
+            "spec": context.public_spec(row["spec"]),
             "deployed_at": context.iso(row["deployed_at"]), "deployed_by": row["deployed_by"]}
 
 
@@ -45,7 +46,7 @@ def _summary(row: Row) -> dict[str, Any]:
 @requires("deploy")
 def deploy() -> tuple[Response, int]:
     meta = forms.meta()
-    name = forms.name(meta.get("name"), "name")
+    name = inputs.function_name(meta.get("name"), "name")
     python, cloudpickle = forms.client_versions(meta)
     validated = call_spec.validate(meta.get("spec") or {})
     function = forms.function_part()
@@ -82,7 +83,7 @@ def list_functions() -> Response:
 @requires("read", "deploy", "submit", "invoke")
 def get(name: str) -> Response:
     out = _summary(_live(name))
-    out["versions"] = [{"version": v["version"], "spec": v["spec"],
+    out["versions"] = [{"version": v["version"], "spec": context.public_spec(v["spec"]),
                         "deployed_at": context.iso(v["deployed_at"]), "deployed_by": v["deployed_by"]}
                        for v in context.db().all("function_versions", {"name": name})]
     return jsonify(out)
@@ -91,7 +92,7 @@ def get(name: str) -> Response:
 @bp.post("/<name>/rollback")
 @requires("deploy")
 def rollback(name: str) -> Response:
-    body = request.get_json(silent=True) or {}
+    body = inputs.json_body() or {}
     if not isinstance(body, dict):
         raise APIError(400, "malformed_json", "expected a JSON object {'version': N}")
     target = body.get("version")
@@ -143,7 +144,7 @@ def submit(name: str) -> tuple[Response, int]:
 
 
 def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
-    body = request.get_json(silent=True)
+    body = inputs.json_body()
     if body is None:
         raise APIError(400, "malformed_json", "the body must be JSON: "
                        '{"args": [...], "kwargs": {...}}')

@@ -31,7 +31,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(c): _json(_ref("Error"), text[c]) for c in codes}
 
 
-COMMON = (401, 403, 503)
+COMMON = (400, 401, 403, 503)  # 400: text no database can store (api/inputs.py)
 CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type": "string"}}
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 WAIT = {"name": "wait", "in": "query", "required": False,
@@ -212,7 +212,7 @@ def document() -> dict[str, Any]:
             "parameters": [{"name": "ref", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
             "responses": {"200": _json({"type": "object"}, "revoked"),
-                          **_errors(404, *COMMON)}}},
+                          **_errors(404, 409, *COMMON)}}},
     }
     return {
         "openapi": "3.1.0",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
-from podfn_platform.api import context
+from podfn_platform.api import context, inputs
 from podfn_platform.api.auth import SCOPES, create_token, requires
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row
@@ -27,7 +27,7 @@ def _public(row: Row) -> dict[str, Any]:
 @bp.post("")
 @requires("admin")
 def create() -> tuple[Response, int]:
-    body = request.get_json(silent=True)
+    body = inputs.json_body()
     if not isinstance(body, dict):
         raise APIError(400, "malformed_json", 'expected {"name": ..., "scopes": [...]}')
     name, scopes = body.get("name"), body.get("scopes")
@@ -57,5 +57,10 @@ def list_tokens() -> Response:
 def revoke(ref: str) -> Response:
     row = context.db().one("revoke_token", {"ref": ref})
     if row is None:
+        matches = context.db().all("active_tokens_named", {"ref": ref})
+        if len(matches) > 1:
+            ids = ", ".join(m["id"] for m in matches)
+            raise APIError(409, "ambiguous_reference", f"{ref!r} is the id or name of more than "
+                           f"one active token ({ids}); nothing was revoked: revoke by id")
         raise APIError(404, "not_found", f"no active token with id or name {ref!r}")
     return jsonify(_public(row))

@@ -142,9 +142,9 @@ class Zygote:
     def serve(self) -> None:
         # Everything an attempt imports anyway, imported once here.
         import podfn_runtime.main  # noqa: F401
-        from podfn_runtime.queries import transitions
+        from podfn_runtime.queries import protocol
 
-        transitions()
+        protocol()
         # Nothing of ours writes to fd 1 but the protocol; keep prints off it.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)

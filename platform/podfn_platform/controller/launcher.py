@@ -8,7 +8,7 @@ It knows nothing of Postgres: it reports what happened to each attempt as an
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -22,6 +22,10 @@ class Attempt:
     client_python: str
     state: str = "launching"
     launched_at: datetime | None = None
+    # What the attempt's runtime gets besides the runtime role's database URL
+    # (environment.py): its id, its secret, the API and its nested-call token.
+    # Empty for attempts rebuilt from Postgres (only the launching controller knows it).
+    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def key(self) -> tuple[str, int]:

@@ -34,7 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from podfn.settings import default_secrets_dir
 from podfn.spec import memory_bytes
+from podfn_platform.controller.environment import base_environment, local_secrets
 from podfn_platform.controller.forkserver import ForkServer, ForkServerError
 from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
 
@@ -80,15 +82,18 @@ def tail(path: Path, limit: int = _TAIL_BYTES) -> str:
 
 
 class LocalLauncher:
+    """Runs attempts as local processes; `database_url` is the runtime role's (roles.py)."""
+
     def __init__(self, database_url: str, *, on_exit: Callable[[], None] = lambda: None,
                  python: str = sys.executable, env: dict[str, str] | None = None,
-                 forkserver: bool | None = None,
+                 forkserver: bool | None = None, secrets_dir: Path | None = None,
                  max_result_bytes: int | None = None) -> None:
         self._database_url = database_url
+        self._secrets_dir = secrets_dir or default_secrets_dir()
         self._max_result_bytes = max_result_bytes
         self._on_exit = on_exit
         self._python = python
-        self._env = dict(os.environ if env is None else env)
+        self._env = base_environment(env)
         self._lock = threading.Lock()
         self._running: dict[tuple[str, int], _Process] = {}
         self._exits: list[Exit] = []
@@ -116,10 +121,17 @@ class LocalLauncher:
         if ignored:
             log.debug("call %s: the local launcher ignores %s", attempt.call_id, ", ".join(ignored))
         user_env = spec.get("env", {})
-        env = {**self._env, **user_env,
-               "PODFN_DATABASE_URL": self._database_url,
-               "PODFN_CALL_ID": attempt.call_id, "PODFN_ATTEMPT": str(attempt.attempt),
-               "PYTHONUNBUFFERED": "1"}
+        try:
+            secret_env = local_secrets(self._secrets_dir, spec.get("secrets") or [])
+        except LookupError as exc:
+            with self._lock:
+                self._exits.append(Exit(attempt, "fatal", str(exc)))
+            self._on_exit()
+            return "not started"
+        # Never this process's environment: a few start-up variables, the call's secrets,
+        # then the attempt's own (the user's `env` wins over a secret's key, as on Kubernetes).
+        env = {**self._env, **secret_env, **attempt.env,
+               "PODFN_RUNTIME_DATABASE_URL": self._database_url}
         if self._max_result_bytes is not None:
             env["PODFN_MAX_RESULT_BYTES"] = str(self._max_result_bytes)
         memory = memory_bytes(spec["memory"]) if spec.get("memory") else None

@@ -16,6 +16,7 @@ naming the fault; every other call goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -25,7 +26,7 @@ from typing import Any
 from podfn import spec as call_spec
 from podfn.errors import DatabaseError, InvalidSpec
 from podfn.settings import Settings
-from podfn_platform.controller import metrics
+from podfn_platform.controller import environment, metrics
 from podfn_platform.controller.launcher import Attempt, Exit, Launcher
 from podfn_platform.controller.leader import LeaderLock, LeadershipLost
 from podfn_platform.database import Database, Listener
@@ -205,12 +206,22 @@ class Controller:
         room = self.settings.max_concurrency - len(self.launcher.active())
         if room <= 0:
             return
-        for row in self.db.all("claim_queued", {"limit": room}):
+        rows = self.db.all("claim_queued", {"limit": room})
+        if not rows:
+            return
+        minted = [environment.Credentials.mint() for _ in rows]
+        self.db.all("arm_attempts", {"ids": [r["id"] for r in rows],
+                                     "attempts": [r["attempt"] for r in rows],
+                                     "secret_hashes": [c.secret_hash for c in minted],
+                                     "token_hashes": [c.token_hash for c in minted]})
+        for row, credentials in zip(rows, minted, strict=True):
             problem = unprocessable(row)
             if problem is not None:
                 self.reject(row, problem)
                 continue
-            attempt = attempt_from(row)
+            attempt = dataclasses.replace(attempt_from(row), env=environment.runtime_environment(
+                call_id=row["id"], attempt=row["attempt"], credentials=credentials,
+                api_url=self.settings.runtime_api_url, spec=row["spec"]))
             try:
                 with metrics.LAUNCH_SECONDS.time():
                     ref = self.launcher.launch(attempt)

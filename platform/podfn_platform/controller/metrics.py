@@ -27,10 +27,11 @@ RECONCILE_RESULTS = Counter(
     "('unchanged' when a guard found the call already moved on)", ["kind", "state"])
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> Any:
+def serve(port: int, addr: str = "127.0.0.1") -> Any:
     """Serve the default registry on `port`; returns the server, or None (port 0, or taken).
 
-    Metrics are not worth stopping a controller for: a port already taken
+    Loopback by default (PODFN_CONTROLLER_METRICS_HOST): the chart opens it
+    for Prometheus on purpose. Metrics are not worth stopping a controller for: a port already taken
     (a second controller on one machine) is logged and the controller runs on.
     """
     if not port:

@@ -14,14 +14,16 @@ from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.controller.loop import Controller
 from podfn_platform.controller.state import StateStore
 from podfn_platform.database import Database
+from podfn_platform.roles import runtime_database_url
 
 log = logging.getLogger("podfn.controller")
 
 
 def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> Launcher:
     if settings.launcher == "local":
-        return LocalLauncher(settings.require_database_url(), on_exit=wake.set,
+        return LocalLauncher(runtime_database_url(settings), on_exit=wake.set,
                              forkserver=settings.local_forkserver,
+                             secrets_dir=settings.local_secrets_dir,
                              max_result_bytes=settings.max_result_bytes)
     if settings.launcher == "kubernetes":
         from podfn_platform.kube.client import KubeClient
@@ -53,7 +55,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, stop_now)
-    metrics_server = metrics.serve(settings.controller_metrics_port)
+    metrics_server = metrics.serve(settings.controller_metrics_port, settings.controller_metrics_host)
     try:
         controller.run(stop)
     finally:

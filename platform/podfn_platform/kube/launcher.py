@@ -56,7 +56,7 @@ class KubernetesLauncher:
         self._settings = settings
         self._pods = pod_settings or PodSettings(
             namespace=kube.namespace, runtime_image=settings.runtime_image,
-            database_secret=settings.database_secret,
+            database_secret=settings.runtime_database_secret,
             max_result_bytes=settings.max_result_bytes)
         self._wake = wake
         self._lock = threading.Lock()
@@ -89,7 +89,8 @@ class KubernetesLauncher:
         try:
             manifest = build_pod(call_id=attempt.call_id, attempt=attempt.attempt,
                                  function_name=attempt.function_name, spec=attempt.spec,
-                                 client_python=attempt.client_python, settings=self._pods)
+                                 client_python=attempt.client_python, settings=self._pods,
+                                 runtime_env=attempt.env)
         except (TypeError, ValueError, AttributeError) as exc:
             self._report(attempt, "fatal", f"cannot build the pod manifest: {exc}", force=True)
             return name

@@ -8,13 +8,19 @@ schemas without a cluster. What the hints become:
 - `image` -> the container image; default: the runtime image tagged for the
   client's Python major.minor.
 - `env`, `node_selector`, `tolerations`, `labels`, `annotations`,
-  `service_account` -> the same fields of the pod.
+  `service_account` -> the same fields of the pod; `secrets` -> `envFrom`
+  with a `secretRef` per Secret (in the runtime namespace).
 - `pod_patch` -> merged last (see `merge_patch`).
 
 Always: `restartPolicy: Never`, `activeDeadlineSeconds` from `timeout`,
 `automountServiceAccountToken: false`, a security context that passes the
-"restricted" Pod Security Standard, and the database URL from a Secret
-(never plain text in the manifest).
+"restricted" Pod Security Standard, and the runtime role's database URL
+from the runtime database Secret (never the platform's Secret, never plain
+text in the manifest). The attempt's environment (controller/environment.py:
+its secret and its nested-call token, plus the user's `env`) is plain values
+in the pod spec: the controller never needs `get` on Secrets, and anyone who
+may read pods in the runtime namespace may read them; both die with the
+attempt (docs/security.md).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ RUNTIME_UID = 10001
 class PodSettings:
     namespace: str
     runtime_image: str           # repository; the tag is py<major.minor>
-    database_secret: str         # Secret holding the database URL for pods
+    database_secret: str         # Secret holding the runtime role's database URL for pods
     database_secret_key: str = "url"
     default_service_account: str | None = None
     max_result_bytes: int = 64 * 1024 * 1024  # PODFN_MAX_RESULT_BYTES, for the runtime
@@ -118,24 +124,30 @@ def _merge_field(key: str, base: Any, patch: Any) -> Any:
 
 
 def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str, Any],
-              client_python: str, settings: PodSettings) -> dict[str, Any]:
+              client_python: str, settings: PodSettings,
+              runtime_env: dict[str, str] | None = None) -> dict[str, Any]:
     name = pod_name(call_id, attempt)
     env: list[dict[str, Any]] = [
         {"name": "PODFN_CALL_ID", "value": call_id},
         {"name": "PODFN_ATTEMPT", "value": str(attempt)},
-        {"name": "PODFN_DATABASE_URL", "valueFrom": {"secretKeyRef": {
+        {"name": "PODFN_RUNTIME_DATABASE_URL", "valueFrom": {"secretKeyRef": {
             "name": settings.database_secret, "key": settings.database_secret_key}}},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "PODFN_MAX_RESULT_BYTES", "value": str(settings.max_result_bytes)},
     ]
     reserved = {e["name"] for e in env}
-    env += [{"name": k, "value": v} for k, v in sorted(spec.get("env", {}).items())
-            if k not in reserved]
+    given = runtime_env if runtime_env is not None else {
+        k: str(v) for k, v in (spec.get("env") or {}).items()}
+    env += [{"name": k, "value": v} for k, v in sorted(given.items()) if k not in reserved]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.get("image") or runtime_image(settings.runtime_image, client_python),
         "command": ["python", "-m", "podfn_runtime"],
         "env": env,
+        # `secrets=`: each Secret's keys as variables, resolved by the kubelet (the
+        # controller never reads them); `env` above wins over a key of the same name.
+        **({"envFrom": [{"secretRef": {"name": name}} for name in spec["secrets"]]}
+           if spec.get("secrets") else {}),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},

@@ -1,5 +1,5 @@
 -- Platform queries that are not call transitions (those live in
--- podfn_runtime/transitions.sql, shared with the runtime).
+-- transitions.sql beside this file, and in the runtime protocol of migration 0003).
 
 -- name: insert_payload
 INSERT INTO podfn_payloads (digest, data) VALUES (%(digest)s, %(data)s)
@@ -114,9 +114,17 @@ SELECT id, name, scopes FROM podfn_tokens WHERE hash = %(hash)s AND revoked_at I
 SELECT id, name, scopes, created_at, revoked_at FROM podfn_tokens ORDER BY created_at, id;
 
 -- name: revoke_token
+-- Only when `ref` names exactly one active token (an id and another token's
+-- name could be equal): an ambiguous reference revokes nothing.
 UPDATE podfn_tokens SET revoked_at = now()
 WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL
+  AND (SELECT count(*) FROM podfn_tokens
+       WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL) = 1
 RETURNING id, name, scopes, created_at, revoked_at;
+
+-- name: active_tokens_named
+SELECT id, name FROM podfn_tokens
+WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL ORDER BY id;
 
 -- name: lock_function_name
 SELECT pg_advisory_xact_lock(hashtext('podfn.function:' || %(name)s));
@@ -183,3 +191,17 @@ WHERE state IN ('queued', 'launching', 'running')
   AND (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
 ORDER BY created_at, id;
+
+-- name: call_token_owner
+-- A nested-call token (pfn_call_...): valid only while its attempt is the
+-- call's current one and has not ended. Returns whom it acts for: the call's
+-- owner, and that owner's scopes when the owner is a stored token (NULL for
+-- the bootstrap token or no-auth mode; a revoked owner yields no row).
+SELECT c.id AS call_id, c.owner, t.scopes
+FROM podfn_attempts a
+JOIN podfn_calls c ON c.id = a.call_id AND c.attempt = a.attempt
+LEFT JOIN podfn_tokens t ON t.id = c.owner
+WHERE a.token_hash = %(hash)s AND a.finished_at IS NULL
+  AND c.state IN ('launching', 'running')
+  AND (t.id IS NULL OR t.revoked_at IS NULL)
+  AND (c.owner IN ('', 'root') OR t.id IS NOT NULL);

@@ -1,4 +1,5 @@
--- The state machine of a call (DESIGN.md, "A call's life").
+-- The state machine of a call, as the controller and the API drive it
+-- (docs/design.md, "A call's life").
 --
 -- Each query below is ONE statement and is the only way its transition
 -- happens. Each is guarded by the call's id, its attempt (fencing: a stale
@@ -7,8 +8,9 @@
 -- the attempt's own outcome in podfn_attempts. Every statement returns a row
 -- only when the transition happened.
 --
--- Shared by the runtime (inside the call's process or pod) and the
--- controller; the API uses only `cancel`.
+-- The runtime's transitions (claim, progress, succeed, fail) are the
+-- SECURITY DEFINER functions of migration 0003 (schema podfn_runtime_v1);
+-- `fail` here and there share one definition, the SQL function podfn_fail.
 
 -- name: claim_queued
 -- Controller: queued -> launching, starting the next attempt.
@@ -30,89 +32,25 @@ WITH picked AS (
 )
 SELECT id, attempt, function_name, spec, client_python FROM claimed;
 
--- name: claim_attempt
--- Runtime: launching -> running. Returns what the runtime needs to run it.
-WITH c AS (
-    UPDATE podfn_calls
-    SET state = 'running', started_at = clock_timestamp()
-    WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'launching'
-    RETURNING id, attempt, function_digest, args, spec, client_python, client_cloudpickle,
-              result_format
-), a AS (
-    UPDATE podfn_attempts SET state = 'running', started_at = clock_timestamp()
-    FROM c WHERE podfn_attempts.call_id = c.id AND podfn_attempts.attempt = c.attempt
-)
-SELECT c.id, c.attempt, p.data AS function, c.args, c.spec, c.client_python,
-       c.client_cloudpickle, c.result_format
-FROM c JOIN podfn_payloads p ON p.digest = c.function_digest;
-
--- name: succeed
--- Runtime: running -> succeeded, with the result and the captured output.
-WITH c AS (
-    UPDATE podfn_calls
-    SET state = 'succeeded', result = %(result)s, result_json = %(result_json)s,
-        stdout = %(stdout)s, stderr = %(stderr)s,
-        reason = NULL, finished_at = clock_timestamp()
-    WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
-    RETURNING id, attempt, state
-), a AS (
-    UPDATE podfn_attempts SET state = 'succeeded', exit_code = 0, finished_at = clock_timestamp()
-    FROM c WHERE podfn_attempts.call_id = c.id AND podfn_attempts.attempt = c.attempt
-)
-SELECT id, attempt, state, pg_notify('podfn_final', id) FROM c;
-
--- name: progress
--- Runtime: the output captured so far, while the call runs (not a transition:
--- the state does not change, and only the running attempt may write it).
-UPDATE podfn_calls SET stdout = %(stdout)s, stderr = %(stderr)s
-WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'running'
-RETURNING id;
-
 -- name: fail
--- Runtime or controller: launching/running -> failed, or back to queued with
+-- Controller: launching/running -> failed, or back to queued with
 -- exponential backoff while the user's `retries` last and the failure is
 -- `retryable` (the function's own failure, not a wrong version or setup).
-WITH h AS (
-    -- The spec's numbers clamped before any arithmetic (issue 11): a row from an
-    -- older version or a corrupted spec (3e9 retries, a backoff of 1.7e308, a
-    -- string) must never overflow this statement. Not a number -> the default.
-    SELECT id, user_failures,
-           CASE WHEN jsonb_typeof(spec->'retries') = 'number'
-                THEN LEAST(GREATEST((spec->>'retries')::numeric, 0), 1000)::int ELSE 0 END
-               AS retries,
-           CASE WHEN jsonb_typeof(spec->'retry_backoff') = 'number'
-                THEN LEAST(GREATEST((spec->>'retry_backoff')::numeric, 0), 3600)::float8
-                ELSE 1.0 END AS retry_backoff
-    FROM podfn_calls WHERE id = %(id)s
-), d AS (
-    SELECT id,
-           %(retryable)s AND user_failures < retries AS retry,
-           LEAST(retry_backoff * power(2, LEAST(user_failures, 30)), 300.0) AS backoff
-    FROM h
-), c AS (
-    UPDATE podfn_calls c
-    SET state = CASE WHEN d.retry THEN 'queued' ELSE 'failed' END,
-        user_failures = c.user_failures + d.retry::int,
-        not_before = CASE WHEN d.retry
-                          THEN clock_timestamp() + make_interval(secs => d.backoff) END,
-        finished_at = CASE WHEN d.retry THEN NULL ELSE clock_timestamp() END,
-        reason = %(reason)s,
-        error_type = %(error_type)s, error_message = %(error_message)s,
-        error_traceback = %(error_traceback)s, error_pickle = %(error_pickle)s,
-        stdout = COALESCE(%(stdout)s, c.stdout), stderr = COALESCE(%(stderr)s, c.stderr)
-    FROM d
-    WHERE c.id = d.id AND c.attempt = %(attempt)s AND c.state IN ('launching', 'running')
-    RETURNING c.id, c.attempt, c.state
-), a AS (
-    UPDATE podfn_attempts
-    SET state = CASE WHEN c.state = 'queued' THEN 'retrying' ELSE 'failed' END,
-        reason = %(reason)s, exit_code = %(exit_code)s, finished_at = clock_timestamp()
-    FROM c WHERE podfn_attempts.call_id = c.id AND podfn_attempts.attempt = c.attempt
-)
-SELECT id, attempt, state,
-       CASE WHEN state = 'failed' THEN pg_notify('podfn_final', id)
-            ELSE pg_notify('podfn_queued', id) END
-FROM c;
+SELECT id, attempt, state
+FROM podfn_fail(%(id)s, %(attempt)s, %(retryable)s, %(reason)s, %(exit_code)s,
+                %(error_type)s, %(error_message)s, %(error_traceback)s, %(error_pickle)s,
+                %(stdout)s, %(stderr)s);
+
+-- name: arm_attempts
+-- Controller: store the hashes of each just-claimed attempt's secret (for the
+-- runtime protocol) and API token (for nested calls), before it is launched.
+-- Only hashes are stored; the secrets reach the attempt and nowhere else.
+UPDATE podfn_attempts a
+SET secret_hash = x.secret_hash, token_hash = x.token_hash
+FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(secret_hashes)s::text[],
+            %(token_hashes)s::text[]) AS x(call_id, attempt, secret_hash, token_hash)
+WHERE a.call_id = x.call_id AND a.attempt = x.attempt AND a.finished_at IS NULL
+  AND a.secret_hash IS NULL;
 
 -- name: disrupt
 -- Controller: launching/running -> queued after a failure the user did not

@@ -1,0 +1,27 @@
+-- The runtime's calls to Postgres: the runtime protocol, version 1.
+--
+-- The runtime role may execute these functions and nothing else (migration
+-- 0003_runtime_protocol.sql defines them; docs/security.md says why). Each
+-- takes the attempt's secret and does nothing unless it is the live secret
+-- of the call's current attempt. Plain statements with no session state, so
+-- they work through PgBouncer in transaction pooling mode.
+
+-- name: claim
+SELECT id, attempt, function, function_digest, args, spec, client_python,
+       client_cloudpickle, result_format
+FROM podfn_runtime_v1.claim(%(id)s, %(attempt)s, %(secret)s);
+
+-- name: progress
+SELECT podfn_runtime_v1.progress(%(id)s, %(attempt)s, %(secret)s, %(stdout)s, %(stderr)s)
+    AS written;
+
+-- name: succeed
+SELECT id, attempt, state
+FROM podfn_runtime_v1.succeed(%(id)s, %(attempt)s, %(secret)s, %(result)s, %(result_json)s,
+                              %(stdout)s, %(stderr)s);
+
+-- name: fail
+SELECT id, attempt, state
+FROM podfn_runtime_v1.fail(%(id)s, %(attempt)s, %(secret)s, %(retryable)s, %(reason)s,
+                           %(error_type)s, %(error_message)s, %(error_traceback)s,
+                           %(error_pickle)s, %(stdout)s, %(stderr)s);
