@@ -18,11 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from podfn.errors import (
-    KubernetesConflict,
+    KubernetesAlreadyExists,
     KubernetesError,
     KubernetesInvalid,
     KubernetesQuotaExceeded,
     KubernetesTransient,
+    KubernetesUnauthorized,
 )
 from podfn.settings import Settings
 from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
@@ -108,10 +109,21 @@ class KubernetesLauncher:
                     self._kube.create_pod(manifest)
                     log.info("created pod %s", name)
                     break
-                except KubernetesConflict:
+                except KubernetesAlreadyExists:
                     log.info("pod %s already exists (a repeated create)", name)
                     break
-                except KubernetesTransient as exc:
+                except KubernetesUnauthorized as exc:
+                    # The controller's credentials, not the call: read them again and retry;
+                    # if they stay refused, put the call back without spending anything.
+                    if tries == _CREATE_TRIES:
+                        self._report(attempt, "deferred", f"the controller's Kubernetes "
+                                     f"credentials are refused: {exc}", delay=_QUOTA_RETRY_SECONDS)
+                        return
+                    log.warning("creating pod %s: %s; reloading credentials", name, exc)
+                    self._kube.reload_credentials()
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                except KubernetesTransient as exc:  # 429, 5xx, broken connection, 409 Conflict
                     if tries == _CREATE_TRIES:
                         self._report(attempt, "disrupted",
                                      f"could not create pod {name} after {tries} tries: {exc}")
