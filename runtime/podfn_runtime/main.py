@@ -15,13 +15,14 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
+from podfn_runtime import termination
 from podfn_runtime.capture import Captured, capture_output
 from podfn_runtime.database import RuntimeDatabase, RuntimeDatabaseError
 
@@ -173,6 +174,14 @@ def _reporting_progress(db: RuntimeDatabase, call_id: str, attempt: int,
         thread.join()
 
 
+def _output_writer(db: RuntimeDatabase, call_id: str, attempt: int,
+                   captured: Captured) -> Callable[[], None]:
+    def write() -> None:
+        db.transition("progress", id=call_id, attempt=attempt, stdout=captured.stdout,
+                      stderr=captured.stderr)
+    return write
+
+
 def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int) -> int:
     claimed = db.transition("claim_attempt", id=call_id, attempt=attempt)
     if claimed is None:
@@ -185,6 +194,7 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int) -> int:
         outcome: Result | Failure = Failure(mismatch, False, "VersionMismatch", mismatch, "", None)
     else:
         with capture_output() as captured, _reporting_progress(db, call_id, attempt, captured):
+            termination.install(_output_writer(db, call_id, attempt, captured))
             outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
                               claimed["result_format"])
     output = {

@@ -190,6 +190,11 @@ class KubeClient:
                 log.warning("the continue token expired mid-list (%s); listing again", exc)
         raise KubernetesTransient("list pods: continue tokens kept expiring; try again later")
 
+    def set_active_deadline(self, name: str, seconds: int) -> None:
+        """Lower a pod's activeDeadlineSeconds (the API allows lowering it, never raising)."""
+        self._call(f"patch pod {name}", self.core.patch_namespaced_pod, name, self.namespace,
+                   {"spec": {"activeDeadlineSeconds": seconds}}, _preload_content=False)
+
     def cluster_identity(self) -> str:
         """Which cluster (and which history of it) this is: the `kube-system` namespace's UID.
 
