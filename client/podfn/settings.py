@@ -56,6 +56,7 @@ class Settings:
     pending_timeout_seconds: float = 300.0
     image_pull_timeout_seconds: float = 300.0  # a pull failing (429...) this long fails the call
     list_page_size: int = 500  # pods per page of a list (limit/continue)
+    quota_retry_seconds: float = 15.0  # a call refused by ResourceQuota is queued again after
     launch_grace_seconds: float = 60.0
     keep_failed_pods_seconds: float = 3600.0
     reconcile_seconds: float = 60.0

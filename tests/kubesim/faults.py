@@ -23,7 +23,10 @@ Watch faults
         (terminating chunk) or half-written (a partial JSON line, then the
         socket is cut without ending the chunked body); returns how many.
     expire_resource_versions() - move the compaction point to the current
-        resourceVersion: new watches from any older version get 410.
+        resourceVersion: new watches from any older version get 410, and so
+        do continue tokens of lists made before.
+    expire_continue_tokens(count=1) - the next ``count`` continued lists get
+        410 Expired (a compaction between two pages).
     set_gone_mode("http" | "event") - how a too-old watch is refused: an HTTP
         410 Status response, or a 200 stream whose first event is an ERROR
         with a 410 Expired Status (both happen on real clusters).
@@ -97,7 +100,8 @@ class Faults:
         "fail_requests", "set_request_latency", "set_watch_event_latency", "drop_watches",
         "expire_resource_versions", "set_gone_mode", "oom_kill", "evict", "lose_node",
         "fail_image_pulls", "set_unschedulable", "reset", "requests_seen",
-        "remove_lost_nodes", "reject_admission", "rebuild_cluster", "set_namespace_policy",
+        "remove_lost_nodes", "reject_admission", "expire_continue_tokens", "rebuild_cluster",
+        "set_namespace_policy",
     )
 
     def __init__(self, store: Store, kubelet: Kubelet, gone_mode: str = "http") -> None:
@@ -110,6 +114,7 @@ class Faults:
         self.drop_generation = 0  # watches compare it with the value they started with
         self.drop_partial = False
         self.open_watches = 0
+        self.continue_expiries = 0
         self.request_counts: Counter[str] = Counter()  # "verb resource" -> requests seen
 
     # -- request faults ------------------------------------------------------
@@ -167,6 +172,18 @@ class Faults:
             n = self.open_watches
         self.store.poke()
         return n
+
+    def expire_continue_tokens(self, count: int = 1) -> None:
+        """The next ``count`` list requests that carry a continue token get 410 Expired."""
+        with self.lock:
+            self.continue_expiries += int(count)
+
+    def take_continue_expiry(self) -> bool:
+        with self.lock:
+            if self.continue_expiries > 0:
+                self.continue_expiries -= 1
+                return True
+            return False
 
     def expire_resource_versions(self) -> str:
         return str(self.store.expire())

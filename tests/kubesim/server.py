@@ -257,6 +257,10 @@ class Handler(BaseHTTPRequestHandler):
         if verb == "watch":
             self._watch(res, ns, q)
         elif verb == "list":
+            if q.get("continue") and sim.faults.take_continue_expiry():
+                raise ApiError(410, "The provided continue parameter is too old to display a "
+                                    "consistent list result. You can start a new list without "
+                                    "the continue parameter.", reason="Expired")
             limit = q.get("limit", "")
             if limit and not limit.isdigit():
                 raise ApiError(400, f"limit: Invalid value: {limit!r}")

@@ -46,7 +46,6 @@ log = logging.getLogger("podfn.kube.launcher")
 Key = tuple[str, int]
 
 _CREATE_TRIES = 8
-_QUOTA_RETRY_SECONDS = 15.0
 _DELETE_GRACE_SECONDS = 5
 
 
@@ -127,8 +126,9 @@ class KubernetesLauncher:
                     # The controller's credentials, not the call: read them again and retry;
                     # if they stay refused, put the call back without spending anything.
                     if tries == _CREATE_TRIES:
-                        self._report(attempt, "deferred", f"the controller's Kubernetes "
-                                     f"credentials are refused: {exc}", delay=_QUOTA_RETRY_SECONDS)
+                        self._report(attempt, "deferred", "the controller's Kubernetes "
+                                     f"credentials are refused: {exc}",
+                                     delay=self._settings.quota_retry_seconds)
                         return
                     log.warning("creating pod %s: %s; reloading credentials", name, exc)
                     self._kube.reload_credentials()
@@ -145,7 +145,7 @@ class KubernetesLauncher:
                     backoff = min(backoff * 2, 10.0)
                 except KubernetesQuotaExceeded as exc:
                     self._report(attempt, "deferred", f"waiting for quota: {exc}",
-                                 delay=_QUOTA_RETRY_SECONDS)
+                                 delay=self._settings.quota_retry_seconds)
                     return
                 except KubernetesInvalid as exc:
                     self._report(attempt, "fatal", f"the Kubernetes API rejected pod {name}: "
