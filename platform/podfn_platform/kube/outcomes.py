@@ -168,6 +168,12 @@ def outcome(pod: dict[str, Any], *, now: datetime | None = None,
             detail = message or (disruption or {}).get("message") or pod_reason or "disrupted"
             why = pod_reason or (disruption or {}).get("reason") or "DisruptionTarget"
             return _disrupted(name, why, detail, terminated.get("exitCode"))
+        if meta.get("deletionTimestamp") and terminated.get("exitCode") not in (0, None):
+            # Stopped by the deletion (SIGTERM, then SIGKILL): a drain, a lost node, or
+            # someone's kubectl delete - not how the code ended by itself.
+            return _disrupted(name, "Terminating", "the pod was deleted while its container "
+                              f"ran (exit code {terminated.get('exitCode')})",
+                              terminated.get("exitCode"))
         return exit_outcome(name, terminated or {"exitCode": 0}, pod_reason=pod_reason,
                             pod_message=message, memory_limit=_memory_limit(pod))
     # 2. going away, or gone, without the container having ended: the platform's doing.
