@@ -44,6 +44,9 @@ Pod faults (see kubelet.py)
 Namespace settings
     set_namespace_policy(namespace, pod_security=None, quota={},
         default_requests={}, default_limits={}) - admission (admission.py).
+Benchmarks
+    seed_pods(namespace, template, count, prefix="seed", status=None) -
+        copies of a pod straight into the store (no events, no kubelet).
 Cluster faults
     rebuild_cluster() - a new cluster at the same address (new kube-system
         namespace UID, resourceVersions start again, every object gone); a
@@ -57,6 +60,8 @@ gracefully instead; there is no Eviction subresource.
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -101,7 +106,7 @@ class Faults:
         "expire_resource_versions", "set_gone_mode", "oom_kill", "evict", "lose_node",
         "fail_image_pulls", "set_unschedulable", "reset", "requests_seen",
         "remove_lost_nodes", "reject_admission", "expire_continue_tokens", "rebuild_cluster",
-        "set_namespace_policy",
+        "set_namespace_policy", "seed_pods",
     )
 
     def __init__(self, store: Store, kubelet: Kubelet, gone_mode: str = "http") -> None:
@@ -230,6 +235,29 @@ class Faults:
     def set_unschedulable(self, message: str | None = DEFAULT_UNSCHEDULABLE) -> None:
         """Refuse to schedule new/pending pods with ``message``; None lifts it."""
         self.kubelet.set_unschedulable(message)
+
+    def seed_pods(self, namespace: str, template: dict[str, Any], count: int,
+                  prefix: str = "seed", status: dict[str, Any] | None = None) -> str:
+        """Benchmarks: ``count`` copies of ``template`` put straight into the store.
+
+        Copy i is named ``<template name>-<prefix><i>``, its ``podfn.dev/call-id``
+        label and annotation (if any) become ``<prefix><i>``; ``status`` is
+        its status. No events, no kubelet (store.seed). Returns the version.
+        """
+        blob = json.dumps(template)
+        objs = []
+        for i in range(int(count)):
+            obj = json.loads(blob)
+            meta = obj["metadata"]
+            meta["name"] = f"{prefix}{i}-{meta.get('name', 'pod')}"[:253]
+            meta["namespace"] = namespace
+            meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+            for part in ("labels", "annotations"):
+                if "podfn.dev/call-id" in (meta.get(part) or {}):
+                    meta[part]["podfn.dev/call-id"] = f"{prefix}{i}"
+            obj["status"] = copy.deepcopy(status or {"phase": "Pending"})
+            objs.append(obj)
+        return str(self.store.seed("pods", objs))
 
     def rebuild_cluster(self) -> str:
         """Everything anew at the same address; returns the new cluster identity."""

@@ -93,6 +93,31 @@ def translate(exc: Exception, what: str) -> KubernetesError:
 _TRANSPORT = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
+def slim(pod: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a listed pod that podfn reads (outcomes, reconcile), nothing else.
+
+    A full reconcile holds every pod of the namespace at once; the env,
+    volumes, managedFields and the rest of each manifest are most of its
+    size and never read after the list.
+    """
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "creationTimestamp",
+                                          "deletionTimestamp", "resourceVersion") if k in meta}
+        | {"annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                           if k.startswith("podfn.dev/")}},
+        "spec": {"activeDeadlineSeconds": spec.get("activeDeadlineSeconds"),
+                 "containers": [{k: c.get(k) for k in ("name", "image", "resources")}
+                                for c in spec.get("containers") or []]},
+        "status": {k: status[k] for k in ("phase", "reason", "message", "startTime",
+                                          "conditions") if k in status}
+        | {"containerStatuses": [{"name": c.get("name"), "state": c.get("state") or {}}
+                                 for c in status.get("containerStatuses") or []]},
+    }
+
+
 class KubeClient:
     """Pods (and the Secrets tests need) in one namespace."""
 
@@ -178,7 +203,7 @@ class KubeClient:
                     response = self._call("list pods", self.core.list_namespaced_pod,
                                           self.namespace, _preload_content=False, **kwargs)
                     body = json.loads(response.data)
-                    items.extend(body.get("items") or [])
+                    items.extend(slim(p) for p in body.get("items") or [])
                     meta = body.get("metadata") or {}
                     rv = rv or str(meta["resourceVersion"])  # the first page's: a snapshot
                     token = meta.get("continue")
