@@ -111,9 +111,11 @@ def slim(pod: dict[str, Any]) -> dict[str, Any]:
         "spec": {"activeDeadlineSeconds": spec.get("activeDeadlineSeconds"),
                  "containers": [{k: c.get(k) for k in ("name", "image", "resources")}
                                 for c in spec.get("containers") or []]},
-        "status": {k: status[k] for k in ("phase", "reason", "message", "startTime",
-                                          "conditions") if k in status}
-        | {"containerStatuses": [{"name": c.get("name"), "state": c.get("state") or {}}
+        "status": {k: status[k] for k in ("phase", "reason", "message", "startTime")
+                   if k in status}
+        | {"conditions": [c for c in status.get("conditions") or []
+                          if c.get("type") in ("DisruptionTarget", "PodScheduled")],
+           "containerStatuses": [{"name": c.get("name"), "state": c.get("state") or {}}
                                  for c in status.get("containerStatuses") or []]},
     }
 

@@ -206,6 +206,8 @@ class KubernetesLauncher:
         accepted = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
         wanted = max(1, math.ceil((started - accepted).total_seconds()) + math.ceil(timeout))
         if wanted < current:
+            log.info("pod %s runs: activeDeadlineSeconds %d -> %d (the timeout from now)",
+                     pod["metadata"]["name"], current, wanted)
             self._submit(self._lower_deadline, pod["metadata"]["name"], wanted)
 
     def _lower_deadline(self, name: str, seconds: int) -> None:
@@ -348,6 +350,8 @@ class KubernetesLauncher:
                 if found is not None:
                     self._report(attempt, found.kind, found.reason, exit_code=found.exit_code,
                                  force=True)
+                else:  # (its Running event may have been missed, or come before a restart)
+                    self._start_deadline(attempt, pod)
                 continue
             if busy:
                 continue
