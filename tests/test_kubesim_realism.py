@@ -61,6 +61,14 @@ def test_quota_conflict_on_create_is_409_conflict_and_creates_nothing(
     assert (again.value.status, status_of(again.value)["reason"]) == (409, "AlreadyExists")
 
 
+def test_expired_credentials_are_401_unauthorized(sim: KubeSim, v1: client.CoreV1Api) -> None:
+    sim.faults.fail_requests("list", "pods", count=1, code=401)
+    with pytest.raises(ApiException) as e:
+        v1.list_namespaced_pod(NS)
+    assert (e.value.status, status_of(e.value)["reason"]) == (401, "Unauthorized")
+    assert v1.list_namespaced_pod(NS).items == []
+
+
 # -- 2. a pod runs until all its containers stop --------------------------------------
 
 

@@ -325,6 +325,8 @@ class KubernetesLauncher:
                 pods, _ = self._kube.list_pods(SELECTOR)
             except KubernetesError as exc:
                 log.warning("reconcile could not list pods (%s); trying again next turn", exc)
+                if isinstance(exc, KubernetesUnauthorized):
+                    self._kube.reload_credentials()
                 return
         with self._lock:
             self._want_full = False
