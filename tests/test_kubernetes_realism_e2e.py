@@ -192,7 +192,8 @@ def test_expired_credentials_are_reloaded_not_the_calls_failure(
 def test_rebuilt_cluster_silent_watch_relists(
         cluster: Cluster, make_platform: Callable[..., Platform], db: Database,
         database_url: str) -> None:
-    platform = make_platform(reconcile_seconds=600.0)  # only the watch can tell
+    platform = make_platform(reconcile_seconds=600.0,  # only the watch can tell
+                             watch_timeout_seconds=3)
     watcher = launcher_of(platform).watcher
     assert add.remote(1, 1) == 2
     old_key = watcher.key()
