@@ -123,12 +123,13 @@ class PodWatcher:
         rv = self._resume_point()
         backoff = 0.1
         while not stop.is_set():
+            started = time.monotonic()
+            heard = False
             try:
                 if rv is None:
                     rv = self._relist()
+                    started = time.monotonic()
                 self.connected.set()
-                started = time.monotonic()
-                heard = False
                 self._stream = self._kube.watch_pods(self._selector, rv,
                                                      timeout_seconds=self._timeout,
                                                      read_timeout=self._timeout + 15)
@@ -171,6 +172,14 @@ class PodWatcher:
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             except (KubernetesTransient, ValueError) as exc:
                 self.connected.clear()
+                if rv is not None and not heard and \
+                        time.monotonic() - started >= self._timeout:
+                    # Silent until the read timeout: the same as a silent stream.
+                    self.silent_streams += 1
+                    log.warning("the pod watch from resourceVersion %s stayed silent (%s); "
+                                "relisting", rv, exc)
+                    rv = None
+                    continue
                 log.warning("pod watch interrupted (%s); reconnecting in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
