@@ -87,7 +87,7 @@ def make_platform(cluster: Cluster, database_url: str, db: Database,
     def start(**overrides: Any) -> Platform:
         settings = kube_settings(database_url, **overrides)
         wake = threading.Event()
-        kube = KubeClient(NS, kubeconfig=str(cluster.kubeconfig))
+        kube = KubeClient(NS, kubeconfig=str(cluster.kubeconfig), page_size=settings.list_page_size)
         launcher = KubernetesLauncher(kube, settings, StateStore(db), wake=wake.set)
         ctx = running_platform(settings, db, launcher, wake, monkeypatch)
         stack.append(ctx)
@@ -184,7 +184,7 @@ def test_disruptions_are_retried_without_spending_user_retries(
     if disruption == "evict":
         cluster.sim.faults.evict(NS, name)
     elif disruption == "lose_node":
-        cluster.sim.faults.lose_node(NS, name)
+        cluster.sim.faults.lose_node(NS, name, toleration_seconds=0.3)
     else:
         cluster.v1.delete_namespaced_pod(name, NS, grace_period_seconds=0)
     assert call.result(timeout=60) == "attempt 2"
@@ -312,8 +312,8 @@ def test_controller_killed_mid_watch_resumes_from_the_stored_version(
     ok, crashing = wait_then.spawn(0), wait_then.spawn(3)
     for call in (ok, crashing):
         wait_running(cluster, call)
-    wait_until(lambda: StateStore(db).get(f"kubernetes.pods.resourceVersion.{NS}"),
-               what="a stored resourceVersion")
+    key = f"kubernetes.pods.resourceVersion.{cluster.sim.namespace_uid('kube-system')}.{NS}"
+    wait_until(lambda: StateStore(db).get(key), what="a stored resourceVersion")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     release.touch()  # both pods finish while no controller watches

@@ -131,6 +131,9 @@ class FakeKube:
     def __init__(self, done: threading.Event) -> None:
         self.done = done
 
+    def cluster_identity(self) -> str:
+        return "fake-cluster"
+
     def list_pods(self, selector: str) -> tuple[list[dict[str, Any]], str]:
         return [], "1"
 

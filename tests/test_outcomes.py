@@ -98,3 +98,68 @@ def test_unschedulable_only_after_the_pending_timeout() -> None:
     found = outcome(p, now=since + timedelta(seconds=61), pending_timeout=60)
     assert found is not None and found.kind == "fatal"
     assert "Insufficient nvidia.com/gpu" in found.reason
+
+
+def test_a_sidecar_does_not_hide_the_end_of_podfns_container() -> None:
+    p = pod("Running", terminated={"exitCode": 0, "reason": "Completed"})
+    p["status"]["containerStatuses"].append({"name": "istio-proxy", "state": {"running": {}}})
+    found = outcome(p)
+    assert found is not None and (found.kind, found.exit_code) == ("exited", 0)
+    p["status"]["containerStatuses"][0]["state"] = {"running": {}}
+    assert outcome(p) is None
+
+
+@pytest.mark.parametrize(("phase", "extra"), [
+    ("Running", {"deletionTimestamp": "2026-01-01T00:05:00Z"}),
+    ("Running", {"conditions": [{"type": "DisruptionTarget", "status": "True",
+                                 "reason": "DeletionByTaintManager",
+                                 "message": "Taint manager: deleting due to NoExecute taint"}]}),
+    ("Unknown", {}),
+])
+def test_lost_node_limbo_is_a_disruption(phase: str, extra: dict[str, Any]) -> None:
+    p = pod(phase, conditions=extra.get("conditions"))
+    if "deletionTimestamp" in extra:
+        p["metadata"]["deletionTimestamp"] = extra["deletionTimestamp"]
+    found = outcome(p)
+    assert found is not None and found.kind == "disrupted"
+
+
+@pytest.mark.parametrize("reason", ["OutOfcpu", "OutOfmemory", "OutOfpods",
+                                    "UnexpectedAdmissionError"])
+def test_kubelet_admission_rejections_are_disruptions(reason: str) -> None:
+    p = pod("Failed", reason=reason, message="Pod was rejected: Node didn't have enough resource")
+    del p["status"]["containerStatuses"]
+    found = outcome(p)
+    assert found is not None and found.kind == "disrupted" and reason in found.reason
+
+
+def test_killed_while_terminating_is_a_disruption_not_the_users_failure() -> None:
+    p = pod("Failed", terminated={"exitCode": 143, "reason": "Error"})
+    p["metadata"]["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+    found = outcome(p)
+    assert found is not None and found.kind == "disrupted"
+
+
+def test_transient_pull_errors_wait_until_the_pull_timeout() -> None:
+    busy = "429 Too Many Requests - Server message: toomanyrequests: rate limit"
+    p = pod("Pending", waiting={"reason": "ImagePullBackOff", "message": busy})
+    p["status"]["startTime"] = "2026-01-01T00:00:00Z"
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    assert outcome(p, now=start + timedelta(seconds=10), image_pull_timeout=60) is None
+    found = outcome(p, now=start + timedelta(seconds=61), image_pull_timeout=60)
+    assert found is not None and found.kind == "fatal" and "toomanyrequests" in found.reason
+
+
+@pytest.mark.parametrize("message", [
+    'failed to resolve reference "r/x:1": r/x:1: not found',
+    "pull access denied, repository does not exist or may require authorization: "
+    "authorization failed: 401 Unauthorized",
+])
+def test_permanent_pull_errors_fail_at_once(message: str) -> None:
+    found = outcome(pod("Pending", waiting={"reason": "ErrImagePull", "message": message}))
+    assert found is not None and found.kind == "fatal" and message in found.reason
+
+
+def test_deadline_reason_names_the_timeout_hint_not_the_pod_deadline() -> None:
+    found = outcome(pod("Failed", reason="DeadlineExceeded", deadline=302), timeout=2)
+    assert found is not None and found.kind == "timeout" and "after 2 s" in found.reason

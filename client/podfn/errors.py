@@ -121,8 +121,18 @@ class KubernetesTransient(KubernetesError):
     """429, 5xx or a broken connection: worth retrying after a pause."""
 
 
-class KubernetesConflict(KubernetesError):
-    """409: the object already exists."""
+class KubernetesConflict(KubernetesTransient):
+    """409 reason `Conflict`: a concurrent write got there first (e.g. quota admission
+    updating its ResourceQuota); nothing was created, so the request is worth repeating."""
+
+
+class KubernetesAlreadyExists(KubernetesError):
+    """409 reason `AlreadyExists`: an object of that name is there (a repeated create)."""
+
+
+class KubernetesUnauthorized(KubernetesError):
+    """401: the controller's credentials were refused (expired token): reload and retry;
+    a problem of the controller, not of any call."""
 
 
 class KubernetesNotFound(KubernetesError):

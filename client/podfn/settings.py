@@ -73,6 +73,9 @@ class Settings:
     pod_create_concurrency: int = 8
     pod_create_qps: float = 20.0
     pending_timeout_seconds: float = 300.0
+    image_pull_timeout_seconds: float = 300.0  # a pull failing (429...) this long fails the call
+    list_page_size: int = 500  # pods per page of a list (limit/continue)
+    quota_retry_seconds: float = 15.0  # a call refused by ResourceQuota is queued again after
     launch_grace_seconds: float = 60.0
     keep_failed_pods_seconds: float = 3600.0
     reconcile_seconds: float = 60.0
@@ -93,7 +96,8 @@ class Settings:
             )
         for name in ("port", "workers", "threads", "max_request_bytes", "max_result_bytes",
                      "longpoll_threads", "header_timeout_seconds", "max_concurrency",
-                     "pod_create_concurrency", "pod_create_qps", "watch_timeout_seconds"):
+                     "pod_create_concurrency", "pod_create_qps", "watch_timeout_seconds",
+                     "list_page_size"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"PODFN_{name.upper()} must be positive")
 

@@ -116,7 +116,8 @@ class DevStack:
         if self._postgres is not None:
             log.warning("the embedded Postgres listens on a local socket that pods in a real "
                         "cluster cannot reach; set PODFN_DATABASE_URL to a Postgres they can")
-        kube = KubeClient(self.settings.namespace, context=self.settings.kube_context)
+        kube = KubeClient(self.settings.namespace, context=self.settings.kube_context,
+                          page_size=self.settings.list_page_size)
         try:
             kube.create_secret(self.settings.runtime_database_secret,
                                {"url": roles.runtime_database_url(self.settings)})

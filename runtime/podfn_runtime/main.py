@@ -18,13 +18,14 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
+from podfn_runtime import termination
 from podfn_runtime.capture import Captured, capture_output
 from podfn_runtime.database import RuntimeDatabase, RuntimeDatabaseError
 
@@ -228,6 +229,14 @@ def within_limit(outcome: Result | Failure, limit: int) -> Result | Failure:
     return Failure(reason, False, "ResultTooLarge", reason, "", None)
 
 
+def _output_writer(db: RuntimeDatabase, call_id: str, attempt: int,
+                   captured: Captured) -> Callable[[], None]:
+    def write() -> None:
+        db.transition("progress", id=call_id, attempt=attempt, stdout=captured.stdout,
+                      stderr=captured.stderr)
+    return write
+
+
 def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
     claimed = db.transition("claim", id=call_id, attempt=attempt)
@@ -247,6 +256,7 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
         outcome = Failure(mismatch, False, "VersionMismatch", mismatch, "", None)
     else:
         with capture_output() as captured, _reporting_progress(db, call_id, attempt, captured):
+            termination.install(_output_writer(db, call_id, attempt, captured))
             outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
                               claimed["result_format"])
         outcome = within_limit(outcome, max_result_bytes)

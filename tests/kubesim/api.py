@@ -23,8 +23,16 @@ secrets:
   Opaque; secrets are deleted immediately and DELETE answers with a Success
   Status (only the pod registry returns the deleted object).
 
-Simplifications: no admission plugins (no ServiceAccount token volume, no
-default tolerations, no LimitRanges/quotas), no managedFields, no dryRun, no
+* admission (admission.py), per namespace when set: LimitRange defaults,
+  PodSecurity "restricted", ResourceQuota;
+* field validation (``fieldValidation``): ``Strict`` refuses unknown fields
+  with 400 BadRequest, ``Warn`` (the default, as since Kubernetes 1.27)
+  accepts them and drops them, with a ``Warning`` header; ``Ignore`` drops
+  them silently;
+* lists page with ``limit``/``continue`` (store.py).
+
+Simplifications: of admission plugins only those above (no ServiceAccount
+token volume, no default tolerations), no managedFields, no dryRun, no
 server-side apply, no deletecollection, identity metadata changes are
 silently reverted instead of rejected.
 """
@@ -39,6 +47,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import validation
+from .admission import NamespacePolicy, apply_limit_range, check_pod_security, check_quota
 from .errors import ApiError, conflict, invalid
 from .patch import apply_patch
 from .selectors import Selector
@@ -112,6 +121,21 @@ class Api:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.policies: dict[str, NamespacePolicy] = {}
+
+    def strip_unknown(self, resource: str, body: Any, mode: str) -> list[str]:
+        """Field validation of a pod body (in place): the warnings for ``Warn``."""
+        if resource != "pods" or mode == "Ignore" or not isinstance(body, dict):
+            unknown = []
+        else:
+            unknown = validation.unknown_pod_fields(body)
+        if unknown and mode == "Strict":
+            raise ApiError(400, "strict decoding error: " + ", ".join(
+                f'unknown field "{f}"' for f in unknown), reason="BadRequest")
+        if isinstance(body, dict) and resource == "pods":
+            for path in validation.unknown_pod_fields(body):
+                _drop_path(body, path)
+        return [f'unknown field "{f}"' for f in unknown]
 
     # -- create ------------------------------------------------------------
 
@@ -143,11 +167,18 @@ class Api:
             meta.pop(field, None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
+        policy = self.policies.get(namespace)
         if resource == "pods":
+            if policy is not None and not causes and isinstance(obj.get("spec"), dict):
+                apply_limit_range(policy, obj)  # mutating admission runs before validation
             causes += validation.pod_spec(obj.get("spec"))
             if not causes:
                 _default_pod(obj)
                 obj["status"] = {"phase": "Pending", "qosClass": _qos(obj["spec"])}
+                if policy is not None:  # validating admission, after validation passed
+                    check_pod_security(policy, name, obj["spec"])
+                    others, _ = self.store.list_objects("pods", namespace)
+                    check_quota(policy, name, obj, others)
         else:
             self._fold_string_data(obj)
             obj.setdefault("type", "Opaque")
@@ -170,16 +201,22 @@ class Api:
         return self.store.get(resource, namespace, name)
 
     def list(
-        self, resource: str, namespace: str | None, label: str | None, field: str | None
+        self, resource: str, namespace: str | None, label: str | None, field: str | None,
+        limit: int | None = None, token: str | None = None,
     ) -> Obj:
         selector = Selector(resource, label, field)
-        items, rv = self.store.list_objects(resource, namespace)
-        return {
-            "kind": KINDS[resource] + "List",
-            "apiVersion": "v1",
-            "metadata": {"resourceVersion": str(rv)},
-            "items": [o for o in items if selector.matches(o)],
-        }
+        following: str | None = None
+        if limit or token:
+            items, rv, following = self.store.list_page(
+                resource, namespace, limit or 10**9, token, selector.matches)
+        else:
+            everything, rv = self.store.list_objects(resource, namespace)
+            items = [o for o in everything if selector.matches(o)]
+        meta: Obj = {"resourceVersion": str(rv)}
+        if following:
+            meta["continue"] = following
+        return {"kind": KINDS[resource] + "List", "apiVersion": "v1", "metadata": meta,
+                "items": items}
 
     # -- update ----------------------------------------------------------------
 
@@ -295,3 +332,15 @@ class Api:
             return obj  # the pod registry returns the deleted object
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": {"name": name, "kind": resource, "uid": obj["metadata"]["uid"]}}
+
+
+def _drop_path(body: Obj, path: str) -> None:
+    """Remove ``a.b[2].c`` from ``body`` (an unknown field, as decoding drops it)."""
+    node: Any = body
+    parts = path.replace("]", "").replace("[", ".").split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.get(part)
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)

@@ -10,7 +10,10 @@ Request-level faults
         the next ``count`` requests matching verb (get, list, watch, create,
         update, patch, delete or ``*``) and resource (pods, pods/status,
         pods/log, secrets or ``*``) get a Status error; 429 and 503 carry a
-        ``Retry-After`` header and ``details.retryAfterSeconds``.
+        ``Retry-After`` header and ``details.retryAfterSeconds``; 409 is a
+        reason ``Conflict`` from quota admission (a concurrent update of the
+        ResourceQuota, kubernetes#67761: nothing was created), 401 an
+        expired credential.
     set_request_latency(seconds) - sleep before handling every request.
     set_watch_event_latency(seconds) - sleep before writing each watch event.
     requests_seen(verb, resource) - not a fault: how many such requests came
@@ -20,14 +23,34 @@ Watch faults
         (terminating chunk) or half-written (a partial JSON line, then the
         socket is cut without ending the chunked body); returns how many.
     expire_resource_versions() - move the compaction point to the current
-        resourceVersion: new watches from any older version get 410.
+        resourceVersion: new watches from any older version get 410, and so
+        do continue tokens of lists made before.
+    expire_continue_tokens(count=1) - the next ``count`` continued lists get
+        410 Expired (a compaction between two pages).
     set_gone_mode("http" | "event") - how a too-old watch is refused: an HTTP
         410 Status response, or a 200 stream whose first event is an ERROR
         with a 410 Expired Status (both happen on real clusters).
 Pod faults (see kubelet.py)
     oom_kill(namespace, name), evict(namespace, name, reason=..., message=...),
-    lose_node(namespace, name), fail_image_pulls(pattern),
+    lose_node(namespace, name, toleration_seconds=300, phase="Running"|"Unknown")
+        and remove_lost_nodes() (the Terminating limbo of a lost node, then
+        pod GC once the Node object is removed),
+    fail_image_pulls(pattern, transient=0) - permanently ("not found"; an
+        image containing "unauthorized" gets a 401), or the next
+        ``transient`` pulls fail with a registry 429,
+    reject_admission(name_contains="", reason="OutOfcpu", message=None) -
+        the kubelet rejects the next matching pod (Failed, no containers),
     set_unschedulable(message=None | str), reset().
+Namespace settings
+    set_namespace_policy(namespace, pod_security=None, quota={},
+        default_requests={}, default_limits={}) - admission (admission.py).
+Benchmarks
+    seed_pods(namespace, template, count, prefix="seed", status=None) -
+        copies of a pod straight into the store (no events, no kubelet).
+Cluster faults
+    rebuild_cluster() - a new cluster at the same address (new kube-system
+        namespace UID, resourceVersions start again, every object gone); a
+        watch from a version of the old history waits silently.
 
 Simplification: ``evict`` with reason EvictionByEvictionAPI is modelled like a
 kubelet eviction (process killed, pod Failed/Evicted with the
@@ -37,11 +60,14 @@ gracefully instead; there is no Eviction subresource.
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .admission import NamespacePolicy
 from .errors import ApiError
 
 if TYPE_CHECKING:
@@ -49,6 +75,16 @@ if TYPE_CHECKING:
     from .store import Store
 
 DEFAULT_UNSCHEDULABLE = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+ADMISSION_REASONS = {
+    "OutOfcpu": "Pod was rejected: Node didn't have enough resource: cpu, requested: 2000, "
+                "used: 7000, capacity: 8000",
+    "OutOfmemory": "Pod was rejected: Node didn't have enough resource: memory, requested: "
+                   "268435456, used: 8321499136, capacity: 8321499136",
+    "OutOfpods": "Pod was rejected: Node didn't have enough resource: pods, requested: 1, "
+                 "used: 110, capacity: 110",
+    "UnexpectedAdmissionError": "Pod was rejected: Allocate failed due to can't allocate "
+                                "unhealthy devices nvidia.com/gpu, which is unexpected",
+}
 DEFAULT_EVICTION = "The node was low on resource: memory. Threshold quantity: 100Mi, " \
     "available: 50Mi. "
 
@@ -69,6 +105,8 @@ class Faults:
         "fail_requests", "set_request_latency", "set_watch_event_latency", "drop_watches",
         "expire_resource_versions", "set_gone_mode", "oom_kill", "evict", "lose_node",
         "fail_image_pulls", "set_unschedulable", "reset", "requests_seen",
+        "remove_lost_nodes", "reject_admission", "expire_continue_tokens", "rebuild_cluster",
+        "set_namespace_policy", "seed_pods",
     )
 
     def __init__(self, store: Store, kubelet: Kubelet, gone_mode: str = "http") -> None:
@@ -81,14 +119,15 @@ class Faults:
         self.drop_generation = 0  # watches compare it with the value they started with
         self.drop_partial = False
         self.open_watches = 0
+        self.continue_expiries = 0
         self.request_counts: Counter[str] = Counter()  # "verb resource" -> requests seen
 
     # -- request faults ------------------------------------------------------
 
     def fail_requests(self, verb: str, resource: str, count: int = 1, code: int = 500,
                       retry_after: int = 1) -> None:
-        if code not in (429, 500, 503):
-            raise ValueError("code must be 429, 500 or 503")
+        if code not in (401, 409, 429, 500, 503):
+            raise ValueError("code must be 401, 409, 429, 500 or 503")
         with self.lock:
             self.rules.append(_FailRule(verb, resource, count, code, retry_after))
 
@@ -106,6 +145,15 @@ class Faults:
                     if rule.code == 503:
                         return ApiError(503, "the server is currently unable to handle the "
                                         "request", retry_after=rule.retry_after)
+                    if rule.code == 401:
+                        return ApiError(401, "Unauthorized")
+                    if rule.code == 409:  # quota admission lost a race on its ResourceQuota
+                        return ApiError(
+                            409, 'Operation cannot be fulfilled on resourcequotas '
+                            '"gke-resource-quotas": the object has been modified; please apply '
+                            "your changes to the latest version and try again",
+                            reason="Conflict",
+                            details={"name": "gke-resource-quotas", "kind": "resourcequotas"})
                     return ApiError(500, "Internal error occurred: injected fault")
             return None
 
@@ -130,6 +178,18 @@ class Faults:
         self.store.poke()
         return n
 
+    def expire_continue_tokens(self, count: int = 1) -> None:
+        """The next ``count`` list requests that carry a continue token get 410 Expired."""
+        with self.lock:
+            self.continue_expiries += int(count)
+
+    def take_continue_expiry(self) -> bool:
+        with self.lock:
+            if self.continue_expiries > 0:
+                self.continue_expiries -= 1
+                return True
+            return False
+
     def expire_resource_versions(self) -> str:
         return str(self.store.expire())
 
@@ -149,21 +209,79 @@ class Faults:
             raise ValueError("reason must be TerminationByKubelet or EvictionByEvictionAPI")
         self.kubelet.interrupt(namespace, name, "evict", reason=reason, message=message)
 
-    def lose_node(self, namespace: str, name: str) -> None:
-        self.kubelet.interrupt(namespace, name, "lose_node")
+    def lose_node(self, namespace: str, name: str, toleration_seconds: float = 300.0,
+                  phase: str = "Running") -> None:
+        if phase not in ("Running", "Unknown"):
+            raise ValueError("phase must be Running or Unknown")
+        self.kubelet.interrupt(namespace, name, "lose_node",
+                               toleration_seconds=float(toleration_seconds), phase=phase)
 
-    def fail_image_pulls(self, pattern: str) -> None:
-        self.kubelet.config.image_pull_failures.append(pattern)
+    def remove_lost_nodes(self) -> None:
+        self.kubelet.remove_lost_nodes()
+
+    def fail_image_pulls(self, pattern: str, transient: int = 0) -> None:
+        if transient:
+            self.kubelet.config.transient_pull_failures[pattern] = int(transient)
+        else:
+            self.kubelet.config.image_pull_failures.append(pattern)
+
+    def reject_admission(self, name_contains: str = "", reason: str = "OutOfcpu",
+                         message: str | None = None) -> None:
+        if reason not in ADMISSION_REASONS:
+            raise ValueError(f"reason must be one of {', '.join(ADMISSION_REASONS)}")
+        self.kubelet.config.admission_rejections.append(
+            (name_contains, reason, message or ADMISSION_REASONS[reason]))
 
     def set_unschedulable(self, message: str | None = DEFAULT_UNSCHEDULABLE) -> None:
         """Refuse to schedule new/pending pods with ``message``; None lifts it."""
         self.kubelet.set_unschedulable(message)
+
+    def seed_pods(self, namespace: str, template: dict[str, Any], count: int,
+                  prefix: str = "seed", status: dict[str, Any] | None = None) -> str:
+        """Benchmarks: ``count`` copies of ``template`` put straight into the store.
+
+        Copy i is named ``<template name>-<prefix><i>``, its ``podfn.dev/call-id``
+        label and annotation (if any) become ``<prefix><i>``; ``status`` is
+        its status. No events, no kubelet (store.seed). Returns the version.
+        """
+        blob = json.dumps(template)
+        objs = []
+        for i in range(int(count)):
+            obj = json.loads(blob)
+            meta = obj["metadata"]
+            meta["name"] = f"{prefix}{i}-{meta.get('name', 'pod')}"[:253]
+            meta["namespace"] = namespace
+            meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+            for part in ("labels", "annotations"):
+                if "podfn.dev/call-id" in (meta.get(part) or {}):
+                    meta[part]["podfn.dev/call-id"] = f"{prefix}{i}"
+            obj["status"] = copy.deepcopy(status or {"phase": "Pending"})
+            objs.append(obj)
+        return str(self.store.seed("pods", objs))
+
+    def rebuild_cluster(self) -> str:
+        """Everything anew at the same address; returns the new cluster identity."""
+        uid = self.store.rebuild()
+        self.kubelet.wake_all()  # their pods are gone
+        return uid
+
+    def set_namespace_policy(self, namespace: str, **policy: Any) -> None:
+        """Admission for a namespace: pod_security ("restricted"), quota ({"pods": "2"}),
+        default_requests / default_limits (a LimitRange); no arguments lift it."""
+        if policy:
+            self.kubelet.api.policies[namespace] = NamespacePolicy(**policy)
+        else:
+            self.kubelet.api.policies.pop(namespace, None)
+
 
     def reset(self) -> None:
         with self.lock:
             self.rules.clear()
         self.request_latency = self.watch_event_latency = 0.0
         self.kubelet.config.image_pull_failures[:] = ["does-not-exist"]
+        self.kubelet.config.transient_pull_failures.clear()
+        self.kubelet.config.admission_rejections.clear()
+        self.kubelet.api.policies.clear()
         self.kubelet.set_unschedulable(None)
 
     def call(self, method: str, kwargs: dict[str, Any]) -> Any:

@@ -12,7 +12,13 @@ would, each step a status write (a MODIFIED event with a new resourceVersion):
    ``ContainerCreating``;
 3. image pull: images matching a failure pattern (default
    ``does-not-exist``) leave the pod Pending with ``ErrImagePull`` then
-   ``ImagePullBackOff``;
+   ``ImagePullBackOff`` for good, naming the registry's "not found" (or
+   "unauthorized"); images matching a *transient* pattern fail the same way
+   with a registry 429 ("toomanyrequests") a given number of times, with
+   ``image_backoff_delay`` between tries, then pull;
+   kubelet admission: a queued rejection (``reject_admission``) ends the pod
+   ``Failed`` with the kubelet's reason (``OutOfcpu``, ``OutOfmemory``,
+   ``OutOfpods``, ``UnexpectedAdmissionError``) and no container statuses;
 4. env: plain values, ``secretKeyRef``, ``fieldRef`` (metadata.name,
    metadata.namespace, metadata.uid, spec.nodeName, status.podIP,
    metadata.labels/annotations['k']) and ``envFrom.secretRef`` are resolved,
@@ -20,17 +26,32 @@ would, each step a status write (a MODIFIED event with a new resourceVersion):
    with ``CreateContainerConfigError`` until the Secret appears;
 5. run: the first container's ``command + args`` runs as a local process
    with the base environment overlaid by the pod's env; output (stdout and
-   stderr) is captured for ``/log``; phase Running, podIP, Ready;
-6. end: exit 0 -> Succeeded/Completed, else Failed/Error; deletion ->
+   stderr) is captured for ``/log``; phase Running, podIP, Ready; every
+   other container (a sidecar such as ``istio-proxy``) is Running too, and
+   keeps running after the first one exits: the pod stays ``Running``, with
+   the first container ``terminated``, until it is deleted (SIGTERM ends the
+   sidecars with exit 0) - a pod runs until all its containers stop;
+6. end: exit 0 -> Succeeded/Completed, else Failed/Error; a failed container
+   with ``terminationMessagePolicy: FallbackToLogsOnError`` gets the last 80
+   lines (at most 2 KiB) of its output as ``terminated.message``; deletion ->
    SIGTERM, SIGKILL after the grace period, terminal phase, then the final
    delete with grace 0 (the object goes once finalizers are gone);
-   ``activeDeadlineSeconds`` -> killed, Failed/DeadlineExceeded.
+   ``activeDeadlineSeconds`` -> SIGTERM, SIGKILL after the pod's
+   ``terminationGracePeriodSeconds``, Failed/DeadlineExceeded;
+7. a lost node (``lose_node``): the process is gone with the node, the pod's
+   Ready condition turns False (NodeNotReady) and nothing else happens for
+   the toleration (300 s by default, as the default
+   ``node.kubernetes.io/unreachable`` toleration); then the taint manager
+   adds ``DisruptionTarget`` (DeletionByTaintManager) and deletes the pod
+   gracefully - which no kubelet ever confirms, so the object stays
+   Terminating (phase Running, or ``Unknown`` if asked) until the Node is
+   removed (``remove_lost_nodes``), when pod GC deletes it.
 
 Simplifications: one node; restartPolicy is always treated as Never (no
-restarts, whatever the spec says); only the first container runs a process,
-every container reports that container's state; a container without
-``command`` and ``args`` runs no process and stays Running until the pod is
-deleted; ``args`` without ``command`` are run as the command (no image
+restarts, whatever the spec says); only the first container runs a process:
+the others run none and stay Running until the pod is deleted (a sidecar
+that never exits on its own), and a first container without ``command`` and
+``args`` does the same; ``args`` without ``command`` are run as the command (no image
 entrypoints); images are never pulled; no probes, init containers, volumes,
 resource enforcement or cgroups (OOMKill is a fault, not memory accounting);
 scheduling checks each pod against the node capacity alone (no bin packing
@@ -55,20 +76,8 @@ from typing import Any, cast
 
 from .api import TERMINAL, Api, now_rfc3339
 from .errors import ApiError
+from .quantity import parse_quantity
 from .store import Event, Obj, Store
-
-_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-           "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
-           "P": 1e15, "E": 1e18}
-
-
-def parse_quantity(q: Any) -> float:
-    """Parse a resource.Quantity (``500m``, ``2Gi``, ``1e3``) to a float."""
-    s = str(q).strip()
-    for suf in sorted(_SUFFIX, key=len, reverse=True):
-        if s.endswith(suf) and not (suf == "E" and re.fullmatch(r"[\d.]+[eE]\d+", s)):
-            return float(s[: -len(suf)]) * _SUFFIX[suf]
-    return float(s)
 
 
 @dataclass
@@ -84,6 +93,10 @@ class KubeletConfig:
     step_delay: float = 0.0  # pause between lifecycle steps
     image_backoff_delay: float = 0.05  # ErrImagePull -> ImagePullBackOff
     image_pull_failures: list[str] = field(default_factory=lambda: ["does-not-exist"])
+    # pattern -> how many more pulls of a matching image fail with a registry 429
+    transient_pull_failures: dict[str, int] = field(default_factory=dict)
+    # (pod-name substring, reason, message): the kubelet rejects the next matching pod
+    admission_rejections: list[tuple[str, str, str]] = field(default_factory=list)
     unschedulable_message: str | None = None
 
 
@@ -130,6 +143,7 @@ class PodWorker:
         self.deadline: float | None = None
         self.started_at: str | None = None
         self.accepted_at: float | None = None
+        self.main_term: Obj | None = None  # the first container's end while sidecars run
         self.thread = threading.Thread(target=self._run, name=f"kubelet-{name}", daemon=True)
 
     # -- helpers -----------------------------------------------------------
@@ -192,12 +206,16 @@ class PodWorker:
         except ApiError as e:
             raise _Interrupt("gone") from e
 
-    def _containers(self, pod: Obj, state: Obj, ready: bool = False) -> list[Obj]:
+    def _containers(self, pod: Obj, state: Obj, ready: bool = False,
+                    sidecars: Obj | None = None) -> list[Obj]:
+        """Container statuses: ``state`` for the first, ``sidecars`` (default: the same)
+        for the others."""
         out = []
-        for c in pod["spec"]["containers"]:
+        for i, c in enumerate(pod["spec"]["containers"]):
+            own = state if i == 0 or sidecars is None else sidecars
             cs: Obj = {"name": c["name"], "image": c.get("image", ""), "imageID": "",
-                       "ready": ready, "restartCount": 0, "started": "running" in state,
-                       "state": state, "lastState": {}}
+                       "ready": ready and "running" in own, "restartCount": 0,
+                       "started": "running" in own, "state": own, "lastState": {}}
             if self.started:
                 cs["containerID"] = f"kubesim://{self.uid}-{c['name']}"
                 cs["imageID"] = f"{c.get('image', '')}@sha256:{'0' * 64}"
@@ -216,6 +234,10 @@ class PodWorker:
     def _run(self) -> None:
         try:
             code = self._lifecycle()
+            if len(self._pod()["spec"]["containers"]) > 1:
+                self._main_exited(code)
+                while True:  # the sidecars run on until the pod is deleted
+                    self._wait()
             self._terminal(code)
         except _Interrupt as it:
             with contextlib.suppress(_Interrupt):
@@ -246,6 +268,9 @@ class PodWorker:
             lambda spec: spec.__setitem__("nodeName", self.k.config.node_name),
         )
         pod = self._wait(self.k.config.step_delay)
+        rejection = self.k.take_admission_rejection(self.name)
+        if rejection is not None:
+            raise _Interrupt("rejected", reason=rejection[0], message=rejection[1])
         # 2. accepted by the kubelet; activeDeadlineSeconds counts from here (startTime)
         self.accepted_at = time.monotonic()
 
@@ -271,12 +296,31 @@ class PodWorker:
                     if any(p in c.get("image", "") for p in self.k.config.image_pull_failures)),
                    None)
         if bad is not None:
-            self._set_waiting("ErrImagePull", f'rpc error: code = NotFound desc = failed to pull '
-                              f'and unpack image "{bad}": not found')
+            if "unauthorized" in bad:
+                why = (f'rpc error: code = Unknown desc = failed to pull and unpack image "{bad}": '
+                       "failed to resolve reference: pull access denied, repository does not "
+                       "exist or may require authorization: authorization failed: "
+                       "401 Unauthorized")
+            else:
+                why = (f'rpc error: code = NotFound desc = failed to pull and unpack image "{bad}":'
+                       f' failed to resolve reference "{bad}": {bad}: not found')
+            self._set_waiting("ErrImagePull", why)
             self._wait(self.k.config.image_backoff_delay)
-            self._set_waiting("ImagePullBackOff", f'Back-off pulling image "{bad}"')
+            self._set_waiting("ImagePullBackOff", f'Back-off pulling image "{bad}": '
+                              f"ErrImagePull: {why}")
             while True:
                 self._wait()
+        while (busy := self.k.take_transient_pull(pod)) is not None:
+            why = (f'rpc error: code = Unknown desc = failed to pull and unpack image "{busy}": '
+                   "failed to copy: httpReadSeeker: failed open: unexpected status code "
+                   f"https://registry.example/v2/{busy.split(':')[0]}/manifests: "
+                   "429 Too Many Requests - Server message: toomanyrequests: You have reached "
+                   "your pull rate limit.")
+            self._set_waiting("ErrImagePull", why)
+            self._wait(self.k.config.image_backoff_delay)
+            self._set_waiting("ImagePullBackOff", f'Back-off pulling image "{busy}": '
+                              f"ErrImagePull: {why}")
+            self._wait(self.k.config.image_backoff_delay)
         # 4. env
         while True:
             env, error = self.k.resolve_env(pod, container)
@@ -332,21 +376,57 @@ class PodWorker:
 
     # -- endings -------------------------------------------------------------
 
+    def _main_term(self, pod: Obj, code: int, reason: str | None = None) -> Obj:
+        """The first container's ``terminated`` state (after it ran, or never having run)."""
+        finished = now_rfc3339()
+        container = pod["spec"]["containers"][0]
+        if not self.started:
+            return {"exitCode": 137, "reason": "ContainerStatusUnknown",
+                    "message": "The container could not be located when the pod was terminated",
+                    "startedAt": None, "finishedAt": None}
+        term: Obj = {"exitCode": code, "reason": reason or ("Completed" if code == 0 else
+                                                             "Error"),
+                     "startedAt": self.started_at or finished, "finishedAt": finished,
+                     "containerID": f"kubesim://{self.uid}-{container['name']}"}
+        if code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            with self.log_lock:
+                tail = b"".join(bytes(self.log).splitlines(keepends=True)[-80:])[-2048:]
+            if tail:
+                term["message"] = tail.decode("utf-8", "replace")
+        return term
+
+    def _main_exited(self, code: int) -> None:
+        """The first container ended while sidecars run on: the pod stays Running."""
+        pod = self._pod()
+        self.main_term = self._main_term(pod, code)
+        sidecar_state = {"running": {"startedAt": self.started_at or now_rfc3339()}}
+        term = self.main_term
+
+        def fn(st: Obj) -> None:
+            _set_conditions(st, _cond("Ready", False, "ContainersNotReady"),
+                            _cond("ContainersReady", False, "ContainersNotReady"))
+            st["containerStatuses"] = self._containers(pod, {"terminated": term}, ready=True,
+                                                       sidecars=sidecar_state)
+
+        self._status(fn)
+
     def _terminal(self, code: int, reason: str | None = None, pod_reason: str | None = None,
                   message: str | None = None, extra: list[Obj] | None = None) -> None:
         pod = self._pod()
-        finished = now_rfc3339()
-        if self.started:
-            term: Obj = {"exitCode": code, "reason": reason or ("Completed" if code == 0 else
-                                                                 "Error"),
-                         "startedAt": self.started_at or finished,
-                         "finishedAt": finished, "containerID":
-                             f"kubesim://{self.uid}-{pod['spec']['containers'][0]['name']}"}
+        if self.main_term is not None:  # it had ended before; sidecars end now
+            term = self.main_term
+            code = int(term["exitCode"]) if reason is None else code
+            if reason is not None:  # killed by a fault: that is the container's end
+                term = self._main_term(pod, code, reason)
         else:
-            term = {"exitCode": 137, "reason": "ContainerStatusUnknown",
-                    "message": "The container could not be located when the pod was terminated",
-                    "startedAt": None, "finishedAt": None}
-            code = 137
+            term = self._main_term(pod, code, reason)
+            code = int(term["exitCode"])
+        sidecars: Obj | None = None
+        if len(pod["spec"]["containers"]) > 1:
+            finished = now_rfc3339()
+            sidecars = {"terminated": {"exitCode": 0, "reason": "Completed",
+                                       "startedAt": self.started_at or finished,
+                                       "finishedAt": finished}}
 
         def fn(st: Obj) -> None:
             st["phase"] = "Succeeded" if code == 0 else "Failed"
@@ -358,7 +438,8 @@ class PodWorker:
             _set_conditions(st, _cond("PodReadyToStartContainers", False),
                             _cond("Ready", False, done), _cond("ContainersReady", False, done),
                             *(extra or []))
-            st["containerStatuses"] = self._containers(pod, {"terminated": term})
+            st["containerStatuses"] = self._containers(pod, {"terminated": term},
+                                                       sidecars=sidecars)
 
         self._status(fn)
         self._final_delete_if_deleting()
@@ -377,8 +458,9 @@ class PodWorker:
             code = self._graceful_stop(float(it.info.get("grace") or 0))
             self._terminal(code)
         elif it.kind == "deadline":
-            self._kill(signal.SIGKILL)
-            self._terminal(137, pod_reason="DeadlineExceeded",
+            grace = float(self._pod()["spec"].get("terminationGracePeriodSeconds", 30))
+            code = self._graceful_stop(grace)
+            self._terminal(code, pod_reason="DeadlineExceeded",
                            message="Pod was active on the node longer than the specified "
                                    "deadline")
         elif it.kind == "oom":
@@ -392,8 +474,43 @@ class PodWorker:
         elif it.kind == "start_error":
             self.started = True
             self._terminal(128, reason="StartError", message=None)
+        elif it.kind == "rejected":
+            def reject(st: Obj) -> None:
+                st["phase"] = "Failed"
+                st["reason"], st["message"] = it.info["reason"], it.info["message"]
+                st.pop("containerStatuses", None)
+
+            self._status(reject)
         elif it.kind == "lose_node":
-            self._kill(signal.SIGKILL)
+            self._node_lost(float(it.info.get("toleration_seconds", 300.0)),
+                            str(it.info.get("phase") or "Running"))
+
+    def _node_lost(self, toleration: float, phase: str) -> None:
+        """The node stopped answering: NotReady, the toleration, then a Terminating limbo."""
+        self._kill(signal.SIGKILL)  # gone with the node; no kubelet reports it
+        self._status(lambda st: _set_conditions(
+            st, _cond("Ready", False, "NodeNotReady", "Node is not ready")))
+        end = time.monotonic() + toleration
+        while not self.k.stopping and (left := end - time.monotonic()) > 0:
+            self.wake.wait(left)
+            self.wake.clear()
+        if self.k.stopping:
+            return
+        cond = _cond("DisruptionTarget", True, "DeletionByTaintManager",
+                     "Taint manager: deleting due to NoExecute taint")
+
+        def taint(st: Obj) -> None:
+            _set_conditions(st, cond)
+            if phase == "Unknown":
+                st["phase"] = "Unknown"
+
+        self._status(taint)
+        with contextlib.suppress(ApiError):
+            self.k.api.delete("pods", self.ns, self.name)
+        while not self.k.stopping and not self.k.nodes_removed:
+            self.wake.wait()
+            self.wake.clear()
+        if not self.k.stopping:  # pod GC: the Node object is gone, so is its pod
             with contextlib.suppress(ApiError):
                 self.k.store.remove("pods", self.ns, self.name)
 
@@ -440,6 +557,7 @@ class Kubelet:
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
         self.stopping = False
+        self.nodes_removed = False  # set by remove_lost_nodes
         self._ips = itertools.count(2)
 
     def start(self) -> None:
@@ -631,6 +749,29 @@ class Kubelet:
 
     def interrupt(self, namespace: str, name: str, kind: str, **info: Any) -> None:
         self.worker(namespace, name).interrupt(kind, **info)
+
+    def take_transient_pull(self, pod: Obj) -> str | None:
+        """An image of the pod whose next pull fails with a 429, counting it; else None."""
+        with self.lock:
+            for c in pod["spec"]["containers"]:
+                image = str(c.get("image", ""))
+                for pattern, left in self.config.transient_pull_failures.items():
+                    if left > 0 and pattern in image:
+                        self.config.transient_pull_failures[pattern] = left - 1
+                        return image
+        return None
+
+    def take_admission_rejection(self, name: str) -> tuple[str, str] | None:
+        with self.lock:
+            for i, (pattern, reason, message) in enumerate(self.config.admission_rejections):
+                if pattern in name:
+                    del self.config.admission_rejections[i]
+                    return reason, message
+        return None
+
+    def remove_lost_nodes(self) -> None:
+        self.nodes_removed = True
+        self.wake_all()
 
     def set_unschedulable(self, message: str | None) -> None:
         self.config.unschedulable_message = message

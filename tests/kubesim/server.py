@@ -8,6 +8,9 @@ Routes (``{ns}`` any namespace; namespaces are not objects here):
 * ``/api/v1/namespaces/{ns}/pods/{name}/status``: GET, PUT, PATCH
 * ``/api/v1/namespaces/{ns}/pods/{name}/log``: GET (text/plain; container,
   tailLines, limitBytes, follow)
+* ``/api/v1/namespaces/{ns}``: GET a Namespace (any name exists; the
+  ``kube-system`` one's UID is the cluster's identity, new after
+  ``rebuild_cluster``)
 * ``/api/v1/pods``: GET list/watch across namespaces; the same for secrets
   (``/api/v1/namespaces/{ns}/secrets[/{name}]``, ``/api/v1/secrets``)
 * the deprecated ``/api/v1/watch/...`` paths (= ``?watch=true``)
@@ -20,15 +23,24 @@ compaction point -> 410 (HTTP Status or ERROR event, per the gone mode).
 Selector transitions follow the watch cache: an object that stops matching
 is sent as DELETED (its previous state with the new resourceVersion), one
 that starts matching as ADDED. ``timeoutSeconds`` ends the stream cleanly;
-``allowWatchBookmarks`` adds BOOKMARK events every ``bookmark_interval``
-seconds carrying only ``metadata.resourceVersion``.
+``allowWatchBookmarks`` adds BOOKMARK events carrying only
+``metadata.resourceVersion``, as the watch cache sends them: every
+``bookmark_interval`` seconds (60 by default, a minute as on a real server;
+tests that need them sooner ask for less) and once 2 s before the watch's
+deadline. A watch from a version the server has not reached (another
+cluster's history, after a rebuild or an etcd restore) gets no bookmarks and
+no events until the server gets there: it is silent.
+
+Lists: ``limit`` and ``continue`` page them (store.py); a continue token
+older than the compaction point gets 410 Expired. Creates and updates of
+pods follow ``fieldValidation`` (api.py).
 
 Simplifications: no authentication/authorization (any bearer token is
 accepted), JSON only (no protobuf/CBOR/YAML, no Table output), no
-``resourceVersionMatch``/``limit``/``continue`` paging (lists are always
-complete and current), no ``sendInitialEvents``; a watch from a version
-newer than the current one just waits for it (the API server answers
-"Too large resource version" after a while); without ``timeoutSeconds`` a
+``resourceVersionMatch``, no ``remainingItemCount``, no
+``sendInitialEvents``; a watch from a version newer than the current one
+waits for it silently (a real API server may answer "Too large resource
+version" after a few seconds instead); without ``timeoutSeconds`` a
 watch lasts 30 minutes.
 """
 
@@ -55,6 +67,7 @@ _ROUTE = re.compile(
     r"^/api/v1(?P<watch>/watch)?(?:/namespaces/(?P<ns>[^/]+))?/(?P<res>pods|secrets)"
     r"(?:/(?P<name>[^/]+)(?:/(?P<sub>status|log))?)?/?$"
 )
+_NAMESPACE = re.compile(r"^/api/v1/namespaces/(?P<ns>[a-z0-9-]+)/?$")
 _KIND = {"pods": "Pod", "secrets": "Secret"}
 _TRUE = ("true", "1")
 
@@ -133,13 +146,16 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------
 
-    def _send_json(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
+    def _send_json(self, code: int, body: Any, headers: dict[str, str] | None = None,
+                   warnings: list[str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        for warning in warnings or []:
+            self.send_header("Warning", '299 - "' + warning.replace('"', '\\"') + '"')
         self.end_headers()
         self.wfile.write(data)
 
@@ -213,6 +229,11 @@ class Handler(BaseHTTPRequestHandler):
         if method == "GET" and path in ("/healthz", "/readyz", "/livez"):
             self._send_text(b"ok")
             return
+        if method == "GET" and (nsm := _NAMESPACE.match(path)):
+            self._send_json(200, {"kind": "Namespace", "apiVersion": "v1", "metadata": {
+                "name": nsm["ns"], "uid": sim.namespace_uid(nsm["ns"]), "resourceVersion": "1"},
+                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}})
+            return
         m = _ROUTE.match(path)
         if not m:
             raise ApiError(404, "the server could not find the requested resource")
@@ -236,10 +257,19 @@ class Handler(BaseHTTPRequestHandler):
         if verb == "watch":
             self._watch(res, ns, q)
         elif verb == "list":
+            if q.get("continue") and sim.faults.take_continue_expiry():
+                raise ApiError(410, "The provided continue parameter is too old to display a "
+                                    "consistent list result. You can start a new list without "
+                                    "the continue parameter.", reason="Expired")
+            limit = q.get("limit", "")
+            if limit and not limit.isdigit():
+                raise ApiError(400, f"limit: Invalid value: {limit!r}")
             self._send_json(200, api.list(res, ns, q.get("labelSelector"),
-                                          q.get("fieldSelector")))
+                                          q.get("fieldSelector"), int(limit or 0) or None,
+                                          q.get("continue") or None))
         elif verb == "create":
-            self._send_json(201, api.create(res, ns, body))
+            warnings = api.strip_unknown(res, body, q.get("fieldValidation") or "Warn")
+            self._send_json(201, api.create(res, ns, body), warnings=warnings)
         elif verb == "get" and sub == "log":
             self._log(ns, name, q)
         elif verb == "get":
@@ -248,7 +278,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(200, api.patch(res, ns, name, self.headers.get("Content-Type", ""),
                                            body, sub))
         elif verb == "update":
-            self._send_json(200, api.replace(res, ns, name, body, sub))
+            warnings = api.strip_unknown(res, body, q.get("fieldValidation") or "Warn")
+            self._send_json(200, api.replace(res, ns, name, body, sub), warnings=warnings)
         elif verb == "delete":
             opts = body if isinstance(body, dict) else {}
             grace = opts.get("gracePeriodSeconds", q.get("gracePeriodSeconds"))
@@ -300,11 +331,13 @@ class Handler(BaseHTTPRequestHandler):
         bookmarks = q.get("allowWatchBookmarks", "").lower() in _TRUE
         rv_param = q.get("resourceVersion", "")
         lines: list[bytes] = []
+        ahead = False  # asked for a version this server has not reached
         if rv_param not in ("", "0"):
             try:
                 last = int(rv_param)
             except ValueError:
                 raise ApiError(400, f"resourceVersion: Invalid value: {rv_param!r}") from None
+            ahead = last > store.rv
             try:
                 store.check_watch_start(last)
             except ApiError as e:
@@ -325,6 +358,8 @@ class Handler(BaseHTTPRequestHandler):
             for line in lines:
                 self._send_event(line)
             deadline = time.monotonic() + timeout
+            pre_deadline = deadline - 2.0  # the watch cache's bookmark before the deadline
+            pre_sent = pre_deadline <= time.monotonic()
             next_bookmark = time.monotonic() + sim.bookmark_interval
             while not self.server.stopping:
                 if faults.drop_generation != generation:
@@ -344,14 +379,18 @@ class Handler(BaseHTTPRequestHandler):
                 now = time.monotonic()
                 if now >= deadline:
                     break
-                if bookmarks and now >= next_bookmark:
-                    self._chunk(self._event_line("BOOKMARK", {
-                        "kind": _KIND[res], "apiVersion": "v1",
-                        "metadata": {"resourceVersion": str(last)}}))
+                ahead = ahead and last > store.rv
+                if bookmarks and (now >= next_bookmark or (not pre_sent and now >= pre_deadline)):
+                    pre_sent = pre_sent or now >= pre_deadline
+                    if not ahead:  # no bookmark can name a version not reached yet
+                        self._chunk(self._event_line("BOOKMARK", {
+                            "kind": _KIND[res], "apiVersion": "v1",
+                            "metadata": {"resourceVersion": str(last)}}))
                     next_bookmark = now + sim.bookmark_interval
                 wait = deadline - now
                 if bookmarks:
-                    wait = min(wait, max(0.0, next_bookmark - now))
+                    due = min(next_bookmark, deadline if pre_sent else pre_deadline)
+                    wait = min(wait, max(0.0, due - now))
                 store.wait(last, wait)
             self._end_chunked()
         finally:

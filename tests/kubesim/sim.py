@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,9 +22,11 @@ class KubeSim:
 
     ``base_env`` is the environment every container process starts from (the
     pod's env is laid on top); None means a copy of ``os.environ``.
-    ``bookmark_interval`` is the BOOKMARK period of watches that allow them;
-    ``gone_mode`` ("http" | "event") how a watch from a compacted version is
-    refused; ``history_limit`` how many events are kept for watch resumption.
+    ``bookmark_interval`` is the BOOKMARK period of watches that allow them
+    (60 s as on a real API server; tests that need them sooner pass less);
+    ``gone_mode`` ("event" | "http") how a watch from a compacted version is
+    refused (by default a 200 whose first event is an ERROR, as the watch
+    cache answers); ``history_limit`` how many events are kept for watch resumption.
     Other keyword arguments go to :class:`KubeletConfig` (``workdir``,
     ``node_capacity``, ``node_labels``, ``node_count``, ``step_delay``,
     ``image_backoff_delay``...).
@@ -35,8 +38,8 @@ class KubeSim:
         host: str = "127.0.0.1",
         port: int = 0,
         base_env: dict[str, str] | None = None,
-        bookmark_interval: float = 1.0,
-        gone_mode: str = "http",
+        bookmark_interval: float = 60.0,
+        gone_mode: str = "event",
         history_limit: int = 10_000,
         verbose: bool = False,
         **kubelet_config: Any,
@@ -114,6 +117,15 @@ class KubeSim:
         return p
 
     # -- conveniences --------------------------------------------------------
+
+    def namespace_uid(self, namespace: str) -> str:
+        """A Namespace's UID: stable for this cluster, new after ``rebuild_cluster``."""
+        return str(uuid.uuid5(uuid.UUID(self.store.cluster_uid), namespace)) \
+            if namespace != "kube-system" else self.store.cluster_uid
+
+    def set_namespace_policy(self, namespace: str, **policy: Any) -> None:
+        """Admission for ``namespace`` (see admission.NamespacePolicy); no arguments lift it."""
+        self.faults.set_namespace_policy(namespace, **policy)
 
     @property
     def resource_version(self) -> str:

@@ -7,7 +7,9 @@ Simplification: only the rules a client is likely to trip over are checked:
 names (DNS-1123 subdomain for objects, DNS-1123 label for containers and
 namespaces), label keys and values, annotation keys, required containers,
 container names/images, duplicate container names, positive
-activeDeadlineSeconds, Secret data keys and base64 values.
+activeDeadlineSeconds, resource quantities (the Quantity grammar: ``256MB``
+is refused, ``256M`` and ``256Mi`` are not), requests not above limits,
+Secret data keys and base64 values.
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ import binascii
 import re
 from typing import Any
 
+from .quantity import parse_quantity
+
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS1123_LABEL_RE = re.compile(rf"^{_DNS1123_LABEL}$")
 DNS1123_SUBDOMAIN_RE = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
 _QUALIFIED_NAME_RE = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE_RE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _SECRET_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+# resource.Quantity: a signed decimal, then a binary SI, decimal SI or exponent suffix.
+QUANTITY_RE = re.compile(
+    r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
 
 Cause = dict[str, str]
 
@@ -127,9 +134,34 @@ def pod_spec(spec: Any) -> list[Cause]:
             seen.add(name)
         if not c.get("image"):
             causes.append(required(f"{path}.image"))
+        causes += resources(f"{path}.resources", c.get("resources"))
     ads = spec.get("activeDeadlineSeconds")
     if ads is not None and (not isinstance(ads, int) or ads <= 0):
         causes.append(invalid_value("spec.activeDeadlineSeconds", ads, "must be greater than 0"))
+    return causes
+
+
+def resources(path: str, res: Any) -> list[Cause]:
+    """Quantities must parse; a request may not exceed its limit."""
+    if not isinstance(res, dict):
+        return []
+    causes: list[Cause] = []
+    parsed: dict[str, dict[str, float]] = {}
+    for part in ("requests", "limits"):
+        for name, value in (res.get(part) or {}).items():
+            field = f"{path}.{part}[{name}]"
+            if not QUANTITY_RE.match(str(value)):
+                causes.append(invalid_value(field, value,
+                                            "must match the regex "
+                                            "^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"))
+                continue
+            parsed.setdefault(part, {})[name] = parse_quantity(value)
+    for name, amount in (parsed.get("requests") or {}).items():
+        limit = (parsed.get("limits") or {}).get(name)
+        if limit is not None and amount > limit:
+            causes.append(invalid_value(f"{path}.requests", res["requests"][name],
+                                        f"must be less than or equal to {name} limit of "
+                                        f"{res['limits'][name]}"))
     return causes
 
 
@@ -146,3 +178,46 @@ def secret(obj: dict[str, Any]) -> list[Cause]:
         except (binascii.Error, TypeError, ValueError):
             causes.append(invalid_value(f"data[{key}]", "<value omitted>", "illegal base64 data"))
     return causes
+
+
+# Field names of the Pod schema that strict decoding knows (core/v1; enough for
+# the pods clients send - unknown names are what strict validation reports).
+_POD_FIELDS = {"apiVersion", "kind", "metadata", "spec", "status"}
+_META_FIELDS = {"name", "generateName", "namespace", "labels", "annotations", "uid",
+                "resourceVersion", "creationTimestamp", "deletionTimestamp", "finalizers",
+                "deletionGracePeriodSeconds", "ownerReferences", "managedFields", "generation",
+                "selfLink"}
+_SPEC_FIELDS = {
+    "activeDeadlineSeconds", "affinity", "automountServiceAccountToken", "containers",
+    "dnsConfig", "dnsPolicy", "enableServiceLinks", "ephemeralContainers", "hostAliases",
+    "hostIPC", "hostNetwork", "hostPID", "hostUsers", "hostname", "imagePullSecrets",
+    "initContainers", "nodeName", "nodeSelector", "os", "overhead", "preemptionPolicy",
+    "priority", "priorityClassName", "readinessGates", "resourceClaims", "resources",
+    "restartPolicy", "runtimeClassName", "schedulerName", "schedulingGates",
+    "securityContext", "serviceAccount", "serviceAccountName", "setHostnameAsFQDN",
+    "shareProcessNamespace", "subdomain", "terminationGracePeriodSeconds", "tolerations",
+    "topologySpreadConstraints", "volumes"}
+_CONTAINER_FIELDS = {
+    "args", "command", "env", "envFrom", "image", "imagePullPolicy", "lifecycle",
+    "livenessProbe", "name", "ports", "readinessProbe", "resizePolicy", "resources",
+    "restartPolicy", "securityContext", "startupProbe", "stdin", "stdinOnce",
+    "terminationMessagePath", "terminationMessagePolicy", "tty", "volumeDevices",
+    "volumeMounts", "workingDir"}
+
+
+def unknown_pod_fields(obj: Any) -> list[str]:
+    """Paths of fields the Pod schema does not have (top level, metadata, spec, containers)."""
+    if not isinstance(obj, dict):
+        return []
+    out = [k for k in obj if k not in _POD_FIELDS]
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        out += [f"metadata.{k}" for k in meta if k not in _META_FIELDS]
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        out += [f"spec.{k}" for k in spec if k not in _SPEC_FIELDS]
+        for part in ("initContainers", "containers"):
+            for i, c in enumerate(spec.get(part) or []):
+                if isinstance(c, dict):
+                    out += [f"spec.{part}[{i}].{k}" for k in c if k not in _CONTAINER_FIELDS]
+    return out

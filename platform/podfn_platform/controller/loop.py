@@ -34,6 +34,8 @@ from podfn_platform.database import Database, Listener
 log = logging.getLogger("podfn.controller")
 
 FINAL = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
+# How long an attempt may outlive its call's recorded outcome before it is stopped.
+FINISHED_GRACE_SECONDS = 5.0
 # Retrying a turn after a database error: from BACKOFF_FIRST seconds, doubling
 # up to BACKOFF_MAX, each wait drawn between half and all of that (jitter, so
 # controllers and replicas do not hammer a recovering database in step).
@@ -192,13 +194,22 @@ class Controller:
                      exit_.reason.splitlines()[0])
 
     def stop_moved_on(self) -> None:
-        """Stop attempts whose call was cancelled, finished or moved to a newer attempt."""
+        """Stop attempts whose call was cancelled, finished or moved to a newer attempt.
+
+        A finished call's attempt normally ends by itself right after it
+        recorded the outcome; one still running `FINISHED_GRACE_SECONDS` later
+        (a sidecar container, a non-daemon thread in the user's code) would
+        hold its slot of `max_concurrency` for ever, so it is stopped.
+        """
         active = {a.call_id: a for a in self.launcher.active()}
         if not active:
             return
         for row in self.db.all("call_states", {"ids": list(active)}):
             a = active[row["id"]]
-            if row["state"] in ("cancelled", "timed_out") or row["attempt"] != a.attempt:
+            lingering = row["state"] in ("succeeded", "failed") and (
+                row.get("finished_seconds_ago") or 0.0) >= FINISHED_GRACE_SECONDS
+            if row["state"] in ("cancelled", "timed_out") or row["attempt"] != a.attempt \
+                    or lingering:
                 log.info("stopping call %s attempt %d (%s)", a.call_id, a.attempt, row["state"])
                 self.launcher.stop(a.key)
 

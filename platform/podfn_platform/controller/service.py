@@ -29,7 +29,8 @@ def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> L
         from podfn_platform.kube.client import KubeClient
         from podfn_platform.kube.launcher import KubernetesLauncher
 
-        kube = KubeClient(settings.namespace, context=settings.kube_context)
+        kube = KubeClient(settings.namespace, context=settings.kube_context,
+                          page_size=settings.list_page_size)
         return KubernetesLauncher(kube, settings, StateStore(db), wake=wake.set)
     raise ConfigurationError(f"PODFN_LAUNCHER={settings.launcher!r} is not a launcher")
 

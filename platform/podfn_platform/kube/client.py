@@ -24,6 +24,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from podfn.errors import (
     ConfigurationError,
+    KubernetesAlreadyExists,
     KubernetesConflict,
     KubernetesError,
     KubernetesGone,
@@ -31,6 +32,7 @@ from podfn.errors import (
     KubernetesNotFound,
     KubernetesQuotaExceeded,
     KubernetesTransient,
+    KubernetesUnauthorized,
 )
 
 log = logging.getLogger("podfn.kube")
@@ -39,12 +41,17 @@ log = logging.getLogger("podfn.kube")
 _REQUEST_TIMEOUT = (5.0, 30.0)
 
 
-def _status_message(exc: ApiException) -> str:
+def _status(exc: ApiException) -> dict[str, Any]:
+    """The Status object the API server sent with the error (empty if none)."""
     try:
         body = json.loads(exc.body or "{}")
-        return str(body.get("message") or exc.reason or "")
-    except (ValueError, AttributeError):
-        return str(exc.reason or exc.body or "")
+    except (ValueError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _status_message(exc: ApiException) -> str:
+    return str(_status(exc).get("message") or exc.reason or exc.body or "")
 
 
 def _retry_after(exc: ApiException) -> float | None:
@@ -61,10 +68,16 @@ def translate(exc: Exception, what: str) -> KubernetesError:
         status = int(exc.status or 0)
         message = _status_message(exc)
         text = f"{what}: HTTP {status} {message}".strip()
-        kwargs: dict[str, Any] = {"status": status, "reason": exc.reason,
+        # The Status `reason` (AlreadyExists, Conflict, Forbidden...), not the HTTP phrase.
+        reason = str(_status(exc).get("reason") or exc.reason or "")
+        kwargs: dict[str, Any] = {"status": status, "reason": reason,
                                   "retry_after": _retry_after(exc)}
-        if status == 409:
+        if status == 409 and reason == "AlreadyExists":
+            return KubernetesAlreadyExists(text, **kwargs)
+        if status == 409:  # reason Conflict: a concurrent write won; nothing was created
             return KubernetesConflict(text, **kwargs)
+        if status == 401:
+            return KubernetesUnauthorized(text, **kwargs)
         if status == 404:
             return KubernetesNotFound(text, **kwargs)
         if status == 410:
@@ -80,12 +93,46 @@ def translate(exc: Exception, what: str) -> KubernetesError:
 _TRANSPORT = (urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
+def slim(pod: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a listed pod that podfn reads (outcomes, reconcile), nothing else.
+
+    A full reconcile holds every pod of the namespace at once; the env,
+    volumes, managedFields and the rest of each manifest are most of its
+    size and never read after the list.
+    """
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    return {
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "creationTimestamp",
+                                          "deletionTimestamp", "resourceVersion") if k in meta}
+        | {"annotations": {k: v for k, v in (meta.get("annotations") or {}).items()
+                           if k.startswith("podfn.dev/")}},
+        "spec": {"activeDeadlineSeconds": spec.get("activeDeadlineSeconds"),
+                 "containers": [{k: c.get(k) for k in ("name", "image", "resources")}
+                                for c in spec.get("containers") or []]},
+        "status": {k: status[k] for k in ("phase", "reason", "message", "startTime")
+                   if k in status}
+        | {"conditions": [c for c in status.get("conditions") or []
+                          if c.get("type") in ("DisruptionTarget", "PodScheduled")],
+           "containerStatuses": [{"name": c.get("name"), "state": c.get("state") or {}}
+                                 for c in status.get("containerStatuses") or []]},
+    }
+
+
 class KubeClient:
     """Pods (and the Secrets tests need) in one namespace."""
 
     def __init__(self, namespace: str, *, kubeconfig: str | None = None,
-                 context: str | None = None) -> None:
+                 context: str | None = None, page_size: int = 500) -> None:
         self.namespace = namespace
+        self.page_size = page_size
+        self._kubeconfig, self._context = kubeconfig, context
+        self.api_client, self.core, self.host = self._connect()
+
+    def _connect(self) -> tuple[k8s.ApiClient, k8s.CoreV1Api, str]:
+        """Read the configuration (and its credentials) afresh."""
+        kubeconfig, context = self._kubeconfig, self._context
         configuration = k8s.Configuration()
         try:
             k8s_config.load_incluster_config(client_configuration=configuration)
@@ -101,9 +148,17 @@ class KubeClient:
                 ) from exc
             source = f"kubeconfig {kubeconfig or '(default)'} context {context or '(current)'}"
         configuration.retries = False  # we retry on our own terms
-        self.api_client = k8s.ApiClient(configuration)
-        self.core = k8s.CoreV1Api(self.api_client)
-        log.info("Kubernetes API at %s (%s), namespace %s", configuration.host, source, namespace)
+        api_client = k8s.ApiClient(configuration)
+        log.info("Kubernetes API at %s (%s), namespace %s", configuration.host, source,
+                 self.namespace)
+        return api_client, k8s.CoreV1Api(api_client), str(configuration.host)
+
+    def reload_credentials(self) -> None:
+        """After a 401: read the token again (a projected service-account token or a
+        kubeconfig's is rotated on disk); requests after this use the new one."""
+        old = self.api_client
+        self.api_client, self.core, self.host = self._connect()
+        old.close()
 
     def close(self) -> None:
         self.api_client.close()
@@ -129,11 +184,63 @@ class KubeClient:
                        _preload_content=False)
 
     def list_pods(self, label_selector: str) -> tuple[list[dict[str, Any]], str]:
-        """The pods and the list's resourceVersion (to watch from)."""
-        response = self._call("list pods", self.core.list_namespaced_pod, self.namespace,
-                              label_selector=label_selector, _preload_content=False)
-        body = json.loads(response.data)
-        return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
+        """The pods and the list's resourceVersion (to watch from), page by page.
+
+        Pages of `page_size` (`limit`/`continue`, as the API docs' "Retrieving
+        large results sets in chunks"); one page at a time is parsed, so a
+        list of 100,000 pods never sits in memory as one response. A continue
+        token can expire (410) between pages: the list starts again from the
+        first page, a few times, before giving up as a transient failure.
+        """
+        for _ in range(3):
+            items: list[dict[str, Any]] = []
+            token: str | None = None
+            rv: str | None = None
+            try:
+                while True:
+                    kwargs: dict[str, Any] = {"label_selector": label_selector,
+                                              "limit": self.page_size}
+                    if token:
+                        kwargs["_continue"] = token
+                    response = self._call("list pods", self.core.list_namespaced_pod,
+                                          self.namespace, _preload_content=False, **kwargs)
+                    body = json.loads(response.data)
+                    items.extend(slim(p) for p in body.get("items") or [])
+                    meta = body.get("metadata") or {}
+                    rv = rv or str(meta["resourceVersion"])  # the first page's: a snapshot
+                    token = meta.get("continue")
+                    if not token:
+                        return items, rv
+            except KubernetesGone as exc:
+                if token is None:
+                    raise
+                log.warning("the continue token expired mid-list (%s); listing again", exc)
+        raise KubernetesTransient("list pods: continue tokens kept expiring; try again later")
+
+    def set_active_deadline(self, name: str, seconds: int) -> None:
+        """Lower a pod's activeDeadlineSeconds (the API allows lowering it, never raising)."""
+        self._call(f"patch pod {name}", self.core.patch_namespaced_pod, name, self.namespace,
+                   {"spec": {"activeDeadlineSeconds": seconds}}, _preload_content=False)
+
+    def cluster_identity(self) -> str:
+        """Which cluster (and which history of it) this is: the `kube-system` namespace's UID.
+
+        A rebuilt cluster, or one restored from an etcd backup into new
+        objects, has a new UID there, so a resourceVersion stored for the
+        old one is not reused. Without permission to read that namespace
+        (podfn's Role is namespaced) the API server's address stands in.
+        """
+        try:
+            response = self._call("read namespace kube-system", self.core.read_namespace,
+                                  "kube-system", _preload_content=False)
+            uid = (json.loads(response.data).get("metadata") or {}).get("uid")
+            if uid:
+                return str(uid)
+        except (KubernetesNotFound, KubernetesInvalid, KubernetesUnauthorized,
+                ValueError) as exc:
+            log.info("cannot read namespace kube-system (%s); the API server's address "
+                     "identifies the cluster", exc)
+        return self.host
 
     def watch_pods(self, label_selector: str, resource_version: str, *, timeout_seconds: int,
                    read_timeout: float) -> WatchStream:
@@ -154,7 +261,7 @@ class KubeClient:
         try:
             self._call(f"create secret {name}", self.core.create_namespaced_secret,
                        self.namespace, body, _preload_content=False)
-        except KubernetesConflict:
+        except KubernetesAlreadyExists:
             self._call(f"replace secret {name}", self.core.replace_namespaced_secret, name,
                        self.namespace, body, _preload_content=False)
 

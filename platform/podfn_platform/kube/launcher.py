@@ -11,6 +11,7 @@ next controller adopts them.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,17 +19,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from podfn.errors import (
-    KubernetesConflict,
+    KubernetesAlreadyExists,
     KubernetesError,
     KubernetesInvalid,
     KubernetesQuotaExceeded,
     KubernetesTransient,
+    KubernetesUnauthorized,
 )
 from podfn.settings import Settings
 from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
 from podfn_platform.kube import outcomes
 from podfn_platform.kube.client import KubeClient
-from podfn_platform.kube.manifest import SELECTOR, PodSettings, attempt_of, build_pod, pod_name
+from podfn_platform.kube.manifest import (
+    CONTAINER,
+    SELECTOR,
+    PodSettings,
+    attempt_of,
+    build_pod,
+    pod_name,
+)
 from podfn_platform.kube.ratelimit import RateLimiter
 from podfn_platform.kube.watcher import PodWatcher, Store
 
@@ -37,7 +46,6 @@ log = logging.getLogger("podfn.kube.launcher")
 Key = tuple[str, int]
 
 _CREATE_TRIES = 8
-_QUOTA_RETRY_SECONDS = 15.0
 _DELETE_GRACE_SECONDS = 5
 
 
@@ -57,7 +65,8 @@ class KubernetesLauncher:
         self._pods = pod_settings or PodSettings(
             namespace=kube.namespace, runtime_image=settings.runtime_image,
             database_secret=settings.runtime_database_secret,
-            max_result_bytes=settings.max_result_bytes)
+            max_result_bytes=settings.max_result_bytes,
+            image_pull_seconds=math.ceil(settings.image_pull_timeout_seconds))
         self._wake = wake
         self._lock = threading.Lock()
         self._active: dict[Key, Attempt] = {}
@@ -66,6 +75,8 @@ class KubernetesLauncher:
         self._exits: list[Exit] = []
         self._delete_at: dict[str, float] = {}
         self._created: dict[Key, float] = {}  # when our create call returned
+        self._deadline_set: set[Key] = set()  # activeDeadlineSeconds lowered once running
+        self._lingering: set[str] = set()  # pods whose outcome came while they still ran
         self._want_full = False
         self._relisted: tuple[list[dict[str, Any]], float] | None = None
         self._closed = False
@@ -110,10 +121,22 @@ class KubernetesLauncher:
                     self._kube.create_pod(manifest)
                     log.info("created pod %s", name)
                     break
-                except KubernetesConflict:
+                except KubernetesAlreadyExists:
                     log.info("pod %s already exists (a repeated create)", name)
                     break
-                except KubernetesTransient as exc:
+                except KubernetesUnauthorized as exc:
+                    # The controller's credentials, not the call: read them again and retry;
+                    # if they stay refused, put the call back without spending anything.
+                    if tries == _CREATE_TRIES:
+                        self._report(attempt, "deferred", "the controller's Kubernetes "
+                                     f"credentials are refused: {exc}",
+                                     delay=self._settings.quota_retry_seconds)
+                        return
+                    log.warning("creating pod %s: %s; reloading credentials", name, exc)
+                    self._kube.reload_credentials()
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                except KubernetesTransient as exc:  # 429, 5xx, broken connection, 409 Conflict
                     if tries == _CREATE_TRIES:
                         self._report(attempt, "disrupted",
                                      f"could not create pod {name} after {tries} tries: {exc}")
@@ -124,7 +147,7 @@ class KubernetesLauncher:
                     backoff = min(backoff * 2, 10.0)
                 except KubernetesQuotaExceeded as exc:
                     self._report(attempt, "deferred", f"waiting for quota: {exc}",
-                                 delay=_QUOTA_RETRY_SECONDS)
+                                 delay=self._settings.quota_retry_seconds)
                     return
                 except KubernetesInvalid as exc:
                     self._report(attempt, "fatal", f"the Kubernetes API rejected pod {name}: "
@@ -151,6 +174,51 @@ class KubernetesLauncher:
             self._exits.append(Exit(attempt, kind, reason, exit_code=exit_code, delay=delay))
         self._wake()
 
+    def _outcome(self, attempt: Attempt, pod: dict[str, Any]) -> outcomes.Outcome | None:
+        found = outcomes.outcome(pod, pending_timeout=self._settings.pending_timeout_seconds,
+                                 image_pull_timeout=self._settings.image_pull_timeout_seconds,
+                                 timeout=attempt.spec.get("timeout"))
+        if found is not None and (pod.get("status") or {}).get("phase") not in (
+                "Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
+            with self._lock:  # still running (a sidecar): settle deletes it at once
+                self._lingering.add(pod["metadata"]["name"])
+        return found
+
+    def _start_deadline(self, attempt: Attempt, pod: dict[str, Any]) -> None:
+        """Once the container runs, count the `timeout` from then, not from the pull.
+
+        The manifest's activeDeadlineSeconds is the timeout plus the image
+        pull timeout (the deadline counts from the kubelet accepting the
+        pod, pull included); lowering it, which the API allows, to the time
+        the container took to start plus the timeout makes the pull free.
+        """
+        timeout = attempt.spec.get("timeout")
+        status = pod.get("status") or {}
+        running = next((((c.get("state") or {}).get("running") or {}).get("startedAt")
+                        for c in status.get("containerStatuses") or []
+                        if c.get("name") == CONTAINER), None)
+        current = (pod.get("spec") or {}).get("activeDeadlineSeconds")
+        if not timeout or not running or not status.get("startTime") or not current:
+            return
+        with self._lock:
+            if attempt.key in self._deadline_set:
+                return
+            self._deadline_set.add(attempt.key)
+        started = datetime.fromisoformat(running.replace("Z", "+00:00"))
+        accepted = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+        wanted = max(1, math.ceil((started - accepted).total_seconds()) + math.ceil(timeout))
+        if wanted < current:
+            log.info("pod %s runs: activeDeadlineSeconds %d -> %d (the timeout from now)",
+                     pod["metadata"]["name"], current, wanted)
+            self._submit(self._lower_deadline, pod["metadata"]["name"], wanted)
+
+    def _lower_deadline(self, name: str, seconds: int) -> None:
+        try:
+            self._kube.set_active_deadline(name, seconds)
+        except KubernetesError as exc:
+            log.warning("could not lower the deadline of pod %s (%s); its timeout counts "
+                        "from the image pull", name, exc)
+
     def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
         key = attempt_of(pod)
         if key is None:
@@ -160,7 +228,9 @@ class KubernetesLauncher:
             stopping = key in self._stopping
         if attempt is None:
             return
-        found = outcomes.outcome(pod, pending_timeout=self._settings.pending_timeout_seconds)
+        found = self._outcome(attempt, pod)
+        if found is not None and found.kind == "disrupted" and stopping:
+            found = None  # our own delete (cancelled, superseded) under way
         if kind == "DELETED" and found is None:
             if stopping:
                 self._report(attempt, "stopped", "stopped by the controller")
@@ -172,6 +242,8 @@ class KubernetesLauncher:
             return
         if found is not None:
             self._report(attempt, found.kind, found.reason, exit_code=found.exit_code)
+        elif not stopping:
+            self._start_deadline(attempt, pod)
 
     def _on_relist(self, pods: list[dict[str, Any]], listed_at: float) -> None:
         """The watcher relisted (after 410): reconcile against that list, not a second one."""
@@ -216,9 +288,13 @@ class KubernetesLauncher:
     def settle(self, exit_: Exit) -> None:
         """Delete the pod now, or after `keep_failed_pods_seconds` if it failed while running."""
         name = pod_name(*exit_.attempt.key)
+        with self._lock:
+            lingering = name in self._lingering
+            self._lingering.discard(name)
+            self._deadline_set.discard(exit_.attempt.key)
         keep = exit_.kind in ("timeout", "disrupted") or (
             exit_.kind == "exited" and exit_.exit_code != 0)
-        if keep:
+        if keep and not lingering:  # a pod still running holds its node's resources
             with self._lock:
                 self._delete_at[name] = time.monotonic() + self._settings.keep_failed_pods_seconds
         else:
@@ -251,6 +327,8 @@ class KubernetesLauncher:
                 pods, _ = self._kube.list_pods(SELECTOR)
             except KubernetesError as exc:
                 log.warning("reconcile could not list pods (%s); trying again next turn", exc)
+                if isinstance(exc, KubernetesUnauthorized):
+                    self._kube.reload_credentials()
                 return
         with self._lock:
             self._want_full = False
@@ -272,10 +350,12 @@ class KubernetesLauncher:
                 if pod is not None and not known:
                     self._active[attempt.key] = attempt  # adopt (e.g. after a restart)
             if pod is not None:
-                found = outcomes.outcome(pod, pending_timeout=self._settings.pending_timeout_seconds)
+                found = self._outcome(attempt, pod)
                 if found is not None:
                     self._report(attempt, found.kind, found.reason, exit_code=found.exit_code,
                                  force=True)
+                else:  # (its Running event may have been missed, or come before a restart)
+                    self._start_deadline(attempt, pod)
                 continue
             if busy:
                 continue

@@ -46,6 +46,9 @@ class PodSettings:
     database_secret_key: str = "url"
     default_service_account: str | None = None
     max_result_bytes: int = 64 * 1024 * 1024  # PODFN_MAX_RESULT_BYTES, for the runtime
+    # Added to activeDeadlineSeconds, which counts the image pull too; the launcher
+    # lowers it to the timeout once the container runs.
+    image_pull_seconds: int = 0
 
 
 def pod_name(call_id: str, attempt: int) -> str:
@@ -186,7 +189,8 @@ def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str,
         "containers": [container],
     }
     if spec.get("timeout"):
-        pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec["timeout"]))
+        pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec["timeout"])) + \
+            settings.image_pull_seconds
     if spec.get("node_selector"):
         pod_spec["nodeSelector"] = dict(spec["node_selector"])
     if spec.get("tolerations"):

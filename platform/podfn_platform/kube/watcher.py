@@ -3,7 +3,15 @@
 - The last processed resourceVersion is kept in Postgres (at most once per
   second and at the end of every stream), so a restarted controller resumes
   the watch from it and misses nothing the server still remembers; events
-  seen twice are harmless, since handling is idempotent.
+  seen twice are harmless, since handling is idempotent. It is kept under
+  the cluster's identity (the `kube-system` namespace UID) and the
+  namespace: a version of a rebuilt or restored cluster is another history,
+  and its numbers mean nothing here.
+- A watch from a version the server never reached (another history) is
+  not refused: it is silent. Bookmarks are requested, and a server sends
+  one at least before the watch's deadline, so a stream that ends without
+  a single event or bookmark means our version is not in the server's
+  history: relist.
 - 410 Gone, as an HTTP status or as an ERROR event, however many times in a
   row, means the history is gone: relist, hand the full list over for a
   reconcile, and watch from the list's resourceVersion.
@@ -20,7 +28,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from podfn.errors import KubernetesGone, KubernetesTransient
+from podfn.errors import (
+    KubernetesError,
+    KubernetesGone,
+    KubernetesTransient,
+    KubernetesUnauthorized,
+)
 from podfn_platform.controller import metrics
 from podfn_platform.kube.client import KubeClient, WatchStream
 
@@ -43,7 +56,7 @@ class PodWatcher:
         self._kube = kube
         self._selector = selector
         self._store = store
-        self._key = f"kubernetes.pods.resourceVersion.{kube.namespace}"
+        self._key: str | None = None  # needs the cluster's identity: see key()
         self._on_event = on_event
         self._on_relist = on_relist
         self._timeout = timeout_seconds
@@ -51,6 +64,7 @@ class PodWatcher:
         self._stored_at = 0.0
         self.resumed_from: str | None = None
         self.relists = 0
+        self.silent_streams = 0
         self.events = 0
         self.connected = threading.Event()
         self._stream: WatchStream | None = None
@@ -63,10 +77,17 @@ class PodWatcher:
         if stream is not None:
             stream.close()
 
+    def key(self) -> str:
+        """Where the resourceVersion is stored: per cluster identity and namespace."""
+        if self._key is None:
+            cluster = self._kube.cluster_identity()
+            self._key = f"kubernetes.pods.resourceVersion.{cluster}.{self._kube.namespace}"
+        return self._key
+
     def _persist(self, rv: str, *, force: bool = False) -> None:
         now = time.monotonic()
         if rv != self._stored and (force or now - self._stored_at >= _PERSIST_EVERY):
-            self._store.put(self._key, rv)
+            self._store.put(self.key(), rv)
             self._stored, self._stored_at = rv, now
 
     def _relist(self) -> str:
@@ -79,17 +100,35 @@ class PodWatcher:
         self._persist(rv, force=True)
         return rv
 
+    def _resume_point(self) -> str | None:
+        """The stored version of this cluster's history, retried until the API answers."""
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                rv = self._store.get(self.key())
+            except KubernetesError as exc:
+                log.warning("cannot tell which cluster this is (%s); retrying in %.1fs", exc,
+                            backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            if rv is not None:
+                self.resumed_from = rv
+                log.info("resuming the pod watch from stored resourceVersion %s", rv)
+            return rv
+        return None
+
     def run(self) -> None:
         stop = self._stop
-        rv = self._store.get(self._key)
-        if rv is not None:
-            self.resumed_from = rv
-            log.info("resuming the pod watch from stored resourceVersion %s", rv)
+        rv = self._resume_point()
         backoff = 0.1
         while not stop.is_set():
+            started = time.monotonic()
+            heard = False
             try:
                 if rv is None:
                     rv = self._relist()
+                    started = time.monotonic()
                 self.connected.set()
                 self._stream = self._kube.watch_pods(self._selector, rv,
                                                      timeout_seconds=self._timeout,
@@ -97,6 +136,7 @@ class PodWatcher:
                 if stop.is_set():
                     break
                 for event in self._stream:
+                    heard = True
                     kind = event.get("type")
                     obj = event.get("object") or {}
                     if kind == "ERROR":
@@ -111,11 +151,35 @@ class PodWatcher:
                     if stop.is_set():
                         break
                 self._persist(rv, force=True)
+                if not heard and not stop.is_set() and \
+                        time.monotonic() - started >= self._timeout - 1.0:
+                    # Not even the bookmark a server sends before the deadline: our
+                    # version is not of this server's history (a rebuilt or restored
+                    # cluster). Watching from it again would be silent again.
+                    self.silent_streams += 1
+                    log.warning("the pod watch from resourceVersion %s stayed silent for %d s "
+                                "(no bookmark); relisting", rv, self._timeout)
+                    rv = None
             except KubernetesGone as exc:
                 log.warning("resourceVersion %s expired (%s); relisting", rv, exc)
                 rv = None
+            except KubernetesUnauthorized as exc:
+                self.connected.clear()
+                log.warning("pod watch refused (%s); reloading credentials, retrying in %.1fs",
+                            exc, backoff)
+                self._kube.reload_credentials()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
             except (KubernetesTransient, ValueError) as exc:
                 self.connected.clear()
+                if rv is not None and not heard and \
+                        time.monotonic() - started >= self._timeout:
+                    # Silent until the read timeout: the same as a silent stream.
+                    self.silent_streams += 1
+                    log.warning("the pod watch from resourceVersion %s stayed silent (%s); "
+                                "relisting", rv, exc)
+                    rv = None
+                    continue
                 log.warning("pod watch interrupted (%s); reconnecting in %.1fs", exc, backoff)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)

@@ -80,8 +80,11 @@ ORDER BY created_at DESC, id
 LIMIT %(limit)s;
 
 -- name: call_states
--- Where the calls a controller is running stand now (to stop the cancelled).
-SELECT id, attempt, state FROM podfn_calls WHERE id = ANY(%(ids)s);
+-- Where the calls a controller is running stand now (to stop the cancelled, and
+-- the finished whose pod lingers: a sidecar, a thread that keeps the process up).
+SELECT id, attempt, state,
+       EXTRACT(EPOCH FROM now() - finished_at)::float8 AS finished_seconds_ago
+FROM podfn_calls WHERE id = ANY(%(ids)s);
 
 -- name: unfinished_attempts
 -- Calls that had an attempt launched and have not finished: after a restart
