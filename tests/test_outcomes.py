@@ -98,3 +98,10 @@ def test_unschedulable_only_after_the_pending_timeout() -> None:
     found = outcome(p, now=since + timedelta(seconds=61), pending_timeout=60)
     assert found is not None and found.kind == "fatal"
     assert "Insufficient nvidia.com/gpu" in found.reason
+
+
+def test_exit_75_is_a_disruption_not_the_users_failure() -> None:
+    """The runtime exits 75 when the database stayed unreachable: the platform retries it."""
+    got = outcome(pod("Failed", terminated={"exitCode": 75, "reason": "Error"}))
+    assert got is not None and got.kind == "disrupted" and got.exit_code == 75
+    assert "could not reach the database" in got.reason

@@ -176,3 +176,19 @@ WITH c AS (
 )
 SELECT id, attempt, state, pg_notify('podfn_final', id), pg_notify('podfn_cancelled', id)
 FROM c;
+
+-- name: attempt_record
+-- Runtime, a read: the call's state and the state of one of its attempts.
+-- After a lost reply the runtime asks whether its write landed for its own
+-- attempt before it concludes the attempt was stale.
+SELECT c.id, a.attempt, c.state AS call_state, c.attempt AS call_attempt,
+       a.state AS attempt_state
+FROM podfn_calls c JOIN podfn_attempts a ON a.call_id = c.id
+WHERE c.id = %(id)s AND a.attempt = %(attempt)s;
+
+-- name: claimed_attempt
+-- Runtime, a read: what claim_attempt returns, for an attempt whose claim landed.
+SELECT c.id, c.attempt, p.data AS function, c.args, c.spec, c.client_python,
+       c.client_cloudpickle, c.result_format
+FROM podfn_calls c JOIN podfn_payloads p ON p.digest = c.function_digest
+WHERE c.id = %(id)s AND c.attempt = %(attempt)s AND c.state = 'running';

@@ -21,7 +21,8 @@ log = logging.getLogger("podfn.controller")
 def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> Launcher:
     if settings.launcher == "local":
         return LocalLauncher(settings.require_database_url(), on_exit=wake.set,
-                             forkserver=settings.local_forkserver)
+                             forkserver=settings.local_forkserver,
+                             write_retry_seconds=settings.runtime_write_retry_seconds)
     if settings.launcher == "kubernetes":
         from podfn_platform.kube.client import KubeClient
         from podfn_platform.kube.launcher import KubernetesLauncher

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from podfn_platform.kube.manifest import CONTAINER
+from podfn_runtime.main import EXIT_DISRUPTED
 
 IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                           "ErrImageNeverPull", "RegistryUnavailable"})
@@ -91,6 +92,9 @@ def outcome(pod: dict[str, Any], *, now: datetime | None = None,
             return Outcome("disrupted", f"pod {name} was disrupted ({why}): {detail}",
                            terminated.get("exitCode"))
         code = terminated.get("exitCode")
+        if code == EXIT_DISRUPTED:  # the runtime could not reach the database: not the user's
+            return Outcome("disrupted", f"pod {name}: the runtime could not reach the database "
+                                        f"to record the outcome (exit code {code})", code)
         if terminated.get("reason") == "OOMKilled":
             limit = _memory_limit(pod)
             return Outcome("exited", f"OOMKilled: memory limit {limit}" if limit
