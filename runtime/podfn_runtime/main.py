@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("missing " + ", ".join(missing) + " (or PODFN_CALL_ID, PODFN_ATTEMPT, "
                      "PODFN_DATABASE_URL in the environment)")
     reaper.become_subreaper()
+    reaper.kill_descendants_on_sigterm()
     try:
         db = RuntimeDatabase(ns.database_url, retry_seconds=ns.write_retry_seconds)
     except DatabaseUnavailable as exc:

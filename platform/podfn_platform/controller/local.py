@@ -145,6 +145,11 @@ class LocalLauncher:
         pass
 
     @property
+    def uses_forkserver(self) -> bool:
+        """Whether attempts are (to be) forked from a forkserver rather than started plainly."""
+        return self._use_forkserver
+
+    @property
     def forkserver(self) -> ForkServer | None:
         """The running forkserver, if attempts are forked from one."""
         return self._forkserver
@@ -269,6 +274,12 @@ class LocalLauncher:
         if proc.ended_by == "stopped":
             return Exit(attempt, "stopped", "stopped by the controller")
         memory = attempt.spec.get("memory")
+        if code == -signal.SIGTERM:
+            # The launcher never sends SIGTERM and a function has no reason to: it
+            # is how an operator, a kubelet or a shutdown stops a process. SIGKILL
+            # stays the user's (it is the out-of-memory killer's signal).
+            return Exit(attempt, "disrupted", "the process was stopped by SIGTERM from outside "
+                        "the call (not the function's failure)", exit_code=code)
         if code < 0:
             name = signal.Signals(-code).name
             reason = f"the process was killed by {name}"
