@@ -120,6 +120,7 @@ class Stack:
 
     workdir: Path
     concurrency: int
+    max_disruptions: int
     port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     postgres: EmbeddedPostgres | None = None
@@ -143,6 +144,7 @@ class Stack:
                     "PODFN_PORT": str(self.port), "PODFN_LAUNCHER": "local",
                     "PODFN_SWEEP_SECONDS": str(SWEEP_SECONDS),
                     "PODFN_MAX_CONCURRENCY": str(self.concurrency),
+                    "PODFN_MAX_DISRUPTIONS": str(self.max_disruptions),
                     "PODFN_CONTROLLER_METRICS_PORT": "0",
                     "PODFN_RUNTIME_WRITE_RETRY_SECONDS": "60",
                     "PODFN_LOG_LEVEL": os.environ.get("PODFN_LOG_LEVEL", "WARNING")}
@@ -432,6 +434,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one of each fault")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--keep-logs", type=Path, default=None,
+                        help="copy the API's and controller's logs into this directory")
+    parser.add_argument("--max-disruptions", type=int, default=10,
+                        help="PODFN_MAX_DISRUPTIONS for the run (default 10: the run injects "
+                             "faults far faster than a bad day; each controller kill disrupts "
+                             "every running attempt)")
     ns = parser.parse_args(argv)
     rng = random.Random(ns.seed)
     workdir = Path(tempfile.mkdtemp(prefix="podfn-chaos-"))
@@ -439,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     markers = workdir / "markers"
     markers.mkdir()
     planned = plan(ns.calls, rng)
-    stack = Stack(workdir, ns.concurrency)
+    stack = Stack(workdir, ns.concurrency, ns.max_disruptions)
     started = time.monotonic()
     try:
         stack.start()
@@ -469,9 +477,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         close_default_clients()
         stack.stop()
+        if ns.keep_logs is not None:
+            ns.keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in workdir.glob("*.log"):
+                shutil.copy(log, ns.keep_logs / log.name)
         shutil.rmtree(workdir, ignore_errors=True)
     kinds = Counter(p.kind for p in planned)
     disruptions = sum(c["disruptions"] for c in calls.values())
+    most = max((c["disruptions"] for c in calls.values()), default=0)
+    over_default = sum(c["disruptions"] > 3 for c in calls.values())
     print(f"\nchaos run: {len(planned)} calls ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))}), "
           f"seed {ns.seed}, concurrency {ns.concurrency}, {elapsed:.1f} s")
     print("\n| fault injected | times |\n| --- | --- |")
@@ -481,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, n in sorted(stack.restarts.items()):
         print(f"| restarted {name} | {n} |")
     print(f"| attempts disrupted (platform retries, not charged) | {disruptions} |")
+    print(f"| most disruptions of one call (PODFN_MAX_DISRUPTIONS={ns.max_disruptions}) | {most} |")
+    print(f"| calls disrupted more than 3 times (the default limit) | {over_default} |")
     print(f"| submissions that needed a resubmit | {sum(p.submit_errors > 0 for p in planned)} |")
     print("\n| check | value | ok |\n| --- | --- | --- |")
     for what, value, ok in verdict.rows:
