@@ -7,6 +7,7 @@ which the launcher keeps a bounded tail.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,3 +175,20 @@ def test_a_chatty_call_leaves_no_file_and_a_bounded_tail(any_platform: Platform)
     leftovers = {name for name in set(os.listdir(tempfile.gettempdir())) - before
                  if name.startswith("podfn-") and not name.startswith("podfn-output-")}
     assert leftovers == set()
+
+
+def test_the_fifo_directory_of_a_dead_controller_is_removed() -> None:
+    """FIFO names go as attempts start; a crashed controller's directory goes with the next one."""
+    from podfn_platform.controller import local
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = Path(tempfile.mkdtemp(prefix=f"podfn-output-{dead.pid}-"))
+    os.mkfifo(left / "call-1")
+    mine = local._fifo_dir()
+    try:
+        assert not left.exists()
+        assert mine.exists() and mine.name.startswith(f"podfn-output-{os.getpid()}-")
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)
+        shutil.rmtree(left, ignore_errors=True)
