@@ -290,7 +290,7 @@ class Faults:
                     return
                 time.sleep(0.05)
             # A fault that finds nothing to hit (no runtime running yet) is tried again soon.
-            for _ in range(40):
+            for _ in range(200):  # up to 10 s
                 try:
                     hit = getattr(self, name)()
                 except Exception as exc:  # the stack is hurt on purpose: note it, go on
