@@ -198,6 +198,7 @@ def spawn(fs: ForkServer, env: dict[str, str], log: Path) -> tuple[int, threadin
         status.append(code)
         ended.set()
 
+    log.touch()  # the launcher passes a FIFO; the zygote opens either the same way
     return fs.spawn(env, str(log), None, on_exit), ended, status
 
 

@@ -163,3 +163,10 @@ def test_permanent_pull_errors_fail_at_once(message: str) -> None:
 def test_deadline_reason_names_the_timeout_hint_not_the_pod_deadline() -> None:
     found = outcome(pod("Failed", reason="DeadlineExceeded", deadline=302), timeout=2)
     assert found is not None and found.kind == "timeout" and "after 2 s" in found.reason
+
+
+def test_exit_75_is_a_disruption_not_the_users_failure() -> None:
+    """The runtime exits 75 when the database stayed unreachable: the platform retries it."""
+    got = outcome(pod("Failed", terminated={"exitCode": 75, "reason": "Error"}))
+    assert got is not None and got.kind == "disrupted" and got.exit_code == 75
+    assert "could not reach the database" in got.reason

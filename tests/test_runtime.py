@@ -12,6 +12,7 @@ import cloudpickle
 from attempts import Runtime, arm
 from podfn_platform.database import Database
 from podfn_platform.submission import NewCalls, record_calls, store_payload
+from podfn_runtime.main import EXIT_DISRUPTED
 
 
 def submit(db: Database, fn: object, *args: object) -> str:
@@ -73,10 +74,13 @@ def test_a_late_write_from_an_older_attempt_is_ignored(db: Database,
     assert cloudpickle.loads(row["result"]) == 9
 
 
-def test_no_database_is_a_runtime_failure() -> None:
-    done = run_runtime("postgresql://nobody@127.0.0.1:1/none", "x", 1, "secret")
-    assert done.returncode == 1
-    assert "cannot connect" in done.stderr
+def test_no_database_for_the_whole_retry_budget_exits_75() -> None:
+    env = {**os.environ, "PODFN_RUNTIME_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+           "PODFN_ATTEMPT_SECRET": "secret", "PODFN_RUNTIME_WRITE_RETRY_SECONDS": "0.5"}
+    done = subprocess.run([sys.executable, "-m", "podfn_runtime", "--call-id", "x", "--attempt",
+                           "1"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_DISRUPTED == 75
+    assert "unreachable for 0.5 s" in done.stderr
 
 
 def test_missing_arguments_are_a_usage_error() -> None:

@@ -65,6 +65,8 @@ class Settings:
     max_concurrency: int = 32
     sweep_seconds: float = 5.0
     max_disruptions: int = 3
+    # How long a runtime retries an unreachable database before it exits 75 (a disruption).
+    runtime_write_retry_seconds: float = 60.0
     # Kubernetes launcher (KUBECONFIG is read as kubectl reads it).
     kube_context: str | None = None
     runtime_image: str = "ghcr.io/podfn/runtime"  # tagged py<major.minor>

@@ -1,4 +1,5 @@
-"""The runtime's one connection to Postgres, and every statement it sends.
+"""The runtime's one connection to Postgres, every statement it sends, and how it
+rides out database trouble.
 
 The runtime writes results straight to Postgres (no queue, no callback to
 the API), but it connects as the runtime role, which may only execute the
@@ -7,10 +8,29 @@ secret, so the code of a call can touch its own call and nothing else, and
 a stale attempt's write changes nothing. The connection keeps no session
 state and never prepares statements server-side, so it works through
 PgBouncer in transaction pooling mode.
+
+A lost connection, a restarting server or a terminated backend is the
+platform's fault, never the user's: each statement is retried on a fresh
+connection, with exponential backoff and jitter, for up to `retry_seconds`
+(counted from the first failure of that statement). Past that the runtime
+gives up with `DatabaseUnavailable`, which `main` turns into the exit code the
+launchers read as a disruption (requeued, the user's `retries` untouched).
+
+Retrying a write whose reply was lost is safe because every protocol function
+is guarded: the second try matches nothing. That "nothing" must not be read
+as "stale": after a connection failure the runtime asks Postgres whether the
+write landed for *this* attempt (`record`, which its secret still unlocks
+after the attempt ended) and, if it did, carries on as if the first reply had
+arrived.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import random
+import threading
+import time
 from typing import Any
 
 import psycopg
@@ -18,34 +38,125 @@ from psycopg.rows import dict_row
 
 from podfn_runtime.queries import protocol
 
+log = logging.getLogger("podfn.runtime")
+
+DEFAULT_RETRY_SECONDS = 60.0
+# Backoff between tries: doubles from FIRST_BACKOFF up to MAX_BACKOFF, each
+# sleep drawn uniformly from [half, all] of it so runtimes cut off together
+# do not reconnect together.
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+CONNECT_TIMEOUT = 10  # seconds; libpq's own limit for one connection attempt
+
+# Errors that mean "the connection or the server is in trouble", worth a new
+# connection. Anything else (a constraint, a bad value) would fail again.
+_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
+
+# For each transition, the attempt states (podfn_attempts.state) that say it
+# already happened for this attempt.
+_LANDED = {
+    "claim": ("running",),
+    "succeed": ("succeeded",),
+    "fail": ("failed", "retrying"),
+}
+
 
 class RuntimeDatabaseError(Exception):
-    """The runtime could not reach or write to Postgres: it cannot do its job."""
+    """The runtime could not write to Postgres, and retrying would not help."""
+
+
+class DatabaseUnavailable(RuntimeDatabaseError):
+    """Postgres stayed unreachable for the whole retry budget: a disruption, not the user's failure."""
 
 
 class RuntimeDatabase:
-    def __init__(self, url: str, secret: str) -> None:
-        self._queries = protocol()
+    def __init__(self, url: str, secret: str, *,
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS) -> None:
+        self._url = url
         self._secret = secret
-        try:
-            self._conn: psycopg.Connection[dict[str, Any]] = psycopg.connect(
-                url, autocommit=True, row_factory=dict_row, application_name="podfn-runtime",
-                prepare_threshold=None,
-            )
-        except psycopg.Error as exc:
-            raise RuntimeDatabaseError(f"cannot connect to the database: {exc}") from exc
+        self._retry_seconds = retry_seconds
+        self._queries = protocol()
+        self._lock = threading.Lock()  # the progress thread shares the connection
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        self._retrying(lambda _tries: None, "connect")
+
+    def _connect(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            return
+        self._conn = psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
+                                     application_name="podfn-runtime",
+                                     connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
+
+    def _retrying(self, action: Any, what: str, *, retry: bool = True) -> Any:
+        """`action()` under the lock, retried on transient errors for the retry budget."""
+        deadline: float | None = None
+        backoff = FIRST_BACKOFF
+        tries = 0
+        while True:
+            tries += 1
+            with self._lock:
+                try:
+                    self._connect()
+                    return action(tries)
+                except _TRANSIENT as exc:
+                    self._drop()
+                    error: Exception = exc
+                except psycopg.Error as exc:
+                    raise RuntimeDatabaseError(f"{what} failed: {exc}") from exc
+            now = time.monotonic()
+            deadline = deadline if deadline is not None else now + self._retry_seconds
+            if not retry or now >= deadline:
+                raise DatabaseUnavailable(
+                    f"{what} failed: the database was unreachable for "
+                    f"{self._retry_seconds:g} s ({tries} tries); last error: {error}") from error
+            log.warning("%s failed (%s); trying again", what, str(error).strip() or type(error))
+            time.sleep(min(random.uniform(backoff / 2, backoff), max(0.0, deadline - now)))
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
     def transition(self, name: str, **params: Any) -> dict[str, Any] | None:
-        """Call one protocol function with this attempt's secret (unless `secret=` is given);
-        its row, or None if it did not apply."""
-        try:
-            row = self._conn.execute(self._queries[name],
-                                     {"secret": self._secret, **params}).fetchone()
-        except psycopg.Error as exc:
-            raise RuntimeDatabaseError(f"{name} failed: {exc}") from exc
-        if name == "progress":
-            return row if row and row["written"] else None
-        return row
+        """Call one protocol function with this attempt's secret (unless `secret=` is
+        given); its row, or None if it did not apply."""
+        return self._transition(name, params, retry=True)
+
+    def try_once(self, name: str, **params: Any) -> dict[str, Any] | None:
+        """`transition` without retries, for writes the next one supersedes (progress)."""
+        return self._transition(name, params, retry=False)
+
+    def _transition(self, name: str, params: dict[str, Any], *,
+                    retry: bool) -> dict[str, Any] | None:
+        params = {"secret": self._secret, **params}
+
+        def run(tries: int) -> dict[str, Any] | None:
+            assert self._conn is not None
+            row = self._conn.execute(self._queries[name], params).fetchone()
+            if name == "progress":
+                return row if row and row["written"] else None
+            if row is None and tries > 1 and name in _LANDED:
+                return self._landed(name, params)
+            return row
+
+        result: dict[str, Any] | None = self._retrying(run, name, retry=retry)
+        return result
+
+    def _landed(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """After a lost reply: what the transition returned, if it did land for this attempt."""
+        assert self._conn is not None
+        key = {"id": params["id"], "attempt": params["attempt"], "secret": params["secret"]}
+        record = self._conn.execute(self._queries["record"], key).fetchone()
+        if record is None or record["attempt_state"] not in _LANDED[name]:
+            return None
+        log.info("%s of call %s attempt %s had landed before the connection was lost",
+                 name, params["id"], params["attempt"])
+        if name == "claim":
+            return self._conn.execute(self._queries["claimed"], key).fetchone()
+        return {"id": record["id"], "attempt": record["attempt"], "state": record["call_state"]}
 
     def close(self) -> None:
-        self._conn.close()
+        with self._lock:
+            self._drop()

@@ -2,8 +2,13 @@
 
 Exit status is 0 whenever the outcome was recorded (the function's own
 failure included) or the attempt turned out to be stale; it is non-zero only
-when the runtime itself could not do its job (no database, a failed write),
-so the controller can tell the two apart.
+when the runtime itself could not do its job, so the controller can tell the
+two apart. EXIT_DISRUPTED (75, EX_TEMPFAIL from sysexits.h) says the database
+stayed out of reach for the whole retry budget: the launchers map it to a
+disruption, which requeues the call without spending the user's `retries`.
+
+Whatever the outcome, every process the call started (setsid ones included)
+is killed before the runtime writes the outcome and exits (reaper.py).
 """
 
 from __future__ import annotations
@@ -25,15 +30,21 @@ from typing import Any
 
 import cloudpickle
 
-from podfn_runtime import termination
+from podfn_runtime import reaper, termination
 from podfn_runtime.capture import Captured, capture_output
-from podfn_runtime.database import RuntimeDatabase, RuntimeDatabaseError
+from podfn_runtime.database import (
+    DEFAULT_RETRY_SECONDS,
+    DatabaseUnavailable,
+    RuntimeDatabase,
+    RuntimeDatabaseError,
+)
 
 log = logging.getLogger("podfn.runtime")
 
 EXIT_RECORDED = 0
 EXIT_RUNTIME_FAILED = 1
 EXIT_USAGE = 2
+EXIT_DISRUPTED = 75  # EX_TEMPFAIL: the database was unreachable; not the user's failure
 # How often a running call's output is written for people following its logs.
 PROGRESS_SECONDS = 1.0
 # The largest result (pickled or JSON) recorded; the launchers pass the
@@ -199,8 +210,8 @@ def _reporting_progress(db: RuntimeDatabase, call_id: str, attempt: int,
             now = (captured.stdout, captured.stderr)
             if now != sent:
                 try:
-                    db.transition("progress", id=call_id, attempt=attempt, stdout=now[0],
-                                  stderr=now[1])
+                    db.try_once("progress", id=call_id, attempt=attempt,
+                                  stdout=now[0], stderr=now[1])
                 except RuntimeDatabaseError as exc:
                     log.warning("could not report progress: %s", exc)
                 sent = now
@@ -259,6 +270,8 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
             termination.install(_output_writer(db, call_id, attempt, captured))
             outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
                               claimed["result_format"])
+        # The call is over: what it started must not outlive it (or see its result written).
+        reaper.kill_descendants()
         outcome = within_limit(outcome, max_result_bytes)
     output = {
         "stdout": captured.stdout if captured else "",
@@ -306,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         default=int(os.environ.get("PODFN_MAX_RESULT_BYTES") or DEFAULT_MAX_RESULT_BYTES),
         help="a larger result fails the call (default: $PODFN_MAX_RESULT_BYTES, else 64 MiB)",
     )
+    parser.add_argument(
+        "--write-retry-seconds", type=float,
+        default=os.environ.get("PODFN_RUNTIME_WRITE_RETRY_SECONDS") or DEFAULT_RETRY_SECONDS,
+        help="how long to keep retrying a database write before exiting with code "
+             f"{EXIT_DISRUPTED} (default: $PODFN_RUNTIME_WRITE_RETRY_SECONDS or "
+             f"{DEFAULT_RETRY_SECONDS:g})",
+    )
     ns = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("PODFN_LOG_LEVEL", "INFO").upper(),
@@ -325,15 +345,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("missing " + ", ".join(missing) + " (or PODFN_CALL_ID, PODFN_ATTEMPT, "
                      "PODFN_RUNTIME_DATABASE_URL in the environment; the controller sets "
                      "them, with PODFN_ATTEMPT_SECRET, for each attempt)")
+    reaper.become_subreaper()
+    reaper.kill_descendants_on_sigterm()
     try:
-        db = RuntimeDatabase(ns.database_url, secret)
+        db = RuntimeDatabase(ns.database_url, secret, retry_seconds=ns.write_retry_seconds)
+    except DatabaseUnavailable as exc:
+        log.error("%s", exc)
+        return EXIT_DISRUPTED
     except RuntimeDatabaseError as exc:
         log.error("%s", exc)
         return EXIT_RUNTIME_FAILED
     try:
         return run_attempt(db, ns.call_id, int(ns.attempt), ns.max_result_bytes)
+    except DatabaseUnavailable as exc:
+        log.error("could not record the outcome of call %s: %s", ns.call_id, exc)
+        return EXIT_DISRUPTED
     except RuntimeDatabaseError as exc:
         log.error("could not record the outcome of call %s: %s", ns.call_id, exc)
         return EXIT_RUNTIME_FAILED
     finally:
+        reaper.kill_descendants()
         db.close()

@@ -25,3 +25,14 @@ SELECT id, attempt, state
 FROM podfn_runtime_v1.fail(%(id)s, %(attempt)s, %(secret)s, %(retryable)s, %(reason)s,
                            %(error_type)s, %(error_message)s, %(error_traceback)s,
                            %(error_pickle)s, %(stdout)s, %(stderr)s);
+
+-- name: record
+-- After a lost reply: the state of this attempt and of its call.
+SELECT id, attempt, call_state, attempt_state
+FROM podfn_runtime_v1.record(%(id)s, %(attempt)s, %(secret)s);
+
+-- name: claimed
+-- After a lost reply to `claim`: what it returned, if the claim landed.
+SELECT id, attempt, function, function_digest, args, spec, client_python,
+       client_cloudpickle, result_format
+FROM podfn_runtime_v1.claimed(%(id)s, %(attempt)s, %(secret)s);

@@ -4,7 +4,8 @@ In a container the runtime is PID 1, and the kernel delivers no signal to
 PID 1 that it has no handler for: without this, SIGTERM (a deleted,
 evicted or preempted pod, a timed-out one) is ignored and the process runs
 on until SIGKILL at the end of the grace period, losing the output it had
-not written yet. With it, the output captured so far is written (a
+not written yet. With it, the call's descendants are killed, the output
+captured so far is written (a
 guarded `progress` transition, so a stale attempt writes nothing) and the
 process exits at once with 128 + SIGTERM, the shell's convention.
 
@@ -23,6 +24,8 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from podfn_runtime import reaper
+
 log = logging.getLogger("podfn.runtime")
 
 EXIT_TERMINATED = 128 + signal.SIGTERM
@@ -37,6 +40,8 @@ def install(record: Callable[[], None]) -> None:
         writer = threading.Thread(target=_quietly(record), name="podfn-sigterm", daemon=True)
         writer.start()
         writer.join(_WRITE_SECONDS)
+        # What the call started must not outlive it (the runtime is their subreaper).
+        reaper.kill_descendants(timeout=_WRITE_SECONDS)
         for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
             try:
                 if stream is not None:

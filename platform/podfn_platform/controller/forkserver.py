@@ -12,13 +12,19 @@ own and keeps every property of the plain launcher:
 - RLIMIT_AS for the `memory` hint;
 - its own session (setsid), so Ctrl-C in a terminal never reaches it, and
   the controller can kill its whole process group (timeout, cancel);
-- stdin from /dev/null, stdout and stderr to the per-attempt log file;
+- stdin from /dev/null, stdout and stderr to the attempt's output FIFO
+  (opened by the zygote before it forks, so the controller may remove the
+  FIFO's name as soon as the zygote has answered);
 - it dies when the controller dies: the zygote has PR_SET_PDEATHSIG(SIGKILL)
   on the controller, every child has it on the zygote, and the zygote kills
   the process group of every child still running when it exits;
 - its exit status (code or signal) is reported to the controller exactly as
   `Popen.returncode` would be: the zygote reaps its children and writes
-  `{"exit": pid, "status": code}` on its stdout.
+  `{"exit": pid, "status": code}` on its stdout;
+- nothing it started outlives it: the zygote is a child subreaper, so the
+  descendants of a child that was killed (timeout, cancel, a crash) become the
+  zygote's children, and the zygote kills every process tree it did not fork
+  itself each time it reaps.
 
 The zygote never connects to Postgres (a child must not inherit a
 connection) and is single-threaded when it forks (it checks).
@@ -66,7 +72,8 @@ def _send(out: Any, message: dict[str, Any]) -> None:
     out.flush()
 
 
-def _run_child(request: dict[str, Any], zygote_pid: int, libc: Any, keep_fds: list[int]) -> None:
+def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
+               keep_fds: list[int]) -> None:
     """In the forked child: become the attempt's process, run the runtime, never return."""
     code = 1
     try:
@@ -82,11 +89,11 @@ def _run_child(request: dict[str, Any], zygote_pid: int, libc: Any, keep_fds: li
         if memory is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         null = os.open(os.devnull, os.O_RDONLY)
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.set_blocking(output, True)
         os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        for fd in {null, log, *keep_fds}:
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        for fd in {null, output, *keep_fds}:
             if fd > 2:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -142,8 +149,10 @@ class Zygote:
     def serve(self) -> None:
         # Everything an attempt imports anyway, imported once here.
         import podfn_runtime.main  # noqa: F401
+        from podfn_runtime import reaper
         from podfn_runtime.queries import protocol
 
+        reaper.become_subreaper()
         protocol()
         # Nothing of ours writes to fd 1 but the protocol; keep prints off it.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -194,13 +203,21 @@ class Zygote:
                              "error": "the forkserver is not single-threaded"})
             return
         try:
+            # Non-blocking: fails (ENXIO) rather than hangs if the reader is gone.
+            output = os.open(request["log"], os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            _send(self.out, {"id": request["id"], "error": f"cannot open the output: {exc}"})
+            return
+        try:
             pid = os.fork()
         except OSError as exc:
+            os.close(output)
             _send(self.out, {"id": request["id"], "error": f"fork failed: {exc}"})
             return
         if pid == 0:
-            _run_child(request, os.getppid(), self.libc,
+            _run_child(request, output, os.getppid(), self.libc,
                        [self.out.fileno(), self.wake_r, self.wake_w, self.stdin_fd])
+        os.close(output)
         self.children.add(pid)
         _send(self.out, {"id": request["id"], "pid": pid})
 
@@ -215,14 +232,28 @@ class Zygote:
             if pid in self.children:
                 self.children.discard(pid)
                 _send(self.out, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+                self.kill_orphans()
+
+    def kill_orphans(self) -> None:
+        """Kill the trees of processes re-parented to us: what dead attempts left running."""
+        from podfn_runtime import reaper
+
+        me = os.getpid()
+        for pid in reaper.descendants(me):
+            if pid in self.children or reaper.parent_of(pid) != me:
+                continue
+            reaper.kill_tree(pid, include_root=True)
 
     def kill_all(self) -> None:
+        from podfn_runtime import reaper
+
         for pid in list(self.children):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError as exc:
                 if exc.errno != errno.ESRCH:
                     raise
+        reaper.kill_tree(os.getpid())
 
 
 # -- the controller's side -----------------------------------------------------

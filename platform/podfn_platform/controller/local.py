@@ -8,6 +8,14 @@ dies (PR_SET_PDEATHSIG), so a restarted controller knows every attempt it
 did not launch itself is gone. Hints it cannot apply (gpu, image,
 node_selector, ...) are accepted and ignored, with a debug log.
 
+An attempt's stdout and stderr go to a pipe, never a file: a thread keeps
+the last OUTPUT_TAIL_BYTES (for the failure reason, as a pod's last log lines
+would be) and drops the rest, so a chatty function costs a bounded amount of
+memory and leaves nothing on disk, however the controller ends. Exit code 75
+(the runtime's EXIT_DISRUPTED: the database stayed unreachable) is a
+disruption. Stopping an attempt kills its whole process tree (reaper.py);
+the runtime kills what its call started when the call ends.
+
 On Linux, attempts are forked from a forkserver (forkserver.py) that has
 the runtime's imports done, so a process per attempt costs a fork instead of
 an interpreter start; every property above holds for those processes too.
@@ -23,6 +31,8 @@ import ctypes.util
 import logging
 import os
 import resource
+import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,13 +42,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from podfn.settings import default_secrets_dir
 from podfn.spec import memory_bytes
 from podfn_platform.controller.environment import base_environment, local_secrets
 from podfn_platform.controller.forkserver import ForkServer, ForkServerError
 from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
+from podfn_runtime import reaper
+from podfn_runtime.main import EXIT_DISRUPTED
+from podfn_runtime.termination import EXIT_TERMINATED
 
 log = logging.getLogger("podfn.controller.local")
 
@@ -47,7 +59,8 @@ _NO_GPU = ("gpu={gpu} cannot be honoured: the local launcher runs calls as proce
            "hint for local runs, e.g. f.options(gpu=0).remote(...)")
 _IGNORED_HINTS = ("image", "node_selector", "tolerations", "labels", "annotations",
                   "service_account", "pod_patch")
-_TAIL_BYTES = 2000
+_TAIL_BYTES = 2000  # of the output, quoted in a failure's reason
+OUTPUT_TAIL_BYTES = 8192  # of the output, kept while the attempt runs
 _PR_SET_PDEATHSIG = 1
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
@@ -62,23 +75,58 @@ def _child_setup(memory_limit: int | None) -> Callable[[], None]:
     return setup
 
 
+class OutputTail:
+    """Drain a pipe from a thread, keeping only its last `limit` bytes."""
+
+    def __init__(self, fd: int, limit: int = OUTPUT_TAIL_BYTES) -> None:
+        self._fd = fd
+        self._limit = limit
+        self._buffer = bytearray()
+        self._dropped = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True,
+                                        name=f"podfn-output-{fd}")
+        self._thread.start()
+
+    def _drain(self) -> None:
+        os.set_blocking(self._fd, False)
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._fd, selectors.EVENT_READ)
+            try:
+                while not self._stop.is_set():
+                    if not sel.select(0.5):
+                        continue
+                    try:
+                        chunk = os.read(self._fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        return  # every writer closed it
+                    self._buffer += chunk
+                    if len(self._buffer) > self._limit:
+                        extra = len(self._buffer) - self._limit
+                        self._dropped += extra
+                        del self._buffer[:extra]
+            finally:
+                os.close(self._fd)
+
+    def text(self, limit: int = _TAIL_BYTES, wait: float = 2.0) -> str:
+        """The last `limit` bytes, after the writers closed the pipe (or `wait` s)."""
+        self._thread.join(wait)
+        self._stop.set()  # a writer that outlived the attempt does not keep us reading
+        data = bytes(self._buffer[-limit:])
+        cut = self._dropped + len(self._buffer) > limit
+        return ("..." if cut else "") + data.decode("utf-8", "replace").strip()
+
+
 @dataclass
 class _Process:
     attempt: Attempt
-    log_file: IO[bytes]
+    output: OutputTail
     deadline: float | None
     pid: int = 0                  # 0 until the process exists
     ended_by: str | None = None   # "timeout" or "stopped" when we killed it
     done: threading.Event = field(default_factory=threading.Event)
-
-
-def tail(path: Path, limit: int = _TAIL_BYTES) -> str:
-    with path.open("rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - limit))
-        text = fh.read().decode("utf-8", "replace")
-    return ("..." if size > limit else "") + text.strip()
 
 
 class LocalLauncher:
@@ -87,21 +135,30 @@ class LocalLauncher:
     def __init__(self, database_url: str, *, on_exit: Callable[[], None] = lambda: None,
                  python: str = sys.executable, env: dict[str, str] | None = None,
                  forkserver: bool | None = None, secrets_dir: Path | None = None,
-                 max_result_bytes: int | None = None) -> None:
+                 max_result_bytes: int | None = None,
+                 write_retry_seconds: float | None = None) -> None:
         self._database_url = database_url
         self._secrets_dir = secrets_dir or default_secrets_dir()
         self._max_result_bytes = max_result_bytes
         self._on_exit = on_exit
         self._python = python
         self._env = base_environment(env)
+        if write_retry_seconds is not None:
+            self._env["PODFN_RUNTIME_WRITE_RETRY_SECONDS"] = str(write_retry_seconds)
         self._lock = threading.Lock()
         self._running: dict[tuple[str, int], _Process] = {}
         self._exits: list[Exit] = []
         self._use_forkserver = sys.platform == "linux" if forkserver is None else forkserver
         self._forkserver: ForkServer | None = None
+        self._fifo_dir: Path | None = None
 
     def start(self) -> None:
         pass
+
+    @property
+    def uses_forkserver(self) -> bool:
+        """Whether attempts are (to be) forked from a forkserver rather than started plainly."""
+        return self._use_forkserver
 
     @property
     def forkserver(self) -> ForkServer | None:
@@ -135,41 +192,67 @@ class LocalLauncher:
         if self._max_result_bytes is not None:
             env["PODFN_MAX_RESULT_BYTES"] = str(self._max_result_bytes)
         memory = memory_bytes(spec["memory"]) if spec.get("memory") else None
-        # Closed once the process has ended.
-        log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115
-            prefix=f"podfn-{attempt.call_id}-{attempt.attempt}-",
-                                               suffix=".log", delete=False)
         timeout = spec.get("timeout")
-        proc = _Process(attempt, log_file, time.monotonic() + timeout if timeout else None)
+        # Interpreter-level variables only take effect in a fresh interpreter.
+        server = None if any(k.startswith("PYTHON") for k in user_env) else self._server()
+        if server is not None and self._fifo_dir is not None:
+            try:
+                return self._fork(server, attempt, env, memory, timeout)
+            except ForkServerError as exc:
+                log.warning("the forkserver could not start call %s (%s); starting a "
+                            "process instead", attempt.call_id, exc)
+        read_fd, write_fd = os.pipe()
+        proc = _Process(attempt, OutputTail(read_fd),
+                        time.monotonic() + timeout if timeout else None)
         with self._lock:
             self._running[attempt.key] = proc
         try:
-            # Interpreter-level variables only take effect in a fresh interpreter.
-            server = None if any(k.startswith("PYTHON") for k in user_env) else \
-                self._server()
-            if server is not None:
-                try:
-                    proc.pid = server.spawn(env, log_file.name, memory,
-                                            lambda code: self._finish(proc, code))
-                except ForkServerError as exc:
-                    log.warning("the forkserver could not start call %s (%s); starting a "
-                                "process instead", attempt.call_id, exc)
-            if not proc.pid:
-                popen = subprocess.Popen(
-                    [self._python, "-m", "podfn_runtime"],
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    env=env, preexec_fn=_child_setup(memory), start_new_session=True,
-                    close_fds=True,
-                )
-                proc.pid = popen.pid
-                threading.Thread(target=self._wait, args=(proc, popen), daemon=True,
-                                 name=f"podfn-wait-{popen.pid}").start()
+            popen = subprocess.Popen(
+                [self._python, "-m", "podfn_runtime"],
+                stdin=subprocess.DEVNULL, stdout=write_fd, stderr=subprocess.STDOUT,
+                env=env, preexec_fn=_child_setup(memory), start_new_session=True,
+                close_fds=True,
+            )
         except BaseException:
             with self._lock:
                 self._running.pop(attempt.key, None)
-            log_file.close()
-            Path(log_file.name).unlink(missing_ok=True)
             raise
+        finally:
+            os.close(write_fd)
+        proc.pid = popen.pid
+        threading.Thread(target=self._wait, args=(proc, popen), daemon=True,
+                         name=f"podfn-wait-{popen.pid}").start()
+        return f"pid:{proc.pid}"
+
+    def _fork(self, server: ForkServer, attempt: Attempt, env: dict[str, str],
+              memory: int | None, timeout: float | None) -> str:
+        """Start the attempt through the forkserver, its output through a FIFO.
+
+        The zygote opens the FIFO's write end before it forks and replies after,
+        so the FIFO's name can go as soon as the reply is in: nothing stays on disk.
+        """
+        assert self._fifo_dir is not None
+        fifo = self._fifo_dir / f"{attempt.call_id}-{attempt.attempt}"
+        fifo.unlink(missing_ok=True)
+        os.mkfifo(fifo, 0o600)
+        try:
+            read_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except BaseException:
+            fifo.unlink(missing_ok=True)
+            raise
+        proc = _Process(attempt, OutputTail(read_fd),
+                        time.monotonic() + timeout if timeout else None)
+        with self._lock:
+            self._running[attempt.key] = proc
+        try:
+            proc.pid = server.spawn(env, str(fifo), memory, lambda code: self._finish(proc, code))
+        except BaseException:
+            with self._lock:
+                self._running.pop(attempt.key, None)
+            proc.output.text(wait=0)
+            raise
+        finally:
+            fifo.unlink(missing_ok=True)
         return f"pid:{proc.pid}"
 
     def _server(self) -> ForkServer | None:
@@ -182,6 +265,7 @@ class LocalLauncher:
             log.warning("the local forkserver died; starting a new one")
             self._forkserver.close()
         try:
+            self._fifo_dir = self._fifo_dir or _fifo_dir()
             self._forkserver = ForkServer(self._python, self._env).start()
         except (ForkServerError, OSError) as exc:
             log.warning("cannot start the local forkserver (%s); every attempt starts a "
@@ -195,12 +279,7 @@ class LocalLauncher:
 
     def _finish(self, proc: _Process, code: int | None) -> None:
         """The process ended with `code` (as Popen.returncode), or was lost with the forkserver."""
-        proc.log_file.close()
-        path = Path(proc.log_file.name)
-        try:
-            output = tail(path)
-        finally:
-            path.unlink(missing_ok=True)
+        output = proc.output.text()
         if code is None:
             exit_ = Exit(proc.attempt, "disrupted",
                          "the local forkserver running the attempt died")
@@ -222,6 +301,13 @@ class LocalLauncher:
         if proc.ended_by == "stopped":
             return Exit(attempt, "stopped", "stopped by the controller")
         memory = attempt.spec.get("memory")
+        if code in (-signal.SIGTERM, EXIT_TERMINATED):
+            # The launcher never sends SIGTERM and a function has no reason to: it
+            # is how an operator, a kubelet or a shutdown stops a process (the
+            # runtime's handler exits with 128 + SIGTERM once a call runs). SIGKILL
+            # stays the user's (it is the out-of-memory killer's signal).
+            return Exit(attempt, "disrupted", "the process was stopped by SIGTERM from outside "
+                        "the call (not the function's failure)", exit_code=code)
         if code < 0:
             name = signal.Signals(-code).name
             reason = f"the process was killed by {name}"
@@ -229,6 +315,10 @@ class LocalLauncher:
                 reason += f" (possibly out of memory; memory limit {memory})"
         elif memory and "MemoryError" in output:
             reason = f"memory limit {memory} exceeded (exit code {code})"
+        elif code == EXIT_DISRUPTED:
+            return Exit(attempt, "disrupted", "the runtime could not reach the database to record "
+                        f"the outcome (exit code {code}); last output:\n{output}",
+                        exit_code=code)
         elif code == 0:
             reason = "the runtime exited without recording a result"
         else:
@@ -244,6 +334,8 @@ class LocalLauncher:
                 return None
             proc.ended_by = why
         if proc.pid:
+            # Its descendants first (setsid ones left its group), then the group.
+            reaper.kill_tree(proc.pid, include_root=True)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
         return proc
@@ -302,3 +394,34 @@ class LocalLauncher:
         if self._forkserver is not None:
             self._forkserver.close()
             self._forkserver = None
+        if self._fifo_dir is not None:
+            shutil.rmtree(self._fifo_dir, ignore_errors=True)
+            self._fifo_dir = None
+
+
+_FIFO_PREFIX = "podfn-output-"
+
+
+def _fifo_dir() -> Path:
+    """A private directory for this controller's FIFOs, after removing those of dead controllers.
+
+    Named after the controller's pid: a directory whose pid is gone was left by
+    a controller that crashed (FIFOs are removed one by one as attempts start,
+    but a crash between mkfifo and unlink could leave one).
+    """
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{_FIFO_PREFIX}*"):
+        pid = old.name.removeprefix(_FIFO_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{_FIFO_PREFIX}{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -24,7 +24,8 @@ def build_launcher(settings: Settings, db: Database, wake: threading.Event) -> L
         return LocalLauncher(runtime_database_url(settings), on_exit=wake.set,
                              forkserver=settings.local_forkserver,
                              secrets_dir=settings.local_secrets_dir,
-                             max_result_bytes=settings.max_result_bytes)
+                             max_result_bytes=settings.max_result_bytes,
+                             write_retry_seconds=settings.runtime_write_retry_seconds)
     if settings.launcher == "kubernetes":
         from podfn_platform.kube.client import KubeClient
         from podfn_platform.kube.launcher import KubernetesLauncher

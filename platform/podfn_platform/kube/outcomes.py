@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from podfn_platform.kube.manifest import CONTAINER
+from podfn_runtime.main import EXIT_DISRUPTED
 
 IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                           "ErrImageNeverPull", "RegistryUnavailable"})
@@ -94,7 +95,8 @@ def exit_outcome(name: str, terminated: dict[str, Any], *, pod_reason: str | Non
     """podfn's container ended with `terminated`: the one mapping of exit codes.
 
     0: the runtime recorded the outcome (if it did not, the call fails: the
-    controller's fail is guarded, so a recorded result stands); OOMKilled
+    controller's fail is guarded, so a recorded result stands); 75
+    (EXIT_DISRUPTED): the runtime could not reach the database, a disruption; OOMKilled
     names the limit; any other code is the attempt's failure, with the log
     tail the kubelet put in the termination message.
     """
@@ -102,6 +104,9 @@ def exit_outcome(name: str, terminated: dict[str, Any], *, pod_reason: str | Non
     if code == 0:
         return Outcome("exited", f"pod {name} succeeded without recording a result "
                                  "(exit code 0)", 0)
+    if code == EXIT_DISRUPTED:  # the runtime could not reach the database: not the user's
+        return Outcome("disrupted", f"pod {name}: the runtime could not reach the database "
+                                    f"to record the outcome (exit code {code})", code)
     if terminated.get("reason") == "OOMKilled":
         return Outcome("exited", f"OOMKilled: memory limit {memory_limit}" if memory_limit
                        else "OOMKilled: the container ran out of memory", code)

@@ -209,4 +209,30 @@ BEGIN
                         p_stdout, p_stderr) f;
 END $$;
 
+-- After a lost reply (the connection dropped mid-write), the runtime asks
+-- whether its own write landed before it concludes its attempt was stale.
+-- Its secret still identifies the attempt once the attempt has ended; the
+-- answer is only that attempt's state and its call's.
+CREATE FUNCTION podfn_runtime_v1.record(p_id text, p_attempt integer, p_secret text)
+RETURNS TABLE (id text, attempt integer, call_state text, attempt_state text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SELECT c.id, a.attempt, c.state, a.state
+FROM podfn_attempts a JOIN podfn_calls c ON c.id = a.call_id
+WHERE a.call_id = p_id AND a.attempt = p_attempt
+  AND a.secret_hash IS NOT NULL AND p_secret IS NOT NULL
+  AND a.secret_hash = encode(sha256(convert_to(p_secret, 'UTF8')), 'hex')
+$$;
+
+-- What `claim` returned, for an attempt whose claim landed but whose reply was lost.
+CREATE FUNCTION podfn_runtime_v1.claimed(p_id text, p_attempt integer, p_secret text)
+RETURNS TABLE (id text, attempt integer, function bytea, function_digest text, args bytea,
+               spec jsonb, client_python text, client_cloudpickle text, result_format text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SELECT c.id, c.attempt, p.data, c.function_digest, c.args, c.spec, c.client_python,
+       c.client_cloudpickle, c.result_format
+FROM podfn_calls c JOIN podfn_payloads p ON p.digest = c.function_digest
+WHERE c.id = p_id AND c.attempt = p_attempt AND c.state = 'running'
+  AND podfn_runtime_v1.attempt_holds(p_id, p_attempt, p_secret)
+$$;
+
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA podfn_runtime_v1 FROM PUBLIC;

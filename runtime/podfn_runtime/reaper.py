@@ -1,0 +1,142 @@
+"""Nothing a call starts outlives the call: find and kill a process's descendants.
+
+A function may start processes, and a process that calls `setsid` leaves the
+process group the launcher kills on timeout or cancel. So the runtime makes
+itself a *child subreaper* (Linux `PR_SET_CHILD_SUBREAPER`): a descendant
+whose parent exits is re-parented to the runtime rather than to init, and
+stays in the runtime's process tree however it detached. When the call ends,
+whatever its outcome, the runtime kills that whole tree. The local
+forkserver is a subreaper too, for the descendants of a runtime that was
+itself killed (timeout, cancel, a crash).
+
+The tree is read from /proc (each process's parent id). To kill a tree that
+may still be forking, it is frozen first: SIGSTOP to every member until a
+pass finds no new one, then SIGKILL to all. Elsewhere than Linux this module
+does nothing (the local launcher's other guarantees still hold).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import signal
+import sys
+import time
+from types import FrameType
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PROC = "/proc"
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants of this process; False where that is not possible."""
+    if sys.platform != "linux":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def parent_of(pid: int | str) -> int | None:
+    """`pid`'s parent, or None if it is gone."""
+    try:
+        with open(f"{_PROC}/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def _parents() -> dict[int, int]:
+    """{pid: parent pid} of every process visible in /proc."""
+    parents: dict[int, int] = {}
+    try:
+        names = os.listdir(_PROC)
+    except OSError:
+        return parents
+    for name in names:
+        if name.isdigit() and (parent := parent_of(name)) is not None:
+            parents[int(name)] = parent
+    return parents
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of `root` (children first)."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in _parents().items():
+        children.setdefault(parent, []).append(pid)
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        kids = [k for pid in frontier for k in children.get(pid, ()) if k != root]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def kill_tree(root: int, *, include_root: bool = False) -> list[int]:
+    """Freeze, then SIGKILL, every descendant of `root` (and `root` itself if asked); the pids."""
+    if sys.platform != "linux":
+        return []
+    frozen: set[int] = set()
+    if include_root:
+        _signal(root, signal.SIGSTOP)
+        frozen.add(root)
+    for _ in range(100):  # a fork bomb could outrun us forever; stop trying at some point
+        new = [pid for pid in descendants(root) if pid not in frozen]
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        frozen.update(new)
+    for pid in frozen:
+        _signal(pid, signal.SIGKILL)
+    return sorted(frozen)
+
+
+def kill_descendants(timeout: float = 5.0) -> int:
+    """Kill every descendant of this process and reap our children; how many were killed."""
+    if sys.platform != "linux":
+        return 0
+    try:
+        # Fast path (most calls start nothing): as a subreaper, any live
+        # descendant means at least one child of ours, so none means none.
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return 0
+    me = os.getpid()
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        killed.update(kill_tree(me))
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] != 0:
+                pass
+        except ChildProcessError:
+            return len(killed)  # no children left: the tree is gone
+        if time.monotonic() >= deadline:
+            return len(killed)
+        time.sleep(0.005)
+
+
+def kill_descendants_on_sigterm() -> None:
+    """On SIGTERM (a kubelet, an operator, the chaos run), kill our descendants, then die of it.
+
+    SIGKILL cannot be caught: what a SIGKILLed runtime leaves is killed by the
+    local forkserver (a subreaper too) or, on Kubernetes, with the pod.
+    """
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        kill_descendants(timeout=1.0)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if sys.platform == "linux":
+        signal.signal(signal.SIGTERM, terminate)
