@@ -16,7 +16,6 @@ import pytest
 from test_runtime import submit
 
 from attempts import arm
-
 from podfn import remote
 from podfn.errors import CallFailed
 from podfn_platform.controller.environment import Credentials, runtime_environment
