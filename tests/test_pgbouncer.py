@@ -10,6 +10,7 @@ pgbouncer`); skipped, saying so, when it is absent.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,17 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _pooler_user(host: str) -> str:
+    """Whom pgbouncer runs as when we are root: `nobody`, unless Postgres listens on a
+    Unix socket in a private directory (the embedded server's data directory, mode
+    0700): then the directory's owner, the only user that can reach the socket."""
+    if host.startswith("/"):
+        owner = pwd.getpwuid(os.stat(host).st_uid).pw_name
+        if owner != "root":
+            return owner
+    return "nobody"
 
 
 @pytest.fixture
@@ -72,7 +84,7 @@ logfile = {workdir / "pgbouncer.log"}
     os.chmod(workdir, 0o777)  # pgbouncer may drop to `nobody` and must write its log
     command = [PGBOUNCER, str(workdir / "pgbouncer.ini")]
     if os.geteuid() == 0:  # pgbouncer refuses to run as root
-        command[1:1] = ["-u", "nobody"]
+        command[1:1] = ["-u", _pooler_user(target.get("host", ""))]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
