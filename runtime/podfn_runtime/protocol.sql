@@ -25,3 +25,7 @@ SELECT id, attempt, state
 FROM podfn_runtime_v1.fail(%(id)s, %(attempt)s, %(secret)s, %(retryable)s, %(reason)s,
                            %(error_type)s, %(error_message)s, %(error_traceback)s,
                            %(error_pickle)s, %(stdout)s, %(stderr)s);
+
+-- name: usage
+SELECT podfn_runtime_v1.usage(%(id)s, %(attempt)s, %(secret)s, %(peak_bytes)s,
+                              %(cpu_seconds)s, %(wall_seconds)s) AS written;

@@ -20,6 +20,7 @@ from podfn_platform.api import (
     metrics,
     openapi,
     tokens,
+    usage,
 )
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.register_blueprint(calls.bp)
     app.register_blueprint(functions.bp)
     app.register_blueprint(tokens.bp)
+    app.register_blueprint(usage.bp)
     metrics.register(app, db)
 
     if settings.insecure_no_auth and settings.host not in LOOPBACK:
