@@ -86,7 +86,7 @@ def test_runtime_role_may_execute_only_the_protocol(database_url: str, db_roles:
     """, (list(SYSTEM_SCHEMAS), db_roles.runtime))
     assert [name for (name,) in executable] == [
         f"{PROTOCOL}.attempt_holds", f"{PROTOCOL}.claim", f"{PROTOCOL}.fail",
-        f"{PROTOCOL}.progress", f"{PROTOCOL}.succeed"]
+        f"{PROTOCOL}.progress", f"{PROTOCOL}.succeed", f"{PROTOCOL}.usage"]
 
 
 def test_protocol_functions_are_pinned_security_definers_not_granted_to_public(

@@ -6,6 +6,7 @@ import json
 
 import httpx
 from click.testing import CliRunner
+from test_runtime import run_runtime, submit
 
 from attempts import arm
 from conftest import TEST_TOKEN, Platform
@@ -13,7 +14,6 @@ from podfn import remote
 from podfn.cli import cli
 from podfn_platform import usage
 from podfn_platform.database import Database
-from test_runtime import run_runtime, submit
 
 MiB = 2**20
 
@@ -51,10 +51,10 @@ def test_usage_needs_the_attempts_secret_and_a_running_attempt(db: Database,
     db.all("claim_queued", {"limit": 1})
     secret = arm(db, call_id, 1).secret
     assert run_runtime(runtime_database_url, call_id, 1, secret).returncode == 0
-    with Database(runtime_database_url, name="podfn-test-runtime") as runtime:
-        with runtime.session("t") as session:
-            [row] = session.execute("SELECT podfn_runtime_v1.usage(%s, 1, %s, 1, 1, 1) AS w",
-                                    (call_id, secret))
+    with Database(runtime_database_url, name="podfn-test-runtime") as runtime, \
+            runtime.session("t") as session:
+        [row] = session.execute("SELECT podfn_runtime_v1.usage(%s, 1, %s, 1, 1, 1) AS w",
+                                (call_id, secret))
     assert row["w"] is False  # the outcome spent the secret
     [attempt] = db.all("get_attempts", {"id": call_id})
     assert attempt["peak_bytes"] != 1
