@@ -82,6 +82,11 @@ def quick(x: int) -> int:
     return x * 2
 
 
+@remote(retries=1, retry_backoff=0)
+def broken(x: int) -> int:
+    raise ValueError(f"no good value for {x}")
+
+
 def test_sign_in_watch_output_live_and_cancel(platform: Platform, page: Any) -> None:
     sign_in(page, platform.url, TEST_TOKEN)
     assert page.inner_text("#now-running") in ("0", "1")
@@ -102,11 +107,15 @@ def test_filter_the_calls_table(platform: Platform, page: Any) -> None:
         quick.remote(x)
     other = chatty.spawn(1)
     other.result(timeout=60)
+    failed = broken.spawn(7)
+    with pytest.raises(ValueError):
+        failed.result(timeout=60)
     sign_in(page, platform.url, TEST_TOKEN)
+    assert "the function raised ValueError" in page.inner_text("table:has(th:text('reason'))")
     screenshot(page, "overview")
     page.goto(f"{platform.url}/ui/calls")
     page.wait_for_selector(f"tr[data-id='{other.id}']")
-    assert page.locator("#calls tbody tr").count() == 4
+    assert page.locator("#calls tbody tr").count() == 5
     page.fill("#filter-function", "quick")
     page.select_option("#filter-state", "succeeded")
     page.click("#apply")

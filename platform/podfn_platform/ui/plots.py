@@ -74,9 +74,13 @@ def lines(title: str, points: Sequence[datetime], series: Mapping[str, Sequence[
     paths = []
     for key, ys in series.items():
         coords = [f"{_x(i, n):.1f},{_y(v, top):.1f}" for i, v in enumerate(ys) if v is not None]
+        colour = COLOURS.get(key, "#555")
         if coords:
-            paths.append(f'<polyline fill="none" stroke="{COLOURS.get(key, "#555")}" '
+            paths.append(f'<polyline fill="none" stroke="{colour}" '
                          f'stroke-width="2" points="{" ".join(coords)}"/>')
+        if len(coords) <= n // 4:  # sparse: mark each point, a lone one is no line
+            paths.extend(f'<circle cx="{c.split(",")[0]}" cy="{c.split(",")[1]}" r="2.5" '
+                         f'fill="{colour}"/>' for c in coords)
     if n:
         paths.append(f'<text x="{PAD}" y="{HEIGHT - 12}" class="axis">{points[0]:%H:%M}</text>'
                      f'<text x="{WIDTH - 45}" y="{HEIGHT - 12}" class="axis">'
