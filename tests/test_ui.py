@@ -151,3 +151,32 @@ def test_the_pages_render_with_data(app: Flask, db: Database) -> None:
     for asset in ("ui.js", "ui.css"):
         with client.get(f"/ui/static/{asset}") as served:  # ours, never a CDN's
             assert served.status_code == 200 and served.data
+
+
+def test_a_post_from_another_origin_is_refused_even_to_sign_in(app: Flask, db: Database) -> None:
+    client = app.test_client()
+    away = client.post("/ui/signin", data={"token": TEST_TOKEN},
+                       headers={"Origin": "https://evil.example"})
+    assert away.status_code == 403 and "Set-Cookie" not in away.headers
+    same = client.post("/ui/signin", data={"token": TEST_TOKEN},
+                       headers={"Origin": "http://localhost"})
+    assert same.status_code == 302
+
+
+def test_without_auth_the_dashboard_signs_in_without_a_token(database_url: str,
+                                                            db: Database) -> None:
+    app = create_app(platform_settings(database_url, api_token=None, insecure_no_auth=True),
+                     db=db)
+    try:
+        client = app.test_client()
+        signed = client.post("/ui/signin", data={}, environ_base={"SERVER_NAME": "127.0.0.1"})
+        assert signed.status_code == 302, signed.text
+        page = client.get("/ui/calls", environ_base={"SERVER_NAME": "127.0.0.1"})
+        assert page.status_code == 200 and "anonymous" in page.text
+        # Without the CSRF token a POST is still refused.
+        call_id = a_call(db)
+        refused = client.post(f"/ui/calls/{call_id}/cancel",
+                              environ_base={"SERVER_NAME": "127.0.0.1"})
+        assert refused.status_code == 403
+    finally:
+        app.extensions["podfn.waiter"].close()

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_ui import deploy
 
 from conftest import TEST_TOKEN, Platform
 from podfn import remote
 from podfn_platform.api.auth import create_token
-from test_ui import deploy
 
 CHROMIUM = os.environ.get("PODFN_CHROMIUM", "/usr/bin/chromium")
 INSTALL = ("headless Chromium is needed for the dashboard's browser tests: "

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from urllib.parse import urlsplit
 
 from flask import abort, current_app, g, request
 from werkzeug.wrappers import Response
 
 from podfn_platform.api import context
-from podfn_platform.api.auth import ANONYMOUS, Principal, principal_for
+from podfn_platform.api.auth import ANONYMOUS, LOOPBACK, Principal, principal_for
 
 COOKIE = "podfn_ui"
 ANONYMOUS_PREFIX = "anon_"
@@ -40,6 +41,10 @@ def no_auth() -> bool:
 def who(secret: str) -> Principal | None:
     """The principal a cookie's secret stands for, or None (unknown or revoked)."""
     if no_auth():
+        # As the API: without auth, serve nothing unless bound to a loopback address.
+        if request.environ.get("SERVER_NAME", "").strip("[]") not in LOOPBACK:
+            abort(403, "this server runs without auth (PODFN_INSECURE_NO_AUTH) off a "
+                       "loopback address; bind to 127.0.0.1, or turn auth on")
         return ANONYMOUS if secret.startswith(ANONYMOUS_PREFIX) else None
     return principal_for(context.db(), current_app.extensions.get("podfn.root_token"), secret)
 
@@ -65,6 +70,14 @@ def anonymous_secret() -> str:
 
 def sign_out(response: Response) -> None:
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="Strict")
+
+
+def check_origin() -> None:
+    """403 for a POST a browser says came from another origin (sign-in included: nobody
+    should be signed in to someone else's token by another site's form)."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
+        abort(403, f"a form of {origin} may not post to this dashboard")
 
 
 def check_csrf() -> None:

@@ -55,6 +55,8 @@ def me() -> Principal:
 
 @bp.before_request
 def _signed_in() -> BaseResponse | None:
+    if request.method == "POST":
+        session.check_origin()
     if request.endpoint in PUBLIC:
         return None
     if session.signed_in() is None:
