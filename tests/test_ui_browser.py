@@ -139,6 +139,15 @@ def test_roll_back_a_function(platform: Platform, page: Any) -> None:
     page.wait_for_function("document.getElementById('live-version').textContent === '2'")
     live = platform.db.one("get_function", {"name": "scorer"})
     assert live is not None and live["live_version"] == 2
+    # The invoke form runs the live version with JSON arguments (scorer is `pow`).
+    for exponent in (10, 11, 12):
+        page.fill("textarea[name=args]", f"[2, {exponent}]")
+        page.click("#invoke")
+        page.wait_for_url("**/ui/calls/**")
+        page.wait_for_selector("#result")
+        assert page.inner_text("#result") == str(2**exponent)
+        page.goto(f"{platform.url}/ui/functions/scorer")
+    assert page.inner_text("#suggest-memory").endswith("Mi")
     screenshot(page, "function")
 
 
