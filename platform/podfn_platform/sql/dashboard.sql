@@ -166,13 +166,18 @@ GROUP BY 1 ORDER BY 1;
 -- Calls waiting (created, not yet launched nor finished) at the end of each
 -- minute, rebuilt from the calls' own timestamps. launched_at is the call's
 -- latest launch, so a call queued again for a retry counts as launched: an
--- approximation that needs no second store.
-SELECT m.minute, count(c.id) AS queued
-FROM generate_series(date_trunc('minute', now()) - make_interval(mins => %(minutes)s),
-                     date_trunc('minute', now()), interval '1 minute') AS m(minute)
-LEFT JOIN podfn_calls c
-  ON c.created_at <= m.minute + interval '1 minute'
- AND (c.launched_at IS NULL OR c.launched_at > m.minute + interval '1 minute')
- AND (c.finished_at IS NULL OR c.finished_at > m.minute + interval '1 minute')
- AND c.created_at > now() - make_interval(mins => %(minutes)s) - interval '1 day'
-GROUP BY m.minute ORDER BY m.minute;
+-- approximation that needs no second store. Only calls that waited at some
+-- point in the window are looked at (one scan), then counted per minute.
+WITH w AS (
+    SELECT date_trunc('minute', now()) - make_interval(mins => %(minutes)s) AS lo
+), waited AS MATERIALIZED (
+    SELECT c.created_at, LEAST(c.launched_at, c.finished_at) AS left_at
+    FROM podfn_calls c, w
+    WHERE c.state = 'queued' OR LEAST(c.launched_at, c.finished_at) > w.lo
+)
+SELECT m.minute,
+       (SELECT count(*) FROM waited
+        WHERE created_at <= m.minute + interval '1 minute'
+          AND (left_at IS NULL OR left_at > m.minute + interval '1 minute')) AS queued
+FROM w, generate_series(w.lo, date_trunc('minute', now()), interval '1 minute') AS m(minute)
+ORDER BY m.minute;

@@ -10,9 +10,13 @@ ALTER TABLE podfn_attempts
     ADD COLUMN cpu_seconds float8,        -- user + system CPU, children included
     ADD COLUMN wall_seconds float8;       -- from claim to outcome, as the runtime saw it
 
--- Usage of a function's recent calls is read by function and time.
+-- The dashboard and the usage API read calls by finish time (outcomes of the
+-- last hour/day, per-minute plots), by function and finish time (usage of a
+-- function's recent calls) and newest first (the Calls page).
+CREATE INDEX podfn_calls_finished ON podfn_calls (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX podfn_calls_finished_by_function ON podfn_calls (function_name, finished_at)
     WHERE finished_at IS NOT NULL;
+CREATE INDEX podfn_calls_created ON podfn_calls (created_at DESC, id);
 
 -- Record the attempt's usage (not a transition: the state does not change).
 -- Same secret check as every other protocol function, and the numbers are
