@@ -49,6 +49,7 @@ def _protocol(url: str, function: str, call_id: str, attempt: int, secret: str) 
         # payload must stay out of reach.
         "record": "SELECT call_state FROM podfn_runtime_v1.record(%s, %s, %s)",
         "claimed": "SELECT args FROM podfn_runtime_v1.claimed(%s, %s, %s)",
+        "usage": "SELECT podfn_runtime_v1.usage(%s, %s, %s, 666, 666, 666)",
     }
     return _sql(url, statements[function], (call_id, attempt, secret))
 
@@ -83,7 +84,7 @@ def attack(victim_id: str, forbidden: list[str]) -> dict[str, str]:
         before="CREATE TEMP TABLE podfn_attempts (call_id text, attempt int, secret_hash text, "
                "finished_at timestamptz)")
     # 2. The runtime protocol with another call's id, a stale attempt, a wrong secret.
-    for function in ("claim", "progress", "succeed", "fail", "record", "claimed"):
+    for function in ("claim", "progress", "succeed", "fail", "usage", "record", "claimed"):
         tried[f"{function} another call with my secret"] = _protocol(
             url, function, victim_id, 1, secret)
         tried[f"{function} my call at a stale attempt"] = _protocol(
@@ -123,7 +124,7 @@ def replay(leaked: dict[str, Any]) -> dict[str, str]:
     url = os.environ["PODFN_RUNTIME_DATABASE_URL"]
     return {f"{function} with a spent secret": _protocol(url, function, leaked["call_id"],
                                                          leaked["attempt"], leaked["secret"])
-            for function in ("claim", "progress", "succeed", "fail", "claimed")}
+            for function in ("claim", "progress", "succeed", "fail", "usage", "claimed")}
 
 
 @remote

@@ -115,6 +115,9 @@ class APIClient:
     def function(self, name: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/functions/{quote(name, safe='')}"))
 
+    def usage(self, last: int) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/usage", params={"last": last})["functions"])
+
     def rollback(self, name: str, version: int | None) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/functions/{quote(name, safe='')}/rollback",
                                   json={"version": version}))

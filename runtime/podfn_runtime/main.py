@@ -30,7 +30,7 @@ from typing import Any
 
 import cloudpickle
 
-from podfn_runtime import reaper, termination
+from podfn_runtime import reaper, termination, usage
 from podfn_runtime.capture import Captured, capture_output
 from podfn_runtime.database import (
     DEFAULT_RETRY_SECONDS,
@@ -256,6 +256,7 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
                  "this attempt's); exiting", call_id, attempt)
         return EXIT_RECORDED
     log.info("running call %s attempt %d", call_id, attempt)
+    meter = usage.Meter()
     mismatch = version_mismatch(claimed["client_python"], claimed["client_cloudpickle"])
     captured: Captured | None = None
     digest = hashlib.sha256(claimed["function"]).hexdigest()
@@ -277,6 +278,7 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
         "stdout": captured.stdout if captured else "",
         "stderr": captured.stderr if captured else "",
     }
+    usage.report(db, meter, call_id, attempt)  # before the outcome spends the secret
     if isinstance(outcome, Failure):
         if outcome.error_traceback:
             sys.stderr.write(outcome.error_traceback)

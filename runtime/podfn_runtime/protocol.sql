@@ -36,3 +36,7 @@ FROM podfn_runtime_v1.record(%(id)s, %(attempt)s, %(secret)s);
 SELECT id, attempt, function, function_digest, args, spec, client_python,
        client_cloudpickle, result_format
 FROM podfn_runtime_v1.claimed(%(id)s, %(attempt)s, %(secret)s);
+
+-- name: usage
+SELECT podfn_runtime_v1.usage(%(id)s, %(attempt)s, %(secret)s, %(peak_bytes)s,
+                              %(cpu_seconds)s, %(wall_seconds)s) AS written;

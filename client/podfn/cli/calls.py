@@ -39,6 +39,20 @@ def _first_line(text: str | None, width: int = 70) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def mebibytes(value: float | None) -> str:
+    return "" if value is None else f"{value / 2**20:.1f}Mi"
+
+
+def seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def used(attempt: dict[str, Any]) -> tuple[str, str, str]:
+    """What an attempt really used, as the runtime reported it (blank if it never did)."""
+    return (mebibytes(attempt.get("peak_bytes")), seconds(attempt.get("cpu_seconds")),
+            seconds(attempt.get("wall_seconds")))
+
+
 @click.command("calls")
 @click.option("--state", type=click.Choice(STATES), help="only calls in this state")
 @click.option("--function", "function", help="only calls of this function")
@@ -88,9 +102,11 @@ def call_(call_id: str, output: str) -> None:
         click.echo(f"error     {error['type']}: {error['message']}")
     click.echo("attempts:")
     print_table([(a["attempt"], a["state"], a.get("ref"), a.get("exit_code"),
-                  a.get("launched_at"), a.get("finished_at"), _first_line(a.get("reason"), 60))
+                  a.get("launched_at"), a.get("finished_at"), *used(a),
+                  _first_line(a.get("reason"), 60))
                  for a in info.get("attempts", [])],
-                ["#", "state", "ref", "exit", "launched", "finished", "reason"])
+                ["#", "state", "ref", "exit", "launched", "finished", "peak mem", "cpu s",
+                 "wall s", "reason"])
     if error and error.get("traceback"):
         click.echo("\nremote traceback:\n" + error["traceback"].rstrip())
 

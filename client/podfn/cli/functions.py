@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from podfn.cli.calls import mebibytes, seconds
 from podfn.cli.support import (
     api,
     output_option,
@@ -68,14 +70,23 @@ def deploy_(file: Path, output: str) -> None:
 
 
 @click.command("functions")
+@click.option("--usage", is_flag=True,
+              help="what calls really used (median and p95) vs the cpu and memory hints, with "
+                   "right-sized hints")
+@click.option("--last", type=click.IntRange(1, 10_000), default=100, show_default=True,
+              help="with --usage: how many recent finished calls of each function")
 @output_option
 @reports_errors
-def functions_(output: str) -> None:
+def functions_(usage: bool, last: int, output: str) -> None:
     """List deployed functions: live version, hints, when and by whom.
 
     \b
     Example: podfn functions --output json
+             podfn functions --usage --last 50
     """
+    if usage:
+        _usage(last, output)
+        return
     rows = api().functions()
     if output == "json":
         print_json(rows)
@@ -85,6 +96,24 @@ def functions_(output: str) -> None:
                   " ".join(f"{k}={f['spec'][k]}" for k in hints if f["spec"].get(k)),
                   f["deployed_at"], f["deployed_by"]) for f in rows],
                 ["name", "live", "latest", "hints", "deployed", "by"])
+
+
+def _usage(last: int, output: str) -> None:
+    rows = api().usage(last)
+    if output == "json":
+        print_json(rows)
+        return
+
+    def pair(values: dict[str, float | None], show: Callable[[float | None], str]) -> str:
+        return f"{show(values['p50'])} / {show(values['p95'])}" if values["p50"] is not None else ""
+
+    print_table([(u["function"], u["calls"], pair(u["peak_bytes"], mebibytes),
+                  pair(u["cpu_seconds"], seconds), pair(u["wall_seconds"], seconds),
+                  u["hints"]["memory"] or "", u["hints"]["cpu"] or "",
+                  (u["suggested"] or {}).get("memory", ""), (u["suggested"] or {}).get("cpu", ""))
+                 for u in rows],
+                ["function", "calls", "peak mem p50/p95", "cpu s p50/p95", "wall s p50/p95",
+                 "memory hint", "cpu hint", "suggest memory", "suggest cpu"])
 
 
 @click.command("rollback")

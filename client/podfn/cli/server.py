@@ -177,6 +177,7 @@ def dev(data_dir: Path | None, port: int | None, launcher: str | None, no_auth: 
     with stack:
         write_profile(settings.profile, stack.url, stack.token)
         click.echo(f"podfn is running at {stack.url}")
+        click.echo(f"  dashboard: {stack.url}/ui (sign in with the token in the profile)")
         click.echo(f"  database: {stack.database_url}")
         click.echo(f"  profile:  {settings.profile} (url and token for clients)")
         click.echo("Try: python examples/demo.py    Stop: Ctrl-C")

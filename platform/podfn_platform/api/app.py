@@ -20,9 +20,11 @@ from podfn_platform.api import (
     metrics,
     openapi,
     tokens,
+    usage,
 )
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
+from podfn_platform.ui import views as ui_views
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
@@ -48,7 +50,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.register_blueprint(calls.bp)
     app.register_blueprint(functions.bp)
     app.register_blueprint(tokens.bp)
+    app.register_blueprint(usage.bp)
     metrics.register(app, db)
+    app.register_blueprint(ui_views.bp)  # the dashboard, /ui (docs/ui.md)
 
     if settings.insecure_no_auth and settings.host not in LOOPBACK:
         raise ConfigurationError(

@@ -83,14 +83,9 @@ def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Princip
         return ANONYMOUS
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and secret:
-        if root_token and hmac.compare_digest(secret.encode(), root_token.encode()):
-            return Principal("root", "root", frozenset({"admin"}))
-        nested = _call_token(db, secret) if secret.startswith(CALL_TOKEN_PREFIX) else None
-        if nested is not None:
-            return nested
-        row = db.one("token_by_hash", {"hash": hash_secret(secret)})
-        if row is not None:
-            return Principal(row["id"], row["name"], frozenset(row["scopes"]))
+        found = principal_for(db, root_token, secret)
+        if found is not None:
+            return found
         raise APIError(401, "unauthorized",
                        "this token was not recognised (was the platform restarted with a new "
                        "data directory?): `podfn dev` writes its current token to your profile; "
@@ -99,6 +94,19 @@ def authenticate(db: Database, root_token: str | None, no_auth: bool) -> Princip
     raise APIError(401, "unauthorized",
                    "a valid bearer token is required: set PODFN_TOKEN (podfn dev writes one to "
                    "your profile; an admin creates more with `podfn token create`)")
+
+
+def principal_for(db: Database, root_token: str | None, secret: str) -> Principal | None:
+    """Who `secret` is (a bearer token, or the dashboard's signed-in cookie), or None."""
+    if root_token and hmac.compare_digest(secret.encode(), root_token.encode()):
+        return Principal("root", "root", frozenset({"admin"}))
+    nested = _call_token(db, secret) if secret.startswith(CALL_TOKEN_PREFIX) else None
+    if nested is not None:
+        return nested
+    row = db.one("token_by_hash", {"hash": hash_secret(secret)})
+    if row is not None:
+        return Principal(row["id"], row["name"], frozenset(row["scopes"]))
+    return None
 
 
 def _call_token(db: Database, secret: str) -> Principal | None:
@@ -156,3 +164,4 @@ def install(app: Flask, db: Database, *, root_token: str | None, no_auth: bool) 
             g.podfn_principal = authenticate(db, root_token, no_auth)
 
     app.extensions["podfn.no_auth"] = no_auth
+    app.extensions["podfn.root_token"] = root_token  # the dashboard signs in with it too

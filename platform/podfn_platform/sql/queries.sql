@@ -24,7 +24,8 @@ SELECT id, function_name, function_version, owner, state, attempt, user_failures
 FROM podfn_calls WHERE id = %(id)s;
 
 -- name: get_attempts
-SELECT attempt, state, reason, exit_code, ref, launched_at, started_at, finished_at
+SELECT attempt, state, reason, exit_code, ref, launched_at, started_at, finished_at,
+       peak_bytes, cpu_seconds, wall_seconds
 FROM podfn_attempts WHERE call_id = %(id)s ORDER BY attempt;
 
 -- name: get_logs

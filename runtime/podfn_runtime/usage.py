@@ -1,0 +1,72 @@
+"""What one attempt really used: peak memory, CPU seconds and wall time.
+
+Measured from inside the runtime with getrusage, so it works the same in a
+pod and in the embedded default's processes, with no metrics server. Peak
+memory is the larger of this process's and its largest waited-for child's
+peak resident set (Linux reports ru_maxrss in KiB); a child still running
+when the call returns is not counted (getrusage only sees children that
+were waited for). CPU is user + system time of this process and its
+waited-for children since the attempt started. The numbers go to Postgres
+through the runtime protocol's `usage` function just before the outcome:
+after the outcome the attempt's secret no longer works.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger("podfn.runtime")
+
+
+class _Transitions(Protocol):
+    def try_once(self, name: str, **params: object) -> object: ...
+
+
+def _cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _peak_bytes() -> int:
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return max(me, children) * unit
+
+
+@dataclass(frozen=True)
+class Usage:
+    peak_bytes: int
+    cpu_seconds: float
+    wall_seconds: float
+
+
+class Meter:
+    """Started when the attempt starts; `read()` is what it used so far."""
+
+    def __init__(self) -> None:
+        self._cpu = _cpu()
+        self._wall = time.monotonic()
+
+    def read(self) -> Usage:
+        return Usage(_peak_bytes(), max(_cpu() - self._cpu, 0.0),
+                     max(time.monotonic() - self._wall, 0.0))
+
+
+def report(db: _Transitions, meter: Meter, call_id: str, attempt: int) -> None:
+    """Record the attempt's usage; a failure to do so is logged, never the call's failure.
+
+    One try, no retries: with the database away, the retry budget belongs to the
+    outcome that follows, not to these numbers."""
+    used = meter.read()
+    try:
+        db.try_once("usage", id=call_id, attempt=attempt, peak_bytes=used.peak_bytes,
+                      cpu_seconds=used.cpu_seconds, wall_seconds=used.wall_seconds)
+    except Exception as exc:  # the outcome matters more than its usage numbers
+        log.warning("could not record the usage of call %s attempt %d: %s", call_id, attempt, exc)
