@@ -36,3 +36,13 @@ FROM podfn_runtime_v1.record(%(id)s, %(attempt)s, %(secret)s);
 SELECT id, attempt, function, function_digest, args, spec, client_python,
        client_cloudpickle, result_format
 FROM podfn_runtime_v1.claimed(%(id)s, %(attempt)s, %(secret)s);
+
+-- name: append_output
+-- One chunk of the running call's output (migration 0007); idempotent by offset.
+SELECT podfn_runtime_v1.append_output(%(id)s, %(attempt)s, %(secret)s, %(stream)s,
+                                      %(offset)s, %(data)s) AS written;
+
+-- name: yield_item
+-- One item a generator yielded (migration 0007); idempotent by index.
+SELECT podfn_runtime_v1.yield_item(%(id)s, %(attempt)s, %(secret)s, %(index)s, %(data)s)
+    AS written;
