@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import cloudpickle
+from test_runtime import run_runtime, submit
 
 from attempts import Runtime, arm
 from podfn_platform.database import Database
-from test_runtime import run_runtime, submit
 
 # The runtime cannot import this test module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

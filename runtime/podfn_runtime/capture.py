@@ -3,7 +3,7 @@
 Teeing `sys.stdout` catches `print` and nothing else: `logging` handlers,
 `os.write(1, ...)`, child processes and C code write to the descriptors.
 So for the call's duration descriptors 1 and 2 are pipes; a reader thread
-per pipe copies what arrives to the original descriptor (the pod's log, or
+(one for both pipes) copies what arrives to the original descriptor (the pod's log, or
 the local launcher's FIFO, keeps showing it) and hands it to an `Output`
 (output.py), which keeps it for the database. The runtime's own log lines go
 to a duplicate of the original stderr taken before the capture starts
@@ -15,9 +15,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import selectors
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from typing import Protocol
 # reaper) makes the reader wait this long.
 _DRAIN_SECONDS = 2.0
 _READ_SIZE = 64 * 1024
+_STACK_BYTES = 256 * 1024
 
 
 class Sink(Protocol):
@@ -45,49 +47,70 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-class _Pipe:
-    """Descriptor `fd` redirected into a pipe whose reader echoes and records."""
+def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread with a small stack: under a `memory` hint (RLIMIT_AS) every
+    thread's default 8 MiB stack counts, and the call's own threads need the room."""
+    previous = threading.stack_size(_STACK_BYTES)
+    try:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+    finally:
+        threading.stack_size(previous)
+    return thread
 
-    def __init__(self, fd: int, stream: str, sink: Sink) -> None:
+
+class _Redirect:
+    """Descriptor `fd` pointed into a pipe; `original` is where it pointed before."""
+
+    def __init__(self, fd: int, stream: str) -> None:
         self.fd = fd
         self.stream = stream
-        self._sink = sink
         self.original = os.dup(fd)
-        read_end, write_end = os.pipe()
-        self._read_end = read_end
+        self.read_end, write_end = os.pipe()
         os.dup2(write_end, fd)
         os.close(write_end)
-        self._thread = threading.Thread(target=self._read, name=f"podfn-capture-{stream}",
-                                        daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        while True:
-            try:
-                data = os.read(self._read_end, _READ_SIZE)
-            except InterruptedError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            _write_all(self.original, data)
-            text = decoder.decode(data)
-            if text:
-                self._sink.add(self.stream, text.replace("\x00", "\ufffd"))
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            self._sink.add(self.stream, tail)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def restore(self) -> None:
-        """Point `fd` back at the original; what is left in the pipe is still read."""
         os.dup2(self.original, self.fd)  # closes our write end of the pipe
+
+
+class _Reader:
+    """One thread reading both pipes: echoes to the original descriptors, records."""
+
+    def __init__(self, redirects: list[_Redirect], sink: Sink) -> None:
+        self._redirects = redirects
+        self._sink = sink
+        self._thread = start_thread(self._run, "podfn-capture")
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            for redirect in self._redirects:
+                selector.register(redirect.read_end, selectors.EVENT_READ, redirect)
+            open_pipes = len(self._redirects)
+            while open_pipes:
+                for key, _ in selector.select():
+                    redirect = key.data
+                    try:
+                        data = os.read(redirect.read_end, _READ_SIZE)
+                    except InterruptedError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        selector.unregister(redirect.read_end)
+                        open_pipes -= 1
+                        tail = redirect.decoder.decode(b"", final=True)
+                        if tail:
+                            self._sink.add(redirect.stream, tail)
+                        continue
+                    _write_all(redirect.original, data)
+                    text = redirect.decoder.decode(data)
+                    if text:
+                        self._sink.add(redirect.stream, text.replace("\x00", "\ufffd"))
+
+    def join(self) -> None:
         self._thread.join(_DRAIN_SECONDS)
-        with contextlib.suppress(OSError):
-            os.close(self._read_end)
-        self._thread.join(_DRAIN_SECONDS)
-        os.close(self.original)
 
 
 def _flush_python_streams() -> None:
@@ -110,13 +133,19 @@ def capture_fds(sink: Sink) -> Iterator[None]:
             with contextlib.suppress(Exception):
                 reconfigure(line_buffering=True)
                 reconfigured.append(stream)
-    pipes = [_Pipe(1, "stdout", sink), _Pipe(2, "stderr", sink)]
+    redirects = [_Redirect(1, "stdout"), _Redirect(2, "stderr")]
+    reader = _Reader(redirects, sink)
     try:
         yield
     finally:
         _flush_python_streams()
-        for pipe in pipes:
-            pipe.restore()
+        for redirect in redirects:
+            redirect.restore()
+        reader.join()
+        for redirect in redirects:
+            with contextlib.suppress(OSError):
+                os.close(redirect.read_end)
+            os.close(redirect.original)
         for stream in reconfigured:
             with contextlib.suppress(Exception):
-                stream.reconfigure(line_buffering=False)
+                getattr(stream, "reconfigure")(line_buffering=False)  # noqa: B009

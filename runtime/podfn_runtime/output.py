@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from podfn_runtime.capture import start_thread
 from podfn_runtime.database import RuntimeDatabase, RuntimeDatabaseError
 
 log = logging.getLogger("podfn.runtime")
@@ -155,8 +156,7 @@ class OutputWriter:
                 except RuntimeDatabaseError as exc:
                     log.warning("could not store output (will try again): %s", exc)
 
-        thread = threading.Thread(target=run, name="podfn-output", daemon=True)
-        thread.start()
+        thread = start_thread(run, "podfn-output")
         try:
             yield
         finally:
