@@ -126,3 +126,26 @@ def test_yielding_an_index_twice_keeps_the_first(db: Database, runtime_database_
     assert runtime.call("yield_item", call_id, 1, index=0, data=cloudpickle.dumps("b"))
     assert runtime.call("yield_item", call_id, 1, index=-1, data=b"x") is None
     assert item_rows(db, call_id) == ["a"]
+
+
+def flood() -> None:
+    import sys
+
+    for i in range(30):
+        sys.stdout.write(f"{i:06d}" + "y" * 99_994)  # 30 x 100,000 characters
+    sys.stdout.write("the end\n")
+
+
+def test_output_past_the_cap_keeps_the_head_in_chunks_and_the_tail_in_the_columns(
+        db: Database, runtime_database_url: str) -> None:
+    call_id = submit(db, flood)
+    db.all("claim_queued", {"limit": 1})
+    done = run_runtime(runtime_database_url, call_id, 1, arm(db, call_id, 1).secret)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stored = "".join(str(r["data"]) for r in output_rows(db, call_id))
+    assert stored.startswith("000000yyy") and "is not stored" in stored.splitlines()[-1]
+    assert len(stored) < (2 << 20) + 200
+    row = db.one("get_logs", {"id": call_id})
+    assert row is not None
+    assert row["stdout"].startswith("[podfn: ") and "earlier characters dropped" in row["stdout"]
+    assert row["stdout"].endswith("the end\n")

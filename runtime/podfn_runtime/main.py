@@ -256,7 +256,10 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
                 reaper.kill_descendants()
         writer.flush(retry=True)
         outcome = within_limit(outcome, max_result_bytes)
-    columns = {"stdout": output.stdout, "stderr": output.stderr}
+    # The chunks hold the whole output unless it went past their cap: then the columns
+    # keep each stream's tail (output.py).
+    columns = ({"stdout": output.stdout, "stderr": output.stderr} if output.capped
+               else {"stdout": "", "stderr": ""})
     if isinstance(outcome, Failure):
         if outcome.error_traceback:
             sys.stderr.write(outcome.error_traceback)

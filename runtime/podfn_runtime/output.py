@@ -2,16 +2,18 @@
 
 `Output` receives what the capture read (capture.py) and keeps two things:
 chunks not yet stored, each at its offset in the attempt's combined output,
-and the tail of each stream for the stdout/stderr columns written when the
-call ends (readers of the whole text keep working). `OutputWriter` appends
+and the tail of each stream for the stdout/stderr columns, written when the
+call ends if the chunks could not hold everything. `OutputWriter` appends
 the pending chunks about every FLUSH_SECONDS through the protocol's
 `append_output`, so following a call costs what it printed, once, instead
 of rewriting the whole text each time.
 
 The store is capped: after MAX_STORED_CHARS characters one marker chunk says
 the rest was dropped (the database function refuses chunks past the cap
-too). The columns keep the last MAX_CAPTURED_CHARS of each stream, with the
-older marker, as before.
+too). Only then are the stdout/stderr columns written at the end, with the
+last MAX_CAPTURED_CHARS of each stream and the older marker, as before;
+otherwise they stay empty and readers of the whole text get the chunks put
+together (the API's get_logs query), so the output is stored once.
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ class Output:
         """Chunks that could not be stored go first next time (at the same offsets)."""
         with self._lock:
             self._pending[:0] = chunks
+
+    @property
+    def capped(self) -> bool:
+        """True once output went past what the chunks store."""
+        with self._lock:
+            return self._capped
 
     @property
     def stdout(self) -> str:
