@@ -75,7 +75,7 @@ def follow_logs(call_id: str) -> dict[str, Any]:
         attempt = asked_attempt if asked_attempt is not None else call["attempt"]
         rows = db.all("output_from", {"id": call_id, "attempt": attempt, "offset": offset,
                                       "limit": CHUNKS_PER_RESPONSE})
-        moved_on = attempt != call["attempt"] and asked_attempt is None
+        moved_on = attempt != call["attempt"]  # retried: this attempt writes no more
         if not rows and not call["final"] and not moved_on:
             return None
         chunks = []
@@ -90,8 +90,7 @@ def follow_logs(call_id: str) -> dict[str, Any]:
                 "current_attempt": call["attempt"], "chunks": chunks, "next_offset": end,
                 # Nothing more will come for this attempt: the call ended (or moved on)
                 # and this response holds the last of what was stored.
-                "done": bool((call["final"] or attempt != call["attempt"])
-                             and len(rows) < CHUNKS_PER_RESPONSE)}
+                "done": bool((call["final"] or moved_on) and len(rows) < CHUNKS_PER_RESPONSE)}
 
     found = _waited(call_id, seconds, fetch)
     if found is None:  # the wait ran out with nothing new
