@@ -146,3 +146,22 @@ def test_follow_lines_of_a_finished_call_without_follow(platform: object,
     lines = list(follow_lines(call.client, call.id, follow=False))
     assert [line.text for line in lines if line.stream == "stdout"] == ["first line\n",
                                                                         "last line\n"]
+
+
+@remote(retries=1)
+def flaky() -> str:
+    import os
+
+    attempt = os.environ["PODFN_ATTEMPT"]
+    print(f"attempt {attempt}")
+    if attempt == "1":
+        raise RuntimeError("first attempt fails")
+    return "ok"
+
+
+def test_following_a_retried_call_goes_on_with_the_next_attempt(platform: object) -> None:
+    call = flaky.spawn()
+    lines = [(line.attempt, line.text) for line in call.logs(follow=True)
+             if line.stream == "stdout"]
+    assert lines == [(1, "attempt 1\n"), (2, "attempt 2\n")]
+    assert call.result() == "ok"
