@@ -70,7 +70,7 @@ class Output:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tails = {"stdout": _Tail(), "stderr": _Tail()}
-        self._pending: list[Chunk] = []
+        self._pending: list[tuple[str, int, list[str]]] = []
         self._offset = 0
         self._capped = False
 
@@ -84,22 +84,22 @@ class Output:
                 text = text[:room] + (f"\n[podfn: output past {MAX_STORED_CHARS} characters "
                                       "is not stored; the call's log has all of it]\n")
                 self._capped = True
+            # Consecutive pieces of one stream make one chunk (joined once, in take).
             if self._pending and self._pending[-1][0] == stream:
-                last_stream, last_offset, last_data = self._pending.pop()
-                self._pending.append((last_stream, last_offset, last_data + text))
+                self._pending[-1][2].append(text)
             else:
-                self._pending.append((stream, self._offset, text))
+                self._pending.append((stream, self._offset, [text]))
             self._offset += len(text)
 
     def take(self) -> list[Chunk]:
         with self._lock:
             pending, self._pending = self._pending, []
-            return pending
+        return [(stream, offset, "".join(pieces)) for stream, offset, pieces in pending]
 
     def give_back(self, chunks: list[Chunk]) -> None:
         """Chunks that could not be stored go first next time (at the same offsets)."""
         with self._lock:
-            self._pending[:0] = chunks
+            self._pending[:0] = [(stream, offset, [data]) for stream, offset, data in chunks]
 
     @property
     def capped(self) -> bool:
