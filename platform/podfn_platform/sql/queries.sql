@@ -45,8 +45,15 @@ FROM podfn_calls c WHERE c.id = %(id)s;
 -- name: output_from
 -- An attempt's output chunks that end past `offset`, in order (the first may
 -- start before it; the API cuts it). Bounded by `limit` rows per request.
+-- The range starts at the last chunk starting at or before `offset` (one
+-- backward step on the primary key), so a follower's poll reads only what
+-- is new, never the chunks it already has.
 SELECT stream, char_offset, data, at FROM podfn_output
-WHERE call_id = %(id)s AND attempt = %(attempt)s AND char_offset + length(data) > %(offset)s
+WHERE call_id = %(id)s AND attempt = %(attempt)s
+  AND char_offset >= COALESCE((SELECT max(char_offset) FROM podfn_output
+                               WHERE call_id = %(id)s AND attempt = %(attempt)s
+                                 AND char_offset <= %(offset)s), 0)
+  AND char_offset + length(data) > %(offset)s
 ORDER BY char_offset
 LIMIT %(limit)s;
 
