@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import cloudpickle
@@ -149,3 +151,24 @@ def test_output_past_the_cap_keeps_the_head_in_chunks_and_the_tail_in_the_column
     assert row is not None
     assert row["stdout"].startswith("[podfn: ") and "earlier characters dropped" in row["stdout"]
     assert row["stdout"].endswith("the end\n")
+
+
+def big_items():  # type: ignore[no-untyped-def]
+    yield b"small"
+    yield bytes(5000)
+
+
+def test_an_item_past_the_result_limit_fails_the_call_without_retries(
+        db: Database, runtime_database_url: str) -> None:
+    call_id = submit(db, big_items)
+    db.all("claim_queued", {"limit": 1})
+    env = {**os.environ, "PODFN_RUNTIME_DATABASE_URL": runtime_database_url,
+           "PODFN_ATTEMPT_SECRET": arm(db, call_id, 1).secret}
+    done = subprocess.run([sys.executable, "-m", "podfn_runtime", "--call-id", call_id,
+                           "--attempt", "1", "--max-result-bytes", "1000"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    row = db.one("get_call", {"id": call_id})
+    assert row is not None and row["state"] == "failed" and row["user_failures"] == 0
+    assert "item 1 is" in row["reason"] and "limit of 1000 bytes" in row["reason"]
+    assert item_rows(db, call_id) == [b"small"]

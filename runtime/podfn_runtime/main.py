@@ -168,6 +168,8 @@ def execute(function: bytes, args: bytes, spec: dict[str, Any],
         value = _invoke(fn, call_args, call_kwargs, on_item)
     except RuntimeDatabaseError:
         raise  # storing a generator's item failed: ours to report, not the user's failure
+    except items.ItemTooLarge as exc:  # would be as large again on a retry
+        return failure_from(exc, reason=str(exc), retryable=False)
     except MemoryError as exc:
         limit = spec.get("memory")
         reason = f"memory limit {limit} exceeded" if limit else "out of memory (MemoryError)"
