@@ -20,7 +20,7 @@ from podfn import remote
 
 TABLES = ("podfn_calls", "podfn_attempts", "podfn_payloads", "podfn_tokens", "podfn_functions",
           "podfn_function_versions", "podfn_idempotency", "podfn_controller_state",
-          "podfn_migrations")
+          "podfn_migrations", "podfn_output", "podfn_items")
 
 
 def _sql(url: str, statement: str, params: Any = None, *, before: str = "") -> str:
@@ -50,6 +50,10 @@ def _protocol(url: str, function: str, call_id: str, attempt: int, secret: str) 
         "record": "SELECT call_state FROM podfn_runtime_v1.record(%s, %s, %s)",
         "claimed": "SELECT args FROM podfn_runtime_v1.claimed(%s, %s, %s)",
         "usage": "SELECT podfn_runtime_v1.usage(%s, %s, %s, 666, 666, 666)",
+        # Migration 0007: appending output and storing generator items.
+        "append_output": "SELECT podfn_runtime_v1.append_output(%s, %s, %s, 'stdout', 0, "
+                         "'pwned')",
+        "yield_item": "SELECT podfn_runtime_v1.yield_item(%s, %s, %s, 0, 'pwned')",
     }
     return _sql(url, statements[function], (call_id, attempt, secret))
 
@@ -84,7 +88,8 @@ def attack(victim_id: str, forbidden: list[str]) -> dict[str, str]:
         before="CREATE TEMP TABLE podfn_attempts (call_id text, attempt int, secret_hash text, "
                "finished_at timestamptz)")
     # 2. The runtime protocol with another call's id, a stale attempt, a wrong secret.
-    for function in ("claim", "progress", "succeed", "fail", "usage", "record", "claimed"):
+    for function in ("claim", "progress", "succeed", "fail", "usage", "record", "claimed",
+                     "append_output", "yield_item"):
         tried[f"{function} another call with my secret"] = _protocol(
             url, function, victim_id, 1, secret)
         tried[f"{function} my call at a stale attempt"] = _protocol(
@@ -124,7 +129,8 @@ def replay(leaked: dict[str, Any]) -> dict[str, str]:
     url = os.environ["PODFN_RUNTIME_DATABASE_URL"]
     return {f"{function} with a spent secret": _protocol(url, function, leaked["call_id"],
                                                          leaked["attempt"], leaked["secret"])
-            for function in ("claim", "progress", "succeed", "fail", "usage", "claimed")}
+            for function in ("claim", "progress", "succeed", "fail", "usage", "claimed",
+                             "append_output", "yield_item")}
 
 
 @remote

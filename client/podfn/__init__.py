@@ -27,6 +27,7 @@ from podfn.errors import (
     Unpicklable,
 )
 from podfn.function import DeployedFunction, Function, remote
+from podfn.streaming import LogLine
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "DeployedFunction",
     "Function",
     "InvalidSpec",
+    "LogLine",
     "Logs",
     "NotAuthorized",
     "NotFound",

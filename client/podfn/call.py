@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from podfn import serialization
 from podfn.errors import (
@@ -18,6 +19,7 @@ from podfn.errors import (
 )
 from podfn.http import APIClient, AsyncAPIClient
 from podfn.settings import Settings
+from podfn.streaming import LogLine, follow_items, follow_lines
 
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 # One long-poll asks the server to hold at most this long; result() loops.
@@ -147,9 +149,25 @@ class Call:
         """Cancel the call if it has not finished; its state afterwards."""
         return str(self.client.cancel(self.id)["state"])
 
-    def logs(self) -> Logs:
+    @overload
+    def logs(self, follow: Literal[False] = False) -> Logs: ...
+    @overload
+    def logs(self, follow: Literal[True]) -> Iterator[LogLine]: ...
+
+    def logs(self, follow: bool = False) -> Logs | Iterator[LogLine]:
+        """What the call wrote to stdout and stderr (the whole text of each), or with
+        `follow=True` an iterator of its lines (`LogLine`) as they are written, ending
+        when the call does."""
+        if follow:
+            return follow_lines(self.client, self.id)
         body = self.client.logs(self.id)
         return Logs(stdout=body["stdout"], stderr=body["stderr"])
+
+    def items(self) -> Iterator[Any]:
+        """A generator call's items, in order, each as soon as it is stored; then, if the
+        call failed, its exception (what `result()` raises)."""
+        yield from follow_items(self.client, self.id)
+        self.result()
 
 
 class _Result:

@@ -88,6 +88,22 @@ class _Remote(Generic[P, R]):
                     prepared: Any) -> Awaitable[list[str]]:
         raise NotImplementedError
 
+    def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """For a generator function (or an async one): run it on the platform and iterate
+        what it yields, each item as soon as the call produced it, in order; then raise
+        the remote exception if it failed. Ctrl-C, or leaving the loop early, cancels
+        the call."""
+        call = self.spawn(*args, **kwargs)
+        finished = False
+        try:
+            with cancelling_on_interrupt(self._cancel_many, [call.id]):
+                yield from call.items()
+            finished = True
+        finally:
+            if not finished:
+                with contextlib.suppress(PodfnError):
+                    self._cancel_many([call.id])
+
     def map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None,
             return_exceptions: bool = False, order_outputs: bool = True) -> Iterator[Any]:
         """Run once per element (zip of `iterables`), yielding results as they come.

@@ -211,6 +211,26 @@ class APIClient:
     def logs(self, call_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/calls/{call_id}/logs"))
 
+    def logs_from(self, call_id: str, offset: int, *, attempt: int | None = None,
+                  wait: float = 0.0) -> dict[str, Any]:
+        """The output chunks from `offset` (in the attempt's combined output), waiting up
+        to `wait` s for some: {chunks, next_offset, done, attempt, current_attempt, state}."""
+        params: dict[str, Any] = {"offset": offset, "wait": wait}
+        if attempt is not None:
+            params["attempt"] = attempt
+        return dict(self._idempotent(lambda: self._request(
+            "GET", f"/v1/calls/{call_id}/logs", params=params, timeout=wait + _WAIT_SLACK)))
+
+    def items_from(self, call_id: str, start: int, *, wait: float = 0.0) -> dict[str, Any]:
+        """A generator call's items from index `start` (data as pickled bytes), waiting up
+        to `wait` s for one: {items, next, done, state}."""
+        body = dict(self._idempotent(lambda: self._request(
+            "GET", f"/v1/calls/{call_id}/items", params={"start": start, "wait": wait},
+            timeout=wait + _WAIT_SLACK)))
+        body["items"] = [{**item, "data": base64.b64decode(item["data"])}
+                         for item in body["items"]]
+        return body
+
     def list_calls(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
         return list(self._request("GET", "/v1/calls", params=params)["calls"])

@@ -135,8 +135,8 @@ class RuntimeDatabase:
         def run(tries: int) -> dict[str, Any] | None:
             assert self._conn is not None
             row = self._conn.execute(self._queries[name], params).fetchone()
-            if name == "progress":
-                return row if row and row["written"] else None
+            if row is not None and "written" in row:  # progress, append_output, yield_item
+                return row if row["written"] else None
             if row is None and tries > 1 and name in _LANDED:
                 return self._landed(name, params)
             return row

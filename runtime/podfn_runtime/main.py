@@ -21,23 +21,22 @@ import json
 import logging
 import os
 import sys
-import threading
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
-from podfn_runtime import reaper, termination, usage
-from podfn_runtime.capture import Captured, capture_output
+from podfn_runtime import items, reaper, termination, usage
+from podfn_runtime.capture import capture_fds
 from podfn_runtime.database import (
     DEFAULT_RETRY_SECONDS,
     DatabaseUnavailable,
     RuntimeDatabase,
     RuntimeDatabaseError,
 )
+from podfn_runtime.output import Output, OutputWriter
 
 log = logging.getLogger("podfn.runtime")
 
@@ -45,8 +44,6 @@ EXIT_RECORDED = 0
 EXIT_RUNTIME_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DISRUPTED = 75  # EX_TEMPFAIL: the database was unreachable; not the user's failure
-# How often a running call's output is written for people following its logs.
-PROGRESS_SECONDS = 1.0
 # The largest result (pickled or JSON) recorded; the launchers pass the
 # platform's PODFN_MAX_RESULT_BYTES as --max-result-bytes.
 DEFAULT_MAX_RESULT_BYTES = 64 * 1024 * 1024
@@ -124,12 +121,18 @@ def _from_user_frame(exc: BaseException) -> BaseException:
     return exc
 
 
-def _invoke(fn: Any, args: Any, kwargs: Any) -> Any:
+def _invoke(fn: Any, args: Any, kwargs: Any, on_item: items.OnItem | None = None) -> Any:
     """Call the user's function; an `async def` (any coroutine it returns) runs to its
-    end in an event loop of this process, as `asyncio.run` would run a script's main."""
+    end in an event loop of this process, as `asyncio.run` would run a script's main.
+    A generator (or async generator) is drained, each item handed to `on_item` as it
+    is produced (items.py); the call's result is then how many it yielded."""
     value = fn(*args, **kwargs)
     if inspect.iscoroutine(value):
         value = asyncio.run(value)
+    elif on_item is not None and inspect.isgenerator(value):
+        value = items.drain(value, on_item)
+    elif on_item is not None and inspect.isasyncgen(value):
+        value = asyncio.run(items.drain_async(value, on_item))
     return value
 
 
@@ -149,7 +152,8 @@ class Result:
 
 
 def execute(function: bytes, args: bytes, spec: dict[str, Any],
-            result_format: str = "pickle") -> Result | Failure:
+            result_format: str = "pickle",
+            on_item: items.OnItem | None = None) -> Result | Failure:
     """Load and run the call; its result (pickled, or JSON for HTTP invokes), or why it failed."""
     try:
         fn = cloudpickle.loads(function)
@@ -161,7 +165,11 @@ def execute(function: bytes, args: bytes, spec: dict[str, Any],
             reason += f"; {missing_module_hint(exc)}"
         return failure_from(exc, reason=reason, retryable=False)
     try:
-        value = _invoke(fn, call_args, call_kwargs)
+        value = _invoke(fn, call_args, call_kwargs, on_item)
+    except RuntimeDatabaseError:
+        raise  # storing a generator's item failed: ours to report, not the user's failure
+    except items.ItemTooLarge as exc:  # would be as large again on a retry
+        return failure_from(exc, reason=str(exc), retryable=False)
     except MemoryError as exc:
         limit = spec.get("memory")
         reason = f"memory limit {limit} exceeded" if limit else "out of memory (MemoryError)"
@@ -198,33 +206,6 @@ def execute(function: bytes, args: bytes, spec: dict[str, Any],
         )
 
 
-@contextmanager
-def _reporting_progress(db: RuntimeDatabase, call_id: str, attempt: int,
-                        captured: Captured) -> Iterator[None]:
-    """Write the output captured so far every PROGRESS_SECONDS, for `podfn logs --follow`."""
-    stop = threading.Event()
-
-    def report() -> None:
-        sent = ("", "")
-        while not stop.wait(PROGRESS_SECONDS):
-            now = (captured.stdout, captured.stderr)
-            if now != sent:
-                try:
-                    db.try_once("progress", id=call_id, attempt=attempt,
-                                  stdout=now[0], stderr=now[1])
-                except RuntimeDatabaseError as exc:
-                    log.warning("could not report progress: %s", exc)
-                sent = now
-
-    thread = threading.Thread(target=report, name="podfn-progress", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def within_limit(outcome: Result | Failure, limit: int) -> Result | Failure:
     """`outcome`, unless it is larger than the platform stores: then a clear failure."""
     if isinstance(outcome, Failure):
@@ -240,11 +221,9 @@ def within_limit(outcome: Result | Failure, limit: int) -> Result | Failure:
     return Failure(reason, False, "ResultTooLarge", reason, "", None)
 
 
-def _output_writer(db: RuntimeDatabase, call_id: str, attempt: int,
-                   captured: Captured) -> Callable[[], None]:
+def _on_sigterm(writer: OutputWriter) -> Callable[[], None]:
     def write() -> None:
-        db.transition("progress", id=call_id, attempt=attempt, stdout=captured.stdout,
-                      stderr=captured.stderr)
+        writer.flush(retry=False)
     return write
 
 
@@ -258,7 +237,7 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
     log.info("running call %s attempt %d", call_id, attempt)
     meter = usage.Meter()
     mismatch = version_mismatch(claimed["client_python"], claimed["client_cloudpickle"])
-    captured: Captured | None = None
+    output = Output()
     digest = hashlib.sha256(claimed["function"]).hexdigest()
     if digest != claimed["function_digest"]:
         why = (f"the function payload does not match its digest ({digest} is not "
@@ -267,17 +246,23 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
     elif mismatch:
         outcome = Failure(mismatch, False, "VersionMismatch", mismatch, "", None)
     else:
-        with capture_output() as captured, _reporting_progress(db, call_id, attempt, captured):
-            termination.install(_output_writer(db, call_id, attempt, captured))
-            outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
-                              claimed["result_format"])
-        # The call is over: what it started must not outlive it (or see its result written).
-        reaper.kill_descendants()
+        writer = OutputWriter(db, call_id, attempt, output)
+        on_item = items.ItemWriter(db, call_id, attempt, max_result_bytes)
+        with capture_fds(output), writer.periodically():
+            termination.install(_on_sigterm(writer))
+            try:
+                outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
+                                  claimed["result_format"], on_item)
+            finally:
+                # The call is over: what it started must not outlive it (or see its
+                # result written), nor keep the captured descriptors open.
+                reaper.kill_descendants()
+        writer.flush(retry=True)
         outcome = within_limit(outcome, max_result_bytes)
-    output = {
-        "stdout": captured.stdout if captured else "",
-        "stderr": captured.stderr if captured else "",
-    }
+    # The chunks hold the whole output unless it went past their cap: then the columns
+    # keep each stream's tail (output.py).
+    columns = ({"stdout": output.stdout, "stderr": output.stderr} if output.capped
+               else {"stdout": "", "stderr": ""})
     usage.report(db, meter, call_id, attempt)  # before the outcome spends the secret
     if isinstance(outcome, Failure):
         if outcome.error_traceback:
@@ -292,16 +277,30 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
             error_message=outcome.error_message,
             error_traceback=outcome.error_traceback,
             error_pickle=outcome.error_pickle,
-            **output,
+            **columns,
         )
     else:
         row = db.transition("succeed", id=call_id, attempt=attempt, result=outcome.pickled,
-                            result_json=outcome.json, **output)
+                            result_json=outcome.json, **columns)
     if row is None:
         log.info("stale attempt: call %s moved on while attempt %d ran", call_id, attempt)
     else:
         log.info("call %s attempt %d recorded: %s", call_id, attempt, row["state"])
     return EXIT_RECORDED
+
+
+def _log_apart() -> None:
+    """The runtime's log lines go to a duplicate of stderr taken now, before the call's
+    output is captured, through a handler of its own logger: the root logger stays
+    free for the call's `logging`, and what the call logs is stored with it."""
+    stream = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8",
+                       errors="backslashreplace")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s podfn-runtime %(levelname)s %(message)s"))
+    logger = logging.getLogger("podfn.runtime")
+    logger.handlers[:] = [handler]
+    logger.setLevel(os.environ.get("PODFN_LOG_LEVEL", "INFO").upper())
+    logger.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,11 +328,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{DEFAULT_RETRY_SECONDS:g})",
     )
     ns = parser.parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("PODFN_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s podfn-runtime %(levelname)s %(message)s",
-        stream=sys.__stderr__,
-    )
+    _log_apart()
     # The secret is never a flag: argv is visible to every user of the machine.
     secret = os.environ.get("PODFN_ATTEMPT_SECRET", "")
     missing = [

@@ -40,3 +40,13 @@ FROM podfn_runtime_v1.claimed(%(id)s, %(attempt)s, %(secret)s);
 -- name: usage
 SELECT podfn_runtime_v1.usage(%(id)s, %(attempt)s, %(secret)s, %(peak_bytes)s,
                               %(cpu_seconds)s, %(wall_seconds)s) AS written;
+
+-- name: append_output
+-- One chunk of the running call's output (migration 0007); idempotent by offset.
+SELECT podfn_runtime_v1.append_output(%(id)s, %(attempt)s, %(secret)s, %(stream)s,
+                                      %(offset)s, %(data)s) AS written;
+
+-- name: yield_item
+-- One item a generator yielded (migration 0007); idempotent by index.
+SELECT podfn_runtime_v1.yield_item(%(id)s, %(attempt)s, %(secret)s, %(index)s, %(data)s)
+    AS written;

@@ -63,6 +63,19 @@ def _parents() -> dict[int, int]:
     return parents
 
 
+# Helpers of the runtime's own that must outlive the call's processes (the
+# output tee of capture.py): never killed here, nor waited for.
+_spared: set[int] = set()
+
+
+def spare(pid: int) -> None:
+    _spared.add(pid)
+
+
+def unspare(pid: int) -> None:
+    _spared.discard(pid)
+
+
 def descendants(root: int) -> list[int]:
     """Every live descendant of `root` (children first)."""
     children: dict[int, list[int]] = {}
@@ -71,7 +84,8 @@ def descendants(root: int) -> list[int]:
     found: list[int] = []
     frontier = [root]
     while frontier:
-        kids = [k for pid in frontier for k in children.get(pid, ()) if k != root]
+        kids = [k for pid in frontier for k in children.get(pid, ())
+                if k != root and k not in _spared]
         found += kids
         frontier = kids
     return found
@@ -122,6 +136,8 @@ def kill_descendants(timeout: float = 5.0) -> int:
                 pass
         except ChildProcessError:
             return len(killed)  # no children left: the tree is gone
+        if _spared and not descendants(me):
+            return len(killed)  # only our spared helpers are left
         if time.monotonic() >= deadline:
             return len(killed)
         time.sleep(0.005)

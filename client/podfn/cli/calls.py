@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from podfn.call import FINAL_STATES
 from podfn.cli.support import (
     EXIT_FAILED,
     api,
@@ -20,6 +19,7 @@ from podfn.cli.support import (
     reports_errors,
     with_exit_codes,
 )
+from podfn.streaming import follow_lines
 
 STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
 
@@ -114,35 +114,41 @@ def call_(call_id: str, output: str) -> None:
 @click.command("logs")
 @click.argument("call_id")
 @click.option("--follow", "-f", is_flag=True, help="keep printing output until the call ends")
+@click.option("--timestamps", "-t", is_flag=True,
+              help="start each line with the time it was stored (UTC)")
 @output_option
 @reports_errors
-def logs_(call_id: str, follow: bool, output: str) -> None:
+def logs_(call_id: str, follow: bool, timestamps: bool, output: str) -> None:
     """Print what a call wrote to stdout and stderr.
 
     \b
     Example: podfn logs 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f --follow
+             podfn logs 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f --timestamps
              podfn logs 3f2a9c0d1e2b4c5d6e7f8a9b0c1d2e3f --output json
     """
-    if follow and output == "json":
-        raise click.UsageError("--follow prints output as it comes; it cannot be combined with "
-                               "--output json (drop one of them)")
+    if (follow or timestamps) and output == "json":
+        raise click.UsageError("--follow and --timestamps print lines as text; they cannot be "
+                               "combined with --output json (drop one of them)")
     client = api()
     if output == "json":
         print_json(client.logs(call_id))
         return
-    printed = {"stdout": 0, "stderr": 0}
-    while True:
+    if not follow and not timestamps:
         body = client.logs(call_id)
         for stream, sink in (("stdout", sys.stdout), ("stderr", sys.stderr)):
-            text = body[stream] or ""
-            if len(text) < printed[stream]:  # a retry started over
-                printed[stream] = 0
-            sink.write(text[printed[stream]:])
+            sink.write(body[stream] or "")
             sink.flush()
-            printed[stream] = len(text)
-        if not follow or body["state"] in FINAL_STATES:
-            return
-        client.wait([call_id], 1.0)  # paces the loop: returns at once when the call ends
+        return
+    # Lines as they are stored, each read once (streaming.py).
+    for line in follow_lines(client, call_id, follow=follow):
+        sink = sys.stderr if line.stream == "stderr" else sys.stdout
+        if timestamps:
+            when = line.at.astimezone(UTC) if line.at else None
+            stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if when else "-"
+            sink.write(f"{stamp} {line.text}")
+        else:
+            sink.write(line.text)
+        sink.flush()
 
 
 CANCELLABLE = ("queued", "launching", "running")

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency, inputs, results
+from podfn_platform.api import context, forms, idempotency, inputs, output, results
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row, Transaction
@@ -242,8 +242,20 @@ def cancel_many() -> Response:
 @bp.get("/<call_id>/logs")
 @requires("read", "submit", "invoke")
 def logs(call_id: str) -> Response:
+    """The whole text of each stream; with `offset` (or `wait`), the chunks from an
+    offset, long-polling for more (output.py)."""
     _call_or_404(call_id)
+    if "offset" in request.args or "wait" in request.args:
+        return jsonify(output.follow_logs(call_id))
     return jsonify(context.db().one("get_logs", {"id": call_id}))
+
+
+@bp.get("/<call_id>/items")
+@requires("read", "submit", "invoke")
+def items(call_id: str) -> Response:
+    """A generator call's items from index `start`, long-polling with `wait`."""
+    _call_or_404(call_id)
+    return jsonify(output.read_items(call_id))
 
 
 @bp.get("")

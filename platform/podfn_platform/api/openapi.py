@@ -37,6 +37,13 @@ NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "stri
 WAIT = {"name": "wait", "in": "query", "required": False,
         "schema": {"type": "number", "minimum": 0},
         "description": "seconds to wait for the call to finish (capped by the server)"}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
 IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                "description": "the same key with the same body returns the original calls"}
@@ -139,10 +146,41 @@ def document() -> dict[str, Any]:
             "responses": {"200": _json(_ref("Call"), "the call; `cancelled` says if it was"),
                           **_errors(404, *COMMON)}}},
         "/v1/calls/{call_id}/logs": {"get": {
-            "summary": "What the call printed", "parameters": [CALL_ID],
+            "summary": "What the call wrote to stdout and stderr: the whole text of each, "
+                       "or (with offset or wait) the chunks from an offset, long-polling",
+            "parameters": [
+                CALL_ID,
+                _query("offset", {"type": "integer", "minimum": 0},
+                       "characters of the attempt's combined output already read"),
+                _query("attempt", {"type": "integer", "minimum": 0},
+                       "the attempt to read (default: the current one)"),
+                _query("wait", {"type": "number", "minimum": 0},
+                       "seconds to wait for output past offset (long-poll)")],
             "responses": {"200": _json({"type": "object", "properties": {
                 "stdout": {"type": "string"}, "stderr": {"type": "string"},
-                "state": {"type": "string"}}}, "output"), **_errors(404, *COMMON)}}},
+                "state": {"type": "string"}, "attempt": {"type": "integer"},
+                "current_attempt": {"type": "integer"},
+                "chunks": {"type": "array", "items": {"type": "object", "properties": {
+                    "stream": {"type": "string", "enum": ["stdout", "stderr"]},
+                    "offset": {"type": "integer"}, "data": {"type": "string"},
+                    "at": {"type": "string", "format": "date-time"}}}},
+                "next_offset": {"type": "integer"}, "done": {"type": "boolean"}}},
+                "output (stdout/stderr without offset, chunks with it)"),
+                **_errors(400, 404, *COMMON)}}},
+        "/v1/calls/{call_id}/items": {"get": {
+            "summary": "A generator call's items (pickled, base64) from an index, long-polling",
+            "parameters": [
+                CALL_ID,
+                _query("start", {"type": "integer", "minimum": 0}, "the first index to read"),
+                _query("wait", {"type": "number", "minimum": 0},
+                       "seconds to wait for an item past start (long-poll)")],
+            "responses": {"200": _json({"type": "object", "properties": {
+                "state": {"type": "string"},
+                "items": {"type": "array", "items": {"type": "object", "properties": {
+                    "index": {"type": "integer"}, "data": {"type": "string", "format": "byte"},
+                    "at": {"type": "string", "format": "date-time"}}}},
+                "next": {"type": "integer"}, "done": {"type": "boolean"}}}, "items"),
+                **_errors(400, 404, *COMMON)}}},
         "/v1/functions": {
             "post": {"summary": "Deploy a function: a new live version unless unchanged "
                              "(scope deploy)",

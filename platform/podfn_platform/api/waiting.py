@@ -1,7 +1,9 @@
 """Long-polling for results without polling Postgres.
 
 One LISTEN connection per API process hears `podfn_final` (sent in the same
-transaction that finishes a call) and wakes the requests waiting on that id.
+transaction that finishes a call) and `podfn_output` (the runtime stored
+output or a generator's item, output.py) and wakes the requests waiting on
+that id.
 Every wait re-reads the database after arming itself, so a result that landed
 before the wait began, or while the listening connection was down (the
 listener wakes everyone when it reconnects), is still seen.
@@ -35,7 +37,7 @@ class FinishWaiter:
         with self._lock:
             if self._listener is None:
                 self._listener = Listener(
-                    self._db, ["podfn_final"], on_notify=self._notified,
+                    self._db, ["podfn_final", "podfn_output"], on_notify=self._notified,
                     on_reconnect=self._wake_all,
                 ).start()
             return self._listener

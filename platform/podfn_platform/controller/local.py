@@ -110,8 +110,12 @@ class OutputTail:
             finally:
                 os.close(self._fd)
 
-    def text(self, limit: int = _TAIL_BYTES, wait: float = 2.0) -> str:
-        """The last `limit` bytes, after the writers closed the pipe (or `wait` s)."""
+    def text(self, limit: int = _TAIL_BYTES, wait: float = 10.0) -> str:
+        """The last `limit` bytes, after the writers closed the pipe (or `wait` s).
+
+        The runtime's tee process may still be copying a burst of output when the
+        runtime exits (20 MiB took over 2 s on a loaded machine): its last words are
+        the ones worth keeping, so wait for the end of the pipe, within reason."""
         self._thread.join(wait)
         self._stop.set()  # a writer that outlived the attempt does not keep us reading
         data = bytes(self._buffer[-limit:])

@@ -29,7 +29,46 @@ SELECT attempt, state, reason, exit_code, ref, launched_at, started_at, finished
 FROM podfn_attempts WHERE call_id = %(id)s ORDER BY attempt;
 
 -- name: get_logs
-SELECT id, state, stdout, stderr FROM podfn_calls WHERE id = %(id)s;
+-- The whole text of each stream: the columns the runtime fills when the call
+-- ends, or (while it runs, or if it ended without writing them) the current
+-- attempt's chunks put together (migration 0007).
+SELECT c.id, c.state, c.attempt,
+       COALESCE(NULLIF(c.stdout, ''),
+                (SELECT string_agg(o.data, '' ORDER BY o.char_offset) FROM podfn_output o
+                 WHERE o.call_id = c.id AND o.attempt = c.attempt AND o.stream = 'stdout'),
+                '') AS stdout,
+       COALESCE(NULLIF(c.stderr, ''),
+                (SELECT string_agg(o.data, '' ORDER BY o.char_offset) FROM podfn_output o
+                 WHERE o.call_id = c.id AND o.attempt = c.attempt AND o.stream = 'stderr'),
+                '') AS stderr
+FROM podfn_calls c WHERE c.id = %(id)s;
+
+-- name: output_from
+-- An attempt's output chunks that end past `offset`, in order (the first may
+-- start before it; the API cuts it). Bounded by `limit` rows per request.
+-- The range starts at the last chunk starting at or before `offset` (one
+-- backward step on the primary key), so a follower's poll reads only what
+-- is new, never the chunks it already has.
+SELECT stream, char_offset, data, at FROM podfn_output
+WHERE call_id = %(id)s AND attempt = %(attempt)s
+  AND char_offset >= COALESCE((SELECT max(char_offset) FROM podfn_output
+                               WHERE call_id = %(id)s AND attempt = %(attempt)s
+                                 AND char_offset <= %(offset)s), 0)
+  AND char_offset + length(data) > %(offset)s
+ORDER BY char_offset
+LIMIT %(limit)s;
+
+-- name: call_progress
+-- Where a call is: for readers following its output or its items.
+SELECT id, state, attempt, state IN ('succeeded', 'failed', 'timed_out', 'cancelled') AS final
+FROM podfn_calls WHERE id = %(id)s;
+
+-- name: items_from
+-- A generator call's items from index `start`, in order, at most `limit` of them.
+SELECT item_index, data, at FROM podfn_items
+WHERE call_id = %(id)s AND item_index >= %(start)s
+ORDER BY item_index
+LIMIT %(limit)s;
 
 -- name: finished_calls
 -- The finished calls among ids: states and sizes, not the payloads. Only a
