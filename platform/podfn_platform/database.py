@@ -35,6 +35,7 @@ Row = dict[str, Any]
 _QUERIES: dict[str, str] = {
     **named_queries.load("podfn_platform.sql", "transitions.sql"),
     **named_queries.load("podfn_platform.sql", "queries.sql"),
+    **named_queries.load("podfn_platform.sql", "warm.sql"),
 }
 
 

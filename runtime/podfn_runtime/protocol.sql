@@ -36,3 +36,10 @@ FROM podfn_runtime_v1.record(%(id)s, %(attempt)s, %(secret)s);
 SELECT id, attempt, function, function_digest, args, spec, client_python,
        client_cloudpickle, result_format
 FROM podfn_runtime_v1.claimed(%(id)s, %(attempt)s, %(secret)s);
+
+-- name: next
+-- A warm worker: the next queued call of its pool (migration 0008), claimed
+-- with the secret of the attempt it ran last; a fresh secret's hash for it.
+SELECT verdict, id, attempt, function, function_digest, args, spec, client_python,
+       client_cloudpickle, result_format
+FROM podfn_runtime_v1.next(%(id)s, %(attempt)s, %(secret)s, %(secret_hash)s);
