@@ -187,7 +187,7 @@ def main() -> None:
         variants: list[tuple[str, Any]] = [
             ("one create per loop (baseline)", lambda: create_one_per_loop(kube, ns.pods)),
             (f"KubernetesLauncher, defaults (concurrency {defaults.pod_create_concurrency}, "
-             f"{defaults.pod_create_qps:g} QPS)",
+             f"{defaults.pod_create_qps:g} QPS, burst {defaults.pod_create_burst})",
              lambda: create_with_launcher(kube, defaults, ns.pods)),
             ("KubernetesLauncher, concurrency 8, no QPS limit",
              lambda: create_with_launcher(kube, Settings(pod_create_qps=1e6), ns.pods)),
