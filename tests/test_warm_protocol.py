@@ -113,3 +113,22 @@ def test_a_cold_call_is_never_taken_by_a_worker(db: Database, runtime_database_u
     ran_once(db, rt, first)
     row, _ = next_call(rt, first, 1)
     assert row is not None and row["verdict"] == "done"
+
+
+def test_a_worker_yields_to_an_older_call_of_another_pool(
+        db: Database, runtime_database_url: str) -> None:
+    rt = Runtime(db, runtime_database_url)
+    [first] = submit(db, abs)
+    ran_once(db, rt, first)
+    [other] = submit(db, round)
+    [mine] = submit(db, abs)
+    with db.connect(name="podfn-test") as conn:
+        conn.execute("UPDATE podfn_calls SET created_at = clock_timestamp() - interval '1 minute'"
+                     " WHERE id = %s", (other,))
+    row, _ = next_call(rt, first, 1)
+    assert row is not None and row["verdict"] == "yield", "the older cold call goes first"
+    with db.connect(name="podfn-test") as conn:
+        conn.execute("UPDATE podfn_calls SET created_at = clock_timestamp() + interval '1 minute'"
+                     " WHERE id = %s", (other,))
+    row, _ = next_call(rt, first, 1)
+    assert row is not None and row["verdict"] == "claimed" and row["id"] == mine
