@@ -48,7 +48,8 @@ def other_pid(i: int) -> int:
     return os.getpid()
 
 
-@remote(max_calls_per_worker=None, idle_timeout=0.5)
+# Long enough that a loaded machine's gap between two calls stays under it.
+@remote(max_calls_per_worker=None, idle_timeout=2)
 def brief(i: int) -> int:
     return os.getpid()
 
