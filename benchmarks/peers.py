@@ -2,7 +2,7 @@
 
     python benchmarks/peers.py PEER KIND COUNT REPEATS
 
-PEER: podfn, ray, lithops, pool, python-c, python-c-imports.
+PEER: podfn, podfn-warm, ray, lithops, pool, python-c, python-c-imports.
 KIND: `call` times COUNT sequential trivial calls (one value per call);
 `map` times REPEATS runs of a map over COUNT trivial calls (one value per run).
 
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def identity(x: int) -> int:
@@ -33,14 +34,14 @@ Runner = tuple[Callable[[int], int], Callable[[list[int]], list[int]]]
 
 
 @contextmanager
-def podfn_peer() -> Iterator[Runner]:
+def podfn_peer(**hints: Any) -> Iterator[Runner]:
     from podfn import remote
     from podfn.settings import Settings
     from podfn_platform.dev import DevStack, free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="podfn-bench-"))
     os.chmod(workdir, 0o755)
-    fn = remote(identity)
+    fn = remote(identity, **hints)
     with DevStack(Settings.from_env(), workdir, free_port(), temporary=True).start(
             quiet=True) as stack:
         os.environ["PODFN_URL"], os.environ["PODFN_TOKEN"] = stack.url, stack.token
@@ -111,6 +112,8 @@ def _process_peer(code: str) -> Callable[[], Iterator[Runner]]:
 
 PEERS = {
     "podfn": podfn_peer,
+    # Warm workers (docs/warm-workers.md): one process runs call after call.
+    "podfn-warm": lambda: podfn_peer(max_calls_per_worker=None, idle_timeout=600),
     "ray": ray_peer,
     "lithops": lithops_peer,
     "pool": pool_peer,

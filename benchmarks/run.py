@@ -71,6 +71,7 @@ def installed(module: str) -> bool:
 
 PEER_LABELS = {
     "podfn": "podfn `f.remote` (embedded default: local launcher)",
+    "podfn-warm": "podfn warm workers (`max_calls_per_worker=None`)",
     "ray": "Ray, local, warm workers",
     "lithops": "Lithops localhost",
     "pool": "warm `ProcessPoolExecutor`",

@@ -73,7 +73,10 @@ class Settings:
     # Secret with key `url`: the runtime role's database URL for pods (never the platform's).
     runtime_database_secret: str = "podfn-runtime-database"
     pod_create_concurrency: int = 8
-    pod_create_qps: float = 20.0
+    # client-go style: a token bucket of `pod_create_burst` creates refilled at
+    # `pod_create_qps` a second (docs/kubernetes.md says why these numbers).
+    pod_create_qps: float = 100.0
+    pod_create_burst: int = 200
     pending_timeout_seconds: float = 300.0
     image_pull_timeout_seconds: float = 300.0  # a pull failing (429...) this long fails the call
     list_page_size: int = 500  # pods per page of a list (limit/continue)
@@ -98,7 +101,8 @@ class Settings:
             )
         for name in ("port", "workers", "threads", "max_request_bytes", "max_result_bytes",
                      "longpoll_threads", "header_timeout_seconds", "max_concurrency",
-                     "pod_create_concurrency", "pod_create_qps", "watch_timeout_seconds",
+                     "pod_create_concurrency", "pod_create_qps", "pod_create_burst",
+                     "watch_timeout_seconds",
                      "list_page_size"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"PODFN_{name.upper()} must be positive")

@@ -44,7 +44,17 @@ DEFAULTS: dict[str, Any] = {
     "annotations": {},
     "service_account": None,
     "pod_patch": None,
+    # Warm workers (docs/warm-workers.md): how many calls one worker may run one
+    # after another (1: a fresh process or pod per call; None: no limit), how
+    # long an idle one waits for its next call, and how many a deployed
+    # function keeps (accepted and stored; the controller does not act on it yet).
+    "max_calls_per_worker": 1,
+    "idle_timeout": 60.0,
+    "min_workers": 0,
 }
+
+# Hints whose None is a value of its own rather than "the default".
+_NONE_MEANS_NO_LIMIT = ("max_calls_per_worker",)
 
 # The bounds every hint must fall in: one rule set, applied by the client when
 # a hint is given and by the API to every submitted spec. They keep a call's
@@ -59,6 +69,9 @@ LIMITS: dict[str, tuple[Decimal, Decimal, str]] = {
     "memory": (Decimal(32 * 2**20), Decimal(2**40), "32Mi to 1Ti"),
     "cpu": (Decimal("0.001"), Decimal(1024), "1m to 1024 cores"),
     "gpu": (Decimal(0), Decimal(64), "0 to 64"),
+    "max_calls_per_worker": (Decimal(1), Decimal(10**9), "1 to 1000000000, or None for no limit"),
+    "idle_timeout": (Decimal("0.1"), Decimal(24 * 3600), "0.1 to 86400 seconds"),
+    "min_workers": (Decimal(0), Decimal(1000), "0 to 1000"),
 }
 
 
@@ -126,6 +139,9 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidSpec(unknown[0], f"is not a hint podfn knows; known hints: {', '.join(DEFAULTS)}")
     out = {**DEFAULTS, **{k: v for k, v in spec.items() if v is not None}}
+    for key in _NONE_MEANS_NO_LIMIT:
+        if key in spec and spec[key] is None:
+            out[key] = None
     for key in ("env", "secrets", "node_selector", "labels", "annotations", "tolerations"):
         if key not in spec or spec[key] is None:
             out[key] = type(DEFAULTS[key])()
@@ -147,6 +163,13 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
     out["retries"] = _number("retries", out["retries"], integer=True, minimum=0, allow_zero=True)
     out["retry_backoff"] = _number("retry_backoff", out["retry_backoff"], integer=False,
                                    minimum=0, allow_zero=True)
+    if out["max_calls_per_worker"] is not None:
+        out["max_calls_per_worker"] = _number("max_calls_per_worker", out["max_calls_per_worker"],
+                                              integer=True, minimum=1, allow_zero=False)
+    out["idle_timeout"] = _number("idle_timeout", out["idle_timeout"], integer=False,
+                                  minimum=0, allow_zero=False)
+    out["min_workers"] = _number("min_workers", out["min_workers"], integer=True, minimum=0,
+                                 allow_zero=True)
     if not isinstance(out["cpu_limit"], bool):
         raise InvalidSpec("cpu_limit", "must be true or false")
     for key in ("image", "service_account", "gpu_vendor"):

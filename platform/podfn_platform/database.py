@@ -36,6 +36,7 @@ _QUERIES: dict[str, str] = {
     **named_queries.load("podfn_platform.sql", "transitions.sql"),
     **named_queries.load("podfn_platform.sql", "queries.sql"),
     **named_queries.load("podfn_platform.sql", "dashboard.sql"),
+    **named_queries.load("podfn_platform.sql", "warm.sql"),
 }
 
 

@@ -119,6 +119,11 @@ class RuntimeDatabase:
             time.sleep(min(random.uniform(backoff / 2, backoff), max(0.0, deadline - now)))
             backoff = min(backoff * 2, MAX_BACKOFF)
 
+    def use_secret(self, secret: str) -> None:
+        """Sign from now on with `secret` (a warm worker's next attempt, worker.py)."""
+        with self._lock:
+            self._secret = secret
+
     def transition(self, name: str, **params: Any) -> dict[str, Any] | None:
         """Call one protocol function with this attempt's secret (unless `secret=` is
         given); its row, or None if it did not apply."""

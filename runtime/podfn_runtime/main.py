@@ -234,6 +234,13 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
         log.info("stale attempt: call %s is no longer at attempt %d (or its secret is not "
                  "this attempt's); exiting", call_id, attempt)
         return EXIT_RECORDED
+    return run_claimed(db, claimed, max_result_bytes)
+
+
+def run_claimed(db: RuntimeDatabase, claimed: dict[str, Any],
+                max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
+    """Run a call this runtime holds (`claim`, or a warm worker's `next`); record its outcome."""
+    call_id, attempt = claimed["id"], claimed["attempt"]
     log.info("running call %s attempt %d", call_id, attempt)
     meter = usage.Meter()
     mismatch = version_mismatch(claimed["client_python"], claimed["client_cloudpickle"])
@@ -353,7 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_RUNTIME_FAILED
     try:
-        return run_attempt(db, ns.call_id, int(ns.attempt), ns.max_result_bytes)
+        from podfn_runtime import worker  # the warm loop around run_claimed
+        return worker.serve(db, ns.call_id, int(ns.attempt), ns.database_url,
+                            ns.max_result_bytes)
     except DatabaseUnavailable as exc:
         log.error("could not record the outcome of call %s: %s", ns.call_id, exc)
         return EXIT_DISRUPTED

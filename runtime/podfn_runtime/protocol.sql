@@ -50,3 +50,10 @@ SELECT podfn_runtime_v1.append_output(%(id)s, %(attempt)s, %(secret)s, %(stream)
 -- One item a generator yielded (migration 0007); idempotent by index.
 SELECT podfn_runtime_v1.yield_item(%(id)s, %(attempt)s, %(secret)s, %(index)s, %(data)s)
     AS written;
+
+-- name: next
+-- A warm worker: the next queued call of its pool (migration 0008), claimed
+-- with the secret of the attempt it ran last; a fresh secret's hash for it.
+SELECT verdict, id, attempt, function, function_digest, args, spec, client_python,
+       client_cloudpickle, result_format
+FROM podfn_runtime_v1.next(%(id)s, %(attempt)s, %(secret)s, %(secret_hash)s);

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 CALL_TOKEN_PREFIX = "pfn_call_"
-RESERVED = frozenset({"PODFN_CALL_ID", "PODFN_ATTEMPT", "PODFN_ATTEMPT_SECRET", "PODFN_URL",
+RESERVED = frozenset({"PODFN_CALL_ID", "PODFN_ATTEMPT", "PODFN_WARM", "PODFN_ATTEMPT_SECRET",
+                      "PODFN_URL",
                       "PODFN_TOKEN", "PODFN_RUNTIME_DATABASE_URL", "PYTHONUNBUFFERED"})
 # What a local process needs to start and behave like the user's shell, and no more.
 _BASE = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",

@@ -26,6 +26,10 @@ class Attempt:
     # (environment.py): its id, its secret, the API and its nested-call token.
     # Empty for attempts rebuilt from Postgres (only the launching controller knows it).
     env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # For a warm worker (docs/warm-workers.md): its name, "<call id>/<attempt>" of
+    # the attempt it was launched for. The launcher keeps following the worker
+    # under that name while the attempt above becomes the one it runs now.
+    worker: str = ""
 
     @property
     def key(self) -> tuple[str, int]:

@@ -292,7 +292,9 @@ class LocalLauncher:
         else:
             exit_ = self._describe(proc, code, output)
         with self._lock:
-            self._running.pop(proc.attempt.key, None)
+            # Under the key it was launched with (a warm worker's attempt moves on).
+            for key in [k for k, p in self._running.items() if p is proc]:
+                del self._running[key]
             self._exits.append(exit_)
         proc.done.set()
         self._on_exit()
@@ -333,7 +335,8 @@ class LocalLauncher:
 
     def _kill(self, key: tuple[str, int], why: str) -> _Process | None:
         with self._lock:
-            proc = self._running.get(key)
+            proc = self._running.get(key) or next(
+                (p for p in self._running.values() if p.attempt.key == key), None)
             if proc is None or proc.ended_by:
                 return None
             proc.ended_by = why
@@ -346,6 +349,31 @@ class LocalLauncher:
 
     def stop(self, key: tuple[str, int]) -> None:
         self._kill(key, "stopped")
+
+    def workers(self) -> dict[str, Attempt]:
+        """Warm workers by name: those running, and those whose exit is not yet taken
+        (their in-flight attempt is recorded through the exit, not as an orphan)."""
+        with self._lock:
+            out = {p.attempt.worker: p.attempt for p in self._running.values()
+                   if p.attempt.worker}
+            out.update({e.attempt.worker: e.attempt for e in self._exits if e.attempt.worker})
+        return out
+
+    def rebind(self, worker: str, attempt: Attempt | None, running_seconds: float) -> None:
+        """The warm worker `worker` runs `attempt` now (running for `running_seconds`),
+        or nothing (None: idle, no deadline). Its process keeps its memory limit."""
+        with self._lock:
+            proc = next((p for p in self._running.values() if p.attempt.worker == worker), None)
+            if proc is None or proc.ended_by:
+                return
+            if attempt is None:
+                proc.deadline = None
+                return
+            if attempt.key != proc.attempt.key:
+                timeout = attempt.spec.get("timeout")
+                proc.deadline = (time.monotonic() - running_seconds + timeout
+                                 if timeout else None)
+                proc.attempt = attempt
 
     def active(self) -> list[Attempt]:
         with self._lock:
@@ -382,7 +410,8 @@ class LocalLauncher:
     def _adopt_orphans(self, unfinished: list[Attempt]) -> None:
         """Processes die with the controller that started them: any we did not start is gone."""
         with self._lock:
-            mine = set(self._running) | {e.attempt.key for e in self._exits}
+            mine = (set(self._running) | {p.attempt.key for p in self._running.values()}
+                    | {e.attempt.key for e in self._exits})
             self._exits += [
                 Exit(a, "disrupted",
                      f"attempt {a.attempt} was lost when the controller running it stopped")

@@ -95,7 +95,7 @@ class Controller:
         if stop.is_set():
             return
         log.info("this controller is active")
-        listener = Listener(self.db, ["podfn_queued", "podfn_cancelled"],
+        listener = Listener(self.db, ["podfn_queued", "podfn_cancelled", "podfn_warm"],
                             on_notify=lambda *_: self.wake.set(), on_reconnect=self.wake.set)
         listener.start()
         self.is_active.set()
@@ -153,13 +153,14 @@ class Controller:
         self.launcher.reconcile(self.unfinished, full=full)
         self._full_reconcile = self._full_reconcile and not full
         self.reconcile_exits()
+        idle_pools = self.track_workers()
         self.stop_moved_on()
-        self.launch_queued()
+        self.launch_queued(idle_pools)
         self.turns += 1
 
     def unfinished(self) -> list[Attempt]:
         """Attempts Postgres says are in flight (launching or running)."""
-        return [attempt_from(r) for r in self.db.all("unfinished_attempts")]
+        return [attempt_from(r) for r in self.db.all("unfinished_cold_attempts")]
 
     def reconcile_exits(self) -> None:
         """Record every exit; one that a database error interrupts waits for the next turn."""
@@ -172,6 +173,11 @@ class Controller:
 
     def record(self, exit_: Exit) -> None:
         """Turn what happened to an attempt into (at most) one guarded transition."""
+        if exit_.attempt.worker:
+            current = self.worker_attempt(exit_.attempt)
+            if current is None:
+                return  # an idle warm worker ended: no call of ours was in it
+            exit_ = dataclasses.replace(exit_, attempt=current)
         a = exit_.attempt
         params: dict[str, Any] = {"id": a.call_id, "attempt": a.attempt, "reason": exit_.reason,
                                   "exit_code": exit_.exit_code}
@@ -193,6 +199,51 @@ class Controller:
             log.info("call %s attempt %d -> %s: %s", a.call_id, a.attempt, row["state"],
                      exit_.reason.splitlines()[0])
 
+    # -- warm workers (docs/warm-workers.md) --------------------------------
+
+    @property
+    def follows_workers(self) -> bool:
+        """Whether the launcher can follow a warm worker from call to call."""
+        return hasattr(self.launcher, "rebind") and hasattr(self.launcher, "workers")
+
+    def worker_attempt(self, attempt: Attempt) -> Attempt | None:
+        """The unfinished attempt the worker that `attempt` names runs now, if any."""
+        origin_id, _, origin_attempt = attempt.worker.rpartition("/")
+        rows = self.db.all("worker_attempts", {"workers": [attempt.worker], "ids": [origin_id],
+                                               "attempts": [int(origin_attempt)]})
+        if not rows or not rows[0]["busy"]:
+            return None
+        return dataclasses.replace(attempt_from({**rows[0], "state": rows[0]["call_state"]}),
+                                   worker=attempt.worker)
+
+    def track_workers(self) -> list[str]:
+        """Point each warm worker at the attempt it runs now (for its timeout, its
+        cancellation, its exit), disrupt attempts whose worker is gone, and return
+        the pools that have an idle worker (no cold launch for those this turn)."""
+        if not self.follows_workers:
+            return []
+        workers: dict[str, Attempt] = self.launcher.workers()  # type: ignore[attr-defined]
+        idle: set[str] = set()
+        if workers:
+            names = list(workers)
+            origins = [n.rpartition("/") for n in names]
+            rows = self.db.all("worker_attempts", {
+                "workers": names, "ids": [o[0] for o in origins],
+                "attempts": [int(o[2]) for o in origins]})
+            for row in rows:
+                if row["busy"]:
+                    current = dataclasses.replace(
+                        attempt_from({**row, "state": row["call_state"]}), worker=row["worker"])
+                    self.launcher.rebind(row["worker"], current,  # type: ignore[attr-defined]
+                                         row["running_seconds"])
+                else:
+                    self.launcher.rebind(row["worker"], None, 0.0)  # type: ignore[attr-defined]
+                    idle.add(row["pool"])
+        for row in self.db.all("orphaned_warm_attempts", {"workers": list(workers)}):
+            self.record(Exit(Attempt(row["id"], row["attempt"], "", {}, ""), "disrupted",
+                             f"the warm worker {row['worker']} running the attempt is gone"))
+        return sorted(idle)
+
     def stop_moved_on(self) -> None:
         """Stop attempts whose call was cancelled, finished or moved to a newer attempt.
 
@@ -206,6 +257,14 @@ class Controller:
             return
         for row in self.db.all("call_states", {"ids": list(active)}):
             a = active[row["id"]]
+            if a.worker:
+                # A warm worker outlives its calls by design: it is stopped only for
+                # the call it runs now (it exits by itself when idle).
+                if row["attempt"] == a.attempt and row["state"] in ("cancelled", "timed_out"):
+                    log.info("stopping the warm worker %s running call %s attempt %d (%s)",
+                             a.worker, a.call_id, a.attempt, row["state"])
+                    self.launcher.stop(a.key)
+                continue
             lingering = row["state"] in ("succeeded", "failed") and (
                 row.get("finished_seconds_ago") or 0.0) >= FINISHED_GRACE_SECONDS
             if row["state"] in ("cancelled", "timed_out") or row["attempt"] != a.attempt \
@@ -213,11 +272,13 @@ class Controller:
                 log.info("stopping call %s attempt %d (%s)", a.call_id, a.attempt, row["state"])
                 self.launcher.stop(a.key)
 
-    def launch_queued(self) -> None:
+    def launch_queued(self, idle_pools: list[str] | None = None) -> None:
+        # Warm workers count like any attempt: one worker, one slot, busy or idle.
         room = self.settings.max_concurrency - len(self.launcher.active())
         if room <= 0:
             return
-        rows = self.db.all("claim_queued", {"limit": room})
+        rows = self.db.all("claim_queued_except_pools",
+                           {"limit": room, "skip_pools": idle_pools or []})
         if not rows:
             return
         minted = [environment.Credentials.mint() for _ in rows]
@@ -233,6 +294,9 @@ class Controller:
             attempt = dataclasses.replace(attempt_from(row), env=environment.runtime_environment(
                 call_id=row["id"], attempt=row["attempt"], credentials=credentials,
                 api_url=self.settings.runtime_api_url, spec=row["spec"]))
+            if self.follows_workers and row["spec"].get("max_calls_per_worker", 1) != 1:
+                attempt = dataclasses.replace(attempt, worker=f"{row['id']}/{row['attempt']}",
+                                              env={**attempt.env, "PODFN_WARM": "1"})
             try:
                 with metrics.LAUNCH_SECONDS.time():
                     ref = self.launcher.launch(attempt)

@@ -83,7 +83,7 @@ class KubernetesLauncher:
         self._next_reconcile = time.monotonic() + settings.reconcile_seconds
         self._pool = ThreadPoolExecutor(max_workers=settings.pod_create_concurrency,
                                         thread_name_prefix="podfn-pods")
-        self._limiter = RateLimiter(settings.pod_create_qps)
+        self._limiter = RateLimiter(settings.pod_create_qps, settings.pod_create_burst)
         self.watcher = PodWatcher(kube, selector=SELECTOR, store=store,
                                   on_event=self._on_event, on_relist=self._on_relist,
                                   timeout_seconds=settings.watch_timeout_seconds)

@@ -32,6 +32,29 @@ WITH picked AS (
 )
 SELECT id, attempt, function_name, spec, client_python FROM claimed;
 
+-- name: claim_queued_except_pools
+-- claim_queued as the controller runs it: calls of the pools named in
+-- %(skip_pools)s are left for an idle warm worker of that pool to take
+-- (podfn_runtime_v1.next, docs/warm-workers.md).
+WITH picked AS (
+    SELECT id FROM podfn_calls
+    WHERE state = 'queued' AND (not_before IS NULL OR not_before <= clock_timestamp())
+      AND NOT (pool = ANY(%(skip_pools)s::text[]))
+    ORDER BY created_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE podfn_calls c
+    SET state = 'launching', attempt = c.attempt + 1, launched_at = clock_timestamp(),
+        not_before = NULL
+    FROM picked
+    WHERE c.id = picked.id AND c.state = 'queued'
+    RETURNING c.id, c.attempt, c.function_name, c.spec, c.client_python
+), recorded AS (
+    INSERT INTO podfn_attempts (call_id, attempt) SELECT id, attempt FROM claimed
+)
+SELECT id, attempt, function_name, spec, client_python FROM claimed;
+
 -- name: fail
 -- Controller: launching/running -> failed, or back to queued with
 -- exponential backoff while the user's `retries` last and the failure is

@@ -1,0 +1,136 @@
+"""Warm workers (docs/warm-workers.md): one runtime runs many calls of its own pool.
+
+End to end with the local launcher: the worker's pid tells calls of the same
+worker apart, Postgres's attempts table says which worker ran each attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from conftest import Platform
+from podfn import remote
+from podfn.errors import CallTimeout
+from podfn_platform.database import Database
+
+pytestmark = pytest.mark.e2e
+
+
+@remote(max_calls_per_worker=None, idle_timeout=2)
+def pid_of(i: int) -> int:
+    return os.getpid()
+
+
+def _attempts(db: Database, ids: list[str]) -> list[dict[str, Any]]:
+    with db.connect(name="podfn-test") as conn:
+        return conn.execute(
+            "SELECT call_id, attempt, state, ref, worker FROM podfn_attempts "
+            "WHERE call_id = ANY(%s) ORDER BY launched_at", (ids,)).fetchall()
+
+
+def test_a_worker_runs_several_calls_in_one_process(platform: Platform) -> None:
+    pids = [pid_of.remote(i) for i in range(5)]
+    assert len(set(pids)) == 1, f"sequential calls should share one warm worker: {pids}"
+
+
+@remote(max_calls_per_worker=2, idle_timeout=5)
+def pid_of_budget(i: int) -> int:
+    return os.getpid()
+
+
+@remote(max_calls_per_worker=None, idle_timeout=5)
+def other_pid(i: int) -> int:
+    return os.getpid()
+
+
+# Long enough that a loaded machine's gap between two calls stays under it.
+@remote(max_calls_per_worker=None, idle_timeout=2)
+def brief(i: int) -> int:
+    return os.getpid()
+
+
+@remote(max_calls_per_worker=None, idle_timeout=10, timeout=2)
+def work(mode: str, path: str = "") -> Any:
+    """'pid': this worker's pid; 'hang': note the pid in `path` once, then hang."""
+    if mode == "hang" and not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)
+    return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
+
+
+def _until(what: str, check: Any, seconds: float = 20.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_attempts_name_their_worker_and_share_its_ref(platform: Platform) -> None:
+    calls = [pid_of.spawn(i) for i in range(3)]
+    for c in calls:
+        c.result()
+    rows = _attempts(platform.db, [c.id for c in calls])
+    origin = f"{rows[0]['call_id']}/{rows[0]['attempt']}"
+    workers = {r["worker"] or f"{r['call_id']}/{r['attempt']}" for r in rows}
+    refs = {r["ref"] for r in rows}
+    assert len(workers) == len(refs), rows
+    assert origin in workers and all(r["state"] == "succeeded" for r in rows)
+
+
+def test_a_worker_exits_when_idle(platform: Platform) -> None:
+    first = brief.remote(0)
+    assert brief.remote(1) == first
+    _until("the idle worker to exit", lambda: not platform.controller.launcher.active())
+    assert brief.remote(2) != first, "a new worker after the idle one left"
+
+
+def test_a_worker_honours_its_call_budget(platform: Platform) -> None:
+    pids = [pid_of_budget.remote(i) for i in range(5)]
+    counts = {p: pids.count(p) for p in pids}
+    assert max(counts.values()) == 2 and len(counts) == 3, pids
+
+
+def test_pools_never_mix(platform: Platform) -> None:
+    a = [pid_of.remote(i) for i in range(2)]
+    b = [other_pid.remote(i) for i in range(2)]
+    assert len(set(a)) == 1 and len(set(b)) == 1 and set(a).isdisjoint(b)
+
+
+def test_a_map_with_no_budget_starts_few_workers(platform: Platform) -> None:
+    pids = list(pid_of.map(range(60)))
+    assert len(pids) == 60
+    assert len(set(pids)) <= platform.settings.max_concurrency
+
+
+def test_a_dead_worker_requeues_only_its_call_as_a_disruption(
+        platform: Platform, tmp_path: Any) -> None:
+    pid, first_id, _ = work.remote("pid")
+    marker = tmp_path / "hang"
+    hanging = work.spawn("hang", str(marker))
+    _until("the warm worker to take the call", marker.exists)
+    assert int(marker.read_text()) == pid, "the idle warm worker took the call"
+    os.kill(pid, signal.SIGTERM)  # as a kubelet or an operator stops a pod
+    new_pid, call_id, attempt = hanging.result()
+    assert call_id == hanging.id and attempt == "2" and new_pid != pid
+    rows = {(r["call_id"], r["attempt"]): r for r in _attempts(platform.db,
+                                                                 [first_id, hanging.id])}
+    assert rows[(first_id, 1)]["state"] == "succeeded"
+    assert rows[(hanging.id, 1)]["state"] == "disrupted"
+    assert rows[(hanging.id, 1)]["worker"] == f"{first_id}/1"
+
+
+def test_a_warm_call_keeps_its_own_timeout(platform: Platform, tmp_path: Any) -> None:
+    pid, _, _ = work.remote("pid")
+    marker = tmp_path / "hang"
+    with pytest.raises(CallTimeout):
+        work.remote("hang", str(marker))
+    assert int(marker.read_text()) == pid, "the call ran in the warm worker"
