@@ -1,0 +1,253 @@
+"""The request and response bodies of the API, as pydantic models: the one description of the contract.
+
+Each model is used twice: the views validate what clients send through it
+(`api/contract.py`), and /openapi.json is generated from its JSON Schema, so
+the document cannot drift from what the API enforces.
+
+Strings a client sends are described without NUL (Postgres text cannot hold
+it; api/inputs.py answers 400 for one), so a schema-valid request is never
+refused for it. The call spec is described by the common, exact forms of its
+hints; the API accepts a little more (any Kubernetes quantity within podfn's
+bounds, checked by podfn.spec), which the document says in words.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
+CANCELLABLE = ("queued", "launching", "running")
+SCOPES = ("submit", "invoke", "deploy", "read", "admin")
+MAX_CALLS_PER_REQUEST = 10_000
+
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Field(pattern=NO_NUL)]
+State = Literal["queued", "launching", "running", "succeeded", "failed", "timed_out",
+                "cancelled"]
+Cancellable = Literal["queued", "launching", "running"]
+Scope = Literal["submit", "invoke", "deploy", "read", "admin"]
+# A function name is part of a URL: no '/' or '\\', no control or format characters, no
+# whitespace at either end, not '.' or '..' (api/inputs.py checks the same in code).
+FUNCTION_NAME = r"^(?!\.\.?$)[A-Za-z0-9_.:-](?:[A-Za-z0-9_.: -]{0,198}[A-Za-z0-9_.:-])?$"
+TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+SECRET_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+def _strings(keys: str) -> Any:
+    return Field(default=None, json_schema_extra={
+        "propertyNames": {"pattern": keys}, "additionalProperties": {"type": "string",
+                                                                      "pattern": NO_NUL}})
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", regex_engine="python-re")
+
+
+class Spec(Model):
+    """Hints for a call's pod (podfn.spec checks each one; these are the forms it accepts)."""
+
+    model_config = ConfigDict(extra="allow", regex_engine="python-re", json_schema_extra={
+        "additionalProperties": False})
+    cpu: str | None = Field(default=None, json_schema_extra={
+        "pattern": r"^([1-9][0-9]{0,2}m|[1-9][0-9]{0,2})$"},
+        description="Kubernetes CPU quantity, 1m to 1024 cores")
+    cpu_limit: bool | None = None
+    memory: str | None = Field(default=None, json_schema_extra={
+        "pattern": r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,3})Mi|[1-9][0-9]{0,2}Gi)$"},
+        description="Kubernetes memory quantity, 32Mi to 1Ti")
+    gpu: int | None = Field(default=None, ge=0, le=64)
+    gpu_vendor: str | None = Field(default=None, json_schema_extra={"pattern": r"^[a-z0-9./-]+$"})
+    image: str | None = Field(default=None, json_schema_extra={"pattern": r"^[a-z0-9./:@_-]+$"})
+    env: dict[str, str] | None = _strings(ENV_NAME)
+    secrets: list[str] | None = Field(default=None, json_schema_extra={
+        "items": {"type": "string", "pattern": SECRET_NAME}})
+    timeout: float | None = Field(default=None, ge=0.001, le=604800)
+    retries: int | None = Field(default=None, ge=0, le=100)
+    retry_backoff: float | None = Field(default=None, ge=0, le=3600)
+    node_selector: dict[str, str] | None = _strings(LABEL_KEY)
+    tolerations: list[dict[str, Any]] | None = None
+    labels: dict[str, str] | None = _strings(LABEL_KEY)
+    annotations: dict[str, str] | None = _strings(LABEL_KEY)
+    service_account: str | None = Field(default=None, json_schema_extra={
+        "pattern": SECRET_NAME})
+    pod_patch: dict[str, Any] | None = None
+
+
+class Client(Model):
+    """The Python and cloudpickle versions that made the pickles (the runtime must match)."""
+
+    python: Text
+    cloudpickle: Text
+
+
+class SubmitMeta(Model):
+    function_name: Annotated[str, Field(min_length=1, max_length=256,
+                                        pattern=r"^[^\x00]*\S[^\x00]*$")]
+    client: Client
+    spec: Spec | None = None
+
+
+class DeployMeta(Model):
+    name: Annotated[str, Field(json_schema_extra={"pattern": FUNCTION_NAME})]
+    client: Client
+    spec: Spec | None = None
+
+
+class DeployedCallsMeta(Model):
+    client: Client
+    spec: Spec | None = Field(default=None, description="overrides of the live version's hints")
+
+
+class WaitBody(Model):
+    ids: Annotated[list[Text], Field(min_length=1, max_length=MAX_CALLS_PER_REQUEST)]
+    wait: Annotated[float, Field(ge=0)] = 0
+
+
+class CancelBody(Model):
+    """Which calls to cancel; at least one of ids, function, state, or mine=true."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
+        {"required": ["ids"]}, {"required": ["function"]}, {"required": ["state"]},
+        {"required": ["mine"], "properties": {"mine": {"const": True}}}]})
+    ids: Annotated[list[Text], Field(max_length=MAX_CALLS_PER_REQUEST)] | None = None
+    function: Text | None = None
+    state: Cancellable | None = None
+    mine: bool = Field(default=False, description="only calls made with this token")
+    dry_run: bool = Field(default=False, description="say what would be cancelled, change "
+                          "nothing")
+
+
+class RollbackBody(Model):
+    version: int | None = Field(default=None, description="default: the version before the "
+                                "live one")
+
+
+class InvokeBody(Model):
+    model_config = ConfigDict(extra="forbid")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TokenBody(Model):
+    name: Annotated[str, Field(pattern=TOKEN_NAME)]
+    scopes: Annotated[list[Scope], Field(min_length=1)]
+
+
+# Responses
+
+
+class ErrorDetail(Model):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Error(Model):
+    error: ErrorDetail
+
+
+class CallError(Model):
+    type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    pickle_size: int | None = Field(default=None, description="bytes of the pickled exception "
+                                    "(GET /v1/calls/{id}/error)")
+
+
+class Call(Model):
+    id: str
+    function: str | None = None
+    state: State
+    attempt: int | None = None
+    reason: str | None = None
+    error: CallError | None = None
+
+
+class Outcome(Call):
+    result_format: Literal["pickle", "json"] | None = None
+    result_size: int | None = Field(default=None, description="bytes of the stored result")
+    result: str | None = Field(default=None, description="base64 of a small pickled result "
+                               "(in `wait` answers only)")
+    value: Any = Field(default=None, description="the JSON result of an HTTP invoke")
+
+
+class CallId(Model):
+    id: str
+
+
+class CallsCreated(Model):
+    calls: list[CallId]
+    replayed: bool
+
+
+class CallList(Model):
+    calls: list[Call]
+
+
+class Outcomes(Model):
+    calls: list[Outcome]
+
+
+class Cancelled(Model):
+    cancelled: list[str]
+    matched: list[str]
+    count: int
+    dry_run: bool
+
+
+class CancelledCall(Call):
+    cancelled: bool
+
+
+class Logs(Model):
+    stdout: str | None = None
+    stderr: str | None = None
+    state: str | None = None
+
+
+class Pending(Call):
+    location: str | None = None
+
+
+class Deployed(Model):
+    name: str
+    version: int
+    live_version: int
+    unchanged: bool
+    deployed_at: str | None = None
+
+
+class Function(Model):
+    name: str
+    live_version: int
+    spec: dict[str, Any] | None = None
+    deployed_at: str | None = None
+    deployed_by: str | None = None
+
+
+class FunctionList(Model):
+    functions: list[Function]
+
+
+class Token(Model):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: str | None = None
+    revoked_at: str | None = None
+
+
+class NewToken(Token):
+    token: str = Field(description="the secret; shown once")
+
+
+class TokenList(Model):
+    tokens: list[Token]
+
+
+class Health(Model):
+    ok: bool
