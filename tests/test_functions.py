@@ -142,7 +142,7 @@ def test_idempotency_key_on_invoke(platform: Platform) -> None:
         again = client.post("/v1/functions/add/invoke", json={"args": [1, 2]}, headers=headers)
         assert first.json()["id"] == again.json()["id"]
         other = client.post("/v1/functions/add/invoke", json={"args": [9, 9]}, headers=headers)
-        assert other.status_code == 422
+        assert other.status_code == 409
         assert other.json()["error"]["code"] == "idempotency_key_reused"
     rows = platform.db.all("list_calls", {"state": None, "function": None, "limit": 10})
     assert len(rows) == 1

@@ -11,6 +11,8 @@ import base64
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
 
 from podfn import spec as call_spec
 from podfn_platform.api import context, contract, forms, idempotency, results, schemas
@@ -21,6 +23,22 @@ from podfn_platform.database import Row, Transaction
 from podfn_platform.submission import NewCalls, digest, record_calls, store_payload
 
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
+
+
+class CallIdConverter(BaseConverter):
+    """A call id in a URL: any segment but `wait` and `cancel`, which are routes of their own.
+
+    Without it, /v1/calls/wait also matched GET /v1/calls/<call_id>, so a 405 or
+    OPTIONS there advertised a GET that only ever answers 404.
+    """
+
+    regex = r"(?!(?:wait|cancel)$)[^/]+"
+    part_isolating = True
+
+
+@bp.record_once
+def _converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters["call_id"] = CallIdConverter
 
 STATES = schemas.STATES
 # `wait` carries a pickled result along only if it is this small, and only this
@@ -68,7 +86,7 @@ def summary(row: Row) -> dict[str, Any]:
 
 CALL_LINKS = {201: contract.links(
     "call_id", "$response.body#/calls/0/id", GetCall="calls_get_get", Result="calls_result_get",
-    Error="calls_error_get", Cancel="calls_cancel_post", Logs="calls_logs_get")}
+    Cancel="calls_cancel_post", Logs="calls_logs_get")}
 
 
 @bp.post("")
@@ -112,7 +130,7 @@ def _call_or_404(call_id: str) -> Row:
     return row
 
 
-@bp.get("/<call_id>")
+@bp.get("/<call_id:call_id>")
 @requires("read", "submit", "invoke")
 @operation("A call and its attempts", {200: schemas.Call, 404: None, **dict.fromkeys(COMMON)})
 def get(call_id: str) -> Response:
@@ -152,7 +170,7 @@ def wait_finished(ids: list[str], seconds: float) -> list[Row]:
     return context.waiter().wait(ids, seconds, lambda: db.all("finished_calls", params))
 
 
-@bp.get("/<call_id>/result")
+@bp.get("/<call_id:call_id>/result")
 @requires("read", "submit", "invoke")
 @operation("A call's outcome, waiting up to `wait` seconds: a pickled result is streamed as "
            "octet-stream; an HTTP invoke's result, or a call that ended without one, is JSON "
@@ -171,7 +189,7 @@ def result(call_id: str) -> Response | tuple[Response, int]:
     return jsonify(describe(_call_or_404(call_id))), 202
 
 
-@bp.get("/<call_id>/error")
+@bp.get("/<call_id:call_id>/error")
 @requires("read", "submit", "invoke")
 @operation("A failed call's pickled exception, streamed as octet-stream",
            {200: {"description": "the pickled exception", "content": {
@@ -197,7 +215,7 @@ def wait_any() -> Response:
     return jsonify({"calls": [summary(r) for r in rows]})
 
 
-@bp.post("/<call_id>/cancel")
+@bp.post("/<call_id:call_id>/cancel")
 @requires("submit", "invoke")
 @operation("Cancel a call that has not finished (its own calls, or admin)",
            {200: schemas.CancelledCall, 404: None, **dict.fromkeys(COMMON)})
@@ -247,7 +265,7 @@ def cancel_many() -> Response:
                     "count": len(matched), "dry_run": dry_run})
 
 
-@bp.get("/<call_id>/logs")
+@bp.get("/<call_id:call_id>/logs")
 @requires("read", "submit", "invoke")
 @operation("What the call printed", {200: schemas.Logs, 404: None, **dict.fromkeys(COMMON)})
 def logs(call_id: str) -> Response:

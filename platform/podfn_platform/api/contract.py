@@ -38,6 +38,8 @@ REASONS = {
 # Every authenticated operation can answer these (400: text no database can store).
 COMMON = (400, 401, 403, 503)
 REF = "#/components/schemas/{model}"
+PATH_SEGMENT = r"^[^\x00/]+$"
+PATH_PATTERNS = {"call_id": r"^(?!(?:wait|cancel)$)[^\x00/]+$"}
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,11 @@ def _models(ops: list[Operation]) -> set[type[BaseModel]]:
 
 
 def _path(rule: str) -> tuple[str, list[dict[str, Any]]]:
-    names = re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", rule)
+    found = re.findall(r"<(?:([^:<>]+):)?([^<>]+)>", rule)
     path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
-    params = [{"name": n, "in": "path", "required": True,
-               "schema": {"type": "string", "pattern": r"^[^\x00/]+$"}} for n in names]
+    params = [{"name": name, "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": PATH_PATTERNS.get(kind, PATH_SEGMENT)}}
+              for kind, name in found]
     return path, params
 
 

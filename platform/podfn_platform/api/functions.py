@@ -171,7 +171,7 @@ def submit(name: str) -> tuple[Response, int]:
 
 
 def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
-    raw = inputs.json_body()
+    raw = inputs.json_body(allow_nul=True)  # pickled, never stored as text
     if isinstance(raw, dict):
         unknown = sorted(set(raw) - {"args", "kwargs"})
         if unknown:

@@ -44,13 +44,22 @@ def _strings(keys: str) -> Any:
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", regex_engine="python-re")
+    """A response body: the API may add fields, so clients must ignore ones they do not know."""
+
+    model_config = ConfigDict(extra="allow", regex_engine="python-re")
 
 
-class Spec(Model):
+class Request(BaseModel):
+    """A request body: a field the API does not know is refused (422), not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+
+
+class Spec(Request):
     """Hints for a call's pod (podfn.spec checks each one; these are the forms it accepts)."""
 
-    model_config = ConfigDict(extra="allow", regex_engine="python-re", json_schema_extra={
+    model_config = ConfigDict(extra="allow", strict=True, regex_engine="python-re",
+                              json_schema_extra={
         "additionalProperties": False})
     cpu: str | None = Field(default=None, json_schema_extra={
         "pattern": r"^([1-9][0-9]{0,2}m|[1-9][0-9]{0,2})$"},
@@ -77,41 +86,43 @@ class Spec(Model):
     pod_patch: dict[str, Any] | None = None
 
 
-class Client(Model):
+class Client(Request):
     """The Python and cloudpickle versions that made the pickles (the runtime must match)."""
 
     python: Text
     cloudpickle: Text
 
 
-class SubmitMeta(Model):
+class SubmitMeta(Request):
     function_name: Annotated[str, Field(min_length=1, max_length=256,
                                         pattern=r"^[^\x00]*\S[^\x00]*$")]
     client: Client
     spec: Spec | None = None
 
 
-class DeployMeta(Model):
+class DeployMeta(Request):
     name: Annotated[str, Field(json_schema_extra={"pattern": FUNCTION_NAME})]
     client: Client
     spec: Spec | None = None
 
 
-class DeployedCallsMeta(Model):
+class DeployedCallsMeta(Request):
     client: Client
     spec: Spec | None = Field(default=None, description="overrides of the live version's hints")
 
 
-class WaitBody(Model):
+class WaitBody(Request):
     ids: Annotated[list[Text], Field(min_length=1, max_length=MAX_CALLS_PER_REQUEST)]
     wait: Annotated[float, Field(ge=0)] = 0
 
 
-class CancelBody(Model):
+class CancelBody(Request):
     """Which calls to cancel; at least one of ids, function, state, or mine=true."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra={"anyOf": [
-        {"required": ["ids"]}, {"required": ["function"]}, {"required": ["state"]},
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [
+        {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+        {"required": ["function"], "properties": {"function": {"type": "string"}}},
+        {"required": ["state"], "properties": {"state": {"type": "string"}}},
         {"required": ["mine"], "properties": {"mine": {"const": True}}}]})
     ids: Annotated[list[Text], Field(max_length=MAX_CALLS_PER_REQUEST)] | None = None
     function: Text | None = None
@@ -121,18 +132,18 @@ class CancelBody(Model):
                           "nothing")
 
 
-class RollbackBody(Model):
+class RollbackBody(Request):
     version: int | None = Field(default=None, description="default: the version before the "
                                 "live one")
 
 
-class InvokeBody(Model):
+class InvokeBody(Request):
     model_config = ConfigDict(extra="forbid")
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-class TokenBody(Model):
+class TokenBody(Request):
     name: Annotated[str, Field(pattern=TOKEN_NAME)]
     scopes: Annotated[list[Scope], Field(min_length=1)]
 
