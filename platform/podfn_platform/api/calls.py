@@ -92,7 +92,8 @@ CALL_LINKS = {201: contract.links(
 @bp.post("")
 @requires("submit")
 @operation("Submit calls of a pickled function (scope submit)",
-           {201: schemas.CallsCreated, 200: schemas.CallsCreated, 413: None, 422: None,
+           {201: schemas.CallsCreated, 200: schemas.CallsCreated,
+            409: "The Idempotency-Key was used with a different request", 413: None, 422: None,
             **dict.fromkeys(COMMON)},
            form=forms.SUBMIT_FORM, form_required=("meta", "function", "args"),
            query=(forms.IDEMPOTENCY,), links=CALL_LINKS)

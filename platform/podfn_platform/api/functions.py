@@ -118,6 +118,9 @@ def get(name: str) -> Response:
            body=schemas.RollbackBody, body_required=False)
 def rollback(name: str) -> Response:
     raw = inputs.json_body()
+    if raw is None and request.get_data(cache=True):
+        raise APIError(400, "malformed_json", 'the body must be a JSON object {"version": N} '
+                       "(or empty, for the version before the live one)")
     target = None if raw is None else contract.validate(schemas.RollbackBody, raw,
                                                         "body").version
     with context.db().transaction() as tx:
@@ -132,9 +135,9 @@ def rollback(name: str) -> Response:
                 raise APIError(409, "no_older_version", f"{name} is at its first version "
                                f"({live['live_version']}); there is nothing to roll back to")
             target = older[-1]
-        if isinstance(target, bool) or not isinstance(target, int) or target not in versions:
-            raise APIError(422, "invalid_field", f"version must be one of {versions}",
-                           field="version")
+        if target not in versions:
+            raise APIError(404, "no_such_version", f"version must be one of {versions}: {name} "
+                           f"has no version {target}", field="version")
         tx.all("set_live_version", {"name": name, "version": target})
     return jsonify({**_summary(_live(name)), "previous_version": live["live_version"]})
 
@@ -149,7 +152,8 @@ def _deployed_calls(live: Row, spec: dict[str, Any], *, python: str, cloudpickle
 @bp.post("/<name>/calls")
 @requires("submit")
 @operation("Calls of the live version with pickled arguments (scope submit)",
-           {201: schemas.CallsCreated, 200: schemas.CallsCreated, 404: None, 413: None,
+           {201: schemas.CallsCreated, 200: schemas.CallsCreated, 404: None,
+            409: "The Idempotency-Key was used with a different request", 413: None,
             422: None, **dict.fromkeys(COMMON)},
            form=forms.DEPLOYED_CALLS_FORM, form_required=("meta", "args"),
            query=(forms.IDEMPOTENCY,), links=CALL_LINKS)
@@ -197,7 +201,8 @@ def invocation(row: Row, name: str) -> Response:
 @requires("invoke", "submit")
 @operation("Invoke the live version with JSON; its JSON result if it finishes within `wait` "
            "(default 30) seconds (scope invoke or submit)",
-           {200: schemas.Outcome, 202: schemas.Pending, 404: None, 413: None, 422: None,
+           {200: schemas.Outcome, 202: schemas.Pending, 404: None,
+            409: "The Idempotency-Key was used with a different request", 413: None, 422: None,
             **dict.fromkeys(COMMON)},
            body=schemas.InvokeBody, query=(forms.WAIT, forms.IDEMPOTENCY),
            headers={202: {"Location": {"schema": {"type": "string"}}}})
