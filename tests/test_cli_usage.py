@@ -45,8 +45,7 @@ def test_usage_errors_exit_2(deployed: Path) -> None:
     assert not_an_object.exit_code == 2
     assert '\'{"args": [1,2]}\'' in not_an_object.output
     unknown_version = run("rollback", "add", "--to", "99")
-    # no such version: 404, so the not-found exit code
-    assert unknown_version.exit_code == 6 and "version must be one of" in unknown_version.output
+    assert unknown_version.exit_code == 2 and "version must be one of" in unknown_version.output
     assert run("invoke", "add", '{"bogus": 1}').exit_code == 2  # the API's 400
 
 

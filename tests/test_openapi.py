@@ -76,7 +76,7 @@ def schemathesis_command(url: str, *, seed: int | None, examples: int) -> list[s
                "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
                "--max-examples", str(examples), "--request-timeout", "30", "--no-color"]
     if seed is not None:
-        command += ["--seed", str(seed), "--generation-deterministic"]
+        command += ["--seed", str(seed)]
     return command
 
 
@@ -84,6 +84,4 @@ def test_schemathesis_finds_no_failures(app: Flask, tmp_path: Path) -> None:
     with ThreadedServer(app) as server:
         run = subprocess.run(schemathesis_command(server.url, seed=15, examples=15),
                              capture_output=True, text=True, cwd=tmp_path, timeout=110)
-    (tmp_path / "st.txt").write_text(run.stdout)
-    Path("/tmp/st-api.txt").write_text(run.stdout)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]

@@ -79,6 +79,8 @@ def validate(model: type[M], value: Any, where: str) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = _loc(first)
+        if name.startswith("spec."):  # hints are named as podfn.spec's InvalidSpec names them
+            raise APIError(422, "invalid_spec", f"{name}: {first['msg']}", field=name) from None
         prefix = f"{where}." if where != "body" else ""
         raise APIError(422, "invalid_field", f"{prefix}{name}: {first['msg']}",
                        field=f"{prefix}{name}") from None
