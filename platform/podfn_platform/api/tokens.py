@@ -32,7 +32,7 @@ def _public(row: Row) -> dict[str, Any]:
                                    "parameters": {"ref": "$response.body#/id"}}}})
 def create() -> tuple[Response, int]:
     body = contract.json_body(schemas.TokenBody)
-    name, scopes = body.name, list(dict.fromkeys(body.scopes))
+    name, scopes = body.name, [str(s) for s in dict.fromkeys(body.scopes)]
     made = create_token(context.db(), name, scopes)
     if made is None:
         raise APIError(409, "name_taken", f"a token named {name!r} exists; revoke it or choose "
