@@ -30,7 +30,8 @@ Cancellable = Literal["queued", "launching", "running"]
 Scope = Literal["submit", "invoke", "deploy", "read", "admin"]
 # A function name is part of a URL: no '/' or '\\', no control or format characters, no
 # whitespace at either end, not '.' or '..' (api/inputs.py checks the same in code).
-FUNCTION_NAME = r"^(?!\.\.?$)[A-Za-z0-9_.:-](?:[A-Za-z0-9_.: -]{0,198}[A-Za-z0-9_.:-])?$"
+# `\w` is Python's (Unicode) word character: Python identifiers may be non-ASCII.
+FUNCTION_NAME = r"^(?!\.\.?$)[\w.:-](?:[\w.: -]{0,198}[\w.:-])?\Z"
 TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
@@ -101,7 +102,7 @@ class SubmitMeta(Request):
 
 
 class DeployMeta(Request):
-    name: Annotated[str, Field(json_schema_extra={"pattern": FUNCTION_NAME})]
+    name: Annotated[str, Field(pattern=FUNCTION_NAME)]
     client: Client
     spec: Spec | None = None
 
