@@ -36,7 +36,8 @@ def server(url: str | None, token: str | None) -> Iterator[tuple[str, str]]:
     sys.path.insert(0, str(Path(__file__).parent))
     import api
 
-    with api.api_server() as (started, _):
+    # Long polls (invoke waits 30 s by default) capped below schemathesis' 10 s response limit.
+    with api.api_server(extra_env={"PODFN_MAX_WAIT_SECONDS": "2"}) as (started, _):
         yield started, api.TOKEN
 
 

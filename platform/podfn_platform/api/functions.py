@@ -50,10 +50,10 @@ def _summary(row: Row) -> dict[str, Any]:
             "deployed_at": context.iso(row["deployed_at"]), "deployed_by": row["deployed_by"]}
 
 
+# Not rollback: a version the stateful fuzzer makes up is rightly a 404, not a lost function.
 FUNCTION_LINKS = contract.links(
     "name", "$response.body#/name", GetFunction="functions_get_get",
-    Rollback="functions_rollback_post", Calls="functions_submit_post",
-    Invoke="functions_invoke_post")
+    Calls="functions_submit_post", Invoke="functions_invoke_post")
 
 
 @bp.post("")

@@ -38,6 +38,16 @@ ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 SECRET_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 
+# Any JSON value without NUL in a string or key (Postgres jsonb cannot hold it): pod_patch and
+# tolerations are free-form Kubernetes objects. Added to the document's components by contract.py.
+JSON_VALUE = {  # one schema, no anyOf: each keyword applies to its own kind of value
+    "type": ["null", "boolean", "number", "string", "array", "object"], "pattern": NO_NUL,
+    "items": {"$ref": "#/components/schemas/JsonValue"}, "propertyNames": {"pattern": NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
+JSON_OBJECT = {"type": "object", "propertyNames": {"pattern": NO_NUL},
+               "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
+
+
 def _strings(keys: str) -> Any:
     return Field(default=None, json_schema_extra={
         "propertyNames": {"pattern": keys}, "additionalProperties": {"type": "string",
@@ -70,8 +80,10 @@ class Spec(Request):
         "pattern": r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,3})Mi|[1-9][0-9]{0,2}Gi)$"},
         description="Kubernetes memory quantity, 32Mi to 1Ti")
     gpu: int | None = Field(default=None, ge=0, le=64)
-    gpu_vendor: str | None = Field(default=None, json_schema_extra={"pattern": r"^[a-z0-9./-]+$"})
-    image: str | None = Field(default=None, json_schema_extra={"pattern": r"^[a-z0-9./:@_-]+$"})
+    gpu_vendor: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]*\Z",
+                                   description="the GPU resource's domain, e.g. nvidia.com")
+    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9./:@_-]*\Z",
+                              description="an image reference")
     env: dict[str, str] | None = _strings(ENV_NAME)
     secrets: list[str] | None = Field(default=None, json_schema_extra={
         "items": {"type": "string", "pattern": SECRET_NAME}})
@@ -79,12 +91,13 @@ class Spec(Request):
     retries: int | None = Field(default=None, ge=0, le=100)
     retry_backoff: float | None = Field(default=None, ge=0, le=3600)
     node_selector: dict[str, str] | None = _strings(LABEL_KEY)
-    tolerations: list[dict[str, Any]] | None = None
+    tolerations: list[dict[str, Any]] | None = Field(default=None, json_schema_extra={
+        "anyOf": [{"type": "array", "items": JSON_OBJECT}, {"type": "null"}]})
     labels: dict[str, str] | None = _strings(LABEL_KEY)
     annotations: dict[str, str] | None = _strings(LABEL_KEY)
-    service_account: str | None = Field(default=None, json_schema_extra={
-        "pattern": SECRET_NAME})
-    pod_patch: dict[str, Any] | None = None
+    service_account: str | None = Field(default=None, pattern=SECRET_NAME)
+    pod_patch: dict[str, Any] | None = Field(default=None, json_schema_extra={
+        "anyOf": [JSON_OBJECT, {"type": "null"}]})
 
 
 class Client(Request):
