@@ -40,12 +40,13 @@ SECRET_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
 # Any JSON value without NUL in a string or key (Postgres jsonb cannot hold it): pod_patch and
 # tolerations are free-form Kubernetes objects. Added to the document's components by contract.py.
-JSON_VALUE = {  # one schema, no anyOf: each keyword applies to its own kind of value
+JSON_VALUE: dict[str, Any] = {  # one schema, no anyOf: each keyword applies to its own kind of value
     "type": ["null", "boolean", "number", "string", "array", "object"], "pattern": NO_NUL,
     "items": {"$ref": "#/components/schemas/JsonValue"}, "propertyNames": {"pattern": NO_NUL},
     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
-JSON_OBJECT = {"type": "object", "propertyNames": {"pattern": NO_NUL},
-               "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
+JSON_OBJECT: dict[str, Any] = {
+    "type": "object", "propertyNames": {"pattern": NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
 
 
 def _strings(keys: str) -> Any:
