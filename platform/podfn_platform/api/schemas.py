@@ -88,9 +88,12 @@ class Spec(Request):
     env: dict[str, str] | None = _strings(ENV_NAME)
     secrets: list[str] | None = Field(default=None, json_schema_extra={
         "items": {"type": "string", "pattern": SECRET_NAME}})
-    timeout: float | None = Field(default=None, ge=0.001, le=604800)
+    # int | float: a whole number stays one (the runtime's messages say "1 s", not "1.0 s").
+    timeout: int | float | None = Field(default=None, ge=0.001, le=604800, json_schema_extra={
+        "anyOf": [{"type": "number", "minimum": 0.001, "maximum": 604800}, {"type": "null"}]})
     retries: int | None = Field(default=None, ge=0, le=100)
-    retry_backoff: float | None = Field(default=None, ge=0, le=3600)
+    retry_backoff: int | float | None = Field(default=None, ge=0, le=3600, json_schema_extra={
+        "anyOf": [{"type": "number", "minimum": 0, "maximum": 3600}, {"type": "null"}]})
     node_selector: dict[str, str] | None = _strings(LABEL_KEY)
     tolerations: list[dict[str, Any]] | None = Field(default=None, json_schema_extra={
         "anyOf": [{"type": "array", "items": JSON_OBJECT}, {"type": "null"}]})
