@@ -82,11 +82,12 @@ def test_bulk_cancel_respects_token_ownership(admin: APIClient, api_only: str,
 
 @pytest.mark.parametrize(("body", "status", "needle"), [
     ({}, 422, "empty filter would cancel everything"),
-    ({"state": "succeeded"}, 422, "finished calls cannot be cancelled"),
-    ({"ids": "abc"}, 422, "ids must be a list"),
-    ({"function": 3}, 422, "function must be"),
-    ({"mine": "yes"}, 422, "true or false"),
-    ([1, 2], 400, "expected a JSON object"),
+    ({"state": "succeeded"}, 422, "state: Input should be 'queued', 'launching' or 'running'"),
+    ({"ids": "abc"}, 422, "ids: Input should be a valid list"),
+    ({"function": 3}, 422, "function: Input should be a valid string"),
+    ({"mine": "yes"}, 422, "mine: Input should be a valid boolean"),
+    ({"bogus": 1}, 422, "bogus: Extra inputs are not permitted"),
+    ([1, 2], 400, "must be a JSON object"),
 ])
 def test_bulk_cancel_rejects_bad_bodies(api_only: str, body: Any, status: int,
                                         needle: str) -> None:

@@ -116,7 +116,7 @@ def test_invoke_that_outlasts_the_wait_answers_202_with_a_location(platform: Pla
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
-    ({"args": 1}, 400, "invalid_field"), ({"kwargs": []}, 400, "invalid_field"),
+    ({"args": 1}, 422, "invalid_field"), ({"kwargs": []}, 422, "invalid_field"),
     ({"argz": []}, 400, "unknown_field"), ([1, 2], 400, "malformed_json"),
 ])
 def test_invoke_rejects_malformed_bodies(platform: Platform, body: Any, status: int,
@@ -142,7 +142,7 @@ def test_idempotency_key_on_invoke(platform: Platform) -> None:
         again = client.post("/v1/functions/add/invoke", json={"args": [1, 2]}, headers=headers)
         assert first.json()["id"] == again.json()["id"]
         other = client.post("/v1/functions/add/invoke", json={"args": [9, 9]}, headers=headers)
-        assert other.status_code == 422
+        assert other.status_code == 409
         assert other.json()["error"]["code"] == "idempotency_key_reused"
     rows = platform.db.all("list_calls", {"state": None, "function": None, "limit": 10})
     assert len(rows) == 1

@@ -67,7 +67,8 @@ def reports_errors(fn: F) -> F:
         except NotAuthorized as exc:
             fail(str(exc), EXIT_UNAUTHORIZED)
         except NotFound as exc:
-            fail(str(exc), EXIT_NOT_FOUND)
+            # A rollback version that does not exist is the API's 404, but a bad argument here.
+            fail(str(exc), EXIT_USAGE if exc.code == "no_such_version" else EXIT_NOT_FOUND)
         except PlatformError as exc:
             # 400/422: the request was wrong (a bad argument, a version that does not
             # exist), which is a usage error whichever side noticed it.

@@ -19,9 +19,11 @@ from podfn_platform.api import (
     inputs,
     metrics,
     openapi,
+    schemas,
     tokens,
     usage,
 )
+from podfn_platform.api.contract import operation
 from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
 from podfn_platform.ui import views as ui_views
@@ -59,17 +61,19 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             f"PODFN_INSECURE_NO_AUTH is allowed only on a loopback address, not {settings.host}")
     auth.install(app, db, root_token=settings.api_token, no_auth=settings.insecure_no_auth)
 
-    spec = openapi.document()
-
     @app.get("/openapi.json")
+    @operation("This document", {200: {"description": "OpenAPI 3.1", "content": {
+        "application/json": {"schema": {"type": "object"}}}}}, public=True)
     def openapi_json() -> Response:
-        return jsonify(spec)
+        return jsonify(openapi.document(app))
 
     @app.get("/healthz")
+    @operation("Liveness", {200: schemas.Health}, public=True)
     def healthz() -> Response:
         return jsonify({"ok": True})
 
     @app.get("/readyz")
+    @operation("Readiness (checks the database)", {200: schemas.Health, 503: None}, public=True)
     def readyz() -> tuple[Response, int]:
         try:
             db.ping()

@@ -11,17 +11,36 @@ import base64
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.routing import BaseConverter
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency, inputs, output, results
+from podfn_platform.api import context, contract, forms, idempotency, output, results, schemas
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
+from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row, Transaction
 from podfn_platform.submission import NewCalls, digest, record_calls, store_payload
 
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
 
-STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
+
+class CallIdConverter(BaseConverter):
+    """A call id in a URL: any segment but `wait` and `cancel`, which are routes of their own.
+
+    Without it, /v1/calls/wait also matched GET /v1/calls/<call_id>, so a 405 or
+    OPTIONS there advertised a GET that only ever answers 404.
+    """
+
+    regex = r"(?!(?:wait|cancel)$)[^/]+"
+    part_isolating = True
+
+
+@bp.record_once
+def _converter(state: BlueprintSetupState) -> None:
+    state.app.url_map.converters["call_id"] = CallIdConverter
+
+STATES = schemas.STATES
 # `wait` carries a pickled result along only if it is this small, and only this
 # many bytes of them per response; any other is fetched from .../result.
 INLINE_RESULT_BYTES = 64 * 1024
@@ -65,13 +84,25 @@ def summary(row: Row) -> dict[str, Any]:
     return out
 
 
+CALL_LINKS = {201: contract.links(
+    "call_id", "$response.body#/calls/0/id", GetCall="calls_get_get", Result="calls_result_get",
+    Cancel="calls_cancel_post", Logs="calls_logs_get")}
+
+
 @bp.post("")
 @requires("submit")
+@operation("Submit calls of a pickled function (scope submit)",
+           {201: schemas.CallsCreated, 200: schemas.CallsCreated,
+            409: "The Idempotency-Key was used with a different request", 413: None, 422: None,
+            **dict.fromkeys(COMMON)},
+           form=forms.SUBMIT_FORM, form_required=("meta", "function", "args"),
+           query=(forms.IDEMPOTENCY,), links=CALL_LINKS)
 def submit() -> tuple[Response, int]:
-    meta = forms.meta()
-    function_name = forms.name(meta.get("function_name"), "function_name")
-    python, cloudpickle = forms.client_versions(meta)
-    validated = call_spec.validate(meta.get("spec") or {})
+    parsed = forms.meta(schemas.SubmitMeta)
+    meta = parsed.model_dump(mode="json", exclude_none=True)
+    function_name = forms.name(parsed.function_name, "function_name")
+    python, cloudpickle = parsed.client.python, parsed.client.cloudpickle
+    validated = call_spec.validate(forms.spec(parsed.spec))
     function = forms.function_part()
     args = forms.args_parts()
     calls = NewCalls(function_name, digest(function), validated, python, cloudpickle,
@@ -100,8 +131,9 @@ def _call_or_404(call_id: str) -> Row:
     return row
 
 
-@bp.get("/<call_id>")
+@bp.get("/<call_id:call_id>")
 @requires("read", "submit", "invoke")
+@operation("A call and its attempts", {200: schemas.Call, 404: None, **dict.fromkeys(COMMON)})
 def get(call_id: str) -> Response:
     out = describe(_call_or_404(call_id))
     out["attempts"] = [
@@ -139,8 +171,16 @@ def wait_finished(ids: list[str], seconds: float) -> list[Row]:
     return context.waiter().wait(ids, seconds, lambda: db.all("finished_calls", params))
 
 
-@bp.get("/<call_id>/result")
+@bp.get("/<call_id:call_id>/result")
 @requires("read", "submit", "invoke")
+@operation("A call's outcome, waiting up to `wait` seconds: a pickled result is streamed as "
+           "octet-stream; an HTTP invoke's result, or a call that ended without one, is JSON "
+           "(header X-Podfn-State: the state)",
+           {200: {"description": "finished", "content": {
+               "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+               "application/json": {"schema": {"$ref": "#/components/schemas/Outcome"}}}},
+            202: schemas.Call, 404: None, **dict.fromkeys(COMMON)},
+           query=(forms.WAIT,))
 def result(call_id: str) -> Response | tuple[Response, int]:
     """200 with the outcome once finished (a pickled result is streamed as octet-stream),
     202 with the call's state if it does not finish within `wait` seconds."""
@@ -150,8 +190,12 @@ def result(call_id: str) -> Response | tuple[Response, int]:
     return jsonify(describe(_call_or_404(call_id))), 202
 
 
-@bp.get("/<call_id>/error")
+@bp.get("/<call_id:call_id>/error")
 @requires("read", "submit", "invoke")
+@operation("A failed call's pickled exception, streamed as octet-stream",
+           {200: {"description": "the pickled exception", "content": {
+               "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            404: None, **dict.fromkeys(COMMON)})
 def error(call_id: str) -> Response:
     """A failed call's pickled exception, streamed as octet-stream (404 if it has none)."""
     rows = wait_finished([call_id], 0)
@@ -163,22 +207,19 @@ def error(call_id: str) -> Response:
 
 @bp.post("/wait")
 @requires("read", "submit", "invoke")
+@operation("Wait until any of the calls finishes; the finished ones with outcomes",
+           {200: schemas.Outcomes, 404: None, 422: None, **dict.fromkeys(COMMON)},
+           body=schemas.WaitBody)
 def wait_any() -> Response:
-    body = inputs.json_body()
-    if not isinstance(body, dict):
-        raise APIError(400, "malformed_json", "expected a JSON object {'ids': [...], 'wait': s}")
-    ids = body.get("ids")
-    if (not isinstance(ids, list) or not ids or len(ids) > forms.MAX_CALLS_PER_REQUEST
-            or not all(isinstance(i, str) for i in ids)):
-        raise APIError(422, "invalid_field",
-                       f"ids must be a list of 1 to {forms.MAX_CALLS_PER_REQUEST} call ids",
-                       field="ids")
-    rows = wait_finished(ids, wait_seconds(body.get("wait", 0)))
+    body = contract.json_body(schemas.WaitBody)
+    rows = wait_finished(body.ids, wait_seconds(body.wait))
     return jsonify({"calls": [summary(r) for r in rows]})
 
 
-@bp.post("/<call_id>/cancel")
+@bp.post("/<call_id:call_id>/cancel")
 @requires("submit", "invoke")
+@operation("Cancel a call that has not finished (its own calls, or admin)",
+           {200: schemas.CancelledCall, 404: None, **dict.fromkeys(COMMON)})
 def cancel(call_id: str) -> Response:
     current = _call_or_404(call_id)
     if not principal().has("admin") and current["owner"] != principal().token_id:
@@ -189,11 +230,13 @@ def cancel(call_id: str) -> Response:
     return jsonify(out)
 
 
-CANCELLABLE = ("queued", "launching", "running")
+CANCELLABLE = schemas.CANCELLABLE
 
 
 @bp.post("/cancel")
 @requires("submit", "invoke")
+@operation("Cancel many calls: by ids and/or filters (own calls only, unless admin)",
+           {200: schemas.Cancelled, 422: None, **dict.fromkeys(COMMON)}, body=schemas.CancelBody)
 def cancel_many() -> Response:
     """Cancel many calls at once: by `ids`, by filters (`function`, `state`, `mine`), or both.
 
@@ -201,25 +244,9 @@ def cancel_many() -> Response:
     cancel; `dry_run` answers what would be cancelled (the CLI's count and
     confirmation) without changing anything.
     """
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise APIError(400, "malformed_json", "expected a JSON object, e.g. {'ids': [...]} or "
-                       "{'function': NAME, 'state': STATE, 'mine': true}")
-    ids = body.get("ids")
-    if ids is not None and (not isinstance(ids, list) or len(ids) > forms.MAX_CALLS_PER_REQUEST
-                            or not all(isinstance(i, str) for i in ids)):
-        raise APIError(422, "invalid_field",
-                       f"ids must be a list of at most {forms.MAX_CALLS_PER_REQUEST} call ids",
-                       field="ids")
-    function, state = body.get("function"), body.get("state")
-    if function is not None and not isinstance(function, str):
-        raise APIError(422, "invalid_field", "function must be a function name", field="function")
-    if state is not None and state not in CANCELLABLE:
-        raise APIError(422, "invalid_field", f"state must be one of {', '.join(CANCELLABLE)} "
-                       "(finished calls cannot be cancelled)", field="state")
-    mine, dry_run = body.get("mine", False), body.get("dry_run", False)
-    if not isinstance(mine, bool) or not isinstance(dry_run, bool):
-        raise APIError(422, "invalid_field", "mine and dry_run must be true or false")
+    body = contract.json_body(schemas.CancelBody)
+    ids, function, state = body.ids, body.function, body.state
+    mine, dry_run = body.mine, body.dry_run
     if ids is None and function is None and state is None and not mine:
         raise APIError(422, "missing_field", "say which calls to cancel: ids, function, state, "
                        "or mine=true (an empty filter would cancel everything)", field="ids")
@@ -239,8 +266,18 @@ def cancel_many() -> Response:
                     "count": len(matched), "dry_run": dry_run})
 
 
-@bp.get("/<call_id>/logs")
+def _offset_arg(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "integer", "minimum": 0, "maximum": output.MAX_INT}}
+
+
+@bp.get("/<call_id:call_id>/logs")
 @requires("read", "submit", "invoke")
+@operation("What the call printed; from an offset, long-polling for more",
+           {200: schemas.Logs, 404: None, **dict.fromkeys(COMMON)},
+           query=(_offset_arg("offset", "characters of the attempt's output already read"),
+                  _offset_arg("attempt", "the attempt to read (default: the current one)"),
+                  forms.WAIT))
 def logs(call_id: str) -> Response:
     """The whole text of each stream; with `offset` (or `wait`), the chunks from an
     offset, long-polling for more (output.py)."""
@@ -250,8 +287,11 @@ def logs(call_id: str) -> Response:
     return jsonify(context.db().one("get_logs", {"id": call_id}))
 
 
-@bp.get("/<call_id>/items")
+@bp.get("/<call_id:call_id>/items")
 @requires("read", "submit", "invoke")
+@operation("Items a generator call yielded, from an index, long-polling for more",
+           {200: schemas.Items, 404: None, **dict.fromkeys(COMMON)},
+           query=(_offset_arg("start", "the index of the first item wanted"), forms.WAIT))
 def items(call_id: str) -> Response:
     """A generator call's items from index `start`, long-polling with `wait`."""
     _call_or_404(call_id)
@@ -260,6 +300,13 @@ def items(call_id: str) -> Response:
 
 @bp.get("")
 @requires("read")
+@operation("List calls (scope read)", {200: schemas.CallList, **dict.fromkeys(COMMON)},
+           query=({"name": "state", "in": "query", "schema": {"type": "string",
+                                                             "enum": list(STATES)}},
+                  {"name": "function", "in": "query", "schema": {"type": "string",
+                                                                "pattern": schemas.NO_NUL}},
+                  {"name": "limit", "in": "query",
+                   "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}))
 def list_calls() -> Response:
     state = request.args.get("state")
     if state is not None and state not in STATES:

@@ -1,48 +1,52 @@
 """Reading the multipart submissions clients send: a JSON `meta` part and opaque byte parts.
 
-The byte parts are pickles made by the client; they are read as bytes and
-stored as bytes, never loaded here.
+The `meta` part is validated through its model in api/schemas.py (the same
+model /openapi.json describes); the byte parts are pickles made by the
+client, read as bytes and stored as bytes, never loaded here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import request
+from pydantic import BaseModel
 
-from podfn_platform.api import inputs
+from podfn_platform.api import contract, inputs, schemas
 from podfn_platform.api.errors import APIError
 
-MAX_CALLS_PER_REQUEST = 10_000
+M = TypeVar("M", bound=BaseModel)
+MAX_CALLS_PER_REQUEST = schemas.MAX_CALLS_PER_REQUEST
+
+BINARY = {"type": "string", "format": "binary"}
+FUNCTION_PART = {**BINARY, "description": "the cloudpickled function (never unpickled by the API)"}
+ARGS_PART = {"type": "array", "minItems": 1, "maxItems": MAX_CALLS_PER_REQUEST, "items": BINARY,
+             "description": "one cloudpickled (args, kwargs) per call"}
+SUBMIT_FORM = {"meta": schemas.SubmitMeta, "function": FUNCTION_PART, "args": ARGS_PART}
+DEPLOY_FORM = {"meta": schemas.DeployMeta, "function": FUNCTION_PART}
+DEPLOYED_CALLS_FORM = {"meta": schemas.DeployedCallsMeta, "args": ARGS_PART}
+IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 200,
+                          "pattern": r"^[!-~]+$"},
+               "description": "the same key with the same body returns the original calls"}
+WAIT = {"name": "wait", "in": "query", "required": False,
+        "schema": {"type": "number", "minimum": 0},
+        "description": "seconds to wait for the call to finish (capped by the server)"}
 
 
-def meta() -> dict[str, Any]:
-    raw = request.form.get("meta")
-    if raw is None:
-        raise APIError(400, "missing_field", "the form field 'meta' (JSON) is required",
-                       field="meta")
-    value = inputs.loads(raw, "meta")
-    if not isinstance(value, dict):
-        raise APIError(400, "malformed_json", "'meta' must be a JSON object", field="meta")
-    return value
+def meta(model: type[M]) -> M:
+    return contract.form_meta(model)
 
 
-def name(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not value.strip() or len(value) > 256:
-        raise APIError(422, "invalid_field", f"{field} must be a non-empty string of at most 256 "
-                       "characters", field=f"meta.{field}")
+def spec(value: BaseModel | None) -> dict[str, Any]:
+    """The hints as sent (podfn.spec fills defaults and checks them)."""
+    return value.model_dump(exclude_unset=True) if value is not None else {}
+
+
+def name(value: str, field: str) -> str:
     return inputs.text(value, f"meta.{field}")
-
-
-def client_versions(meta: dict[str, Any]) -> tuple[str, str]:
-    client = meta.get("client")
-    if not (isinstance(client, dict) and isinstance(client.get("python"), str)
-            and isinstance(client.get("cloudpickle"), str)):
-        raise APIError(422, "invalid_field", "client must be {'python': VERSION, "
-                       "'cloudpickle': VERSION}", field="meta.client")
-    return client["python"], client["cloudpickle"]
 
 
 def function_part() -> bytes:

@@ -14,9 +14,17 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, forms, idempotency, inputs, results
+from podfn_platform.api import context, contract, forms, idempotency, inputs, results, schemas
 from podfn_platform.api.auth import principal, requires
-from podfn_platform.api.calls import created, describe, summary, wait_finished, wait_seconds
+from podfn_platform.api.calls import (
+    CALL_LINKS,
+    created,
+    describe,
+    summary,
+    wait_finished,
+    wait_seconds,
+)
+from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row, Transaction, jsonb
 from podfn_platform.submission import NewCalls, record_calls, store_payload
@@ -42,13 +50,24 @@ def _summary(row: Row) -> dict[str, Any]:
             "deployed_at": context.iso(row["deployed_at"]), "deployed_by": row["deployed_by"]}
 
 
+# Not rollback: a version the stateful fuzzer makes up is rightly a 404, not a lost function.
+FUNCTION_LINKS = contract.links(
+    "name", "$response.body#/name", GetFunction="functions_get_get",
+    Calls="functions_submit_post", Invoke="functions_invoke_post")
+
+
 @bp.post("")
 @requires("deploy")
+@operation("Deploy a function: a new live version unless unchanged (scope deploy)",
+           {201: schemas.Deployed, 200: schemas.Deployed, 413: None, 422: None,
+            **dict.fromkeys(COMMON)},
+           form=forms.DEPLOY_FORM, form_required=("meta", "function"),
+           links={201: FUNCTION_LINKS, 200: FUNCTION_LINKS})
 def deploy() -> tuple[Response, int]:
-    meta = forms.meta()
-    name = inputs.function_name(meta.get("name"), "name")
-    python, cloudpickle = forms.client_versions(meta)
-    validated = call_spec.validate(meta.get("spec") or {})
+    parsed = forms.meta(schemas.DeployMeta)
+    name = inputs.function_name(parsed.name, "name")
+    python, cloudpickle = parsed.client.python, parsed.client.cloudpickle
+    validated = call_spec.validate(forms.spec(parsed.spec))
     function = forms.function_part()
     with context.db().transaction() as tx:
         tx.all("lock_function_name", {"name": name})
@@ -73,6 +92,7 @@ def deploy() -> tuple[Response, int]:
 
 @bp.get("")
 @requires("read", "deploy")
+@operation("Deployed functions", {200: schemas.FunctionList, **dict.fromkeys(COMMON)})
 def list_functions() -> Response:
     return jsonify({"functions": [
         {**_summary(r), "latest_version": r["latest_version"]}
@@ -81,6 +101,8 @@ def list_functions() -> Response:
 
 @bp.get("/<name>")
 @requires("read", "deploy", "submit", "invoke")
+@operation("A deployed function and its versions",
+           {200: schemas.Function, 404: None, **dict.fromkeys(COMMON)})
 def get(name: str) -> Response:
     out = _summary(_live(name))
     out["versions"] = [{"version": v["version"], "spec": context.public_spec(v["spec"]),
@@ -91,11 +113,16 @@ def get(name: str) -> Response:
 
 @bp.post("/<name>/rollback")
 @requires("deploy")
+@operation("Make an older version live (default: the one before)",
+           {200: schemas.Function, 404: None, 409: None, 422: None, **dict.fromkeys(COMMON)},
+           body=schemas.RollbackBody, body_required=False)
 def rollback(name: str) -> Response:
-    body = inputs.json_body() or {}
-    if not isinstance(body, dict):
-        raise APIError(400, "malformed_json", "expected a JSON object {'version': N}")
-    target = body.get("version")
+    raw = inputs.json_body()
+    if raw is None and request.get_data(cache=True):
+        raise APIError(400, "malformed_json", 'the body must be a JSON object {"version": N} '
+                       "(or empty, for the version before the live one)")
+    target = None if raw is None else contract.validate(schemas.RollbackBody, raw,
+                                                        "body").version
     with context.db().transaction() as tx:
         tx.all("lock_function_name", {"name": name})
         live = tx.one("get_function", {"name": name})
@@ -108,9 +135,9 @@ def rollback(name: str) -> Response:
                 raise APIError(409, "no_older_version", f"{name} is at its first version "
                                f"({live['live_version']}); there is nothing to roll back to")
             target = older[-1]
-        if isinstance(target, bool) or not isinstance(target, int) or target not in versions:
-            raise APIError(422, "invalid_field", f"version must be one of {versions}",
-                           field="version")
+        if target not in versions:
+            raise APIError(404, "no_such_version", f"version must be one of {versions}: {name} "
+                           f"has no version {target}", field="version")
         tx.all("set_live_version", {"name": name, "version": target})
     return jsonify({**_summary(_live(name)), "previous_version": live["live_version"]})
 
@@ -124,15 +151,19 @@ def _deployed_calls(live: Row, spec: dict[str, Any], *, python: str, cloudpickle
 
 @bp.post("/<name>/calls")
 @requires("submit")
+@operation("Calls of the live version with pickled arguments (scope submit)",
+           {201: schemas.CallsCreated, 200: schemas.CallsCreated, 404: None,
+            409: "The Idempotency-Key was used with a different request", 413: None,
+            422: None, **dict.fromkeys(COMMON)},
+           form=forms.DEPLOYED_CALLS_FORM, form_required=("meta", "args"),
+           query=(forms.IDEMPOTENCY,), links=CALL_LINKS)
 def submit(name: str) -> tuple[Response, int]:
     """Calls of the live version with pickled arguments (Python's `Function.lookup`)."""
-    meta = forms.meta()
-    python, cloudpickle = forms.client_versions(meta)
+    parsed = forms.meta(schemas.DeployedCallsMeta)
+    meta = parsed.model_dump(mode="json", exclude_none=True)
+    python, cloudpickle = parsed.client.python, parsed.client.cloudpickle
     live = _live(name)
-    overrides = meta.get("spec") or {}
-    if not isinstance(overrides, dict):
-        raise APIError(422, "invalid_spec", "spec must be an object of hint overrides",
-                       field="meta.spec")
+    overrides = forms.spec(parsed.spec)
     spec = call_spec.validate({**live["spec"], **overrides})
     args = forms.args_parts()
     calls = _deployed_calls(live, spec, python=python, cloudpickle=cloudpickle,
@@ -144,23 +175,17 @@ def submit(name: str) -> tuple[Response, int]:
 
 
 def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
-    body = inputs.json_body()
-    if body is None:
+    raw = inputs.json_body(allow_nul=True)  # pickled, never stored as text
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"args", "kwargs"})
+        if unknown:
+            raise APIError(400, "unknown_field", f"unknown field {unknown[0]!r}; the body takes "
+                           "'args' (a list) and 'kwargs' (an object)", field=unknown[0])
+    if raw is None:
         raise APIError(400, "malformed_json", "the body must be JSON: "
                        '{"args": [...], "kwargs": {...}}')
-    if not isinstance(body, dict):
-        raise APIError(400, "malformed_json", 'the body must be a JSON object: '
-                       '{"args": [...], "kwargs": {...}}')
-    unknown = sorted(set(body) - {"args", "kwargs"})
-    if unknown:
-        raise APIError(400, "unknown_field", f"unknown field {unknown[0]!r}; the body takes "
-                       "'args' (a list) and 'kwargs' (an object)", field=unknown[0])
-    args, kwargs = body.get("args", []), body.get("kwargs", {})
-    if not isinstance(args, list):
-        raise APIError(400, "invalid_field", "args must be a JSON list", field="args")
-    if not isinstance(kwargs, dict):
-        raise APIError(400, "invalid_field", "kwargs must be a JSON object", field="kwargs")
-    return args, kwargs
+    body = contract.validate(schemas.InvokeBody, raw, "body")
+    return body.args, body.kwargs
 
 
 def invocation(row: Row, name: str) -> Response:
@@ -174,6 +199,13 @@ def invocation(row: Row, name: str) -> Response:
 
 @bp.post("/<name>/invoke")
 @requires("invoke", "submit")
+@operation("Invoke the live version with JSON; its JSON result if it finishes within `wait` "
+           "(default 30) seconds (scope invoke or submit)",
+           {200: schemas.Outcome, 202: schemas.Pending, 404: None,
+            409: "The Idempotency-Key was used with a different request", 413: None, 422: None,
+            **dict.fromkeys(COMMON)},
+           body=schemas.InvokeBody, query=(forms.WAIT, forms.IDEMPOTENCY),
+           headers={202: {"Location": {"schema": {"type": "string"}}}})
 def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, int]:
     """Run the live version with JSON arguments; its JSON result if it finishes in `wait` s."""
     args, kwargs = _invoke_body()

@@ -8,6 +8,7 @@ key with a different body is refused (422). Keys are per token.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from flask import request
@@ -17,15 +18,16 @@ from podfn_platform.api.errors import APIError
 from podfn_platform.database import Database, Transaction
 
 MAX_KEY = 200
+KEY = re.compile(rf"[!-~]{{1,{MAX_KEY}}}")  # the pattern /openapi.json gives
 
 
 def key() -> str | None:
     value = request.headers.get("Idempotency-Key")
     if value is None:
         return None
-    if not value.strip() or len(value) > MAX_KEY:
-        raise APIError(400, "invalid_header",
-                       f"Idempotency-Key must be 1 to {MAX_KEY} characters", field="Idempotency-Key")
+    if not KEY.fullmatch(value):
+        raise APIError(400, "invalid_header", f"Idempotency-Key must be 1 to {MAX_KEY} visible "
+                       "ASCII characters (no spaces), e.g. a UUID", field="Idempotency-Key")
     return value
 
 
@@ -42,7 +44,7 @@ def create_once(db: Database, request_hash: str,
             existing = tx.one("get_idempotency_key", params)
             assert existing is not None
             if existing["request_hash"] != request_hash:
-                raise APIError(422, "idempotency_key_reused",
+                raise APIError(409, "idempotency_key_reused",
                                "this Idempotency-Key was used with a different request; use a "
                                "new key for a new request", field="Idempotency-Key")
             return list(existing["call_ids"]), True

@@ -25,9 +25,9 @@ MAX_DEPTH = 64
 MAX_FUNCTION_NAME = 200
 
 
-def bad_text(value: str) -> str | None:
+def bad_text(value: str, *, allow_nul: bool = False) -> str | None:
     """Why `value` cannot be stored as text, or None."""
-    if "\x00" in value:
+    if "\x00" in value and not allow_nul:
         return "contains a NUL character"
     try:
         value.encode("utf-8")
@@ -36,16 +36,20 @@ def bad_text(value: str) -> str | None:
     return None
 
 
-def text(value: str, field: str) -> str:
-    problem = bad_text(value)
+def text(value: str, field: str, *, allow_nul: bool = False) -> str:
+    problem = bad_text(value, allow_nul=allow_nul)
     if problem:
         raise APIError(400, "invalid_text", f"{field} {problem}; send valid UTF-8 text",
                        field=field)
     return value
 
 
-def check_tree(value: Any, field: str) -> Any:
-    """Every string (and key) in a decoded JSON value is storable, and it is not too deep."""
+def check_tree(value: Any, field: str, *, allow_nul: bool = False) -> Any:
+    """Every string (and key) in a decoded JSON value is storable, and it is not too deep.
+
+    `allow_nul` is for values that are never stored as text (an invoke's
+    arguments are pickled, a bytes column); lone surrogates are refused always.
+    """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -53,10 +57,10 @@ def check_tree(value: Any, field: str) -> Any:
             raise APIError(400, "too_deep", f"{field} is nested deeper than {MAX_DEPTH} levels",
                            field=field)
         if isinstance(item, str):
-            text(item, field)
+            text(item, field, allow_nul=allow_nul)
         elif isinstance(item, dict):
             for key, child in item.items():
-                text(key, field)
+                text(key, field, allow_nul=allow_nul)
                 stack.append((child, depth + 1))
         elif isinstance(item, list):
             stack.extend((child, depth + 1) for child in item)
@@ -74,7 +78,7 @@ def loads(raw: str | bytes, field: str) -> Any:
     return check_tree(value, field)
 
 
-def json_body() -> Any:
+def json_body(*, allow_nul: bool = False) -> Any:
     """The request's JSON body (None when there is none or it is not JSON), checked."""
     if not request.is_json:
         return None
@@ -87,7 +91,7 @@ def json_body() -> Any:
         raise APIError(400, "too_deep", "the body is nested too deeply", field="body") from None
     except ValueError:
         return None
-    return check_tree(value, "body")
+    return check_tree(value, "body", allow_nul=allow_nul)
 
 
 def function_name(value: Any, field: str) -> str:

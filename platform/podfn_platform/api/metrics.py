@@ -18,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from podfn.errors import DatabaseError
+from podfn_platform.api.contract import operation
 from podfn_platform.database import Database
 
 STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
@@ -56,5 +57,8 @@ def register(app: Flask, db: Database) -> None:
     registry.register(CallsCollector(db))
 
     @app.get("/metrics")
+    @operation("Prometheus metrics: calls by state, queue depth", {200: {
+        "description": "Prometheus text format",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}}, public=True)
     def metrics() -> Response:
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

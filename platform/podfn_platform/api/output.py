@@ -25,6 +25,9 @@ CHUNKS_PER_RESPONSE = 256
 ITEMS_PER_RESPONSE = 100
 
 
+MAX_INT = 2**31 - 1  # Postgres integer: a larger number could not be looked up
+
+
 def _int_arg(name: str, default: int | None = None) -> int | None:
     value = request.args.get(name)
     if value is None or value == "":
@@ -34,8 +37,9 @@ def _int_arg(name: str, default: int | None = None) -> int | None:
     except ValueError:
         raise APIError(400, "invalid_field", f"{name} must be a whole number, not {value!r}",
                        field=name) from None
-    if number < 0:
-        raise APIError(400, "invalid_field", f"{name} must be >= 0", field=name)
+    if not 0 <= number <= MAX_INT:
+        raise APIError(400, "invalid_field", f"{name} must be between 0 and {MAX_INT}",
+                       field=name)
     return number
 
 

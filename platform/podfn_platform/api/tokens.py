@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from podfn_platform.api import context, inputs
-from podfn_platform.api.auth import SCOPES, create_token, requires
+from podfn_platform.api import context, contract, schemas
+from podfn_platform.api.auth import create_token, requires
+from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row
 
 bp = Blueprint("tokens", __name__, url_prefix="/v1/tokens")
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 
 
 
@@ -26,18 +25,14 @@ def _public(row: Row) -> dict[str, Any]:
 
 @bp.post("")
 @requires("admin")
+@operation("Create a token (admin); the secret is returned once",
+           {201: schemas.NewToken, 409: None, 422: None, **dict.fromkeys(COMMON)},
+           body=schemas.TokenBody,
+           links={201: {"Revoke": {"operationId": "tokens_revoke_post",
+                                   "parameters": {"ref": "$response.body#/id"}}}})
 def create() -> tuple[Response, int]:
-    body = inputs.json_body()
-    if not isinstance(body, dict):
-        raise APIError(400, "malformed_json", 'expected {"name": ..., "scopes": [...]}')
-    name, scopes = body.get("name"), body.get("scopes")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise APIError(422, "invalid_field", "name must be 1-100 letters, digits, . _ @ -",
-                       field="name")
-    if (not isinstance(scopes, list) or not scopes
-            or not all(isinstance(s, str) and s in SCOPES for s in scopes)):
-        raise APIError(422, "invalid_field", f"scopes must be a non-empty list of "
-                       f"{', '.join(SCOPES)}", field="scopes")
+    body = contract.json_body(schemas.TokenBody)
+    name, scopes = body.name, [str(s) for s in dict.fromkeys(body.scopes)]
     made = create_token(context.db(), name, scopes)
     if made is None:
         raise APIError(409, "name_taken", f"a token named {name!r} exists; revoke it or choose "
@@ -48,12 +43,15 @@ def create() -> tuple[Response, int]:
 
 @bp.get("")
 @requires("admin")
+@operation("List tokens (admin)", {200: schemas.TokenList, **dict.fromkeys(COMMON)})
 def list_tokens() -> Response:
     return jsonify({"tokens": [_public(r) for r in context.db().all("list_tokens")]})
 
 
 @bp.post("/<ref>/revoke")
 @requires("admin")
+@operation("Revoke a token by id or name (admin)",
+           {200: schemas.Token, 404: None, 409: None, **dict.fromkeys(COMMON)})
 def revoke(ref: str) -> Response:
     row = context.db().one("revoke_token", {"ref": ref})
     if row is None:

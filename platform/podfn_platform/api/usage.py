@@ -9,8 +9,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from podfn_platform import usage
-from podfn_platform.api import context
+from podfn_platform.api import context, schemas
 from podfn_platform.api.auth import requires
+from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
 
 bp = Blueprint("usage", __name__, url_prefix="/v1")
@@ -29,13 +30,22 @@ def last_calls() -> int:
     return last
 
 
+LAST = ({"name": "last", "in": "query", "required": False,
+         "description": "how many of the latest calls to summarise",
+         "schema": {"type": "integer", "minimum": 1, "maximum": usage.MAX_LAST}},)
+
+
 @bp.get("/functions/<name>/usage")
 @requires("read", "deploy")
+@operation("What a function's last calls used, against its hints",
+           {200: schemas.Usage, **dict.fromkeys(COMMON)}, query=LAST)
 def function_usage(name: str) -> Response:
     return jsonify(usage.function_usage(context.db(), name, last_calls()))
 
 
 @bp.get("/usage")
 @requires("read", "deploy")
+@operation("What every function's last calls used",
+           {200: schemas.UsageList, **dict.fromkeys(COMMON)}, query=LAST)
 def all_usage() -> Response:
     return jsonify({"functions": usage.all_functions_usage(context.db(), last_calls())})

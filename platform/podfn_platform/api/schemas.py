@@ -1,0 +1,317 @@
+"""The request and response bodies of the API, as pydantic models: the one description of the contract.
+
+Each model is used twice: the views validate what clients send through it
+(`api/contract.py`), and /openapi.json is generated from its JSON Schema, so
+the document cannot drift from what the API enforces.
+
+Strings a client sends are described without NUL (Postgres text cannot hold
+it; api/inputs.py answers 400 for one), so a schema-valid request is never
+refused for it. The call spec is described by the common, exact forms of its
+hints; the API accepts a little more (any Kubernetes quantity within podfn's
+bounds, checked by podfn.spec), which the document says in words.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
+CANCELLABLE = ("queued", "launching", "running")
+SCOPES = ("submit", "invoke", "deploy", "read", "admin")
+MAX_CALLS_PER_REQUEST = 10_000
+
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, Field(pattern=NO_NUL)]
+State = Literal["queued", "launching", "running", "succeeded", "failed", "timed_out",
+                "cancelled"]
+Cancellable = Literal["queued", "launching", "running"]
+Scope = Literal["submit", "invoke", "deploy", "read", "admin"]
+# A function name is part of a URL: no '/' or '\\', no control or format characters, no
+# whitespace at either end, not '.' or '..' (api/inputs.py checks the same in code).
+# `\w` is Python's (Unicode) word character: Python identifiers may be non-ASCII.
+FUNCTION_NAME = r"^(?!\.\.?$)[\w.:-](?:[\w.: -]{0,198}[\w.:-])?\Z"
+TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+SECRET_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+# Any JSON value without NUL in a string or key (Postgres jsonb cannot hold it): pod_patch and
+# tolerations are free-form Kubernetes objects. Added to the document's components by contract.py.
+JSON_VALUE: dict[str, Any] = {  # one schema, no anyOf: each keyword applies to its own kind of value
+    "type": ["null", "boolean", "number", "string", "array", "object"], "pattern": NO_NUL,
+    "items": {"$ref": "#/components/schemas/JsonValue"}, "propertyNames": {"pattern": NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
+JSON_OBJECT: dict[str, Any] = {
+    "type": "object", "propertyNames": {"pattern": NO_NUL},
+    "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
+
+
+def _strings(keys: str) -> Any:
+    return Field(default=None, json_schema_extra={
+        "propertyNames": {"pattern": keys}, "additionalProperties": {"type": "string",
+                                                                      "pattern": NO_NUL}})
+
+
+class Model(BaseModel):
+    """A response body: the API may add fields, so clients must ignore ones they do not know."""
+
+    model_config = ConfigDict(extra="allow", regex_engine="python-re")
+
+
+class Request(BaseModel):
+    """A request body: a field the API does not know is refused (422), not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+
+
+class Spec(Request):
+    """Hints for a call's pod (podfn.spec checks each one; these are the forms it accepts)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, regex_engine="python-re",
+                              json_schema_extra={
+        "additionalProperties": False})
+    cpu: str | None = Field(default=None, json_schema_extra={
+        "pattern": r"^([1-9][0-9]{0,2}m|[1-9][0-9]{0,2})$"},
+        description="Kubernetes CPU quantity, 1m to 1024 cores")
+    cpu_limit: bool | None = None
+    memory: str | None = Field(default=None, json_schema_extra={
+        "pattern": r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,3})Mi|[1-9][0-9]{0,2}Gi)$"},
+        description="Kubernetes memory quantity, 32Mi to 1Ti")
+    gpu: int | None = Field(default=None, ge=0, le=64)
+    gpu_vendor: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]*\Z",
+                                   description="the GPU resource's domain, e.g. nvidia.com")
+    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9./:@_-]*\Z",
+                              description="an image reference")
+    env: dict[str, str] | None = _strings(ENV_NAME)
+    secrets: list[str] | None = Field(default=None, json_schema_extra={
+        "items": {"type": "string", "pattern": SECRET_NAME}})
+    # int | float: a whole number stays one (the runtime's messages say "1 s", not "1.0 s").
+    timeout: int | float | None = Field(default=None, ge=0.001, le=604800, json_schema_extra={
+        "anyOf": [{"type": "number", "minimum": 0.001, "maximum": 604800}, {"type": "null"}]})
+    retries: int | None = Field(default=None, ge=0, le=100)
+    retry_backoff: int | float | None = Field(default=None, ge=0, le=3600, json_schema_extra={
+        "anyOf": [{"type": "number", "minimum": 0, "maximum": 3600}, {"type": "null"}]})
+    node_selector: dict[str, str] | None = _strings(LABEL_KEY)
+    tolerations: list[dict[str, Any]] | None = Field(default=None, json_schema_extra={
+        "anyOf": [{"type": "array", "items": JSON_OBJECT}, {"type": "null"}]})
+    labels: dict[str, str] | None = _strings(LABEL_KEY)
+    annotations: dict[str, str] | None = _strings(LABEL_KEY)
+    service_account: str | None = Field(default=None, pattern=SECRET_NAME)
+    pod_patch: dict[str, Any] | None = Field(default=None, json_schema_extra={
+        "anyOf": [JSON_OBJECT, {"type": "null"}]})
+    # Warm workers (docs/warm-workers.md); null max_calls_per_worker means no limit.
+    max_calls_per_worker: int | None = Field(default=None, ge=1, le=10**9)
+    idle_timeout: int | float | None = Field(default=None, ge=0.1, le=86400, json_schema_extra={
+        "anyOf": [{"type": "number", "minimum": 0.1, "maximum": 86400}, {"type": "null"}]})
+    min_workers: int | None = Field(default=None, ge=0, le=1000)
+
+
+class Client(Request):
+    """The Python and cloudpickle versions that made the pickles (the runtime must match)."""
+
+    python: Text
+    cloudpickle: Text
+
+
+class SubmitMeta(Request):
+    function_name: Annotated[str, Field(min_length=1, max_length=256,
+                                        pattern=r"^[^\x00]*\S[^\x00]*$")]
+    client: Client
+    spec: Spec | None = None
+
+
+class DeployMeta(Request):
+    name: Annotated[str, Field(pattern=FUNCTION_NAME)]
+    client: Client
+    spec: Spec | None = None
+
+
+class DeployedCallsMeta(Request):
+    client: Client
+    spec: Spec | None = Field(default=None, description="overrides of the live version's hints")
+
+
+class WaitBody(Request):
+    ids: Annotated[list[Text], Field(min_length=1, max_length=MAX_CALLS_PER_REQUEST)]
+    wait: Annotated[float, Field(ge=0)] = 0
+
+
+class CancelBody(Request):
+    """Which calls to cancel; at least one of ids, function, state, or mine=true."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"anyOf": [
+        {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
+        {"required": ["function"], "properties": {"function": {"type": "string"}}},
+        {"required": ["state"], "properties": {"state": {"type": "string"}}},
+        {"required": ["mine"], "properties": {"mine": {"const": True}}}]})
+    ids: Annotated[list[Text], Field(max_length=MAX_CALLS_PER_REQUEST)] | None = None
+    function: Text | None = None
+    state: Cancellable | None = None
+    mine: bool = Field(default=False, description="only calls made with this token")
+    dry_run: bool = Field(default=False, description="say what would be cancelled, change "
+                          "nothing")
+
+
+class RollbackBody(Request):
+    version: int | None = Field(default=None, description="default: the version before the "
+                                "live one")
+
+
+class InvokeBody(Request):
+    model_config = ConfigDict(extra="forbid")
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TokenBody(Request):
+    name: Annotated[str, Field(pattern=TOKEN_NAME)]
+    scopes: Annotated[list[Scope], Field(min_length=1)]
+
+
+# Responses
+
+
+class ErrorDetail(Model):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Error(Model):
+    error: ErrorDetail
+
+
+class CallError(Model):
+    type: str | None = None
+    message: str | None = None
+    traceback: str | None = None
+    pickle_size: int | None = Field(default=None, description="bytes of the pickled exception "
+                                    "(GET /v1/calls/{id}/error)")
+
+
+class Call(Model):
+    id: str
+    function: str | None = None
+    state: State
+    attempt: int | None = None
+    reason: str | None = None
+    error: CallError | None = None
+
+
+class Outcome(Call):
+    result_format: Literal["pickle", "json"] | None = None
+    result_size: int | None = Field(default=None, description="bytes of the stored result")
+    result: str | None = Field(default=None, description="base64 of a small pickled result "
+                               "(in `wait` answers only)")
+    value: Any = Field(default=None, description="the JSON result of an HTTP invoke")
+
+
+class CallId(Model):
+    id: str
+
+
+class CallsCreated(Model):
+    calls: list[CallId]
+    replayed: bool
+
+
+class CallList(Model):
+    calls: list[Call]
+
+
+class Outcomes(Model):
+    calls: list[Outcome]
+
+
+class Cancelled(Model):
+    cancelled: list[str]
+    matched: list[str]
+    count: int
+    dry_run: bool
+
+
+class CancelledCall(Call):
+    cancelled: bool
+
+
+class Logs(Model):
+    """The whole text of each stream; with `offset` or `wait`, the chunks from an offset."""
+
+    stdout: str | None = None
+    stderr: str | None = None
+    state: str | None = None
+    chunks: list[LogChunk] | None = None
+    next_offset: int | None = None
+    done: bool | None = None
+
+
+class LogChunk(Model):
+    stream: str
+    offset: int
+    data: str
+    at: str | None = None
+
+
+class Items(Model):
+    """Items a generator call yielded: `data` is a base64 pickle (the API never unpickles)."""
+
+    id: str
+    state: str
+    items: list[dict[str, Any]]
+    next: int
+    done: bool
+
+
+class Usage(Model):
+    """Median and p95 of what a function's last calls used, its hints, and a suggestion."""
+
+
+class UsageList(Model):
+    functions: list[Usage]
+
+
+class Pending(Call):
+    location: str | None = None
+
+
+class Deployed(Model):
+    name: str
+    version: int
+    live_version: int
+    unchanged: bool
+    deployed_at: str | None = None
+
+
+class Function(Model):
+    name: str
+    live_version: int
+    spec: dict[str, Any] | None = None
+    deployed_at: str | None = None
+    deployed_by: str | None = None
+
+
+class FunctionList(Model):
+    functions: list[Function]
+
+
+class Token(Model):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: str | None = None
+    revoked_at: str | None = None
+
+
+class NewToken(Token):
+    token: str = Field(description="the secret; shown once")
+
+
+class TokenList(Model):
+    tokens: list[Token]
+
+
+class Health(Model):
+    ok: bool
