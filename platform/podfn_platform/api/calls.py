@@ -282,7 +282,7 @@ def logs(call_id: str) -> Response:
     """The whole text of each stream; with `offset` (or `wait`), the chunks from an
     offset, long-polling for more (output.py)."""
     _call_or_404(call_id)
-    if "offset" in request.args or "wait" in request.args:
+    if any(arg in request.args for arg in ("offset", "attempt", "wait")):
         return jsonify(output.follow_logs(call_id))
     return jsonify(context.db().one("get_logs", {"id": call_id}))
 

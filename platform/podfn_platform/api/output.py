@@ -30,7 +30,7 @@ MAX_INT = 2**31 - 1  # Postgres integer: a larger number could not be looked up
 
 def _int_arg(name: str, default: int | None = None) -> int | None:
     value = request.args.get(name)
-    if value is None or value == "":
+    if value is None:
         return default
     try:
         number = int(value)
