@@ -177,7 +177,13 @@ class Controller:
             current = self.worker_attempt(exit_.attempt)
             if current is None:
                 return  # an idle warm worker ended: no call of ours was in it
-            exit_ = dataclasses.replace(exit_, attempt=current)
+            if exit_.kind == "timeout" and current.key != exit_.attempt.key:
+                # The timed-out call ended by itself and the worker took the next one
+                # before it was stopped: that one is lost with the worker, not timed out.
+                exit_ = Exit(current, "disrupted", f"the warm worker {current.worker} was "
+                             f"stopped at the timeout of call {exit_.attempt.call_id}")
+            else:
+                exit_ = dataclasses.replace(exit_, attempt=current)
         a = exit_.attempt
         params: dict[str, Any] = {"id": a.call_id, "attempt": a.attempt, "reason": exit_.reason,
                                   "exit_code": exit_.exit_code}
@@ -239,6 +245,8 @@ class Controller:
                 else:
                     self.launcher.rebind(row["worker"], None, 0.0)  # type: ignore[attr-defined]
                     idle.add(row["pool"])
+        if not getattr(self.launcher, "workers_known", True):
+            return sorted(idle)  # (a restarted launcher may not have adopted them yet)
         for row in self.db.all("orphaned_warm_attempts", {"workers": list(workers)}):
             self.record(Exit(Attempt(row["id"], row["attempt"], "", {}, ""), "disrupted",
                              f"the warm worker {row['worker']} running the attempt is gone"))

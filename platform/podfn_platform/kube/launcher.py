@@ -6,10 +6,22 @@ watcher turns pod events into `Exit`s, and a periodic (or after-410) full
 reconcile compares every unfinished call with the pods that exist, so a
 missed event cannot strand a call. Pods outlive a controller restart; the
 next controller adopts them.
+
+Warm workers (docs/warm-workers.md): a pod launched for attempt `<call>/<n>`
+may go on to run further calls of its pool, which its runtime claims itself.
+The launcher keeps such a pod under the key it was launched with (its name
+never changes) while the controller points it, through `rebind`, at the
+attempt it runs now; every exit of the pod is reported with that attempt
+and the worker's name, and the controller maps it to what is in flight. A
+warm pod has no activeDeadlineSeconds (it would cut its later calls short):
+the launcher holds each call's deadline and deletes the pod when it passes.
+A relist finds warm pods by their label and annotation, so a restarted
+controller adopts them, busy or idle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -37,6 +49,7 @@ from podfn_platform.kube.manifest import (
     attempt_of,
     build_pod,
     pod_name,
+    worker_of,
 )
 from podfn_platform.kube.ratelimit import RateLimiter
 from podfn_platform.kube.watcher import PodWatcher, Store
@@ -47,6 +60,22 @@ Key = tuple[str, int]
 
 _CREATE_TRIES = 8
 _DELETE_GRACE_SECONDS = 5
+
+
+def pod_key(attempt: Attempt) -> Key:
+    """The attempt a pod was launched for: a warm worker's name, else the attempt itself."""
+    if attempt.worker:
+        call_id, _, number = attempt.worker.rpartition("/")
+        return (call_id, int(number))
+    return attempt.key
+
+
+def _container_started(pod: dict[str, Any]) -> datetime | None:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER:
+            started = ((status.get("state") or {}).get("running") or {}).get("startedAt")
+            return datetime.fromisoformat(started.replace("Z", "+00:00")) if started else None
+    return None
 
 
 def _finished_at(pod: dict[str, Any]) -> datetime | None:
@@ -69,7 +98,11 @@ class KubernetesLauncher:
             image_pull_seconds=math.ceil(settings.image_pull_timeout_seconds))
         self._wake = wake
         self._lock = threading.Lock()
+        # By the key the pod was launched for (pod_key): for a warm worker, the
+        # attempt it runs now (or ran last), under the key of its first.
         self._active: dict[Key, Attempt] = {}
+        self._deadlines: dict[Key, float] = {}  # warm pods: the current call's timeout
+        self._adopted_all = False  # a full reconcile has found every pod of ours
         self._creating: set[Key] = set()
         self._stopping: set[Key] = set()
         self._exits: list[Exit] = []
@@ -101,9 +134,10 @@ class KubernetesLauncher:
             manifest = build_pod(call_id=attempt.call_id, attempt=attempt.attempt,
                                  function_name=attempt.function_name, spec=attempt.spec,
                                  client_python=attempt.client_python, settings=self._pods,
-                                 runtime_env=attempt.env)
+                                 runtime_env=attempt.env, worker=attempt.worker)
         except (TypeError, ValueError, AttributeError) as exc:
-            self._report(attempt, "fatal", f"cannot build the pod manifest: {exc}", force=True)
+            self._report(attempt.key, "fatal", f"cannot build the pod manifest: {exc}",
+                         attempt=attempt)
             return name
         with self._lock:
             self._active[attempt.key] = attempt
@@ -128,7 +162,7 @@ class KubernetesLauncher:
                     # The controller's credentials, not the call: read them again and retry;
                     # if they stay refused, put the call back without spending anything.
                     if tries == _CREATE_TRIES:
-                        self._report(attempt, "deferred", "the controller's Kubernetes "
+                        self._report(attempt.key, "deferred", "the controller's Kubernetes "
                                      f"credentials are refused: {exc}",
                                      delay=self._settings.quota_retry_seconds)
                         return
@@ -138,7 +172,7 @@ class KubernetesLauncher:
                     backoff = min(backoff * 2, 10.0)
                 except KubernetesTransient as exc:  # 429, 5xx, broken connection, 409 Conflict
                     if tries == _CREATE_TRIES:
-                        self._report(attempt, "disrupted",
+                        self._report(attempt.key, "disrupted",
                                      f"could not create pod {name} after {tries} tries: {exc}")
                         return
                     pause = exc.retry_after if exc.retry_after is not None else backoff
@@ -146,11 +180,11 @@ class KubernetesLauncher:
                     time.sleep(pause)
                     backoff = min(backoff * 2, 10.0)
                 except KubernetesQuotaExceeded as exc:
-                    self._report(attempt, "deferred", f"waiting for quota: {exc}",
+                    self._report(attempt.key, "deferred", f"waiting for quota: {exc}",
                                  delay=self._settings.quota_retry_seconds)
                     return
                 except KubernetesInvalid as exc:
-                    self._report(attempt, "fatal", f"the Kubernetes API rejected pod {name}: "
+                    self._report(attempt.key, "fatal", f"the Kubernetes API rejected pod {name}: "
                                                    f"{exc}")
                     return
         finally:
@@ -163,15 +197,22 @@ class KubernetesLauncher:
 
     # -- what the watcher sees ------------------------------------------------
 
-    def _report(self, attempt: Attempt, kind: str, reason: str, *, exit_code: int | None = None,
-                delay: float = 0.0, force: bool = False) -> None:
-        """Report the attempt's end once; later news of the same attempt is ignored."""
+    def _report(self, key: Key, kind: str, reason: str, *, exit_code: int | None = None,
+                delay: float = 0.0, attempt: Attempt | None = None) -> None:
+        """Report the end of the pod launched for `key` once; later news of it is ignored.
+
+        The exit names what the pod runs now (a warm worker's current attempt);
+        `attempt` reports one the launcher does not hold (found by a reconcile).
+        """
         with self._lock:
-            if self._active.pop(attempt.key, None) is None and not force:
+            held = self._active.pop(key, None)
+            if held is None and attempt is None:
                 return
-            self._stopping.discard(attempt.key)
-            self._created.pop(attempt.key, None)
-            self._exits.append(Exit(attempt, kind, reason, exit_code=exit_code, delay=delay))
+            self._stopping.discard(key)
+            self._created.pop(key, None)
+            self._deadlines.pop(key, None)
+            self._exits.append(Exit(held or attempt, kind, reason,  # type: ignore[arg-type]
+                                    exit_code=exit_code, delay=delay))
         self._wake()
 
     def _outcome(self, attempt: Attempt, pod: dict[str, Any]) -> outcomes.Outcome | None:
@@ -182,6 +223,13 @@ class KubernetesLauncher:
                 "Succeeded", "Failed") and not pod["metadata"].get("deletionTimestamp"):
             with self._lock:  # still running (a sidecar): settle deletes it at once
                 self._lingering.add(pod["metadata"]["name"])
+        if found is not None and found.kind == "exited" and found.exit_code == 0 and \
+                attempt.worker:
+            # A warm worker exits 0 when idle or done: the controller records it
+            # against the call it runs, if any (none after its last call).
+            found = outcomes.Outcome("exited", f"warm worker pod {pod['metadata']['name']} "
+                                     "exited (code 0) while running the call, without "
+                                     "recording its result", 0)
         return found
 
     def _start_deadline(self, attempt: Attempt, pod: dict[str, Any]) -> None:
@@ -219,6 +267,20 @@ class KubernetesLauncher:
             log.warning("could not lower the deadline of pod %s (%s); its timeout counts "
                         "from the image pull", name, exc)
 
+    def _start_warm_deadline(self, key: Key, attempt: Attempt, pod: dict[str, Any]) -> None:
+        """A warm pod's first call: its timeout counts from the container's start.
+
+        (The controller's `rebind` sets it from the attempt's recorded start
+        too; this covers the time until its next turn.)"""
+        timeout = attempt.spec.get("timeout")
+        started = _container_started(pod)
+        if not timeout or started is None or attempt.key != key:
+            return
+        ran = max(0.0, (datetime.now(UTC) - started).total_seconds())
+        with self._lock:
+            if self._active.get(key) is attempt and key not in self._deadlines:
+                self._deadlines[key] = time.monotonic() - ran + timeout
+
     def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
         key = attempt_of(pod)
         if key is None:
@@ -233,15 +295,17 @@ class KubernetesLauncher:
             found = None  # our own delete (cancelled, superseded) under way
         if kind == "DELETED" and found is None:
             if stopping:
-                self._report(attempt, "stopped", "stopped by the controller")
+                self._report(key, "stopped", "stopped by the controller")
             else:
                 name = pod["metadata"]["name"]
-                self._report(attempt, "disrupted",
+                self._report(key, "disrupted",
                              f"pod {name} was deleted before it finished (node lost, or "
                              "deleted by someone else)")
             return
         if found is not None:
-            self._report(attempt, found.kind, found.reason, exit_code=found.exit_code)
+            self._report(key, found.kind, found.reason, exit_code=found.exit_code)
+        elif not stopping and attempt.worker:
+            self._start_warm_deadline(key, attempt, pod)
         elif not stopping:
             self._start_deadline(attempt, pod)
 
@@ -254,10 +318,17 @@ class KubernetesLauncher:
 
     # -- the controller's turn ------------------------------------------------
 
+    def _held_key(self, key: Key) -> Key | None:
+        """The pod key of the pod running attempt `key` (with the lock held)."""
+        return next((k for k, a in self._active.items() if a.key == key),
+                    key if key in self._active else None)
+
     def stop(self, key: Key) -> None:
         with self._lock:
-            if key not in self._active or key in self._stopping:
+            held = self._held_key(key)
+            if held is None or held in self._stopping:
                 return
+            key = held
             self._stopping.add(key)
             creating = key in self._creating
         if not creating:  # else _create deletes it once created
@@ -285,13 +356,66 @@ class KubernetesLauncher:
             out, self._exits = self._exits, []
         return out
 
+    # -- warm workers (docs/warm-workers.md) ---------------------------------
+
+    @property
+    def workers_known(self) -> bool:
+        """Whether every warm pod of ours is followed (a full reconcile has listed them):
+        until then an attempt whose worker is not held may only not be adopted yet."""
+        return self._adopted_all
+
+    def workers(self) -> dict[str, Attempt]:
+        """Warm workers by name: those followed, and those whose exit is not yet taken
+        (their in-flight attempt is recorded through the exit, not as an orphan)."""
+        with self._lock:
+            out = {a.worker: a for a in self._active.values() if a.worker}
+            out.update({e.attempt.worker: e.attempt for e in self._exits if e.attempt.worker})
+        return out
+
+    def rebind(self, worker: str, attempt: Attempt | None, running_seconds: float) -> None:
+        """The warm worker `worker` runs `attempt` now (running for `running_seconds`),
+        or nothing (None: idle, no deadline)."""
+        key = pod_key(Attempt("", 0, "", {}, "", worker=worker))
+        with self._lock:
+            held = self._active.get(key)
+            if held is None or key in self._stopping:
+                return
+            if attempt is None:
+                self._deadlines.pop(key, None)
+                return
+            moved = attempt.key != held.key
+            timeout = attempt.spec.get("timeout")
+            if moved or key not in self._deadlines:
+                # Counted from the attempt's start, once it has one (not its pod's pull).
+                if timeout and attempt.state == "running":
+                    self._deadlines[key] = time.monotonic() - running_seconds + timeout
+                elif moved:
+                    self._deadlines.pop(key, None)
+            if moved:
+                self._active[key] = dataclasses.replace(attempt, worker=worker)
+
+    def _enforce_deadlines(self) -> None:
+        """Time out the call a warm pod runs past its `timeout`: the pod goes with it."""
+        now = time.monotonic()
+        with self._lock:
+            due = [(k, self._active[k]) for k, at in self._deadlines.items()
+                   if at <= now and k in self._active and k not in self._stopping]
+            for key, _ in due:
+                self._lingering.add(pod_name(*key))  # settle deletes it at once
+        for key, attempt in due:
+            log.info("call %s attempt %d ran past its timeout in warm pod %s; deleting the pod",
+                     attempt.call_id, attempt.attempt, pod_name(*key))
+            self._report(key, "timeout", f"timed out after {attempt.spec.get('timeout')} s "
+                         f"(the `timeout` hint; warm worker pod {pod_name(*key)} deleted)")
+
     def settle(self, exit_: Exit) -> None:
         """Delete the pod now, or after `keep_failed_pods_seconds` if it failed while running."""
-        name = pod_name(*exit_.attempt.key)
+        key = pod_key(exit_.attempt)
+        name = pod_name(*key)
         with self._lock:
             lingering = name in self._lingering
             self._lingering.discard(name)
-            self._deadline_set.discard(exit_.attempt.key)
+            self._deadline_set.discard(key)
         keep = exit_.kind in ("timeout", "disrupted") or (
             exit_.kind == "exited" and exit_.exit_code != 0)
         if keep and not lingering:  # a pod still running holds its node's resources
@@ -303,7 +427,7 @@ class KubernetesLauncher:
     def next_deadline(self) -> float | None:
         now = time.monotonic()
         with self._lock:
-            times = [self._next_reconcile, *self._delete_at.values()]
+            times = [self._next_reconcile, *self._delete_at.values(), *self._deadlines.values()]
         return max(0.0, min(times) - now)
 
     def reconcile(self, unfinished: Unfinished, *, full: bool) -> None:
@@ -315,6 +439,7 @@ class KubernetesLauncher:
             full = full or self._want_full or now >= self._next_reconcile
         for name in due_deletes:
             self._submit(self._delete, name)
+        self._enforce_deadlines()
         if not full:
             return
         with self._lock:
@@ -346,14 +471,17 @@ class KubernetesLauncher:
                 # A pod we created after the list began may simply not be in it yet.
                 busy = attempt.key in self._creating or (
                     self._created.get(attempt.key, -1.0) >= listed_at)
-                known = attempt.key in self._active
-                if pod is not None and not known:
-                    self._active[attempt.key] = attempt  # adopt (e.g. after a restart)
-            if pod is not None:
-                found = self._outcome(attempt, pod)
+                held = self._active.get(attempt.key)
+                if pod is not None and held is None:  # adopt (e.g. after a restart)
+                    held = self._active[attempt.key] = dataclasses.replace(
+                        attempt, worker=worker_of(pod))
+            if pod is not None and held is not None:
+                found = self._outcome(held, pod)
                 if found is not None:
-                    self._report(attempt, found.kind, found.reason, exit_code=found.exit_code,
-                                 force=True)
+                    self._report(attempt.key, found.kind, found.reason,
+                                 exit_code=found.exit_code, attempt=held)
+                elif held.worker:
+                    self._start_warm_deadline(attempt.key, held, pod)
                 else:  # (its Running event may have been missed, or come before a restart)
                     self._start_deadline(attempt, pod)
                 continue
@@ -361,15 +489,16 @@ class KubernetesLauncher:
                 continue
             age = (now - attempt.launched_at).total_seconds() if attempt.launched_at else 0.0
             if attempt.state == "running":
-                self._report(attempt, "disrupted",
+                self._report(attempt.key, "disrupted",
                              f"pod {pod_name(*attempt.key)} vanished while running",
-                             force=True)
+                             attempt=attempt)
             elif age >= self._settings.launch_grace_seconds:
-                self._report(attempt, "disrupted",
+                self._report(attempt.key, "disrupted",
                              f"no pod for attempt {attempt.attempt} after {age:.0f} s; "
-                             "relaunching", force=True)
+                             "relaunching", attempt=attempt)
+        self._reconcile_workers(by_key, wanted, listed_at)
         with self._lock:
-            mine = set(self._active) | self._creating | {e.attempt.key for e in self._exits}
+            mine = set(self._active) | self._creating | {pod_key(e.attempt) for e in self._exits}
             kept = set(self._delete_at)
         for key, pod in by_key.items():
             name = pod["metadata"]["name"]
@@ -385,6 +514,39 @@ class KubernetesLauncher:
                     continue
             log.info("deleting pod %s (%s; its call is finished or moved on)", name, phase)
             self._submit(self._delete, name)
+        self._adopted_all = True
+
+    def _reconcile_workers(self, by_key: dict[Key, dict[str, Any]], wanted: set[Key],
+                           listed_at: float) -> None:
+        """Warm pods whose first call is over: adopt those we do not follow (a restart),
+        report those we follow that are gone (a DELETED event missed).
+
+        What an adopted worker runs now is the controller's to find (`rebind`);
+        until then it is held under the attempt it was launched for."""
+        with self._lock:
+            mine = set(self._active) | self._creating | {pod_key(e.attempt) for e in self._exits}
+            kept = set(self._delete_at)
+            vanished = [k for k, a in self._active.items()
+                        if a.worker and k not in by_key and k not in wanted
+                        and k not in self._creating and k not in self._stopping
+                        and self._created.get(k, -1.0) < listed_at]
+        for key in vanished:
+            self._report(key, "disrupted", f"warm worker pod {pod_name(*key)} vanished")
+        for key, pod in by_key.items():
+            worker = worker_of(pod)
+            if not worker or key in wanted or key in mine or pod["metadata"]["name"] in kept \
+                    or pod["metadata"].get("deletionTimestamp"):
+                continue
+            annotations = pod["metadata"].get("annotations") or {}
+            adopted = Attempt(call_id=key[0], attempt=key[1],
+                              function_name=annotations.get("podfn.dev/function", ""),
+                              spec={}, client_python="", state="running", worker=worker)
+            with self._lock:
+                self._active[key] = adopted
+            log.info("adopted warm worker pod %s", pod["metadata"]["name"])
+            found = self._outcome(adopted, pod)
+            if found is not None:
+                self._report(key, found.kind, found.reason, exit_code=found.exit_code)
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,8 @@ schemas without a cluster. What the hints become:
   with a `secretRef` per Secret (in the runtime namespace).
 - `pod_patch` -> merged last (see `merge_patch`).
 
-Always: `restartPolicy: Never`, `activeDeadlineSeconds` from `timeout`,
+Always: `restartPolicy: Never`, `activeDeadlineSeconds` from `timeout`
+(except for a warm worker's pod, see below),
 `automountServiceAccountToken: false`, a security context that passes the
 "restricted" Pod Security Standard, and the runtime role's database URL
 from the runtime database Secret (never the platform's Secret, never plain
@@ -21,6 +22,13 @@ its secret and its nested-call token, plus the user's `env`) is plain values
 in the pod spec: the controller never needs `get` on Secrets, and anyone who
 may read pods in the runtime namespace may read them; both die with the
 attempt (docs/security.md).
+
+A warm worker's pod (docs/warm-workers.md) runs call after call of its pool,
+so a deadline for the whole pod would cut its later calls short: it gets no
+`activeDeadlineSeconds`, the launcher times each call out by deleting the
+pod. It is marked so that a relist (a restarted controller) finds it again:
+label `podfn.dev/warm: "true"` and annotation `podfn.dev/worker`, the
+worker's name (`<call id>/<attempt>` of the attempt it was launched for).
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "podfn"}
 SELECTOR = "app.kubernetes.io/managed-by=podfn"
 CONTAINER = "runtime"
 RUNTIME_UID = 10001
+WARM_LABEL = f"{LABEL_PREFIX}/warm"
+WORKER_ANNOTATION = f"{LABEL_PREFIX}/worker"
 
 
 @dataclass(frozen=True)
@@ -128,7 +138,7 @@ def _merge_field(key: str, base: Any, patch: Any) -> Any:
 
 def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str, Any],
               client_python: str, settings: PodSettings,
-              runtime_env: dict[str, str] | None = None) -> dict[str, Any]:
+              runtime_env: dict[str, str] | None = None, worker: str = "") -> dict[str, Any]:
     name = pod_name(call_id, attempt)
     env: list[dict[str, Any]] = [
         {"name": "PODFN_CALL_ID", "value": call_id},
@@ -168,12 +178,14 @@ def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str,
         f"{LABEL_PREFIX}/call-id": label_value(call_id),
         f"{LABEL_PREFIX}/attempt": str(attempt),
         f"{LABEL_PREFIX}/function": label_value(function_name) or "unnamed",
+        **({WARM_LABEL: "true"} if worker else {}),
     }
     annotations = {
         **spec.get("annotations", {}),
         f"{LABEL_PREFIX}/call-id": call_id,
         f"{LABEL_PREFIX}/attempt": str(attempt),
         f"{LABEL_PREFIX}/function": function_name,
+        **({WORKER_ANNOTATION: worker} if worker else {}),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -188,7 +200,7 @@ def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str,
         },
         "containers": [container],
     }
-    if spec.get("timeout"):
+    if spec.get("timeout") and not worker:
         pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec["timeout"])) + \
             settings.image_pull_seconds
     if spec.get("node_selector"):
@@ -212,6 +224,10 @@ def build_pod(*, call_id: str, attempt: int, function_name: str, spec: dict[str,
         manifest["metadata"]["namespace"] = settings.namespace
         manifest["metadata"].setdefault("labels", {}).update({
             k: labels[k] for k in labels if k.startswith(LABEL_PREFIX) or k in MANAGED_BY})
+        manifest["metadata"].setdefault("annotations", {}).update({
+            k: annotations[k] for k in annotations if k.startswith(LABEL_PREFIX)})
+        if worker:  # the launcher times a warm pod's calls out; a pod deadline would not
+            manifest["spec"].pop("activeDeadlineSeconds", None)
     return manifest
 
 
@@ -223,3 +239,18 @@ def attempt_of(pod: dict[str, Any]) -> tuple[str, int] | None:
     if not call_id or not attempt or not str(attempt).isdigit():
         return None
     return call_id, int(attempt)
+
+
+def worker_of(pod: dict[str, Any]) -> str:
+    """The warm worker a pod runs (its name), or "" for a pod of one attempt."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    labels = pod.get("metadata", {}).get("labels") or {}
+    key = attempt_of(pod)
+    if labels.get(WARM_LABEL) != "true" or key is None:
+        return ""
+    # The name is the attempt the pod was launched for: derived, so an edited
+    # annotation cannot point the controller at another worker's calls.
+    name = f"{key[0]}/{key[1]}"
+    if annotations.get(WORKER_ANNOTATION, name) != name:
+        return ""
+    return name
