@@ -27,8 +27,9 @@ A warm worker's pod (docs/warm-workers.md) runs call after call of its pool,
 so a deadline for the whole pod would cut its later calls short: it gets no
 `activeDeadlineSeconds`, the launcher times each call out by deleting the
 pod. It is marked so that a relist (a restarted controller) finds it again:
-label `podfn.dev/warm: "true"` and annotation `podfn.dev/worker`, the
-worker's name (`<call id>/<attempt>` of the attempt it was launched for).
+annotation `podfn.dev/worker`, the worker's name (`<call id>/<attempt>` of
+the attempt it was launched for), and label `podfn.dev/warm: "true"` (for
+selectors: `kubectl get pods -l podfn.dev/warm=true`).
 """
 
 from __future__ import annotations
@@ -243,14 +244,11 @@ def attempt_of(pod: dict[str, Any]) -> tuple[str, int] | None:
 
 def worker_of(pod: dict[str, Any]) -> str:
     """The warm worker a pod runs (its name), or "" for a pod of one attempt."""
+    # By the annotation (a listed pod keeps podfn's annotations, not its labels:
+    # client.slim). The name is the attempt the pod was launched for, so an
+    # annotation naming another one is not taken for a worker.
     annotations = pod.get("metadata", {}).get("annotations") or {}
-    labels = pod.get("metadata", {}).get("labels") or {}
     key = attempt_of(pod)
-    if labels.get(WARM_LABEL) != "true" or key is None:
+    if key is None or annotations.get(WORKER_ANNOTATION) != f"{key[0]}/{key[1]}":
         return ""
-    # The name is the attempt the pod was launched for: derived, so an edited
-    # annotation cannot point the controller at another worker's calls.
-    name = f"{key[0]}/{key[1]}"
-    if annotations.get(WORKER_ANNOTATION, name) != name:
-        return ""
-    return name
+    return f"{key[0]}/{key[1]}"

@@ -1,0 +1,268 @@
+"""Warm workers on the Kubernetes launcher (docs/warm-workers.md), through the stand-in.
+
+A pod launched for one attempt runs further calls of its pool; the tests
+tell pods apart by the `ref` Postgres records for each attempt (the pod's
+name, shared by every call a warm pod ran) and count the stand-in's creates.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import Platform
+from podfn import remote
+from podfn.errors import CallTimeout
+from podfn_platform.database import Database
+from podfn_platform.kube.manifest import WARM_LABEL, WORKER_ANNOTATION
+from test_kubernetes_e2e import NS, Cluster, cluster, launcher_of, make_platform, wait_until
+
+__all__ = ["cluster", "make_platform"]  # fixtures used by name
+
+pytestmark = pytest.mark.e2e
+
+
+@remote(max_calls_per_worker=None, idle_timeout=30)
+def square(x: int) -> int:
+    return x * x
+
+
+@remote(max_calls_per_worker=None, idle_timeout=30)
+def pod_of(i: int) -> str:
+    return str(os.getpid())
+
+
+@remote(max_calls_per_worker=None, idle_timeout=30)
+def other_pod_of(i: int) -> str:
+    return str(os.getpid())
+
+
+@remote(max_calls_per_worker=None, idle_timeout=30, timeout=2)
+def work(mode: str, path: str = "") -> Any:
+    """'pid': this worker's pid; 'hang': note the pid in `path` once, then hang."""
+    if mode == "hang" and not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)
+    return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
+
+
+def attempts(db: Database, ids: list[str]) -> list[dict[str, Any]]:
+    with db.connect(name="podfn-test") as conn:
+        return conn.execute(
+            "SELECT call_id, attempt, state, ref, worker FROM podfn_attempts "
+            "WHERE call_id = ANY(%s) ORDER BY launched_at", (ids,)).fetchall()
+
+
+def creates(cluster: Cluster) -> int:
+    return cluster.sim.faults.requests_seen("create", "pods")
+
+
+def test_a_map_starts_at_most_max_concurrency_pods(
+        cluster: Cluster, make_platform: Callable[..., Platform]) -> None:
+    p = make_platform(max_concurrency=3)
+    results = list(square.map(range(60)))
+    assert results == [x * x for x in range(60)]
+    assert 1 <= creates(cluster) <= 3, f"{creates(cluster)} pods for a warm map"
+    pods = cluster.pods()
+    assert pods and all(pod["metadata"]["labels"].get(WARM_LABEL) == "true" for pod in pods)
+    assert all(pod["metadata"]["annotations"][WORKER_ANNOTATION].count("/") == 1
+               for pod in pods)
+    assert all("activeDeadlineSeconds" not in pod["spec"] for pod in pods)
+    assert len(launcher_of(p).workers()) == len(pods)
+
+
+def test_pools_never_mix(cluster: Cluster, make_platform: Callable[..., Platform]) -> None:
+    p = make_platform()
+    a = [pod_of.spawn(i) for i in range(3)]
+    b = [other_pod_of.spawn(i) for i in range(3)]
+    pids = {c.id: c.result(timeout=60) for c in a + b}
+    refs = {r["call_id"]: r["ref"] for r in attempts(p.db, [c.id for c in a + b])}
+    refs_a = {refs[c.id] for c in a}
+    refs_b = {refs[c.id] for c in b}
+    assert refs_a.isdisjoint(refs_b), (refs_a, refs_b)
+    assert {pids[c.id] for c in a}.isdisjoint({pids[c.id] for c in b})
+    # Later calls of one pool reuse its idle pods.
+    before = creates(cluster)
+    assert {pod_of.remote(i) for i in range(3)} <= {pids[c.id] for c in a}
+    assert creates(cluster) == before
+
+
+@pytest.mark.parametrize("kill", ["delete", "evict"])
+def test_a_warm_pod_killed_mid_call_requeues_only_that_call(
+        cluster: Cluster, make_platform: Callable[..., Platform], tmp_path: Path,
+        kill: str) -> None:
+    p = make_platform()
+    pid, first_id, _ = work.remote("pid")
+    marker = tmp_path / "hang"
+    hanging = work.spawn("hang", str(marker))
+    wait_until(marker.exists, what="the warm pod to take the call")
+    assert int(marker.read_text()) == pid, "the idle warm pod took the call"
+    pod = next(r["ref"] for r in attempts(p.db, [first_id]))
+    if kill == "delete":
+        cluster.v1.delete_namespaced_pod(pod, NS, grace_period_seconds=0)
+    else:
+        cluster.sim.faults.evict(NS, pod)
+    new_pid, call_id, attempt = hanging.result(timeout=60)
+    assert call_id == hanging.id and attempt == "2" and new_pid != pid
+    rows = {(r["call_id"], r["attempt"]): r for r in attempts(p.db, [first_id, hanging.id])}
+    assert rows[(first_id, 1)]["state"] == "succeeded"
+    assert rows[(hanging.id, 1)]["state"] == "disrupted"
+    assert rows[(hanging.id, 1)]["worker"] == f"{first_id}/1"
+    info = hanging.info()
+    assert info["user_failures"] == 0 and info["disruptions"] == 1
+
+
+def test_a_warm_call_keeps_its_own_timeout(
+        cluster: Cluster, make_platform: Callable[..., Platform], tmp_path: Path) -> None:
+    p = make_platform()
+    pid, first_id, _ = work.remote("pid")
+    pod = next(r["ref"] for r in attempts(p.db, [first_id]))
+    marker = tmp_path / "hang"
+    started = time.monotonic()
+    with pytest.raises(CallTimeout) as info:
+        work.remote("hang", str(marker))
+    assert time.monotonic() - started < 20
+    assert int(marker.read_text()) == pid, "the call ran in the warm pod"
+    assert "timed out after 2" in (info.value.reason or "")
+    wait_until(lambda: all(x["metadata"]["name"] != pod for x in cluster.pods()),
+               what="the timed-out warm pod to be deleted")
+    # The next call gets a pod of its own and runs.
+    assert work.remote("pid")[0] != pid
+
+
+def test_a_cancelled_warm_call_deletes_its_pod(
+        cluster: Cluster, make_platform: Callable[..., Platform], tmp_path: Path) -> None:
+    p = make_platform()
+    _, first_id, _ = work.remote("pid")
+    pod = next(r["ref"] for r in attempts(p.db, [first_id]))
+    marker = tmp_path / "hang"
+    hanging = work.options(timeout=60).spawn("hang", str(marker))
+    other = work.spawn("pid")  # another pool (another spec): a pod of its own
+    other.result(timeout=60)
+    hanging_pod = next(r["ref"] for r in attempts(p.db, [hanging.id]))
+    wait_until(marker.exists, what="the call to run")
+    assert hanging.cancel() == "cancelled"
+    wait_until(lambda: all(x["metadata"]["name"] != hanging_pod for x in cluster.pods()),
+               what="the cancelled call's warm pod to go")
+    assert hanging.status() == "cancelled"
+    assert any(x["metadata"]["name"] == pod for x in cluster.pods()), \
+        "the idle pod of another pool was left alone"
+
+
+def test_an_idle_warm_pod_exits_and_ends_nothing(
+        cluster: Cluster, make_platform: Callable[..., Platform]) -> None:
+    p = make_platform()
+
+    @remote(max_calls_per_worker=None, idle_timeout=0.5)
+    def brief(i: int) -> int:
+        return i
+
+    calls = [brief.spawn(i) for i in range(3)]
+    assert [c.result(timeout=60) for c in calls] == [0, 1, 2]
+    wait_until(lambda: not launcher_of(p).active(), what="the idle pod to exit")
+    wait_until(lambda: cluster.pods() == [], what="the idle pod to be deleted")
+    assert all(r["state"] == "succeeded" for r in attempts(p.db, [c.id for c in calls]))
+    assert all(c.info()["attempt"] == 1 for c in calls)
+
+
+def test_controller_restart_adopts_busy_and_idle_warm_pods(
+        cluster: Cluster, api_only: str, database_url: str, db: Database,
+        tmp_path: Path) -> None:
+    first_release, second_release = tmp_path / "first", tmp_path / "second"
+
+    @remote(max_calls_per_worker=None, idle_timeout=60)
+    def wait_for(path: str) -> str:
+        while not os.path.exists(path):
+            time.sleep(0.02)
+        return os.environ["PODFN_CALL_ID"]
+
+    log = tmp_path / "controller.log"
+    env = {**os.environ, "PODFN_DATABASE_URL": database_url, "PODFN_LAUNCHER": "kubernetes",
+           "PODFN_NAMESPACE": NS, "KUBECONFIG": str(cluster.kubeconfig),
+           "PODFN_SWEEP_SECONDS": "0.5", "PODFN_RECONCILE_SECONDS": "1",
+           "PODFN_WATCH_TIMEOUT_SECONDS": "5", "PODFN_MAX_CONCURRENCY": "2"}
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as sink:
+            return subprocess.Popen([sys.executable, "-m", "podfn", "controller"], env=env,
+                                    stdout=sink, stderr=subprocess.STDOUT)
+
+    controller = start()
+    try:
+        firsts = [wait_for.spawn(str(first_release)) for _ in range(2)]
+        wait_until(lambda: all(c.status() == "running" for c in firsts), 60,
+                   "two warm pods to run")
+        seconds = [wait_for.spawn(str(second_release)) for _ in range(3)]
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+        # With no controller, the pods finish their calls and claim the queued ones.
+        first_release.touch()
+        assert [c.result(timeout=60) for c in firsts] == [c.id for c in firsts]
+        wait_until(lambda: sum(c.status() == "running" for c in seconds) == 2, 60,
+                   "the warm pods to take two queued calls by themselves")
+        controller = start()
+        wait_until(lambda: "adopted warm worker pod" in log.read_text(), 60,
+                   "the new controller to adopt the warm pods")
+        second_release.touch()
+        assert [c.result(timeout=60) for c in seconds] == [c.id for c in seconds]
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        assert controller.wait(20) == 0
+    for call in firsts + seconds:
+        assert call.info()["attempt"] == 1, f"call {call.id} ran twice"
+    assert creates(cluster) == 2, "the new controller started pods beside the adopted ones"
+
+
+def test_a_warm_pod_lost_while_no_controller_ran_requeues_its_call(
+        cluster: Cluster, api_only: str, database_url: str, tmp_path: Path) -> None:
+    done, never = tmp_path / "done", tmp_path / "never"
+    done.touch()
+
+    @remote(max_calls_per_worker=None, idle_timeout=60)
+    def wait_for(path: str) -> str:
+        if os.environ["PODFN_ATTEMPT"] == "1":
+            while not os.path.exists(path):
+                time.sleep(0.02)
+        return os.environ["PODFN_ATTEMPT"]
+
+    env = {**os.environ, "PODFN_DATABASE_URL": database_url, "PODFN_LAUNCHER": "kubernetes",
+           "PODFN_NAMESPACE": NS, "KUBECONFIG": str(cluster.kubeconfig),
+           "PODFN_SWEEP_SECONDS": "0.5", "PODFN_RECONCILE_SECONDS": "1",
+           "PODFN_WATCH_TIMEOUT_SECONDS": "5"}
+    log = tmp_path / "controller.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as sink:
+            return subprocess.Popen([sys.executable, "-m", "podfn", "controller"], env=env,
+                                    stdout=sink, stderr=subprocess.STDOUT)
+
+    controller = start()
+    try:
+        first = wait_for.spawn(str(done))
+        assert first.result(timeout=60) == "1"
+        pod = first.info()["attempts"][0]["ref"]
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+        claimed = wait_for.spawn(str(never))  # the idle pod takes it, then is lost
+        wait_until(lambda: claimed.status() == "running", 60, "the idle warm pod to claim it")
+        assert claimed.info()["attempts"][0]["ref"] == pod
+        cluster.v1.delete_namespaced_pod(pod, NS, grace_period_seconds=0)
+        wait_until(lambda: all(x["metadata"]["name"] != pod for x in cluster.pods()), 30,
+                   "the pod to go while no controller watches")
+        controller = start()
+        assert claimed.result(timeout=60) == "2"
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        assert controller.wait(20) == 0
+    info = claimed.info()
+    assert info["user_failures"] == 0 and info["disruptions"] == 1
+    assert [a["state"] for a in info["attempts"]] == ["disrupted", "succeeded"]
