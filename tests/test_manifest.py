@@ -10,13 +10,17 @@ import pytest
 
 from k8s_versions import SUPPORTED
 from podfn.spec import validate as validate_spec
+from podfn_platform.kube.client import slim
 from podfn_platform.kube.manifest import (
+    WARM_LABEL,
+    WORKER_ANNOTATION,
     PodSettings,
     attempt_of,
     build_pod,
     label_value,
     merge_patch,
     pod_name,
+    worker_of,
 )
 
 SETTINGS = PodSettings(namespace="jobs", runtime_image="registry.example/podfn-runtime",
@@ -44,6 +48,37 @@ FULL_SPEC = {
 @pytest.mark.parametrize("spec", [{}, FULL_SPEC], ids=["defaults", "every-hint"])
 def test_valid_against_the_kubernetes_schemas_strict(version: str, spec: dict[str, Any]) -> None:
     kubernetes_validate.validate(pod(spec), version, strict=True)
+
+
+WORKER = "0f3a9c2e5b7d4e1f8a6b3c2d1e0f9a8b/2"
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+def test_a_warm_pod_is_valid_and_has_no_pod_deadline(version: str) -> None:
+    # A deadline for the whole pod would cut a warm worker's later calls short:
+    # the launcher times each call out itself.
+    warm = pod({**FULL_SPEC, "max_calls_per_worker": None}, worker=WORKER)
+    kubernetes_validate.validate(warm, version, strict=True)
+    assert "activeDeadlineSeconds" not in warm["spec"]
+    assert warm["metadata"]["labels"][WARM_LABEL] == "true"
+    assert warm["metadata"]["annotations"][WORKER_ANNOTATION] == WORKER
+    assert pod(FULL_SPEC)["spec"]["activeDeadlineSeconds"] == 91
+    assert WARM_LABEL not in pod(FULL_SPEC)["metadata"]["labels"]
+
+
+def test_a_relist_finds_a_warm_pod_by_its_annotation() -> None:
+    warm = pod({"timeout": 5}, worker=WORKER)
+    assert worker_of(slim(warm)) == WORKER  # what a list keeps of a pod
+    assert worker_of(slim(pod({"timeout": 5}))) == ""
+    # A pod_patch cannot unmark it, nor give it a deadline.
+    patched = pod({"timeout": 5, "pod_patch": {
+        "metadata": {"annotations": {WORKER_ANNOTATION: "other/1"}},
+        "spec": {"activeDeadlineSeconds": 3}}}, worker=WORKER)
+    assert worker_of(patched) == WORKER and "activeDeadlineSeconds" not in patched["spec"]
+    # An annotation naming another attempt is not taken for a worker.
+    forged = copy.deepcopy(warm)
+    forged["metadata"]["annotations"][WORKER_ANNOTATION] = "someone-else/1"
+    assert worker_of(forged) == ""
 
 
 def test_hints_become_the_pod_spec() -> None:
