@@ -14,7 +14,8 @@ never changes) while the controller points it, through `rebind`, at the
 attempt it runs now; every exit of the pod is reported with that attempt
 and the worker's name, and the controller maps it to what is in flight. A
 warm pod has no activeDeadlineSeconds (it would cut its later calls short):
-the launcher holds each call's deadline and deletes the pod when it passes.
+when Postgres says the call it runs is past its `timeout` (`rebind`), the
+launcher deletes the pod and reports the timeout.
 A relist finds warm pods by their label and annotation, so a restarted
 controller adopts them, busy or idle.
 """
@@ -268,18 +269,19 @@ class KubernetesLauncher:
                         "from the image pull", name, exc)
 
     def _start_warm_deadline(self, key: Key, attempt: Attempt, pod: dict[str, Any]) -> None:
-        """A warm pod's first call: its timeout counts from the container's start.
-
-        (The controller's `rebind` sets it from the attempt's recorded start
-        too; this covers the time until its next turn.)"""
+        """A warm pod's first call: wake the controller around its timeout, counted
+        from the container's start, even if nothing else wakes it until then (the
+        controller's `rebind` decides, from the attempt's recorded start)."""
         timeout = attempt.spec.get("timeout")
         started = _container_started(pod)
         if not timeout or started is None or attempt.key != key:
             return
         ran = max(0.0, (datetime.now(UTC) - started).total_seconds())
         with self._lock:
-            if self._active.get(key) is attempt and key not in self._deadlines:
-                self._deadlines[key] = time.monotonic() - ran + timeout
+            if self._active.get(key) is not attempt or key in self._deadlines:
+                return
+            self._deadlines[key] = time.monotonic() - ran + timeout
+        self._wake()  # to sleep no longer than the deadline
 
     def _on_event(self, kind: str, pod: dict[str, Any]) -> None:
         key = attempt_of(pod)
@@ -374,7 +376,14 @@ class KubernetesLauncher:
 
     def rebind(self, worker: str, attempt: Attempt | None, running_seconds: float) -> None:
         """The warm worker `worker` runs `attempt` now (running for `running_seconds`),
-        or nothing (None: idle, no deadline)."""
+        or nothing (None: idle, no deadline).
+
+        The call's `timeout` is enforced here, from what Postgres says the worker
+        runs, never from the launcher's own clock alone: a worker that finished
+        its call in time and sits idle, or moved on to another call, is not
+        killed for the old call's deadline. The deadline only wakes the
+        controller (`next_deadline`) so that it asks again in time.
+        """
         key = pod_key(Attempt("", 0, "", {}, "", worker=worker))
         with self._lock:
             held = self._active.get(key)
@@ -384,29 +393,22 @@ class KubernetesLauncher:
                 self._deadlines.pop(key, None)
                 return
             moved = attempt.key != held.key
-            timeout = attempt.spec.get("timeout")
-            if moved or key not in self._deadlines:
-                # Counted from the attempt's start, once it has one (not its pod's pull).
-                if timeout and attempt.state == "running":
-                    self._deadlines[key] = time.monotonic() - running_seconds + timeout
-                elif moved:
-                    self._deadlines.pop(key, None)
             if moved:
-                self._active[key] = dataclasses.replace(attempt, worker=worker)
-
-    def _enforce_deadlines(self) -> None:
-        """Time out the call a warm pod runs past its `timeout`: the pod goes with it."""
-        now = time.monotonic()
-        with self._lock:
-            due = [(k, self._active[k]) for k, at in self._deadlines.items()
-                   if at <= now and k in self._active and k not in self._stopping]
-            for key, _ in due:
-                self._lingering.add(pod_name(*key))  # settle deletes it at once
-        for key, attempt in due:
-            log.info("call %s attempt %d ran past its timeout in warm pod %s; deleting the pod",
-                     attempt.call_id, attempt.attempt, pod_name(*key))
-            self._report(key, "timeout", f"timed out after {attempt.spec.get('timeout')} s "
-                         f"(the `timeout` hint; warm worker pod {pod_name(*key)} deleted)")
+                held = self._active[key] = dataclasses.replace(attempt, worker=worker)
+            timeout = attempt.spec.get("timeout")
+            if not timeout or attempt.state != "running":  # not started: its pod may pull
+                if moved:
+                    self._deadlines.pop(key, None)
+                return
+            # Counted from the attempt's recorded start (not its pod's image pull).
+            self._deadlines[key] = time.monotonic() - running_seconds + timeout
+            if running_seconds < timeout:
+                return
+            self._lingering.add(pod_name(*key))  # settle deletes it at once
+        log.info("call %s attempt %d ran past its timeout in warm pod %s; deleting the pod",
+                 held.call_id, held.attempt, pod_name(*key))
+        self._report(key, "timeout", f"timed out after {timeout:g} s (the `timeout` hint; "
+                     f"warm worker pod {pod_name(*key)} deleted)")
 
     def settle(self, exit_: Exit) -> None:
         """Delete the pod now, or after `keep_failed_pods_seconds` if it failed while running."""
@@ -439,7 +441,6 @@ class KubernetesLauncher:
             full = full or self._want_full or now >= self._next_reconcile
         for name in due_deletes:
             self._submit(self._delete, name)
-        self._enforce_deadlines()
         if not full:
             return
         with self._lock:
