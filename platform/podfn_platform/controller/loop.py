@@ -237,7 +237,9 @@ class Controller:
                 "workers": names, "ids": [o[0] for o in origins],
                 "attempts": [int(o[2]) for o in origins]})
             for row in rows:
-                if row["busy"]:
+                # A call cancelled or timed out while the worker ran it is finished in
+                # Postgres, but the worker still runs it: point at it so it is stopped.
+                if row["busy"] or row["call_state"] in ("cancelled", "timed_out"):
                     current = dataclasses.replace(
                         attempt_from({**row, "state": row["call_state"]}), worker=row["worker"])
                     self.launcher.rebind(row["worker"], current,  # type: ignore[attr-defined]
