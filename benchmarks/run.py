@@ -125,6 +125,15 @@ def fig_kube(quick: bool) -> list[Row]:
     return rows
 
 
+def fig_kube_warm(quick: bool) -> list[Row]:
+    args = ["benchmarks/kube_warm.py", "--calls", "200" if quick else "1000",
+            "--repeats", "2", "--max-concurrency", "8"]
+    rows: list[Row] = run_json(args)
+    for row in rows:
+        row["command"] = "python " + shlex.join(args)
+    return rows
+
+
 def fig_memory(quick: bool) -> list[Row]:
     args = ["benchmarks/memory.py"] + (["--pods", "1000", "--seconds", "3"] if quick else [])
     rows: list[Row] = run_json(args)
@@ -161,6 +170,12 @@ FIGURES: dict[str, tuple[str, str, Callable[[bool], list[Row]]]] = {
              "kubesim (tests/kubesim) as its own process with `set_request_latency(0.02)`; "
              "pods stay Pending (unschedulable), so only API traffic is measured. Values are "
              "one rate per repeated run.", fig_kube),
+    "kube-warm": ("5b. A warm pool through the Kubernetes stand-in",
+                  "The whole platform (PODFN_LAUNCHER=kubernetes) against kubesim, whose kubelet "
+                  "runs each pod's runtime as a local process; a `.map` over an identity "
+                  "function with `max_calls_per_worker=None`, PODFN_MAX_CONCURRENCY=8. The "
+                  "first map starts the pods, the second runs on the pods it left warm.",
+                  fig_kube_warm),
     "submit": ("3. API submit throughput",
                "`podfn serve` (gunicorn, default 2 workers x 16 threads) over the embedded "
                "Postgres, no controller; N client processes each submit one call per request "
