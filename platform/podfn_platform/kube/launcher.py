@@ -15,9 +15,9 @@ attempt it runs now; every exit of the pod is reported with that attempt
 and the worker's name, and the controller maps it to what is in flight. A
 warm pod has no activeDeadlineSeconds (it would cut its later calls short):
 when Postgres says the call it runs is past its `timeout` (`rebind`), the
-launcher deletes the pod and reports the timeout.
-A relist finds warm pods by their label and annotation, so a restarted
-controller adopts them, busy or idle.
+launcher deletes the pod and reports the timeout. A relist finds warm pods
+by their `podfn.dev/worker` annotation, so a restarted controller adopts
+them, busy or idle.
 """
 
 from __future__ import annotations
@@ -206,14 +206,13 @@ class KubernetesLauncher:
         `attempt` reports one the launcher does not hold (found by a reconcile).
         """
         with self._lock:
-            held = self._active.pop(key, None)
-            if held is None and attempt is None:
+            ended = self._active.pop(key, None) or attempt
+            if ended is None:
                 return
             self._stopping.discard(key)
             self._created.pop(key, None)
             self._deadlines.pop(key, None)
-            self._exits.append(Exit(held or attempt, kind, reason,  # type: ignore[arg-type]
-                                    exit_code=exit_code, delay=delay))
+            self._exits.append(Exit(ended, kind, reason, exit_code=exit_code, delay=delay))
         self._wake()
 
     def _outcome(self, attempt: Attempt, pod: dict[str, Any]) -> outcomes.Outcome | None:
