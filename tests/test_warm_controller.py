@@ -1,0 +1,112 @@
+"""How the controller maps a warm worker's news to the call it runs (docs/warm-workers.md).
+
+Races the end-to-end tests rarely hit, set up in Postgres as the runtime
+would leave them and played against a launcher that only records what it is
+told. The worker ran `first` and claimed `second` with `next`; the launcher
+has not yet heard of `second`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from test_warm_protocol import next_call, ran_once, submit
+
+from attempts import Runtime
+from conftest import platform_settings
+from podfn_platform.controller.launcher import Attempt, Exit
+from podfn_platform.controller.loop import Controller
+from podfn_platform.database import Database
+
+
+class Recorder:
+    """A launcher that follows one warm worker and records what the controller asks."""
+
+    def __init__(self, worker: Attempt, *, known: bool = True) -> None:
+        self.held = worker
+        self.stopped: list[tuple[str, int]] = []
+        self.bound: list[tuple[str, Attempt | None]] = []
+        self.workers_known = known
+
+    def workers(self) -> dict[str, Attempt]:
+        return {self.held.worker: self.held} if self.held.worker else {}
+
+    def rebind(self, worker: str, attempt: Attempt | None, running_seconds: float) -> None:
+        self.bound.append((worker, attempt))
+        if attempt is not None:
+            self.held = attempt
+
+    def active(self) -> list[Attempt]:
+        return [self.held] if self.held.worker else []
+
+    def stop(self, key: tuple[str, int]) -> None:
+        self.stopped.append(key)
+
+
+def claimed_second(db: Database, url: str) -> tuple[str, str, Attempt]:
+    rt = Runtime(db, url)
+    first, second = submit(db, abs, n=2)
+    ran_once(db, rt, first)
+    row, _ = next_call(rt, first, 1)
+    assert row is not None and row["verdict"] == "claimed" and row["id"] == second
+    worker = Attempt(first, 1, "f", {}, "", state="running", worker=f"{first}/1")
+    return first, second, worker
+
+
+def controller(database_url: str, db: Database, launcher: Recorder) -> Controller:
+    return Controller(platform_settings(database_url), db, launcher,  # type: ignore[arg-type]
+                      threading.Event())
+
+
+def state(db: Database, call_id: str) -> tuple[str, int]:
+    with db.connect(name="podfn-test") as conn:
+        row = conn.execute("SELECT state, attempt FROM podfn_calls WHERE id = %s",
+                           (call_id,)).fetchone()
+    assert row is not None
+    return row["state"], row["attempt"]
+
+
+def test_a_timeout_that_races_a_claim_disrupts_the_claimed_call(
+        database_url: str, db: Database, runtime_database_url: str) -> None:
+    first, second, worker = claimed_second(db, runtime_database_url)
+    c = controller(database_url, db, Recorder(worker))
+    # The launcher timed the worker out for `first`, which had just ended in time.
+    c.record(Exit(worker, "timeout", "timed out after 2 s"))
+    assert state(db, first) == ("succeeded", 1)
+    assert state(db, second) == ("queued", 1), "the claimed call is requeued, not timed out"
+    with db.connect(name="podfn-test") as conn:
+        row = conn.execute("SELECT state FROM podfn_attempts WHERE call_id = %s AND attempt = 1",
+                           (second,)).fetchone()
+    assert row is not None and row["state"] == "disrupted"
+
+
+def test_a_timeout_of_the_call_in_flight_times_it_out(
+        database_url: str, db: Database, runtime_database_url: str) -> None:
+    _, second, worker = claimed_second(db, runtime_database_url)
+    c = controller(database_url, db, Recorder(worker))
+    running = Attempt(second, 1, "f", {}, "", state="running", worker=worker.worker)
+    c.record(Exit(running, "timeout", "timed out after 2 s"))
+    assert state(db, second)[0] == "timed_out"
+
+
+def test_a_call_cancelled_before_the_controller_saw_the_claim_stops_the_worker(
+        database_url: str, db: Database, runtime_database_url: str) -> None:
+    _, second, worker = claimed_second(db, runtime_database_url)
+    launcher = Recorder(worker)
+    assert db.one("cancel", {"id": second, "reason": "cancelled by test"}) is not None
+    c = controller(database_url, db, launcher)
+    c.track_workers()
+    c.stop_moved_on()
+    assert launcher.stopped == [(second, 1)]
+
+
+def test_orphans_wait_until_the_launcher_knows_its_workers(
+        database_url: str, db: Database, runtime_database_url: str) -> None:
+    _, second, _ = claimed_second(db, runtime_database_url)
+    nobody = Attempt("", 0, "", {}, "")
+    c = controller(database_url, db, Recorder(nobody, known=False))
+    c.track_workers()
+    assert state(db, second) == ("running", 1), "not disrupted before the first full list"
+    c = controller(database_url, db, Recorder(nobody, known=True))
+    c.track_workers()
+    assert state(db, second) == ("queued", 1), "disrupted once the launcher knows its workers"
