@@ -96,7 +96,7 @@ def test_pools_never_mix(cluster: Cluster, make_platform: Callable[..., Platform
     assert creates(cluster) == before
 
 
-@pytest.mark.parametrize("kill", ["delete", "evict"])
+@pytest.mark.parametrize("kill", ["delete", "evict", "lose_node"])
 def test_a_warm_pod_killed_mid_call_requeues_only_that_call(
         cluster: Cluster, make_platform: Callable[..., Platform], tmp_path: Path,
         kill: str) -> None:
@@ -109,8 +109,10 @@ def test_a_warm_pod_killed_mid_call_requeues_only_that_call(
     pod = next(r["ref"] for r in attempts(p.db, [first_id]))
     if kill == "delete":
         cluster.v1.delete_namespaced_pod(pod, NS, grace_period_seconds=0)
-    else:
+    elif kill == "evict":
         cluster.sim.faults.evict(NS, pod)
+    else:
+        cluster.sim.faults.lose_node(NS, pod, toleration_seconds=0.3)
     new_pid, call_id, attempt = hanging.result(timeout=60)
     assert call_id == hanging.id and attempt == "2" and new_pid != pid
     rows = {(r["call_id"], r["attempt"]): r for r in attempts(p.db, [first_id, hanging.id])}
