@@ -105,6 +105,9 @@ class Controller:
         # before which it gets no replacement).
         self._standing: dict[str, tuple[str, int]] = {}
         self._standing_backoff: dict[tuple[str, int], tuple[int, float]] = {}
+        # When keep_standing next looks at Postgres (monotonic): at once after a deploy,
+        # an exit or a backoff's end, else once per sweep, so an idle turn costs nothing.
+        self._standing_due_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -117,8 +120,9 @@ class Controller:
         if stop.is_set():
             return
         log.info("this controller is active")
-        listener = Listener(self.db, ["podfn_queued", "podfn_cancelled", "podfn_warm"],
-                            on_notify=lambda *_: self.wake.set(), on_reconnect=self.wake.set)
+        listener = Listener(self.db, ["podfn_queued", "podfn_cancelled", "podfn_warm",
+                                      "podfn_deployed"],
+                            on_notify=self._notified, on_reconnect=self._reconnected)
         listener.start()
         self.is_active.set()
         try:
@@ -158,6 +162,15 @@ class Controller:
                 log.warning("could not hand back attempts on shutdown: %s", exc)
             self.leader.release()
 
+    def _notified(self, channel: str, _payload: str) -> None:
+        if channel == "podfn_deployed":
+            self._standing_due_at = 0.0
+        self.wake.set()
+
+    def _reconnected(self) -> None:
+        self._standing_due_at = 0.0  # a deploy's notification may have been lost
+        self.wake.set()
+
     def _sleep_seconds(self) -> float:
         sleep = self.settings.sweep_seconds
         deadline = self.launcher.next_deadline()
@@ -166,9 +179,8 @@ class Controller:
         row = self.db.one("next_retry_at")
         if row and row["at"] is not None:
             sleep = min(sleep, max(0.0, row["at"].timestamp() - time.time()))
-        if self._standing_backoff:
-            now = time.monotonic()
-            sleep = min(sleep, *(max(0.0, at - now) for _, at in self._standing_backoff.values()))
+        if self._standing_due_at > 0.0:
+            sleep = min(sleep, max(0.0, self._standing_due_at - time.monotonic()))
         return max(sleep, 0.01)
 
     # -- one turn ----------------------------------------------------------
@@ -191,6 +203,8 @@ class Controller:
     def reconcile_exits(self) -> None:
         """Record every exit; one that a database error interrupts waits for the next turn."""
         self._unrecorded += self.launcher.exits()
+        if self._unrecorded:
+            self._standing_due_at = 0.0  # a slot freed, or a standing worker to replace
         while self._unrecorded:
             exit_ = self._unrecorded[0]
             self.record(exit_)
@@ -282,8 +296,11 @@ class Controller:
         call they run, if any, and exit. One that died is replaced here, once
         its exit is recorded (its in-flight call, if any, went through `record`).
         """
-        if not self.follows_workers:
+        now = time.monotonic()
+        if not self.follows_workers or now < self._standing_due_at:
             return
+        # Next look: after a sweep, unless an exit, a deploy or a backoff's end is sooner.
+        self._standing_due_at = now + self.settings.sweep_seconds
         held = self.launcher.workers()  # type: ignore[attr-defined]
         self.db.all("forget_gone_workers", {"workers": list(held)})
         for row in self.db.all("retire_standing_workers"):
@@ -291,11 +308,12 @@ class Controller:
                      row["name"])
         room = self.settings.max_concurrency - len(self.launcher.active())
         if room <= 0:
-            return
-        now = time.monotonic()
+            return  # room only comes back with an exit, which makes the next look due
         for want in self.db.all("standing_wanted"):
             key = (want["name"], want["version"])
-            if self._standing_backoff.get(key, (0, 0.0))[1] > now:
+            not_before = self._standing_backoff.get(key, (0, 0.0))[1]
+            if not_before > now:
+                self._standing_due_at = min(self._standing_due_at, not_before)
                 continue
             for _ in range(min(int(want["missing"]), room)):
                 if not self.start_standing(want):

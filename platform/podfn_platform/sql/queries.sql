@@ -181,9 +181,14 @@ FROM podfn_function_versions WHERE name = %(name)s
 RETURNING name, version, deployed_at;
 
 -- name: set_live_version
-INSERT INTO podfn_functions (name, live_version) VALUES (%(name)s, %(version)s)
-ON CONFLICT (name) DO UPDATE SET live_version = EXCLUDED.live_version, updated_at = now()
-RETURNING name, live_version;
+-- The NOTIFY (sent at commit) wakes the controller: the new live version may
+-- want standing workers, the old one's are retired (docs/warm-workers.md).
+WITH live AS (
+    INSERT INTO podfn_functions (name, live_version) VALUES (%(name)s, %(version)s)
+    ON CONFLICT (name) DO UPDATE SET live_version = EXCLUDED.live_version, updated_at = now()
+    RETURNING name, live_version
+)
+SELECT name, live_version, pg_notify('podfn_deployed', name)::text AS notified FROM live;
 
 -- name: list_functions
 SELECT f.name, f.live_version, v.spec, v.deployed_at, v.deployed_by, f.updated_at,
