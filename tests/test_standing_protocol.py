@@ -14,10 +14,12 @@ import sys
 from typing import Any
 
 import cloudpickle
+from psycopg.conninfo import make_conninfo
 
 from attempts import Runtime
 from podfn_platform.controller.environment import Credentials
 from podfn_platform.database import Database, jsonb
+from podfn_platform.roles import Roles
 from podfn_platform.submission import NewCalls, record_calls, store_payload
 from podfn_runtime.database import RuntimeDatabase
 
@@ -151,3 +153,19 @@ def test_a_standing_worker_honours_its_budget_and_yields_to_older_calls(
         conn.execute("UPDATE podfn_calls SET created_at = now() - interval '2 seconds' "
                      "WHERE state = 'queued'")
     assert ask(runtime_database_url, idle, idle_secret)[0]["verdict"] == "yield"
+
+
+def test_the_platform_role_can_keep_standing_workers(database_url: str, db_roles: Roles) -> None:
+    """The controller's standing-worker statements work as the platform role."""
+    with Database(make_conninfo(database_url, user=db_roles.platform),
+                  name="podfn-test-platform") as db:
+        version = deploy(db, "f", abs, {**SPEC, "min_workers": 2})
+        assert [(w["name"], w["missing"]) for w in db.all("standing_wanted")] == [("f", 2)]
+        worker, _ = start_worker(db, "f", version)
+        db.all("set_worker_ref", {"worker": worker, "ref": "pid:1"})
+        assert [w["missing"] for w in db.all("standing_wanted")] == [1]
+        [row] = db.all("worker_attempts", {"workers": [worker], "ids": [None],
+                                           "attempts": [None]})
+        assert not row["busy"] and not row["retired"] and row["pool"]
+        assert db.all("retire_standing_workers") == []
+        assert [r["name"] for r in db.all("forget_gone_workers", {"workers": []})] == [worker]

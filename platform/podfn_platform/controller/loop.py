@@ -359,12 +359,15 @@ class Controller:
         return True
 
     def _standing_ended(self, exit_: Exit) -> None:
-        """A standing worker's exit is recorded: a clean exit (retired, budget spent,
-        yielded) is replaced at once; a crash backs its version off."""
+        """A standing worker's exit is recorded: it is replaced at once, unless it ended
+        badly (not a clean exit, not stopped by us) before running any call, as a
+        worker that cannot start does: then its version backs off."""
         key = self._standing.pop(exit_.attempt.worker, None)
         if key is None:
             return
-        if exit_.kind == "exited" and exit_.exit_code == 0:
+        ran_calls = exit_.attempt.call_id != exit_.attempt.worker
+        clean = exit_.kind == "stopped" or (exit_.kind == "exited" and exit_.exit_code == 0)
+        if clean or ran_calls:
             self._standing_backoff.pop(key, None)
         else:
             log.info("the standing worker %s of %s version %d ended: %s", exit_.attempt.worker,
