@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import Platform
+from conftest import Platform, platform_settings, running_platform
 from podfn import remote
 from podfn.http import APIClient
+from podfn_platform.controller.local import LocalLauncher
+from podfn_platform.database import Database
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +34,16 @@ def standing(x: int) -> list[int]:
 @remote(name="standing", min_workers=1, max_calls_per_worker=None)
 def standing_v2(x: int) -> list[int]:
     return [os.getpid(), x * 10]
+
+
+@remote(name="crowd", min_workers=3, max_calls_per_worker=None)
+def crowd(x: int) -> int:
+    return x
+
+
+@remote
+def plain(x: int) -> int:
+    return -x
 
 
 def _until(what: str, check: Any, seconds: float = 30.0) -> Any:
@@ -136,3 +150,26 @@ def test_a_standing_worker_that_dies_is_replaced(platform: Platform) -> None:
     with platform.db.connect(name="podfn-test") as conn:
         states = conn.execute("SELECT state FROM podfn_calls").fetchall()
     assert [s["state"] for s in states] == ["succeeded"], "the death touched no call"
+
+
+@pytest.fixture
+def two_slots(database_url: str, runtime_database_url: str, db: Database,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    """The embedded platform with PODFN_MAX_CONCURRENCY=2."""
+    wake = threading.Event()
+    launcher = LocalLauncher(runtime_database_url, on_exit=wake.set)
+    with running_platform(platform_settings(database_url, max_concurrency=2), db, launcher,
+                          wake, monkeypatch) as running:
+        yield running
+
+
+def test_standing_workers_take_only_free_slots(two_slots: Platform) -> None:
+    crowd.deploy()
+    before = _until("two standing workers", lambda: (
+        (found := _standing(two_slots)) and len(found) == 2 and found))
+    assert len(two_slots.controller.launcher.active()) == 2, "min_workers=3 got past 2 slots"
+    # Both slots hold idle standing workers: a call of another pool still runs, when
+    # one of them yields its slot (the call waited for over a second).
+    assert plain.remote(4) == -4
+    assert set(before) - set(_standing(two_slots)), "no standing worker gave its slot up"
+    assert len(two_slots.controller.launcher.active()) <= 2
