@@ -97,8 +97,13 @@ def test_a_standing_worker_serves_every_invoker_of_its_version_one_call_at_a_tim
     row, fresh = ask(runtime_database_url, worker, secret)
     assert (row["verdict"], row["id"]) == ("claimed", bob)
     finish(rt, bob, 1, fresh)
+    # The call's own secret (which its code can read) claims nothing through `next`.
+    [carol] = invoke(db, "f", owner="carol")
+    assert rt.call("next", bob, 1, secret=fresh,
+                   secret_hash=hashlib.sha256(b"x").hexdigest())["verdict"] == "refused"
+    assert ask(runtime_database_url, worker, secret)[0]["id"] == carol
     workers = db.all("worker_attempts", {"workers": [worker], "ids": [None], "attempts": [None]})
-    assert [(w["id"], w["busy"]) for w in workers] == [(bob, False)]
+    assert [(w["id"], w["busy"]) for w in workers] == [(carol, True)]
 
 
 def test_a_standing_worker_cannot_claim_another_pools_call(

@@ -140,9 +140,13 @@ BEGIN
         RETURNING c.id, c.attempt, c.function_digest, c.args, c.spec, c.client_python,
                   c.client_cloudpickle, c.result_format
     ), a AS (
+        -- handed_on from the start: a standing worker asks with its own secret,
+        -- so the attempt's secret never claims a call through `next` (code of
+        -- the call, which can read it, cannot split the worker in two).
         INSERT INTO podfn_attempts (call_id, attempt, state, ref, worker, secret_hash,
-                                    started_at)
-        SELECT c.id, c.attempt, 'running', wk.ref, wk.name, p_secret_hash, clock_timestamp()
+                                    started_at, handed_on)
+        SELECT c.id, c.attempt, 'running', wk.ref, wk.name, p_secret_hash, clock_timestamp(),
+               true
         FROM c
     )
     SELECT 'claimed', c.id, c.attempt, p.data, c.function_digest, c.args, c.spec,
