@@ -70,6 +70,19 @@ def _summary(times: list[float]) -> str:
     return f"median {statistics.median(times):.1f} ms, p95 {p95:.1f} ms, min {times[0]:.1f} ms"
 
 
+def _phases(database_url: str, name: str) -> str:
+    """Where an invoke's time went, from Postgres's timestamps (medians, ms)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT EXTRACT(EPOCH FROM started_at - created_at) * 1000, "
+            "EXTRACT(EPOCH FROM finished_at - started_at) * 1000 "
+            "FROM podfn_calls WHERE function_name = %s AND state = 'succeeded'",
+            (name,)).fetchall()
+    queued = statistics.median(float(r[0]) for r in rows)
+    ran = statistics.median(float(r[1]) for r in rows)
+    return f"submitted -> running {queued:.1f} ms, running -> recorded {ran:.1f} ms"
+
+
 class _Idle:
     """A launcher with nothing running that can follow workers (so keep_standing runs)."""
 
@@ -129,6 +142,7 @@ def main() -> None:
                     times.append((time.perf_counter() - started) * 1000)
                     assert body["value"] == x, body
                 print(f"HTTP invoke, {ns.calls} sequential, {label}: {_summary(times)}")
+                print(f"  {_phases(stack.database_url, name)}")
         _turns(stack.database_url, ns.turns)
 
 
