@@ -45,9 +45,10 @@ BACKOFF_MAX = 5.0
 # Standing workers (docs/warm-workers.md) are named STANDING_PREFIX + random hex;
 # a worker started for a call is named "<call id>/<attempt>" instead.
 STANDING_PREFIX = "standing-"
-# Replacing a standing worker that died with a non-zero code: at once the first
-# time, then after STANDING_BACKOFF_FIRST seconds doubling up to STANDING_BACKOFF_MAX,
-# so a worker that cannot start (a bad image, a refused hint) does not spin.
+# Replacing a standing worker that ended badly before running any call: at once
+# the first time, then after STANDING_BACKOFF_FIRST seconds doubling up to
+# STANDING_BACKOFF_MAX, so a worker that cannot start (a bad image, a refused
+# hint) does not spin.
 STANDING_BACKOFF_FIRST = 0.5
 STANDING_BACKOFF_MAX = 60.0
 
@@ -101,8 +102,8 @@ class Controller:
         self._unrecorded: list[Exit] = []  # exits taken from the launcher, not yet in Postgres
         self._full_reconcile = True  # after (re)start or a database error: check everything
         # Standing workers this controller started: name -> (function, version); and,
-        # per function version, (exits in a row with a non-zero code, monotonic time
-        # before which it gets no replacement).
+        # per function version, (bad exits in a row, monotonic time before which it
+        # gets no replacement).
         self._standing: dict[str, tuple[str, int]] = {}
         self._standing_backoff: dict[tuple[str, int], tuple[int, float]] = {}
         # When keep_standing next looks at Postgres (monotonic): at once after a deploy,
