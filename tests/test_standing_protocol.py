@@ -11,13 +11,18 @@ import hashlib
 import pickle
 import secrets
 import sys
+import threading
+import time
 from typing import Any
 
 import cloudpickle
 from psycopg.conninfo import make_conninfo
 
 from attempts import Runtime
+from podfn.settings import Settings
 from podfn_platform.controller.environment import Credentials
+from podfn_platform.controller.launcher import Attempt, Exit
+from podfn_platform.controller.loop import Controller
 from podfn_platform.database import Database, jsonb
 from podfn_platform.roles import Roles
 from podfn_platform.submission import NewCalls, record_calls, store_payload
@@ -174,3 +179,35 @@ def test_the_platform_role_can_keep_standing_workers(database_url: str, db_roles
         assert not row["busy"] and not row["retired"] and row["pool"]
         assert db.all("retire_standing_workers") == []
         assert [r["name"] for r in db.all("forget_gone_workers", {"workers": []})] == [worker]
+
+
+def test_a_standing_worker_that_cannot_start_backs_its_version_off() -> None:
+    """Bad exits before any call space the replacements out; a clean exit or a worker
+    that ran calls brings the next one at once."""
+    controller = Controller(Settings(database_url="postgresql://unused"), None,  # type: ignore[arg-type]
+                            None, threading.Event())  # type: ignore[arg-type]
+    key = ("f", 1)
+
+    def ended(kind: str, code: int | None, ran: bool = False) -> float | None:
+        """The pause before the next replacement (None: at once, no backoff kept)."""
+        name = f"standing-{secrets.token_hex(4)}"
+        controller._standing[name] = key
+        attempt = Attempt("call" if ran else name, 1 if ran else 0, "f", {}, "", worker=name)
+        before = time.monotonic()
+        controller._standing_ended(Exit(attempt, kind, "why", exit_code=code))
+        after = time.monotonic()
+        if key not in controller._standing_backoff:
+            return None
+        not_before = controller._standing_backoff[key][1]
+        for pause in (0.0, 0.5, 1.0):
+            if before + pause <= not_before <= after + pause:
+                return pause
+        raise AssertionError(f"unexpected pause {not_before - before}")
+
+    assert ended("fatal", None) == 0.0
+    assert ended("exited", -9) == 0.5
+    assert ended("disrupted", 75) == 1.0
+    assert ended("exited", 0) is None
+    assert ended("fatal", None) == 0.0
+    assert ended("fatal", None) == 0.5
+    assert ended("exited", -9, ran=True) is None, "a worker that ran calls is not backed off"

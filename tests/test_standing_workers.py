@@ -58,8 +58,7 @@ def _until(what: str, check: Any, seconds: float = 30.0) -> Any:
 
 def _standing(platform: Platform) -> dict[str, Any]:
     """The standing workers the launcher runs, with their rows: {name: row}."""
-    held = [w for w in platform.controller.launcher.workers()  # type: ignore[attr-defined]
-            if w.startswith("standing-")]
+    held = [w for w in platform.controller.launcher.workers() if w.startswith("standing-")]
     with platform.db.connect(name="podfn-test") as conn:
         rows = conn.execute("SELECT name, function_version, ref, retired_at FROM podfn_workers "
                             "WHERE name = ANY(%s)", (held,)).fetchall()
@@ -74,7 +73,8 @@ def _ready(platform: Platform, version: int, count: int) -> dict[str, Any]:
               all(r["function_version"] == version and r["retired_at"] is None
                   for r in found.values()))
         return found if ok else None
-    return _until(f"{count} standing workers of version {version}", check)
+    found: dict[str, Any] = _until(f"{count} standing workers of version {version}", check)
+    return found
 
 
 def _invoke(platform: Platform, x: int, token: str | None = None) -> dict[str, Any]:
@@ -101,7 +101,8 @@ def test_min_workers_are_kept_and_serve_invokes_without_a_process_start(
 
     def counting(attempt: Any) -> str:
         launched.append(attempt.call_id)
-        return launch(attempt)
+        ref: str = launch(attempt)
+        return ref
 
     monkeypatch.setattr(launcher, "launch", counting)
     standing.deploy()
