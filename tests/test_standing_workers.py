@@ -26,7 +26,7 @@ from podfn_platform.database import Database
 pytestmark = pytest.mark.e2e
 
 
-@remote(name="standing", min_workers=2, max_calls_per_worker=None, idle_timeout=1)
+@remote(name="standing", min_workers=2, max_calls_per_worker=None, idle_timeout=0.1)
 def standing(x: int) -> list[int]:
     return [os.getpid(), x]
 
@@ -107,6 +107,7 @@ def test_min_workers_are_kept_and_serve_invokes_without_a_process_start(
     monkeypatch.setattr(launcher, "launch", counting)
     standing.deploy()
     workers = _ready(platform, 1, 2)  # nothing queued
+    ready_at = time.monotonic()
     assert len(launched) == 2 and set(launched) == set(workers)
     pids = {int(r["ref"].removeprefix("pid:")) for r in workers.values()}
     first = _invoke(platform, 3)
@@ -119,7 +120,10 @@ def test_min_workers_are_kept_and_serve_invokes_without_a_process_start(
         [(attempt, worker)] = _worker_of(platform, body["id"])
         assert attempt == 1 and worker in workers
     assert len(launched) == 2, f"serving the invokes started processes: {launched}"
-    assert set(_standing(platform)) == set(workers)  # idle_timeout does not apply
+    # Idle for well past idle_timeout (0.1 s), and still there: showing that something
+    # does not happen takes the time it would have taken.
+    time.sleep(max(0.0, ready_at + 0.5 - time.monotonic()))
+    assert set(_standing(platform)) == set(workers) and len(launched) == 2
 
 
 def test_a_new_version_or_a_removed_function_stops_them(platform: Platform) -> None:
