@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from conftest import Platform, platform_settings, running_platform
 from podfn import remote
@@ -143,14 +144,21 @@ def test_a_new_version_or_a_removed_function_stops_them(platform: Platform) -> N
         assert conn.execute("SELECT count(*) AS n FROM podfn_workers").fetchone()["n"] == 0
 
 
+def _starts() -> float:
+    return REGISTRY.get_sample_value("podfn_standing_worker_starts_total") or 0.0
+
+
 def test_a_standing_worker_that_dies_is_replaced(platform: Platform) -> None:
+    started = _starts()
     standing.deploy()
     workers = _ready(platform, 1, 2)
+    assert _starts() - started == 2
     victim = sorted(workers)[0]
     os.kill(int(workers[victim]["ref"].removeprefix("pid:")), signal.SIGKILL)
     replaced = _until("a replacement", lambda: (
         (found := _standing(platform)) and len(found) == 2 and victim not in found and found))
     assert set(workers) - {victim} < set(replaced)
+    assert _starts() - started == 3
     assert _invoke(platform, 1)["state"] == "succeeded"
     with platform.db.connect(name="podfn-test") as conn:
         states = conn.execute("SELECT state FROM podfn_calls").fetchall()

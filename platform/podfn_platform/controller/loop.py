@@ -303,6 +303,7 @@ class Controller:
         # Next look: after a sweep, unless an exit, a deploy or a backoff's end is sooner.
         self._standing_due_at = now + self.settings.sweep_seconds
         held = self.launcher.workers()  # type: ignore[attr-defined]
+        metrics.STANDING_WORKERS.set(sum(name.startswith(STANDING_PREFIX) for name in held))
         self.db.all("forget_gone_workers", {"workers": list(held)})
         for row in self.db.all("retire_standing_workers"):
             log.info("retiring the standing worker %s (its version is no longer wanted)",
@@ -352,6 +353,7 @@ class Controller:
             self.db.all("delete_worker", {"worker": name})
             self._standing_failed(key)
             return False
+        metrics.STANDING_STARTS.inc()
         log.info("started the standing worker %s of %s version %d (%s)", name, *key, ref)
         try:
             self.db.all("set_worker_ref", {"worker": name, "ref": ref})
