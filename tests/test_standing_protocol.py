@@ -44,7 +44,8 @@ def deploy(db: Database, name: str, fn: object, spec: dict[str, Any] | None = No
         return int(row["version"])
 
 
-def invoke(db: Database, name: str, *, owner: str, n: int = 1, json: bool = True) -> list[str]:
+def invoke(db: Database, name: str, *, owner: str, n: int = 1, json: bool = True,
+           by_deployer: bool = False) -> list[str]:
     """Calls of the live version: HTTP invokes (JSON), or Python submits (pickled args)."""
     live = db.one("get_function", {"name": name})
     assert live is not None
@@ -52,7 +53,8 @@ def invoke(db: Database, name: str, *, owner: str, n: int = 1, json: bool = True
         calls = NewCalls(name, live["function_digest"], live["spec"], live["client_python"],
                          live["client_cloudpickle"], owner=owner,
                          function_version=live["version"],
-                         result_format="json" if json else "pickle")
+                         result_format="json" if json else "pickle",
+                         by_deployer=by_deployer)
         return record_calls(tx, calls, [pickle.dumps(([i], {}), protocol=4) for i in range(n)])
 
 
@@ -126,6 +128,9 @@ def test_a_standing_worker_cannot_claim_another_pools_call(
     states = {r["id"]: r["state"] for r in db.all("call_states",
                                                    {"ids": pickled + other + plain})}
     assert set(states.values()) == {"queued"}
+    # The deployer's own pickled call is the deployer's code: it may share the pool.
+    [own] = invoke(db, "f", owner="root", json=False, by_deployer=True)
+    assert ask(runtime_database_url, worker, secret)[0]["id"] == own
 
 
 def test_wrong_retired_and_forgotten_secrets_claim_nothing(

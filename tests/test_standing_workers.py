@@ -18,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+import podfn
 from conftest import Platform, platform_settings, running_platform
 from podfn import remote
 from podfn.http import APIClient
@@ -120,6 +121,11 @@ def test_min_workers_are_kept_and_serve_invokes_without_a_process_start(
     for body in (first, second):
         [(attempt, worker)] = _worker_of(platform, body["id"])
         assert attempt == 1 and worker in workers
+    # The deployer's own call from Python (its pickles are the deployer's code) too.
+    call = podfn.Function.lookup("standing").spawn(6)
+    assert call.result()[1] == 6 and call.result()[0] in pids
+    [(attempt, worker)] = _worker_of(platform, call.id)
+    assert attempt == 1 and worker in workers
     assert len(launched) == 2, f"serving the invokes started processes: {launched}"
     # Idle for well past idle_timeout (0.1 s), and still there: showing that something
     # does not happen takes the time it would have taken.

@@ -7,14 +7,22 @@
 -- is different: the API built its arguments from JSON (no pickle from the
 -- invoker, so no invoker's code can run), the spec and the payload are the
 -- deployed version's, so the only code in the worker is the deployer's, which
--- sees every invoker's arguments anyway. Those calls share the function
--- version's pool, whoever invoked it; every other call keeps its per-owner
--- pool (docs/security.md). The same expression keys podfn_workers below.
+-- sees every invoker's arguments anyway. So is a call the deployer itself
+-- submits from Python (`by_deployer`: its pickled arguments are the
+-- deployer's own code). Those calls share the function version's pool,
+-- whoever invoked it; every other call keeps its per-owner pool
+-- (docs/security.md). The same expression keys podfn_workers below.
+ALTER TABLE podfn_function_versions
+    ADD COLUMN deployed_by_owner text;  -- the deploying token's id (owner of its calls)
+
+ALTER TABLE podfn_calls
+    ADD COLUMN by_deployer boolean NOT NULL DEFAULT false;
+
 ALTER TABLE podfn_calls DROP COLUMN pool;  -- and its index
 
 ALTER TABLE podfn_calls
     ADD COLUMN pool text GENERATED ALWAYS AS (
-        CASE WHEN function_version IS NOT NULL AND result_format = 'json'
+        CASE WHEN function_version IS NOT NULL AND (result_format = 'json' OR by_deployer)
              THEN md5(function_digest || ' ' || spec::text || ' deployed ' || function_name
                       || ' ' || function_version::text)
              ELSE md5(function_digest || ' ' || spec::text || ' ' || coalesce(owner, ''))
