@@ -36,6 +36,9 @@ class NewCalls:
     owner: str | None = None
     function_version: int | None = None
     result_format: str = "pickle"
+    # Submitted by the token that deployed the version: its pickled arguments are the
+    # deployer's own code, so the call may share the version's pool (migration 0009).
+    by_deployer: bool = False
 
 
 def record_calls(tx: Transaction, calls: NewCalls, args: Sequence[bytes]) -> list[str]:
@@ -44,7 +47,7 @@ def record_calls(tx: Transaction, calls: NewCalls, args: Sequence[bytes]) -> lis
              "function_digest": calls.function_digest, "spec": jsonb(calls.spec),
              "client_python": calls.client_python, "client_cloudpickle": calls.client_cloudpickle,
              "owner": calls.owner, "function_version": calls.function_version,
-             "result_format": calls.result_format}
+             "result_format": calls.result_format, "by_deployer": calls.by_deployer}
             for blob in args]
     tx.many("insert_call", rows)
     tx.all("notify_queued")

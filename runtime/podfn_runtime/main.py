@@ -336,15 +336,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ns = parser.parse_args(argv)
     _log_apart()
+    # A standing worker (docs/warm-workers.md) has a name and a secret of its own
+    # instead of an attempt's; its secret leaves the environment at once, so what
+    # a call starts does not inherit it.
+    worker = os.environ.get("PODFN_WORKER", "")
+    worker_secret = os.environ.pop("PODFN_WORKER_SECRET", "")
     # The secret is never a flag: argv is visible to every user of the machine.
     secret = os.environ.get("PODFN_ATTEMPT_SECRET", "")
-    missing = [
-        flag
-        for flag, value in (("--call-id", ns.call_id), ("--attempt", ns.attempt),
-                            ("--database-url", ns.database_url),
-                            ("PODFN_ATTEMPT_SECRET", secret))
-        if value in (None, "")
-    ]
+    required = ((("--database-url", ns.database_url), ("PODFN_WORKER_SECRET", worker_secret))
+                if worker else
+                (("--call-id", ns.call_id), ("--attempt", ns.attempt),
+                 ("--database-url", ns.database_url), ("PODFN_ATTEMPT_SECRET", secret)))
+    missing = [flag for flag, value in required if value in (None, "")]
     if missing:
         parser.error("missing " + ", ".join(missing) + " (or PODFN_CALL_ID, PODFN_ATTEMPT, "
                      "PODFN_RUNTIME_DATABASE_URL in the environment; the controller sets "
@@ -352,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     reaper.become_subreaper()
     reaper.kill_descendants_on_sigterm()
     try:
-        db = RuntimeDatabase(ns.database_url, secret, retry_seconds=ns.write_retry_seconds)
+        db = RuntimeDatabase(ns.database_url, secret or worker_secret,
+                             retry_seconds=ns.write_retry_seconds)
     except DatabaseUnavailable as exc:
         log.error("%s", exc)
         return EXIT_DISRUPTED
@@ -360,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_RUNTIME_FAILED
     try:
-        from podfn_runtime import worker  # the warm loop around run_claimed
-        return worker.serve(db, ns.call_id, int(ns.attempt), ns.database_url,
-                            ns.max_result_bytes)
+        from podfn_runtime import worker as warm  # the warm loop around run_claimed
+        if worker:
+            return warm.stand(db, worker, worker_secret, ns.database_url, ns.max_result_bytes)
+        return warm.serve(db, ns.call_id, int(ns.attempt), ns.database_url,
+                          ns.max_result_bytes)
     except DatabaseUnavailable as exc:
         log.error("could not record the outcome of call %s: %s", ns.call_id, exc)
         return EXIT_DISRUPTED

@@ -57,3 +57,11 @@ SELECT podfn_runtime_v1.yield_item(%(id)s, %(attempt)s, %(secret)s, %(index)s, %
 SELECT verdict, id, attempt, function, function_digest, args, spec, client_python,
        client_cloudpickle, result_format
 FROM podfn_runtime_v1.next(%(id)s, %(attempt)s, %(secret)s, %(secret_hash)s);
+
+-- name: next_standing
+-- A standing worker (migration 0009): the next queued call of its pool, asked
+-- with the worker's own secret (minted by the controller; no call started it);
+-- a fresh secret's hash for the call's attempt.
+SELECT verdict, id, attempt, function, function_digest, args, spec, client_python,
+       client_cloudpickle, result_format
+FROM podfn_runtime_v1.next_standing(%(worker)s, %(worker_secret)s, %(secret_hash)s);

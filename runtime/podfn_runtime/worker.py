@@ -16,6 +16,14 @@ transaction pooling mode) still works, only slower. After `idle_timeout`
 seconds without a call, or when Postgres says the worker has run its budget
 or must give its place to another pool, it exits 0.
 
+A *standing* worker (`min_workers` of a deployed function, `stand`) starts with
+no call: the controller gave it a name and a secret of its own (PODFN_WORKER,
+PODFN_WORKER_SECRET) and it asks `podfn_runtime_v1.next_standing` with them
+for every call, each call still signed with a fresh per-attempt secret. It
+ignores `idle_timeout`: it exits when Postgres says it is retired (the
+controller no longer wants it), its budget is spent, it must yield, or its
+secret is refused; the controller replaces it as needed.
+
 The launcher only set PODFN_WARM=1 when the controller can follow a worker
 from call to call (controller/loop.py); without it a runtime runs one call,
 whatever the spec says.
@@ -55,14 +63,16 @@ def is_warm(spec: dict[str, Any]) -> bool:
 
 
 class Waker:
-    """Waits for a NOTIFY on podfn_queued (a call was queued or requeued)."""
+    """Waits for a NOTIFY on podfn_queued (a call was queued or requeued), and for a
+    standing worker on podfn_retired too (the controller retired a worker)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, channels: tuple[str, ...] = ("podfn_queued",)) -> None:
         self._conn: psycopg.Connection[Any] | None = None
         try:
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                          application_name="podfn-runtime-listen")
-            self._conn.execute("LISTEN podfn_queued")
+            for channel in channels:
+                self._conn.execute(f"LISTEN {channel}")
         except psycopg.Error as exc:
             log.warning("cannot LISTEN for new calls (%s); polling every %g s", exc,
                         POLL_SECONDS)
@@ -108,6 +118,34 @@ def serve(db: RuntimeDatabase, call_id: str, attempt: int, database_url: str,
         waker.close()
 
 
+def stand(db: RuntimeDatabase, worker: str, worker_secret: str, database_url: str,
+          max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
+    """A standing worker: ask for the pool's next call with the worker's own secret,
+    run it, ask again; wait for a NOTIFY while the pool is empty."""
+    waker = Waker(database_url, ("podfn_queued", "podfn_retired"))
+    try:
+        while True:
+            secret = secrets.token_hex(32)
+            row = db.transition("next_standing", worker=worker, worker_secret=worker_secret,
+                                secret_hash=hashlib.sha256(secret.encode()).hexdigest())
+            verdict = row["verdict"] if row else "refused"
+            if verdict == "claimed":
+                assert row is not None
+                db.use_secret(secret)
+                os.environ["PODFN_CALL_ID"] = row["id"]
+                os.environ["PODFN_ATTEMPT"] = str(row["attempt"])
+                code = run_claimed(db, row, max_result_bytes)
+                if code != EXIT_RECORDED:
+                    return code
+                continue
+            if verdict != "empty":
+                log.info("standing worker %s exits: %s", worker, _WHY.get(verdict, verdict))
+                return EXIT_RECORDED
+            waker.wait(POLL_SECONDS)
+    finally:
+        waker.close()
+
+
 def _loop(db: RuntimeDatabase, last: dict[str, Any], waker: Waker,
           max_result_bytes: int) -> int:
     idle_timeout = float(last["spec"].get("idle_timeout") or 60.0)
@@ -139,6 +177,7 @@ def _loop(db: RuntimeDatabase, last: dict[str, Any], waker: Waker,
 
 
 _WHY = {
+    "retired": "the controller no longer wants it (a new version, fewer `min_workers`)",
     "done": "it ran its `max_calls_per_worker`",
     "yield": "a call of another pool has waited longer; its place goes to the controller",
     "refused": "Postgres no longer counts it as a live worker (its last attempt was "

@@ -85,6 +85,8 @@ def deploy() -> tuple[Response, int]:
             "client_python": python, "client_cloudpickle": cloudpickle,
             "deployed_by": principal().name})
         assert row is not None
+        tx.all("set_version_owner", {"name": name, "version": row["version"],
+                                     "owner": principal().token_id})
         tx.all("set_live_version", {"name": name, "version": row["version"]})
     return jsonify({"name": name, "version": row["version"], "live_version": row["version"],
                     "unchanged": False, "deployed_at": context.iso(row["deployed_at"])}), 201
@@ -144,9 +146,11 @@ def rollback(name: str) -> Response:
 
 def _deployed_calls(live: Row, spec: dict[str, Any], *, python: str, cloudpickle: str,
                     result_format: str) -> NewCalls:
+    owner = principal().token_id
     return NewCalls(live["name"], live["function_digest"], spec, python, cloudpickle,
-                    owner=principal().token_id, function_version=live["version"],
-                    result_format=result_format)
+                    owner=owner, function_version=live["version"],
+                    result_format=result_format,
+                    by_deployer=owner == live.get("deployed_by_owner"))
 
 
 @bp.post("/<name>/calls")

@@ -7,6 +7,8 @@ environment is built here from nothing:
 - `PODFN_CALL_ID`, `PODFN_ATTEMPT` and `PODFN_ATTEMPT_SECRET`: which attempt
   to run, and the secret the runtime protocol demands (minted per attempt,
   stored only as a hash, dead once the attempt ends);
+- a standing worker (no call yet) gets `PODFN_WORKER` and `PODFN_WORKER_SECRET`
+  instead of the three above (`standing_environment`);
 - `PODFN_URL` and `PODFN_TOKEN`: the API and a `pfn_call_...` token acting for
   whoever submitted the call, with at most `submit`, `invoke` and `read` of
   that identity's scopes, valid while the attempt runs (nested calls);
@@ -31,7 +33,7 @@ from typing import Any
 
 CALL_TOKEN_PREFIX = "pfn_call_"
 RESERVED = frozenset({"PODFN_CALL_ID", "PODFN_ATTEMPT", "PODFN_WARM", "PODFN_ATTEMPT_SECRET",
-                      "PODFN_URL",
+                      "PODFN_WORKER", "PODFN_WORKER_SECRET", "PODFN_URL",
                       "PODFN_TOKEN", "PODFN_RUNTIME_DATABASE_URL", "PYTHONUNBUFFERED"})
 # What a local process needs to start and behave like the user's shell, and no more.
 _BASE = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
@@ -72,6 +74,15 @@ def runtime_environment(*, call_id: str, attempt: int, credentials: Credentials,
         env["PODFN_URL"] = api_url
         env["PODFN_TOKEN"] = credentials.api_token
     return env
+
+
+def standing_environment(*, worker: str, credentials: Credentials,
+                         spec: Mapping[str, Any]) -> dict[str, str]:
+    """A standing worker's environment (docs/warm-workers.md), except the runtime database
+    URL: its name and secret (podfn_runtime_v1.next_standing), no call, no API token."""
+    user = {k: str(v) for k, v in (spec.get("env") or {}).items() if k not in RESERVED}
+    return {**user, "PODFN_WORKER": worker, "PODFN_WORKER_SECRET": credentials.secret,
+            "PODFN_WARM": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def local_secrets(directory: Path, names: list[str]) -> dict[str, str]:

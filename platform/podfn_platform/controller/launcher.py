@@ -29,6 +29,9 @@ class Attempt:
     # For a warm worker (docs/warm-workers.md): its name, "<call id>/<attempt>" of
     # the attempt it was launched for. The launcher keeps following the worker
     # under that name while the attempt above becomes the one it runs now.
+    # A standing worker (`min_workers`) is launched for no call: its name is
+    # "standing-<hex>", and it is also its call_id, with attempt 0, until the
+    # controller points it at the call it runs.
     worker: str = ""
 
     @property

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import secrets
 import threading
 import time
 from typing import Any
@@ -41,6 +42,15 @@ FINISHED_GRACE_SECONDS = 5.0
 # controllers and replicas do not hammer a recovering database in step).
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
+# Standing workers (docs/warm-workers.md) are named STANDING_PREFIX + random hex;
+# a worker started for a call is named "<call id>/<attempt>" instead.
+STANDING_PREFIX = "standing-"
+# Replacing a standing worker that ended badly before running any call: at once
+# the first time, then after STANDING_BACKOFF_FIRST seconds doubling up to
+# STANDING_BACKOFF_MAX, so a worker that cannot start (a bad image, a refused
+# hint) does not spin.
+STANDING_BACKOFF_FIRST = 0.5
+STANDING_BACKOFF_MAX = 60.0
 
 
 def backoff_seconds(failures: int) -> float:
@@ -63,6 +73,14 @@ def unprocessable(row: dict[str, Any]) -> str | None:
     return None
 
 
+def worker_origin(name: str) -> tuple[str | None, int | None]:
+    """The attempt a worker was launched for, from its name; (None, None) for a standing one."""
+    origin_id, _, origin_attempt = name.rpartition("/")
+    if not origin_id or not origin_attempt.isdigit():
+        return None, None
+    return origin_id, int(origin_attempt)
+
+
 def attempt_from(row: dict[str, Any]) -> Attempt:
     return Attempt(call_id=row["id"], attempt=row["attempt"],
                    function_name=row.get("function_name", ""), spec=row["spec"],
@@ -83,6 +101,14 @@ class Controller:
         self.database_errors = 0  # turns abandoned on a database error, for tests and logs
         self._unrecorded: list[Exit] = []  # exits taken from the launcher, not yet in Postgres
         self._full_reconcile = True  # after (re)start or a database error: check everything
+        # Standing workers this controller started: name -> (function, version); and,
+        # per function version, (bad exits in a row, monotonic time before which it
+        # gets no replacement).
+        self._standing: dict[str, tuple[str, int]] = {}
+        self._standing_backoff: dict[tuple[str, int], tuple[int, float]] = {}
+        # When keep_standing next looks at Postgres (monotonic): at once after a deploy,
+        # an exit or a backoff's end, else once per sweep, so an idle turn costs nothing.
+        self._standing_due_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -95,8 +121,9 @@ class Controller:
         if stop.is_set():
             return
         log.info("this controller is active")
-        listener = Listener(self.db, ["podfn_queued", "podfn_cancelled", "podfn_warm"],
-                            on_notify=lambda *_: self.wake.set(), on_reconnect=self.wake.set)
+        listener = Listener(self.db, ["podfn_queued", "podfn_cancelled", "podfn_warm",
+                                      "podfn_deployed"],
+                            on_notify=self._notified, on_reconnect=self._reconnected)
         listener.start()
         self.is_active.set()
         try:
@@ -136,6 +163,15 @@ class Controller:
                 log.warning("could not hand back attempts on shutdown: %s", exc)
             self.leader.release()
 
+    def _notified(self, channel: str, _payload: str) -> None:
+        if channel == "podfn_deployed":
+            self._standing_due_at = 0.0
+        self.wake.set()
+
+    def _reconnected(self) -> None:
+        self._standing_due_at = 0.0  # a deploy's notification may have been lost
+        self.wake.set()
+
     def _sleep_seconds(self) -> float:
         sleep = self.settings.sweep_seconds
         deadline = self.launcher.next_deadline()
@@ -144,6 +180,8 @@ class Controller:
         row = self.db.one("next_retry_at")
         if row and row["at"] is not None:
             sleep = min(sleep, max(0.0, row["at"].timestamp() - time.time()))
+        if self._standing_due_at > 0.0:
+            sleep = min(sleep, max(0.0, self._standing_due_at - time.monotonic()))
         return max(sleep, 0.01)
 
     # -- one turn ----------------------------------------------------------
@@ -156,6 +194,7 @@ class Controller:
         idle_pools = self.track_workers()
         self.stop_moved_on()
         self.launch_queued(idle_pools)
+        self.keep_standing()
         self.turns += 1
 
     def unfinished(self) -> list[Attempt]:
@@ -165,11 +204,14 @@ class Controller:
     def reconcile_exits(self) -> None:
         """Record every exit; one that a database error interrupts waits for the next turn."""
         self._unrecorded += self.launcher.exits()
+        if self._unrecorded:
+            self._standing_due_at = 0.0  # a slot freed, or a standing worker to replace
         while self._unrecorded:
             exit_ = self._unrecorded[0]
             self.record(exit_)
             self._unrecorded.pop(0)
             self.launcher.settle(exit_)
+            self._standing_ended(exit_)
 
     def record(self, exit_: Exit) -> None:
         """Turn what happened to an attempt into (at most) one guarded transition."""
@@ -214,9 +256,9 @@ class Controller:
 
     def worker_attempt(self, attempt: Attempt) -> Attempt | None:
         """The unfinished attempt the worker that `attempt` names runs now, if any."""
-        origin_id, _, origin_attempt = attempt.worker.rpartition("/")
+        origin_id, origin_attempt = worker_origin(attempt.worker)
         rows = self.db.all("worker_attempts", {"workers": [attempt.worker], "ids": [origin_id],
-                                               "attempts": [int(origin_attempt)]})
+                                               "attempts": [origin_attempt]})
         if not rows or not rows[0]["busy"]:
             return None
         return dataclasses.replace(attempt_from({**rows[0], "state": rows[0]["call_state"]}),
@@ -232,10 +274,10 @@ class Controller:
         idle: set[str] = set()
         if workers:
             names = list(workers)
-            origins = [n.rpartition("/") for n in names]
+            origins = [worker_origin(n) for n in names]
             rows = self.db.all("worker_attempts", {
                 "workers": names, "ids": [o[0] for o in origins],
-                "attempts": [int(o[2]) for o in origins]})
+                "attempts": [o[1] for o in origins]})
             for row in rows:
                 # A call cancelled or timed out while the worker ran it is finished in
                 # Postgres, but the worker still runs it: point at it so it is stopped.
@@ -246,13 +288,110 @@ class Controller:
                                          row["running_seconds"])
                 else:
                     self.launcher.rebind(row["worker"], None, 0.0)  # type: ignore[attr-defined]
-                    idle.add(row["pool"])
+                    if row["pool"] is not None and not row["retired"]:
+                        idle.add(row["pool"])
         if not getattr(self.launcher, "workers_known", True):
             return sorted(idle)  # (a restarted launcher may not have adopted them yet)
         for row in self.db.all("orphaned_warm_attempts", {"workers": list(workers)}):
             self.record(Exit(Attempt(row["id"], row["attempt"], "", {}, ""), "disrupted",
                              f"the warm worker {row['worker']} running the attempt is gone"))
         return sorted(idle)
+
+    def keep_standing(self) -> None:
+        """Keep `min_workers` standing workers for each deployed function's live version.
+
+        Run after the queued calls got their slots: a standing worker takes a
+        slot of `PODFN_MAX_CONCURRENCY` like any worker, so standing workers
+        only fill room no queued call wanted. Workers of a version that is no
+        longer live (or beyond its `min_workers`) are retired: they finish the
+        call they run, if any, and exit. One that died is replaced here, once
+        its exit is recorded (its in-flight call, if any, went through `record`).
+        """
+        now = time.monotonic()
+        if not self.follows_workers or now < self._standing_due_at:
+            return
+        # Next look: after a sweep, unless an exit, a deploy or a backoff's end is sooner.
+        self._standing_due_at = now + self.settings.sweep_seconds
+        held = self.launcher.workers()  # type: ignore[attr-defined]
+        metrics.STANDING_WORKERS.set(sum(name.startswith(STANDING_PREFIX) for name in held))
+        self.db.all("forget_gone_workers", {"workers": list(held)})
+        for row in self.db.all("retire_standing_workers"):
+            log.info("retiring the standing worker %s (its version is no longer wanted)",
+                     row["name"])
+        room = self.settings.max_concurrency - len(self.launcher.active())
+        if room <= 0:
+            return  # room only comes back with an exit, which makes the next look due
+        for want in self.db.all("standing_wanted"):
+            key = (want["name"], want["version"])
+            not_before = self._standing_backoff.get(key, (0, 0.0))[1]
+            if not_before > now:
+                self._standing_due_at = min(self._standing_due_at, not_before)
+                continue
+            for _ in range(min(int(want["missing"]), room)):
+                if not self.start_standing(want):
+                    break
+                room -= 1
+            if room <= 0:
+                return
+
+    def start_standing(self, want: dict[str, Any]) -> bool:
+        """Start one standing worker for the live version `want`; whether it was launched."""
+        key = (want["name"], want["version"])
+        name = STANDING_PREFIX + secrets.token_hex(8)
+        problem = unprocessable({**want, "function_name": want["name"]})
+        if problem is not None:
+            log.error("no standing worker for %s version %d: %s", *key, problem)
+            self._standing_failed(key)
+            return False
+        credentials = environment.Credentials.mint()
+        if self.db.one("insert_standing_worker", {
+                "worker": name, "name": want["name"], "version": want["version"],
+                "secret_hash": credentials.secret_hash}) is None:
+            return False  # another version went live meanwhile
+        attempt = Attempt(call_id=name, attempt=0, function_name=want["name"],
+                          spec=want["spec"], client_python=want["client_python"],
+                          worker=name, env=environment.standing_environment(
+                              worker=name, credentials=credentials, spec=want["spec"]))
+        self._standing[name] = key
+        try:
+            with metrics.LAUNCH_SECONDS.time():
+                ref = self.launcher.launch(attempt)
+        except Exception:
+            metrics.LAUNCH_FAILURES.inc()
+            log.exception("launching a standing worker of %s version %d failed", *key)
+            self._standing.pop(name, None)
+            self.db.all("delete_worker", {"worker": name})
+            self._standing_failed(key)
+            return False
+        metrics.STANDING_STARTS.inc()
+        log.info("started the standing worker %s of %s version %d (%s)", name, *key, ref)
+        try:
+            self.db.all("set_worker_ref", {"worker": name, "ref": ref})
+        except DatabaseError as exc:  # the ref is for people
+            log.warning("could not record the standing worker %s's ref %s: %s", name, ref, exc)
+        return True
+
+    def _standing_ended(self, exit_: Exit) -> None:
+        """A standing worker's exit is recorded: it is replaced at once, unless it ended
+        badly (not a clean exit, not stopped by us) before running any call, as a
+        worker that cannot start does: then its version backs off."""
+        key = self._standing.pop(exit_.attempt.worker, None)
+        if key is None:
+            return
+        ran_calls = exit_.attempt.call_id != exit_.attempt.worker
+        clean = exit_.kind == "stopped" or (exit_.kind == "exited" and exit_.exit_code == 0)
+        if clean or ran_calls:
+            self._standing_backoff.pop(key, None)
+        else:
+            log.info("the standing worker %s of %s version %d ended: %s", exit_.attempt.worker,
+                     *key, exit_.reason.splitlines()[0])
+            self._standing_failed(key)
+
+    def _standing_failed(self, key: tuple[str, int]) -> None:
+        failures = self._standing_backoff.get(key, (0, 0.0))[0] + 1
+        delay = 0.0 if failures == 1 else min(
+            STANDING_BACKOFF_FIRST * 2 ** min(failures - 2, 16), STANDING_BACKOFF_MAX)
+        self._standing_backoff[key] = (failures, time.monotonic() + delay)
 
     def stop_moved_on(self) -> None:
         """Stop attempts whose call was cancelled, finished or moved to a newer attempt.

@@ -1,6 +1,6 @@
 """The controller's Prometheus metrics, served on `PODFN_CONTROLLER_METRICS_PORT` (0: off).
 
-Counted where they happen: launches in `controller.loop`, pod watch events
+Counted where they happen: launches and standing workers in `controller.loop`, pod watch events
 and relists in `kube.watcher`, reconcile results in `controller.loop.record`.
 Calls by state and the queue depth are the API's `/metrics` (from Postgres).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("podfn.controller")
 
@@ -22,6 +22,10 @@ WATCH_EVENTS = Counter("podfn_watch_events", "Pod watch events handled", ["type"
 WATCH_RELISTS = Counter("podfn_watch_relists", "Full pod lists (start, 410 Gone, periodic)")
 DATABASE_ERRORS = Counter("podfn_controller_database_errors",
                           "Controller turns abandoned on a database error (retried with backoff)")
+STANDING_STARTS = Counter("podfn_standing_worker_starts",
+                          "Standing workers started for deployed functions' min_workers")
+STANDING_WORKERS = Gauge("podfn_standing_workers",
+                         "Standing workers the launcher holds (busy, idle or retiring)")
 RECONCILE_RESULTS = Counter(
     "podfn_reconcile_results", "Attempt outcomes recorded: what happened and the call's new state "
     "('unchanged' when a guard found the call already moved on)", ["kind", "state"])

@@ -8,10 +8,10 @@ ON CONFLICT (digest) DO NOTHING;
 -- name: insert_call
 INSERT INTO podfn_calls (id, function_name, function_digest, args, spec,
                          client_python, client_cloudpickle, owner, function_version,
-                         result_format)
+                         result_format, by_deployer)
 VALUES (%(id)s, %(function_name)s, %(function_digest)s, %(args)s, %(spec)s,
         %(client_python)s, %(client_cloudpickle)s, %(owner)s, %(function_version)s,
-        %(result_format)s);
+        %(result_format)s, %(by_deployer)s);
 
 -- name: notify_queued
 SELECT pg_notify('podfn_queued', '');
@@ -180,10 +180,21 @@ SELECT %(name)s, COALESCE(max(version), 0) + 1, %(function_digest)s, %(spec)s,
 FROM podfn_function_versions WHERE name = %(name)s
 RETURNING name, version, deployed_at;
 
+-- name: set_version_owner
+-- Who deployed the version, as the owner of calls (a token id): the deployer's own
+-- Python calls of it share the version's pool (migration 0009).
+UPDATE podfn_function_versions SET deployed_by_owner = %(owner)s
+WHERE name = %(name)s AND version = %(version)s;
+
 -- name: set_live_version
-INSERT INTO podfn_functions (name, live_version) VALUES (%(name)s, %(version)s)
-ON CONFLICT (name) DO UPDATE SET live_version = EXCLUDED.live_version, updated_at = now()
-RETURNING name, live_version;
+-- The NOTIFY (sent at commit) wakes the controller: the new live version may
+-- want standing workers, the old one's are retired (docs/warm-workers.md).
+WITH live AS (
+    INSERT INTO podfn_functions (name, live_version) VALUES (%(name)s, %(version)s)
+    ON CONFLICT (name) DO UPDATE SET live_version = EXCLUDED.live_version, updated_at = now()
+    RETURNING name, live_version
+)
+SELECT name, live_version, pg_notify('podfn_deployed', name)::text AS notified FROM live;
 
 -- name: list_functions
 SELECT f.name, f.live_version, v.spec, v.deployed_at, v.deployed_by, f.updated_at,
@@ -194,7 +205,7 @@ ORDER BY f.name;
 
 -- name: get_function
 SELECT f.name, f.live_version, v.version, v.function_digest, v.spec, v.client_python,
-       v.client_cloudpickle, v.deployed_at, v.deployed_by
+       v.client_cloudpickle, v.deployed_at, v.deployed_by, v.deployed_by_owner
 FROM podfn_functions f
 JOIN podfn_function_versions v ON v.name = f.name AND v.version = f.live_version
 WHERE f.name = %(name)s;
