@@ -3,6 +3,7 @@
     python benchmarks/api.py submit [--clients 1,4,16] [--seconds 5] [--repeats 3]
     python benchmarks/api.py wakeup [--calls 50]
     python benchmarks/api.py sizes [--sizes 1,10,100] [--repeats 3]
+    python benchmarks/api.py mapsubmit [--calls 10000] [--repeats 3]
 
 Prints a JSON list of rows (see benchmarks/run.py). Each starts an embedded
 Postgres (or uses PODFN_DATABASE_URL), applies migrations and starts
@@ -21,6 +22,9 @@ Postgres alone:
   + the runtime's read of the argument + its write of the result + the
   client's read of the result (the runtime's part done here, as above), beside
   a raw Postgres bytea INSERT and SELECT of S MB on one connection.
+- mapsubmit: `Function.map` over N trivial calls, timed until it returns its
+  iterator (every call submitted, in batches bounded by count and bytes); calls
+  submitted per second. One client process; the calls are then cancelled.
 """
 
 from __future__ import annotations
@@ -250,9 +254,28 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+def fig_mapsubmit(calls: int, repeats: int) -> list[dict[str, Any]]:
+    from podfn.function import MAP_BATCH, Function
+
+    rates = []
+    with api_server() as (api, _):
+        client = APIClient(api, TOKEN)
+        fn = Function(identity, {}, name="bench.identity", client=client)
+        fn.map(range(3))  # connection up, modules imported
+        client.cancel_many(mine=True)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn.map(range(calls))
+            rates.append(calls / (time.perf_counter() - started))
+            client.cancel_many(mine=True)
+    return [{"name": f"`.map` submit of {calls:,} trivial calls ({MAP_BATCH} per request), "
+                     "one client", "unit": "calls/s", "values": rates,
+             "higher_is_better": True}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("figure", choices=["submit", "wakeup", "sizes"])
+    parser.add_argument("figure", choices=["submit", "wakeup", "sizes", "mapsubmit"])
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -261,6 +284,8 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.figure == "submit":
         rows = fig_submit([int(c) for c in ns.clients.split(",")], ns.seconds, ns.repeats)
+    elif ns.figure == "mapsubmit":
+        rows = fig_mapsubmit(ns.calls if ns.calls != 50 else 10_000, ns.repeats)
     elif ns.figure == "wakeup":
         rows = fig_wakeup(ns.calls)
     else:

@@ -154,10 +154,12 @@ def wait_seconds(value: Any) -> float:
     return min(seconds, float(current_app.config["PODFN_MAX_WAIT"]))
 
 
-def wait_finished(ids: list[str], seconds: float) -> list[Row]:
+def wait_finished(ids: list[str], seconds: float, *, query: str = "finished_calls",
+                  params: dict[str, Any] | None = None) -> list[Row]:
     db = context.db()
-    params = {"ids": ids, "inline": INLINE_RESULT_BYTES, "budget": INLINE_BUDGET_BYTES}
-    rows = db.all("finished_calls", params)
+    params = {"ids": ids, "inline": INLINE_RESULT_BYTES, "budget": INLINE_BUDGET_BYTES,
+              **(params or {})}
+    rows = db.all(query, params, binary=True)
     if rows or seconds == 0:
         check_calls_readable(db, ids)
         return rows
@@ -168,7 +170,7 @@ def wait_finished(ids: list[str], seconds: float) -> list[Row]:
         raise APIError(404, "not_found", f"no call with id {unknown[0]!r}"
                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
                        ids=unknown[:20])
-    return context.waiter().wait(ids, seconds, lambda: db.all("finished_calls", params))
+    return context.waiter().wait(ids, seconds, lambda: db.all(query, params, binary=True))
 
 
 @bp.get("/<call_id:call_id>/result")
@@ -205,13 +207,49 @@ def error(call_id: str) -> Response:
     return results.error_response(rows[0])
 
 
+# Issue 12 (batches and bytes): with Accept: application/x-podfn-frames, `wait` answers
+# the finished calls with their payloads as raw bytes (results.frames_response), as many
+# as `max_bytes` allows, instead of JSON with small results in base64.
+MAX_BYTES = {"name": "max_bytes", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+             "description": "framed answers only: payload bytes to carry (plus at most one "
+                            f"payload; default and cap {results.FRAMES_BUDGET_BYTES})"}
+FRAMED = {200: {results.FRAMES: {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def wants_frames() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", results.FRAMES])
+    return best == results.FRAMES
+
+
+def max_bytes_arg() -> int:
+    value = request.args.get("max_bytes")
+    if value is None:
+        return results.FRAMES_BUDGET_BYTES
+    try:
+        number = int(value)
+    except ValueError:
+        raise APIError(400, "invalid_field", f"max_bytes must be a whole number, not {value!r}",
+                       field="max_bytes") from None
+    if number < 0:
+        raise APIError(400, "invalid_field", "max_bytes must be >= 0", field="max_bytes")
+    return min(number, results.FRAMES_BUDGET_BYTES)
+
+
 @bp.post("/wait")
 @requires("read", "submit", "invoke")
-@operation("Wait until any of the calls finishes; the finished ones with outcomes",
+@operation("Wait until any of the calls finishes; the finished ones with outcomes (as JSON, "
+           "or with Accept: application/x-podfn-frames as a JSON header and raw payloads)",
            {200: schemas.Outcomes, 404: None, 422: None, **dict.fromkeys(COMMON)},
-           body=schemas.WaitBody)
+           body=schemas.WaitBody, query=(MAX_BYTES,), more_content=FRAMED)
 def wait_any() -> Response:
     body = contract.json_body(schemas.WaitBody)
+    if wants_frames():
+        budget = max_bytes_arg()
+        rows = wait_finished(body.ids, wait_seconds(body.wait), query="finished_outcomes",
+                             params={"budget": max(budget, 1),
+                                     "inline_budget": INLINE_BUDGET_BYTES})
+        return results.frames_response(rows, [summary(r) for r in rows])
     rows = wait_finished(body.ids, wait_seconds(body.wait))
     return jsonify({"calls": [summary(r) for r in rows]})
 
