@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import random
 from collections.abc import Iterator
@@ -171,3 +172,21 @@ def test_map_gets_every_result_in_order_through_small_batches(
         bytes([i]) * size for i, size in enumerate(sizes)]
     unordered = list(fn.map(range(len(sizes)), sizes, order_outputs=False))
     assert sorted(unordered) == sorted(bytes([i]) * size for i, size in enumerate(sizes))
+
+
+def test_generator_items_come_as_frames_or_as_base64_json(api: str, db: Database,
+                                                          runtime: Runtime) -> None:
+    client = APIClient(api, TEST_TOKEN)
+    [call_id] = _submit(client, 1)
+    db.all("claim_queued", {"limit": 1})
+    runtime.claim(call_id, 1)
+    for index, data in enumerate(PAYLOADS):
+        assert runtime.call("yield_item", call_id, 1, index=index, data=data) is not None
+    body = client.items_from(call_id, 1)
+    assert [bytes(i["data"]) for i in body["items"]] == PAYLOADS[1:]
+    assert [i["index"] for i in body["items"]] == [1, 2, 3, 4] and body["next"] == 5
+    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {TEST_TOKEN}"}) as http:
+        answer = http.get(f"/v1/calls/{call_id}/items", params={"start": 3})
+        assert answer.headers["content-type"] == "application/json"
+        assert [base64.b64decode(i["data"]) for i in answer.json()["items"]] == PAYLOADS[3:]
+    client.close()

@@ -243,12 +243,32 @@ class APIClient:
     def items_from(self, call_id: str, start: int, *, wait: float = 0.0) -> dict[str, Any]:
         """A generator call's items from index `start` (data as pickled bytes), waiting up
         to `wait` s for one: {items, next, done, state}."""
-        body = dict(self._idempotent(lambda: self._request(
-            "GET", f"/v1/calls/{call_id}/items", params={"start": start, "wait": wait},
-            timeout=wait + _WAIT_SLACK)))
-        body["items"] = [{**item, "data": base64.b64decode(item["data"])}
-                         for item in body["items"]]
-        return body
+        import httpx
+
+        path = f"/v1/calls/{call_id}/items"
+
+        def fetch() -> dict[str, Any]:
+            try:
+                response = self._http.get(path, params={"start": start, "wait": wait},
+                                          headers={"Accept": _WAIT_ACCEPT},
+                                          timeout=wait + _WAIT_SLACK)
+                if response.status_code >= 400:
+                    raise _error_from(response)
+                if not _framed(response):
+                    body = dict(response.json())
+                    body["items"] = [{**item, "data": base64.b64decode(item["data"])}
+                                     for item in body["items"]]
+                    return body
+                parts = frames.decode([response.content])
+                body = frames.header(parts)
+                for item in body["items"]:
+                    item["data"] = parts[item.pop("data_frame")]
+                return body
+            except (httpx.TransportError, frames.FramingError) as exc:
+                raise _lost(self.url, path, exc) from exc
+            except (IndexError, KeyError, TypeError) as exc:
+                raise _lost(self.url, path, frames.FramingError(str(exc))) from exc
+        return self._idempotent(fetch)  # type: ignore[no-any-return]
 
     def list_calls(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}

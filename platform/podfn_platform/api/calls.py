@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
+from podfn import frames
 from podfn import spec as call_spec
 from podfn_platform.api import context, contract, forms, idempotency, output, results, schemas
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
@@ -327,13 +328,20 @@ def logs(call_id: str) -> Response:
 
 @bp.get("/<call_id:call_id>/items")
 @requires("read", "submit", "invoke")
-@operation("Items a generator call yielded, from an index, long-polling for more",
+@operation("Items a generator call yielded, from an index, long-polling for more (as JSON, "
+           "or with Accept: application/x-podfn-frames as a JSON header and raw pickles)",
            {200: schemas.Items, 404: None, **dict.fromkeys(COMMON)},
-           query=(_offset_arg("start", "the index of the first item wanted"), forms.WAIT))
+           query=(_offset_arg("start", "the index of the first item wanted"), forms.WAIT),
+           more_content=FRAMED)
 def items(call_id: str) -> Response:
     """A generator call's items from index `start`, long-polling with `wait`."""
     _call_or_404(call_id)
-    return jsonify(output.read_items(call_id))
+    found = output.read_items(call_id)
+    if wants_frames():
+        head, payloads = output.items_frames(found)
+        body = b"".join(frames.encode(head, payloads))
+        return Response(body, mimetype=results.FRAMES)
+    return jsonify(output.items_json(found))
 
 
 @bp.get("")
