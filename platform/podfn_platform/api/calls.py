@@ -247,8 +247,10 @@ def wait_any() -> Response:
     body = contract.json_body(schemas.WaitBody)
     if wants_frames():
         budget = max_bytes_arg()
+        # A payload up to one chunk comes with the query that finds the call (one
+        # statement, not two); the larger ones are streamed chunk by chunk.
         rows = wait_finished(body.ids, wait_seconds(body.wait), query="finished_outcomes",
-                             params={"budget": max(budget, 1),
+                             params={"budget": max(budget, 1), "inline": results.CHUNK_BYTES,
                                      "inline_budget": INLINE_BUDGET_BYTES})
         return results.frames_response(rows, [summary(r) for r in rows])
     rows = wait_finished(body.ids, wait_seconds(body.wait))
