@@ -211,8 +211,9 @@ def error(call_id: str) -> Response:
 # Issue 12 (batches and bytes): with Accept: application/x-podfn-frames, `wait` answers
 # the finished calls with their payloads as raw bytes (results.frames_response), as many
 # as `max_bytes` allows, instead of JSON with small results in base64.
+MAX_BYTES_ARG = 2**62
 MAX_BYTES = {"name": "max_bytes", "in": "query", "required": False,
-             "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_BYTES_ARG},
              "description": "framed answers only: payload bytes to carry (plus at most one "
                             f"payload; default and cap {results.FRAMES_BUDGET_BYTES})"}
 FRAMED = {200: {results.FRAMES: {"schema": {"type": "string", "format": "binary"}}}}
@@ -232,8 +233,9 @@ def max_bytes_arg() -> int:
     except ValueError:
         raise APIError(400, "invalid_field", f"max_bytes must be a whole number, not {value!r}",
                        field="max_bytes") from None
-    if number < 0:
-        raise APIError(400, "invalid_field", "max_bytes must be >= 0", field="max_bytes")
+    if not 0 <= number <= MAX_BYTES_ARG:
+        raise APIError(400, "invalid_field", f"max_bytes must be between 0 and {MAX_BYTES_ARG}",
+                       field="max_bytes")
     return min(number, results.FRAMES_BUDGET_BYTES)
 
 
@@ -245,8 +247,8 @@ def max_bytes_arg() -> int:
            body=schemas.WaitBody, query=(MAX_BYTES,), more_content=FRAMED)
 def wait_any() -> Response:
     body = contract.json_body(schemas.WaitBody)
+    budget = max_bytes_arg()  # checked for JSON answers too, which carry no payload bytes
     if wants_frames():
-        budget = max_bytes_arg()
         # A payload up to one chunk comes with the query that finds the call (one
         # statement, not two); the larger ones are streamed chunk by chunk.
         rows = wait_finished(body.ids, wait_seconds(body.wait), query="finished_outcomes",
