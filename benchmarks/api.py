@@ -21,7 +21,9 @@ Postgres alone:
 - sizes: a call whose argument and result are both S MB, round trip = submit
   + the runtime's read of the argument + its write of the result + the
   client's read of the result (the runtime's part done here, as above), beside
-  a raw Postgres bytea INSERT and SELECT of S MB on one connection.
+  a raw Postgres bytea INSERT and SELECT of S MB on one connection (a
+  temporary table, text-format SELECT: psycopg's default), and, for context,
+  the same on a logged table with a binary SELECT, as podfn's storage is.
 - mapsubmit: `Function.map` over N trivial calls, timed until it returns its
   iterator (every call submitted, in batches bounded by count and bytes); calls
   submitted per second. One client process; the calls are then cancelled.
@@ -218,9 +220,13 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         function = cloudpickle.dumps(identity)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TEMP TABLE blobs (id serial primary key, data bytea)")
+            # Context for the baseline: a temporary table writes no WAL and psycopg reads
+            # bytea as hex text by default; podfn_calls is a logged table read in binary.
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_logged_blobs "
+                         "(id serial primary key, data bytea)")
             for mb in sizes:
                 blob = os.urandom(mb * 1024 * 1024)
-                podfn_times, raw_times = [], []
+                podfn_times, raw_times, logged_times = [], [], []
                 for _ in range(repeats + 1):
                     started = time.perf_counter()
                     call_id = submit_one(client, function, serialization.dumps(((blob,), {})))
@@ -244,12 +250,25 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
                     assert bytes(back) == blob
                     raw_times.append(time.perf_counter() - started)
                     conn.execute("DELETE FROM blobs")
+
+                    started = time.perf_counter()
+                    [(rid,)] = conn.execute("INSERT INTO bench_logged_blobs (data) VALUES (%s) "
+                                            "RETURNING id", (blob,)).fetchall()
+                    [(back,)] = conn.execute("SELECT data FROM bench_logged_blobs WHERE id = %s",
+                                             (rid,), binary=True).fetchall()
+                    assert bytes(back) == blob
+                    logged_times.append(time.perf_counter() - started)
+                    conn.execute("DELETE FROM bench_logged_blobs")
                 rows.append({"name": f"{mb} MB argument + {mb} MB result, podfn round trip",
                              "unit": "ms", "values": [t * 1000 for t in podfn_times[1:]],
                              "group": f"{mb}MB", "role": "podfn"})
                 rows.append({"name": f"{mb} MB raw Postgres bytea INSERT + SELECT",
                              "unit": "ms", "values": [t * 1000 for t in raw_times[1:]],
                              "group": f"{mb}MB", "role": "baseline"})
+                rows.append({"name": f"{mb} MB raw bytea INSERT + SELECT, logged table, "
+                                     "binary SELECT (context)",
+                             "unit": "ms", "values": [t * 1000 for t in logged_times[1:]],
+                             "group": f"{mb}MB"})
         rdb.close()
     return rows
 
