@@ -67,8 +67,9 @@ def describe(row: Row) -> dict[str, Any]:
     return out
 
 
-def summary(row: Row) -> dict[str, Any]:
-    """A finished call: its state, and the format and sizes of what it stored.
+def summary(row: Row, *, base64_result: bool = True) -> dict[str, Any]:
+    """A finished call: its state, and the format and sizes of what it stored
+    (`base64_result=False` for a framed answer, which carries the bytes as they are).
 
     Never the payloads: `wait` may name 10,000 calls, each with a result of
     up to PODFN_MAX_RESULT_BYTES; each result is fetched on its own from
@@ -78,7 +79,7 @@ def summary(row: Row) -> dict[str, Any]:
     fmt = row.get("result_format") or "pickle"
     out["result_format"] = fmt
     out["result_size"] = row.get("value_size" if fmt == "json" else "result_size")
-    if row.get("result") is not None:
+    if base64_result and row.get("result") is not None:
         out["result"] = base64.b64encode(row["result"]).decode()
     if row.get("error_type"):
         out["error"]["pickle_size"] = row.get("error_pickle_size")
@@ -254,7 +255,7 @@ def wait_any() -> Response:
         rows = wait_finished(body.ids, wait_seconds(body.wait), query="finished_outcomes",
                              params={"budget": max(budget, 1), "inline": results.CHUNK_BYTES,
                                      "inline_budget": INLINE_BUDGET_BYTES})
-        return results.frames_response(rows, [summary(r) for r in rows])
+        return results.frames_response(rows, [summary(r, base64_result=False) for r in rows])
     rows = wait_finished(body.ids, wait_seconds(body.wait))
     return jsonify({"calls": [summary(r) for r in rows]})
 

@@ -95,7 +95,6 @@ def frames_response(rows: list[Row], summaries: list[dict[str, Any]]) -> Respons
     db = context.db()
     payloads: list[tuple[str, str, int, bytes | None]] = []
     for row, out in zip(rows, summaries, strict=True):
-        out.pop("result", None)
         if row["state"] == "succeeded" and out.get("result_format") == "pickle" \
                 and row.get("result_size") is not None:
             payloads.append(("result_chunk", row["id"], row["result_size"], row.get("result")))
