@@ -4,6 +4,7 @@
     python benchmarks/api.py wakeup [--calls 50]
     python benchmarks/api.py sizes [--sizes 1,10,100] [--repeats 3]
     python benchmarks/api.py mapsubmit [--calls 10000] [--repeats 3]
+    python benchmarks/api.py steps [--sizes 1] [--calls 30]
 
 Prints a JSON list of rows (see benchmarks/run.py). Each starts an embedded
 Postgres (or uses PODFN_DATABASE_URL), applies migrations and starts
@@ -24,6 +25,9 @@ Postgres alone:
   a raw Postgres bytea INSERT and SELECT of S MB on one connection (a
   temporary table, text-format SELECT: psycopg's default), and, for context,
   the same on a logged table with a binary SELECT, as podfn's storage is.
+- steps: the `sizes` round trip split into its steps (submit, the
+  controller's claim and arm, the runtime's claim, its succeed, the client's
+  read of the result), per call, to see where the time goes.
 - mapsubmit: `Function.map` over N trivial calls, timed until it returns its
   iterator (every call submitted, in batches bounded by count and bytes); calls
   submitted per second. One client process; the calls are then cancelled.
@@ -273,6 +277,51 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+STEPS = ("submit", "controller claim + arm", "runtime claim", "runtime succeed",
+         "client reads the result")
+
+
+def fig_steps(sizes: list[int], calls: int) -> list[dict[str, Any]]:
+    rows = []
+    limit = (max(sizes) * 2 + 16) * 1024 * 1024
+    with api_server(limit) as (api, url), Database(url, name="podfn-bench") as db:
+        rdb = RuntimeDatabase(url, secret="")
+        client = APIClient(api, TOKEN, timeout=300)
+        function = cloudpickle.dumps(identity)
+        for mb in sizes:
+            blob = os.urandom(mb * 1024 * 1024)
+            times: dict[str, list[float]] = {step: [] for step in STEPS}
+            for i in range(calls + 1):
+                arg = serialization.dumps(((blob,), {}))
+                marks = [time.perf_counter()]
+                call_id = submit_one(client, function, arg)
+                marks.append(time.perf_counter())
+                db.all("claim_queued", {"limit": 1})
+                secret = arm(db, call_id)
+                marks.append(time.perf_counter())
+                row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)
+                assert row is not None
+                marks.append(time.perf_counter())
+                (value,), _ = cloudpickle.loads(row["args"])
+                result = cloudpickle.dumps(value)
+                started = time.perf_counter()
+                rdb.transition("succeed", id=call_id, attempt=1, secret=secret, result=result,
+                               result_json=None, stdout="", stderr="")
+                marks += [started, time.perf_counter()]
+                assert Call(call_id, client=client).result(timeout=300) == blob
+                marks.append(time.perf_counter())
+                if i == 0:
+                    continue  # warm-up
+                spans = [marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2],
+                         marks[5] - marks[4], marks[6] - marks[5]]
+                for step, span in zip(STEPS, spans, strict=True):
+                    times[step].append(span * 1000)
+            rows += [{"name": f"{mb} MB: {step}", "unit": "ms", "values": values}
+                     for step, values in times.items()]
+        rdb.close()
+    return rows
+
+
 def fig_mapsubmit(calls: int, repeats: int) -> list[dict[str, Any]]:
     from podfn.function import MAP_BATCH, Function
 
@@ -294,7 +343,7 @@ def fig_mapsubmit(calls: int, repeats: int) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("figure", choices=["submit", "wakeup", "sizes", "mapsubmit"])
+    parser.add_argument("figure", choices=["submit", "wakeup", "sizes", "mapsubmit", "steps"])
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -303,6 +352,9 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.figure == "submit":
         rows = fig_submit([int(c) for c in ns.clients.split(",")], ns.seconds, ns.repeats)
+    elif ns.figure == "steps":
+        rows = fig_steps([int(s) for s in ns.sizes.split(",")],
+                         ns.calls if ns.calls != 50 else 30)
     elif ns.figure == "mapsubmit":
         rows = fig_mapsubmit(ns.calls if ns.calls != 50 else 10_000, ns.repeats)
     elif ns.figure == "wakeup":
