@@ -190,3 +190,22 @@ def test_generator_items_come_as_frames_or_as_base64_json(api: str, db: Database
         assert answer.headers["content-type"] == "application/json"
         assert [base64.b64decode(i["data"]) for i in answer.json()["items"]] == PAYLOADS[3:]
     client.close()
+
+
+def test_the_client_still_reads_an_api_that_answers_json(
+        api: str, db: Database, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from podfn.call import Call
+    from podfn_platform.api import calls
+
+    monkeypatch.setattr(calls, "wants_frames", lambda: False)  # an API from before frames
+    client = APIClient(api, TEST_TOKEN)
+    [small, large] = _submit(client, 2)
+    values = {small: serialization.dumps(b"s"), large: serialization.dumps(os.urandom(100_000))}
+    for call_id, value in values.items():
+        _finish(db, runtime, call_id, value)
+    by_id = {c["id"]: c for c in client.wait([small, large], 0)}
+    assert bytes(by_id[small]["result"]) == values[small]
+    assert by_id[large].get("result") is None  # over 64 KiB: fetched on its own
+    for call_id, value in values.items():
+        assert Call(call_id, client=client).result(timeout=10) == serialization.loads(value)
+    client.close()
