@@ -273,6 +273,7 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
                                      "binary SELECT (context)",
                              "unit": "ms", "values": [t * 1000 for t in logged_times[1:]],
                              "group": f"{mb}MB"})
+            conn.execute("DROP TABLE bench_logged_blobs")
         rdb.close()
     return rows
 
