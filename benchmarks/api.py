@@ -3,6 +3,8 @@
     python benchmarks/api.py submit [--clients 1,4,16] [--seconds 5] [--repeats 3]
     python benchmarks/api.py wakeup [--calls 50]
     python benchmarks/api.py sizes [--sizes 1,10,100] [--repeats 3]
+    python benchmarks/api.py mapsubmit [--calls 10000] [--repeats 3]
+    python benchmarks/api.py steps [--sizes 1] [--calls 30]
 
 Prints a JSON list of rows (see benchmarks/run.py). Each starts an embedded
 Postgres (or uses PODFN_DATABASE_URL), applies migrations and starts
@@ -20,7 +22,15 @@ Postgres alone:
 - sizes: a call whose argument and result are both S MB, round trip = submit
   + the runtime's read of the argument + its write of the result + the
   client's read of the result (the runtime's part done here, as above), beside
-  a raw Postgres bytea INSERT and SELECT of S MB on one connection.
+  a raw Postgres bytea INSERT and SELECT of S MB on one connection (a
+  temporary table, text-format SELECT: psycopg's default), and, for context,
+  the same on a logged table with a binary SELECT, as podfn's storage is.
+- steps: the `sizes` round trip split into its steps (submit, the
+  controller's claim and arm, the runtime's claim, its succeed, the client's
+  read of the result), per call, to see where the time goes.
+- mapsubmit: `Function.map` over N trivial calls, timed until it returns its
+  iterator (every call submitted, in batches bounded by count and bytes); calls
+  submitted per second. One client process; the calls are then cancelled.
 """
 
 from __future__ import annotations
@@ -214,9 +224,13 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
         function = cloudpickle.dumps(identity)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TEMP TABLE blobs (id serial primary key, data bytea)")
+            # Context for the baseline: a temporary table writes no WAL and psycopg reads
+            # bytea as hex text by default; podfn_calls is a logged table read in binary.
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_logged_blobs "
+                         "(id serial primary key, data bytea)")
             for mb in sizes:
                 blob = os.urandom(mb * 1024 * 1024)
-                podfn_times, raw_times = [], []
+                podfn_times, raw_times, logged_times = [], [], []
                 for _ in range(repeats + 1):
                     started = time.perf_counter()
                     call_id = submit_one(client, function, serialization.dumps(((blob,), {})))
@@ -240,19 +254,97 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
                     assert bytes(back) == blob
                     raw_times.append(time.perf_counter() - started)
                     conn.execute("DELETE FROM blobs")
+
+                    started = time.perf_counter()
+                    [(rid,)] = conn.execute("INSERT INTO bench_logged_blobs (data) VALUES (%s) "
+                                            "RETURNING id", (blob,)).fetchall()
+                    [(back,)] = conn.execute("SELECT data FROM bench_logged_blobs WHERE id = %s",
+                                             (rid,), binary=True).fetchall()
+                    assert bytes(back) == blob
+                    logged_times.append(time.perf_counter() - started)
+                    conn.execute("DELETE FROM bench_logged_blobs")
                 rows.append({"name": f"{mb} MB argument + {mb} MB result, podfn round trip",
                              "unit": "ms", "values": [t * 1000 for t in podfn_times[1:]],
                              "group": f"{mb}MB", "role": "podfn"})
                 rows.append({"name": f"{mb} MB raw Postgres bytea INSERT + SELECT",
                              "unit": "ms", "values": [t * 1000 for t in raw_times[1:]],
                              "group": f"{mb}MB", "role": "baseline"})
+                rows.append({"name": f"{mb} MB raw bytea INSERT + SELECT, logged table, "
+                                     "binary SELECT (context)",
+                             "unit": "ms", "values": [t * 1000 for t in logged_times[1:]],
+                             "group": f"{mb}MB"})
+            conn.execute("DROP TABLE bench_logged_blobs")
         rdb.close()
     return rows
 
 
+STEPS = ("submit", "controller claim + arm", "runtime claim", "runtime succeed",
+         "client reads the result")
+
+
+def fig_steps(sizes: list[int], calls: int) -> list[dict[str, Any]]:
+    rows = []
+    limit = (max(sizes) * 2 + 16) * 1024 * 1024
+    with api_server(limit) as (api, url), Database(url, name="podfn-bench") as db:
+        rdb = RuntimeDatabase(url, secret="")
+        client = APIClient(api, TOKEN, timeout=300)
+        function = cloudpickle.dumps(identity)
+        for mb in sizes:
+            blob = os.urandom(mb * 1024 * 1024)
+            times: dict[str, list[float]] = {step: [] for step in STEPS}
+            for i in range(calls + 1):
+                arg = serialization.dumps(((blob,), {}))
+                marks = [time.perf_counter()]
+                call_id = submit_one(client, function, arg)
+                marks.append(time.perf_counter())
+                db.all("claim_queued", {"limit": 1})
+                secret = arm(db, call_id)
+                marks.append(time.perf_counter())
+                row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)
+                assert row is not None
+                marks.append(time.perf_counter())
+                (value,), _ = cloudpickle.loads(row["args"])
+                result = cloudpickle.dumps(value)
+                started = time.perf_counter()
+                rdb.transition("succeed", id=call_id, attempt=1, secret=secret, result=result,
+                               result_json=None, stdout="", stderr="")
+                marks += [started, time.perf_counter()]
+                assert Call(call_id, client=client).result(timeout=300) == blob
+                marks.append(time.perf_counter())
+                if i == 0:
+                    continue  # warm-up
+                spans = [marks[1] - marks[0], marks[2] - marks[1], marks[3] - marks[2],
+                         marks[5] - marks[4], marks[6] - marks[5]]
+                for step, span in zip(STEPS, spans, strict=True):
+                    times[step].append(span * 1000)
+            rows += [{"name": f"{mb} MB: {step}", "unit": "ms", "values": values}
+                     for step, values in times.items()]
+        rdb.close()
+    return rows
+
+
+def fig_mapsubmit(calls: int, repeats: int) -> list[dict[str, Any]]:
+    from podfn.function import MAP_BATCH, Function
+
+    rates = []
+    with api_server() as (api, _):
+        client = APIClient(api, TOKEN)
+        fn = Function(identity, {}, name="bench.identity", client=client)
+        fn.map(range(3))  # connection up, modules imported
+        client.cancel_many(mine=True)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn.map(range(calls))
+            rates.append(calls / (time.perf_counter() - started))
+            client.cancel_many(mine=True)
+    return [{"name": f"`.map` submit of {calls:,} trivial calls ({MAP_BATCH} per request), "
+                     "one client", "unit": "calls/s", "values": rates,
+             "higher_is_better": True}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("figure", choices=["submit", "wakeup", "sizes"])
+    parser.add_argument("figure", choices=["submit", "wakeup", "sizes", "mapsubmit", "steps"])
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -261,6 +353,11 @@ def main() -> None:
     ns = parser.parse_args()
     if ns.figure == "submit":
         rows = fig_submit([int(c) for c in ns.clients.split(",")], ns.seconds, ns.repeats)
+    elif ns.figure == "steps":
+        rows = fig_steps([int(s) for s in ns.sizes.split(",")],
+                         ns.calls if ns.calls != 50 else 30)
+    elif ns.figure == "mapsubmit":
+        rows = fig_mapsubmit(ns.calls if ns.calls != 50 else 10_000, ns.repeats)
     elif ns.figure == "wakeup":
         rows = fig_wakeup(ns.calls)
     else:

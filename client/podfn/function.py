@@ -27,6 +27,9 @@ MAP_BATCH = 256
 # Room left in a request for the multipart framing and the `meta` part.
 _PART_OVERHEAD = 256
 _REQUEST_SLACK = 64 * 1024
+# Ids one `wait` may name (the API's limit per request); a bigger map waits on the
+# earliest pending ones first.
+MAX_WAIT_IDS = 10_000
 
 
 def batches(blobs: Iterable[bytes], *, max_count: int, max_bytes: int) -> Iterator[list[bytes]]:
@@ -152,8 +155,11 @@ class _Remote(Generic[P, R]):
                    disable=not sys.stderr.isatty(), leave=False)
         try:
             while pending:
+                # Each round trip brings every finished call it can, results included as
+                # raw bytes (podfn/frames.py), in whatever order they finished.
+                waiting_on = sorted(pending, key=position.__getitem__)[:MAX_WAIT_IDS]
                 with cancelling_on_interrupt(self._cancel_many, pending):
-                    finished = self.client.wait(sorted(pending, key=position.__getitem__), 30.0)
+                    finished = self.client.wait(waiting_on, 30.0)
                 for call in finished:
                     pending.discard(call["id"])
                     done[position[call["id"]]] = call

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from podfn import frames
 from podfn.errors import NotAuthorized, NotFound, PlatformError, PlatformUnreachable
 from podfn.settings import Settings
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 # call the connection dead.
 _WAIT_SLACK = 15.0
 _RETRIES = 4  # for requests that are safe to repeat
+# `wait` asks for finished calls with their payloads as raw bytes (podfn/frames.py); an
+# API that does not know the framing answers JSON, which is read as before.
+_WAIT_ACCEPT = f"{frames.MEDIA_TYPE}, application/json;q=0.5"
 
 
 class APIClient:
@@ -149,14 +153,29 @@ class APIClient:
     def get_call(self, call_id: str) -> dict[str, Any]:
         return dict(self._idempotent(lambda: self._request("GET", f"/v1/calls/{call_id}")))
 
-    def wait(self, ids: Sequence[str], wait: float) -> list[dict[str, Any]]:
-        """The finished calls among `ids`, waiting up to `wait` s for one: their states and
-        result sizes; a small pickled result comes along as bytes in `result`, any other
-        is fetched with `result_bytes`."""
-        body = self._idempotent(lambda: self._request(
-            "POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
-            timeout=wait + _WAIT_SLACK))
-        return _decoded(body["calls"])
+    def wait(self, ids: Sequence[str], wait: float, *,
+             max_bytes: int | None = None) -> list[dict[str, Any]]:
+        """Finished calls among `ids`, waiting up to `wait` s for one, with their pickled
+        results (`result`) and exceptions (`error.pickle`) as bytes: as many as about
+        `max_bytes` of payloads allow (the server's cap by default; at least one); the
+        others come in a later call. From an API that answers JSON, only small results
+        come along, any other is fetched with `result_bytes`."""
+        import httpx
+
+        request = _wait_request(ids, wait, max_bytes)
+
+        def fetch() -> list[dict[str, Any]]:
+            try:
+                with self._http.stream("POST", "/v1/calls/wait", **request) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise _error_from(response)
+                    if _framed(response):
+                        return _from_frames(frames.decode(response.iter_bytes()))
+                    return _decoded(json.loads(response.read())["calls"])
+            except (httpx.TransportError, frames.FramingError) as exc:
+                raise _lost(self.url, "/v1/calls/wait", exc) from exc
+        return self._idempotent(fetch)  # type: ignore[no-any-return]
 
     def _download(self, path: str) -> tuple[str, bytes]:
         """GET a streamed body whole: (content type, bytes). A body cut short (the API
@@ -224,12 +243,32 @@ class APIClient:
     def items_from(self, call_id: str, start: int, *, wait: float = 0.0) -> dict[str, Any]:
         """A generator call's items from index `start` (data as pickled bytes), waiting up
         to `wait` s for one: {items, next, done, state}."""
-        body = dict(self._idempotent(lambda: self._request(
-            "GET", f"/v1/calls/{call_id}/items", params={"start": start, "wait": wait},
-            timeout=wait + _WAIT_SLACK)))
-        body["items"] = [{**item, "data": base64.b64decode(item["data"])}
-                         for item in body["items"]]
-        return body
+        import httpx
+
+        path = f"/v1/calls/{call_id}/items"
+
+        def fetch() -> dict[str, Any]:
+            try:
+                response = self._http.get(path, params={"start": start, "wait": wait},
+                                          headers={"Accept": _WAIT_ACCEPT},
+                                          timeout=wait + _WAIT_SLACK)
+                if response.status_code >= 400:
+                    raise _error_from(response)
+                if not _framed(response):
+                    body = dict(response.json())
+                    body["items"] = [{**item, "data": base64.b64decode(item["data"])}
+                                     for item in body["items"]]
+                    return body
+                parts = frames.decode([response.content])
+                body = frames.header(parts)
+                for item in body["items"]:
+                    item["data"] = parts[item.pop("data_frame")]
+                return body
+            except (httpx.TransportError, frames.FramingError) as exc:
+                raise _lost(self.url, path, exc) from exc
+            except (IndexError, KeyError, TypeError) as exc:
+                raise _lost(self.url, path, frames.FramingError(str(exc))) from exc
+        return self._idempotent(fetch)  # type: ignore[no-any-return]
 
     def list_calls(self, **filters: Any) -> list[dict[str, Any]]:
         params = {k: v for k, v in filters.items() if v is not None}
@@ -310,11 +349,26 @@ class AsyncAPIClient:
         return await self._submit_once(f"/v1/functions/{quote(name, safe='')}/calls", meta,
                                        [("args", a) for a in args])
 
-    async def wait(self, ids: Sequence[str], wait: float) -> list[dict[str, Any]]:
-        body = await self._idempotent(lambda: self._request(
-            "POST", "/v1/calls/wait", json={"ids": list(ids), "wait": wait},
-            timeout=wait + _WAIT_SLACK))
-        return _decoded(body["calls"])
+    async def wait(self, ids: Sequence[str], wait: float, *,
+                   max_bytes: int | None = None) -> list[dict[str, Any]]:
+        """As APIClient.wait, in the event loop."""
+        import httpx
+
+        request = _wait_request(ids, wait, max_bytes)
+
+        async def fetch() -> list[dict[str, Any]]:
+            try:
+                async with self._http.stream("POST", "/v1/calls/wait", **request) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _error_from(response)
+                    if _framed(response):
+                        pieces = [piece async for piece in response.aiter_bytes()]
+                        return _from_frames(frames.decode(pieces))
+                    return _decoded(json.loads(await response.aread())["calls"])
+            except (httpx.TransportError, frames.FramingError) as exc:
+                raise _lost(self.url, "/v1/calls/wait", exc) from exc
+        return await self._idempotent(fetch)  # type: ignore[no-any-return]
 
     async def _download(self, path: str) -> bytes:
         """As APIClient._download, in the event loop: the whole streamed body."""
@@ -362,6 +416,36 @@ def _headers(token: str | None) -> dict[str, str]:
 def _files(parts: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [(field, (f"{field}{i}", blob, "application/octet-stream"))
             for i, (field, blob) in enumerate(parts)]
+
+
+def _wait_request(ids: Sequence[str], wait: float, max_bytes: int | None) -> dict[str, Any]:
+    return {"json": {"ids": list(ids), "wait": wait}, "headers": {"Accept": _WAIT_ACCEPT},
+            "params": {} if max_bytes is None else {"max_bytes": max_bytes},
+            "timeout": wait + _WAIT_SLACK}
+
+
+def _framed(response: httpx.Response) -> bool:
+    return str(response.headers.get("content-type", "")).startswith(frames.MEDIA_TYPE)
+
+
+def _lost(url: str, path: str, exc: Exception) -> PlatformUnreachable:
+    return PlatformUnreachable(f"lost the podfn API at {url} while reading {path} "
+                               f"({type(exc).__name__}: {exc})")
+
+
+def _from_frames(body: list[bytearray]) -> list[dict[str, Any]]:
+    """Finished calls from a framed `wait`, each payload frame put where JSON had it."""
+    calls: list[dict[str, Any]] = frames.header(body)["calls"]
+    try:
+        for call in calls:
+            if "result_frame" in call:
+                call["result"] = body[call.pop("result_frame")]
+            error = call.get("error")
+            if error and "pickle_frame" in error:
+                error["pickle"] = body[error.pop("pickle_frame")]
+    except (IndexError, TypeError) as exc:
+        raise frames.FramingError(f"the header names a frame the body lacks: {exc}") from None
+    return calls
 
 
 def _decoded(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -69,12 +69,16 @@ class Transaction:
     def __init__(self, conn: psycopg.Connection[Row]) -> None:
         self._conn = conn
 
-    def all(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
-        cur = self._conn.execute(_QUERIES[name], params or {})
+    def all(self, name: str, params: dict[str, Any] | None = None, *,
+            binary: bool = False) -> list[Row]:
+        """`binary` asks Postgres for binary results: bytea arrives as its bytes, not
+        as hex text twice its size that Postgres encodes and psycopg decodes."""
+        cur = self._conn.execute(_QUERIES[name], params or {}, binary=binary)
         return cur.fetchall() if cur.description else []
 
-    def one(self, name: str, params: dict[str, Any] | None = None) -> Row | None:
-        rows = self.all(name, params)
+    def one(self, name: str, params: dict[str, Any] | None = None, *,
+            binary: bool = False) -> Row | None:
+        rows = self.all(name, params, binary=binary)
         return rows[0] if rows else None
 
     def many(self, name: str, params: Sequence[dict[str, Any]]) -> None:
@@ -117,24 +121,27 @@ class Database:
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise translate(exc) from exc
 
-    def all(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
-        """Run one named statement in its own transaction; all its rows.
+    def all(self, name: str, params: dict[str, Any] | None = None, *,
+            binary: bool = False) -> list[Row]:
+        """Run one named statement in its own transaction; all its rows (`binary`: as
+        Transaction.all).
 
         A read that fails because its connection died is run once more on a
         fresh connection (the pool drops the broken one on its return).
         """
         try:
             with self.transaction() as tx:
-                return tx.all(name, params)
+                return tx.all(name, params, binary=binary)
         except DatabaseUnavailable as exc:
             if name not in _READS:
                 raise
             log.info("read %s lost its connection (%s); trying once more", name, exc)
         with self.transaction() as tx:
-            return tx.all(name, params)
+            return tx.all(name, params, binary=binary)
 
-    def one(self, name: str, params: dict[str, Any] | None = None) -> Row | None:
-        rows = self.all(name, params)
+    def one(self, name: str, params: dict[str, Any] | None = None, *,
+            binary: bool = False) -> Row | None:
+        rows = self.all(name, params, binary=binary)
         return rows[0] if rows else None
 
     def ping(self) -> None:

@@ -61,6 +61,13 @@ _LANDED = {
 }
 
 
+# Statements whose rows carry payloads: their results are fetched in binary, so a
+# claimed call's arguments arrive as their bytes, not as hex text twice their size
+# (a raw 100 MB SELECT: 3x faster; 1 MB: 5x). The other statements return a few
+# small columns, which gain nothing from it.
+_PAYLOAD_READS = frozenset({"claim", "claimed", "next"})
+
+
 class RuntimeDatabaseError(Exception):
     """The runtime could not write to Postgres, and retrying would not help."""
 
@@ -139,7 +146,8 @@ class RuntimeDatabase:
 
         def run(tries: int) -> dict[str, Any] | None:
             assert self._conn is not None
-            row = self._conn.execute(self._queries[name], params).fetchone()
+            row = self._conn.execute(self._queries[name], params,
+                                     binary=name in _PAYLOAD_READS).fetchone()
             if row is not None and "written" in row:  # progress, append_output, yield_item
                 return row if row["written"] else None
             if row is None and tries > 1 and name in _LANDED:
@@ -159,7 +167,7 @@ class RuntimeDatabase:
         log.info("%s of call %s attempt %s had landed before the connection was lost",
                  name, params["id"], params["attempt"])
         if name == "claim":
-            return self._conn.execute(self._queries["claimed"], key).fetchone()
+            return self._conn.execute(self._queries["claimed"], key, binary=True).fetchone()
         return {"id": record["id"], "attempt": record["attempt"], "state": record["call_state"]}
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         db = Database(settings.require_database_url(), max_size=settings.threads + 4,
                       name="podfn-api").open(wait=False)
     app = Flask("podfn_platform.api")
+    app.request_class = forms.Request  # file parts in memory (issue 12: bytes)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         # A map batch is one form part per call; the parts are bounded by size anyway.

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.routing import BaseConverter
 
+from podfn import frames
 from podfn import spec as call_spec
 from podfn_platform.api import context, contract, forms, idempotency, output, results, schemas
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
@@ -66,8 +67,9 @@ def describe(row: Row) -> dict[str, Any]:
     return out
 
 
-def summary(row: Row) -> dict[str, Any]:
-    """A finished call: its state, and the format and sizes of what it stored.
+def summary(row: Row, *, base64_result: bool = True) -> dict[str, Any]:
+    """A finished call: its state, and the format and sizes of what it stored
+    (`base64_result=False` for a framed answer, which carries the bytes as they are).
 
     Never the payloads: `wait` may name 10,000 calls, each with a result of
     up to PODFN_MAX_RESULT_BYTES; each result is fetched on its own from
@@ -77,7 +79,7 @@ def summary(row: Row) -> dict[str, Any]:
     fmt = row.get("result_format") or "pickle"
     out["result_format"] = fmt
     out["result_size"] = row.get("value_size" if fmt == "json" else "result_size")
-    if row.get("result") is not None:
+    if base64_result and row.get("result") is not None:
         out["result"] = base64.b64encode(row["result"]).decode()
     if row.get("error_type"):
         out["error"]["pickle_size"] = row.get("error_pickle_size")
@@ -154,10 +156,12 @@ def wait_seconds(value: Any) -> float:
     return min(seconds, float(current_app.config["PODFN_MAX_WAIT"]))
 
 
-def wait_finished(ids: list[str], seconds: float) -> list[Row]:
+def wait_finished(ids: list[str], seconds: float, *, query: str = "finished_calls",
+                  params: dict[str, Any] | None = None) -> list[Row]:
     db = context.db()
-    params = {"ids": ids, "inline": INLINE_RESULT_BYTES, "budget": INLINE_BUDGET_BYTES}
-    rows = db.all("finished_calls", params)
+    params = {"ids": ids, "inline": INLINE_RESULT_BYTES, "budget": INLINE_BUDGET_BYTES,
+              **(params or {})}
+    rows = db.all(query, params, binary=True)
     if rows or seconds == 0:
         check_calls_readable(db, ids)
         return rows
@@ -168,7 +172,7 @@ def wait_finished(ids: list[str], seconds: float) -> list[Row]:
         raise APIError(404, "not_found", f"no call with id {unknown[0]!r}"
                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
                        ids=unknown[:20])
-    return context.waiter().wait(ids, seconds, lambda: db.all("finished_calls", params))
+    return context.waiter().wait(ids, seconds, lambda: db.all(query, params, binary=True))
 
 
 @bp.get("/<call_id:call_id>/result")
@@ -205,13 +209,53 @@ def error(call_id: str) -> Response:
     return results.error_response(rows[0])
 
 
+# Issue 12 (batches and bytes): with Accept: application/x-podfn-frames, `wait` answers
+# the finished calls with their payloads as raw bytes (results.frames_response), as many
+# as `max_bytes` allows, instead of JSON with small results in base64.
+MAX_BYTES_ARG = 2**62
+MAX_BYTES = {"name": "max_bytes", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 0, "maximum": MAX_BYTES_ARG},
+             "description": "framed answers only: payload bytes to carry (plus at most one "
+                            f"payload; default and cap {results.FRAMES_BUDGET_BYTES})"}
+FRAMED = {200: {results.FRAMES: {"schema": {"type": "string", "format": "binary"}}}}
+
+
+def wants_frames() -> bool:
+    best = request.accept_mimetypes.best_match(["application/json", results.FRAMES])
+    return best == results.FRAMES
+
+
+def max_bytes_arg() -> int:
+    value = request.args.get("max_bytes")
+    if value is None:
+        return results.FRAMES_BUDGET_BYTES
+    try:
+        number = int(value)
+    except ValueError:
+        raise APIError(400, "invalid_field", f"max_bytes must be a whole number, not {value!r}",
+                       field="max_bytes") from None
+    if not 0 <= number <= MAX_BYTES_ARG:
+        raise APIError(400, "invalid_field", f"max_bytes must be between 0 and {MAX_BYTES_ARG}",
+                       field="max_bytes")
+    return min(number, results.FRAMES_BUDGET_BYTES)
+
+
 @bp.post("/wait")
 @requires("read", "submit", "invoke")
-@operation("Wait until any of the calls finishes; the finished ones with outcomes",
+@operation("Wait until any of the calls finishes; the finished ones with outcomes (as JSON, "
+           "or with Accept: application/x-podfn-frames as a JSON header and raw payloads)",
            {200: schemas.Outcomes, 404: None, 422: None, **dict.fromkeys(COMMON)},
-           body=schemas.WaitBody)
+           body=schemas.WaitBody, query=(MAX_BYTES,), more_content=FRAMED)
 def wait_any() -> Response:
     body = contract.json_body(schemas.WaitBody)
+    budget = max_bytes_arg()  # checked for JSON answers too, which carry no payload bytes
+    if wants_frames():
+        # A payload up to one chunk comes with the query that finds the call (one
+        # statement, not two); the larger ones are streamed chunk by chunk.
+        rows = wait_finished(body.ids, wait_seconds(body.wait), query="finished_outcomes",
+                             params={"budget": max(budget, 1), "inline": results.CHUNK_BYTES,
+                                     "inline_budget": INLINE_BUDGET_BYTES})
+        return results.frames_response(rows, [summary(r, base64_result=False) for r in rows])
     rows = wait_finished(body.ids, wait_seconds(body.wait))
     return jsonify({"calls": [summary(r) for r in rows]})
 
@@ -289,13 +333,20 @@ def logs(call_id: str) -> Response:
 
 @bp.get("/<call_id:call_id>/items")
 @requires("read", "submit", "invoke")
-@operation("Items a generator call yielded, from an index, long-polling for more",
+@operation("Items a generator call yielded, from an index, long-polling for more (as JSON, "
+           "or with Accept: application/x-podfn-frames as a JSON header and raw pickles)",
            {200: schemas.Items, 404: None, **dict.fromkeys(COMMON)},
-           query=(_offset_arg("start", "the index of the first item wanted"), forms.WAIT))
+           query=(_offset_arg("start", "the index of the first item wanted"), forms.WAIT),
+           more_content=FRAMED)
 def items(call_id: str) -> Response:
     """A generator call's items from index `start`, long-polling with `wait`."""
     _call_or_404(call_id)
-    return jsonify(output.read_items(call_id))
+    found = output.read_items(call_id)
+    if wants_frames():
+        head, payloads = output.items_frames(found)
+        body = b"".join(frames.encode(head, payloads))
+        return Response(body, mimetype=results.FRAMES)
+    return jsonify(output.items_json(found))
 
 
 @bp.get("")

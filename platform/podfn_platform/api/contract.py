@@ -54,6 +54,9 @@ class Operation:
     links: dict[int, dict[str, Any]] = field(default_factory=dict)
     public: bool = False
     headers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # Issue 12 (bytes): more media types for a status answered with a model (a view that
+    # answers JSON or, when asked, a binary body): status -> {media type: {schema}}.
+    more_content: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def operation(summary: str, responses: dict[int, Any], **options: Any) -> Callable[[F], F]:
@@ -124,6 +127,8 @@ def _response(status: int, spec: Any, op: Operation) -> dict[str, Any]:
         out = _json(_ref(spec), REASONS.get(status, ""))
     else:
         out = _json(_ref(schemas.Error), spec if isinstance(spec, str) else REASONS[status])
+    if status in op.more_content:
+        out["content"] = {**out["content"], **op.more_content[status]}
     if status in op.headers:
         out["headers"] = op.headers[status]
     if status in op.links:

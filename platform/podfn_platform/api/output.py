@@ -6,7 +6,8 @@ combined output, `start` among the items) and gets what follows, at once if
 there is some, else when some arrives (the runtime's `pg_notify` on
 `podfn_output` wakes the waiter) or the call ends, or after `wait` seconds.
 So following a call costs what it printed, once. Items stay opaque bytes
-(base64 in JSON): this process never unpickles them.
+(raw frames when the client asks for application/x-podfn-frames, else base64
+in JSON): this process never unpickles them.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def follow_logs(call_id: str) -> dict[str, Any]:
 
 
 def read_items(call_id: str) -> dict[str, Any]:
-    """GET .../items?start=N[&wait=S]: a generator call's items from index N."""
+    """GET .../items?start=N[&wait=S]: a generator call's items from index N, each
+    `data` as bytes (the view puts them in frames, or in base64 for JSON)."""
     start = _int_arg("start", 0)
     assert start is not None
     seconds = _wait_arg()
@@ -115,10 +117,11 @@ def read_items(call_id: str) -> dict[str, Any]:
 
     def fetch() -> dict[str, Any] | None:
         call = _progress(call_id)
-        rows = db.all("items_from", {"id": call_id, "start": start, "limit": ITEMS_PER_RESPONSE})
+        rows = db.all("items_from", {"id": call_id, "start": start, "limit": ITEMS_PER_RESPONSE},
+                      binary=True)
         if not rows and not call["final"]:
             return None
-        items = [{"index": r["item_index"], "data": base64.b64encode(r["data"]).decode(),
+        items = [{"index": r["item_index"], "data": bytes(r["data"]),
                   "at": context.iso(r["at"])} for r in rows]
         return {"id": call_id, "state": call["state"], "items": items,
                 "next": start + len(items),
@@ -130,3 +133,16 @@ def read_items(call_id: str) -> dict[str, Any]:
         found = {"id": call_id, "state": call["state"], "items": [], "next": start,
                  "done": False}
     return dict(found)
+
+
+def items_json(found: dict[str, Any]) -> dict[str, Any]:
+    """`read_items`' answer for JSON: each item's pickle in base64."""
+    return {**found, "items": [{**item, "data": base64.b64encode(item["data"]).decode()}
+                               for item in found["items"]]}
+
+
+def items_frames(found: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+    """`read_items`' answer as a framed header (each item's `data_frame`) and its frames."""
+    items = [{k: v for k, v in item.items() if k != "data"} | {"data_frame": n}
+             for n, item in enumerate(found["items"], start=1)]
+    return {**found, "items": items}, [item["data"] for item in found["items"]]

@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import Response
 
+from podfn import frames
 from podfn_platform.api import context
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Database, Row
@@ -29,7 +30,7 @@ def chunks(db: Database, query: str, call_id: str, size: int | None) -> Iterator
     """The stored value `query` reads, CHUNK_BYTES at a time (all of it: `size` bytes)."""
     offset = 1
     while size is None or offset <= size:
-        row = db.one(query, {"id": call_id, "offset": offset, "size": CHUNK_BYTES})
+        row = db.one(query, {"id": call_id, "offset": offset, "size": CHUNK_BYTES}, binary=True)
         piece = row["chunk"] if row else None
         if not piece:
             return
@@ -73,3 +74,52 @@ def error_response(row: Row) -> Response:
                        "its state, reason and traceback are in GET /v1/calls/{id}")
     return Response(chunks(context.db(), "error_chunk", row["id"], size), mimetype=OCTETS,
                     headers={**_headers(row), "Content-Length": str(size)})
+
+
+# Issue 12 (batches and bytes): many finished calls and their payloads in one framed
+# response (podfn/frames.py), for `POST /v1/calls/wait` with Accept: MEDIA_TYPE.
+
+FRAMES = frames.MEDIA_TYPE
+# Payload bytes one framed `wait` carries (plus at most one payload): the calls
+# past it are left for the client's next request. A client may ask for less.
+FRAMES_BUDGET_BYTES = 64 * 1024 * 1024
+
+
+def frames_response(rows: list[Row], summaries: list[dict[str, Any]]) -> Response:
+    """200: the finished calls as the JSON header (the `wait` summaries, with
+    `result_frame` and `error.pickle_frame` naming their payloads), then each payload
+    as a frame: one already in the row as it is, any other streamed from its column
+    CHUNK_BYTES at a time. The body's length is known up front (Content-Length), so a
+    response cut short (a payload deleted meanwhile, the API stopping) is seen as such
+    by the client, which asks again."""
+    db = context.db()
+    payloads: list[tuple[str, str, int, bytes | None]] = []
+    for row, out in zip(rows, summaries, strict=True):
+        if row["state"] == "succeeded" and out.get("result_format") == "pickle" \
+                and row.get("result_size") is not None:
+            payloads.append(("result_chunk", row["id"], row["result_size"], row.get("result")))
+            out["result_frame"] = len(payloads)
+        if row["state"] == "failed" and row.get("error_pickle_size") is not None \
+                and "error" in out:
+            payloads.append(("error_chunk", row["id"], row["error_pickle_size"],
+                             row.get("error_pickle")))
+            out["error"]["pickle_frame"] = len(payloads)
+    head = json.dumps({"calls": summaries}).encode()
+    length = frames.PREFIX_BYTES * (1 + len(payloads)) + len(head) \
+        + sum(size for _q, _i, size, _b in payloads)
+
+    def body() -> Iterator[bytes]:
+        yield frames.prefix(len(head)) + head
+        for query, call_id, size, inline in payloads:
+            yield frames.prefix(size)
+            if inline is not None:
+                yield bytes(inline)
+                continue
+            sent = 0
+            for piece in chunks(db, query, call_id, size):
+                sent += len(piece)
+                yield piece
+            if sent != size:  # cut the response short: the client sees it and asks again
+                raise RuntimeError(f"call {call_id}: {query} gave {sent} of {size} bytes")
+
+    return Response(body(), mimetype=FRAMES, headers={"Content-Length": str(length)})

@@ -259,3 +259,39 @@ WHERE a.token_hash = %(hash)s AND a.finished_at IS NULL
   AND c.state IN ('launching', 'running')
   AND (t.id IS NULL OR t.revoked_at IS NULL)
   AND (c.owner IN ('', 'root') OR t.id IS NOT NULL);
+
+-- name: finished_outcomes
+-- Issue 12 (batches and bytes): the finished calls among ids for a binary
+-- `wait` (api/results.py), with the bytes of their payloads up to a budget:
+-- in finishing order, a call is included while the payload bytes of the calls
+-- before it stay under `budget` (so the first is always included, and one
+-- response carries at most `budget` plus one payload); the rest wait for the
+-- next request. A payload of at most `inline` bytes comes in the row while such
+-- payloads add up to at most `inline_budget`; any other is streamed from the
+-- table in chunks (result_chunk, error_chunk), so the API never holds it whole.
+SELECT c.id, c.function_name, c.state, c.attempt, c.reason, c.result_format,
+       s.result_size, octet_length(c.result_json) AS value_size,
+       CASE WHEN s.result_size <= %(inline)s AND s.inlined <= %(inline_budget)s
+            THEN c.result END AS result,
+       c.error_type, c.error_message, c.error_traceback,
+       s.error_size AS error_pickle_size,
+       CASE WHEN s.error_size <= %(inline)s AND s.inlined <= %(inline_budget)s
+            THEN c.error_pickle END AS error_pickle,
+       c.created_at, c.started_at, c.finished_at
+FROM podfn_calls c
+JOIN (SELECT id, finished_at, octet_length(result) AS result_size,
+             octet_length(error_pickle) AS error_size,
+             coalesce(octet_length(result), 0) + coalesce(octet_length(error_pickle), 0) AS own,
+             sum(coalesce(octet_length(result), 0) + coalesce(octet_length(error_pickle), 0))
+                 OVER w AS total,
+             sum(CASE WHEN coalesce(octet_length(result), 0) <= %(inline)s
+                       AND coalesce(octet_length(error_pickle), 0) <= %(inline)s
+                      THEN coalesce(octet_length(result), 0)
+                           + coalesce(octet_length(error_pickle), 0)
+                      ELSE 0 END) OVER w AS inlined
+      FROM podfn_calls
+      WHERE id = ANY(%(ids)s) AND state IN ('succeeded', 'failed', 'timed_out', 'cancelled')
+      WINDOW w AS (ORDER BY finished_at, id)
+     ) s ON s.id = c.id
+WHERE s.total - s.own < %(budget)s
+ORDER BY s.finished_at, s.id;
