@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import Platform
@@ -265,3 +266,33 @@ def test_a_warm_pod_lost_while_no_controller_ran_requeues_its_call(
     info = claimed.info()
     assert info["user_failures"] == 0 and info["disruptions"] == 1
     assert [a["state"] for a in info["attempts"]] == ["disrupted", "succeeded"]
+
+
+@remote(name="kube-standing", min_workers=1, max_calls_per_worker=None)
+def kube_standing(x: int) -> list[Any]:
+    return [os.getpid(), x]
+
+
+def test_min_workers_run_as_standing_pods(
+        cluster: Cluster, make_platform: Callable[..., Platform]) -> None:
+    """A deployed function's `min_workers` are pods started with no call; an invoke is
+    served by one without a pod create."""
+    p = make_platform()
+    kube_standing.deploy()
+    workers = wait_until(lambda: [w for w in launcher_of(p).workers()
+                                  if w.startswith("standing-")] or None, timeout=60)
+    wait_until(lambda: creates(cluster) == 1 and cluster.pods(), timeout=60)
+    with p.db.connect(name="podfn-test") as conn:
+        wait_until(lambda: conn.execute(
+            "SELECT ref FROM podfn_workers WHERE name = %s", (workers[0],)).fetchone()["ref"],
+            timeout=30)
+
+    with httpx.Client(base_url=p.url, timeout=60,
+                      headers={"Authorization": f"Bearer {p.token}"}) as client:
+        response = client.post("/v1/functions/kube-standing/invoke", json={"args": [7]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["value"][1] == 7
+    [row] = attempts(p.db, [body["id"]])
+    assert row["worker"] == workers[0] and row["state"] == "succeeded"
+    assert creates(cluster) == 1, "the invoke started a pod of its own"

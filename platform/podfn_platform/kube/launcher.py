@@ -64,10 +64,16 @@ _DELETE_GRACE_SECONDS = 5
 
 
 def pod_key(attempt: Attempt) -> Key:
-    """The attempt a pod was launched for: a warm worker's name, else the attempt itself."""
+    """The attempt a pod was launched for: a warm worker's name, else the attempt itself.
+
+    A warm worker is named `<call id>/<attempt>` after its first call; a standing
+    worker (`min_workers`) has no first call and was launched as `(<its name>, 0)`.
+    """
     if attempt.worker:
         call_id, _, number = attempt.worker.rpartition("/")
-        return (call_id, int(number))
+        if call_id and number.isdigit():
+            return (call_id, int(number))
+        return (attempt.worker, 0)
     return attempt.key
 
 
