@@ -23,6 +23,7 @@ import os
 import select
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -89,21 +90,36 @@ class _Redirect:
         os.dup2(self.original, self.fd)  # closes our write end of the pipe to the tee
 
 
-def _tee(redirects: list[_Redirect]) -> None:
-    """The tee process: copy each pipe to its original descriptor and back to the runtime
-    until every writer is gone. Only os calls: it was forked from a threaded process."""
+def _tee(control: socket.socket) -> None:
+    """The tee process: for each capture the runtime hands over (two pipes per stream
+    on `control`), copy the pipe to descriptor 1 or 2 (the runtime's originals, ours
+    since the fork) and back to the runtime until its writers are gone; exit once the
+    runtime closed `control` and every pipe has ended. Only os and socket calls: it
+    was forked from a threaded process."""
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # echo to the end; EOF ends us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for fd in (1, 2):
-            os.close(fd)  # our copies of the pipes' write ends: EOF must come
-        for r in redirects:
-            os.close(r.back)
-        inputs = {r.into_tee: r for r in redirects}
-        backs = {r.into_tee: r.back_write for r in redirects}
-        while inputs:
-            ready, _, _ = select.select(list(inputs), [], [])
+        targets: dict[int, int] = {}  # pipe from the call -> 1 or 2
+        backs: dict[int, int] = {}  # pipe from the call -> pipe back to the runtime
+        listening = True
+        while targets or listening:
+            watched = list(targets) + ([control.fileno()] if listening else [])
+            ready, _, _ = select.select(watched, [], [])
             for fd in ready:
+                if fd == control.fileno():
+                    try:
+                        streams, fds, _, _ = socket.recv_fds(control, 16, 8)
+                    except InterruptedError:
+                        continue
+                    except OSError:
+                        streams, fds = b"", []
+                    if not streams:
+                        listening = False
+                        continue
+                    for i, target in enumerate(streams):
+                        targets[fds[i]] = target
+                        backs[fds[i]] = fds[len(streams) + i]
+                    continue
                 try:
                     data = os.read(fd, _READ_SIZE)
                 except InterruptedError:
@@ -111,16 +127,77 @@ def _tee(redirects: list[_Redirect]) -> None:
                 except OSError:
                     data = b""
                 if not data:
-                    del inputs[fd]
+                    del targets[fd]
                     with contextlib.suppress(OSError):
+                        os.close(fd)
+                    with contextlib.suppress(OSError, KeyError):
                         os.close(backs.pop(fd))
                     continue
-                _write_all(inputs[fd].original, data)
+                _write_all(targets[fd], data)
                 if fd in backs and not _write_all(backs[fd], data):
                     with contextlib.suppress(OSError):
                         os.close(backs.pop(fd))  # the runtime is gone: echo on regardless
     finally:
         os._exit(0)
+
+
+class _TeeProcess:
+    """The tee, forked at the first capture and kept for every later one (a warm
+    worker runs many calls): a fork and a reap per call cost more than the call."""
+
+    def __init__(self, redirects: list[_Redirect]) -> None:
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            # Our descriptors 1 and 2 echo to where the runtime's pointed before the
+            # capture; no copy of a pipe stays here but those handed to us.
+            self.control.close()
+            for r in redirects:
+                os.dup2(r.original, r.fd)
+                for fd in (r.into_tee, r.back, r.back_write):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            _tee(theirs)
+        theirs.close()
+        self.pid = pid
+        reaper.spare(pid)
+
+    def hand(self, redirects: list[_Redirect]) -> None:
+        """Give the tee this capture's pipes (it holds the only copies afterwards)."""
+        socket.send_fds(self.control, [bytes(r.fd for r in redirects)],
+                        [r.into_tee for r in redirects] + [r.back_write for r in redirects])
+
+    def close(self) -> None:
+        """No more captures: the tee ends once it has echoed what is still in the pipes."""
+        self.control.close()
+        _reap(self.pid)
+
+
+_tee_process: _TeeProcess | None = None
+
+
+def _handed_to_tee(redirects: list[_Redirect]) -> None:
+    global _tee_process
+    if _tee_process is not None:
+        try:
+            _tee_process.hand(redirects)
+            return
+        except OSError:  # the tee is gone (killed by someone): start another
+            with contextlib.suppress(OSError):
+                _tee_process.close()
+    _tee_process = None
+    tee = _TeeProcess(redirects)
+    tee.hand(redirects)
+    _tee_process = tee
+
+
+def stop_tee() -> None:
+    """The runtime is done with captures: let the tee finish echoing, then reap it,
+    so that the end of the log is written before the process (a pod's PID 1) exits."""
+    global _tee_process
+    tee, _tee_process = _tee_process, None
+    if tee is not None:
+        tee.close()
 
 
 class _Reader:
@@ -181,13 +258,12 @@ def capture_fds(sink: Sink) -> Iterator[None]:
                 reconfigure(line_buffering=True)
                 reconfigured.append(stream)
     redirects = [_Redirect(1, "stdout"), _Redirect(2, "stderr")]
-    tee = os.fork()
-    if tee == 0:
-        _tee(redirects)
-    reaper.spare(tee)
-    for r in redirects:
-        os.close(r.into_tee)
-        os.close(r.back_write)
+    try:
+        _handed_to_tee(redirects)
+    finally:
+        for r in redirects:
+            os.close(r.into_tee)
+            os.close(r.back_write)
     reader = _Reader(redirects, sink)
     try:
         yield
@@ -195,8 +271,7 @@ def capture_fds(sink: Sink) -> Iterator[None]:
         _flush_python_streams()
         for redirect in redirects:
             redirect.restore()
-        reader.join()  # the tee ends when the last writer (we killed the rest) is gone
-        _reap(tee)
+        reader.join()  # the tee lets go of a pipe when its last writer (we killed the rest) is gone
         for redirect in redirects:
             with contextlib.suppress(OSError):
                 os.close(redirect.back)
@@ -206,8 +281,21 @@ def capture_fds(sink: Sink) -> Iterator[None]:
                 getattr(stream, "reconfigure")(line_buffering=False)  # noqa: B009
 
 
+def _exited_within(pid: int, seconds: float) -> None:
+    """Wait for `pid` to exit, at most `seconds`, woken by its exit (a pidfd)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return  # too old a kernel, or gone: the polling below does it
+    try:
+        select.select([pidfd], [], [], seconds)
+    finally:
+        os.close(pidfd)
+
+
 def _reap(pid: int) -> None:
     deadline = time.monotonic() + _DRAIN_SECONDS
+    _exited_within(pid, _DRAIN_SECONDS)
     try:
         while os.waitpid(pid, os.WNOHANG)[0] == 0:
             if time.monotonic() >= deadline:

@@ -28,7 +28,7 @@ from typing import Any
 
 import cloudpickle
 
-from podfn_runtime import items, reaper, termination, usage
+from podfn_runtime import capture, items, reaper, termination, usage
 from podfn_runtime.capture import capture_fds
 from podfn_runtime.database import (
     DEFAULT_RETRY_SECONDS,
@@ -372,3 +372,4 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         reaper.kill_descendants()
         db.close()
+        capture.stop_tee()
