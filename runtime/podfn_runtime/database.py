@@ -57,6 +57,7 @@ _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
 _LANDED = {
     "claim": ("running",),
     "succeed": ("succeeded",),
+    "succeed_next": ("succeeded",),
     "fail": ("failed", "retrying"),
 }
 
