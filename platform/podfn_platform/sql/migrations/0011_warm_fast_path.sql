@@ -3,9 +3,12 @@
 -- 1. `next` (migration 0008) woke the controller (NOTIFY podfn_warm) on every
 --    claim, and each wake is a controller turn of several statements: on a
 --    two-core machine that turn competed with the call it was about. It now
---    wakes it only when the claimed call has a `timeout` to arm or more calls
---    of the pool wait (the controller may add workers); otherwise the next
---    turn (a cancel, a submission, the periodic sweep) catches up.
+--    wakes it only when the claimed call has a `timeout` to arm, or when an
+--    idle worker took a call and more of its pool wait (the controller may add
+--    workers); otherwise the next turn (a cancel, a submission, the periodic
+--    sweep) catches up. The body moves to podfn_next_call, which the runtime
+--    role cannot execute, so `succeed_next` can say the worker came straight
+--    from a call.
 -- 2. `succeed_next`: what a runtime sent as three statements after a call
 --    (usage, succeed, then next for a warm worker) in one, so one round trip
 --    records the outcome and claims the pool's next call. Each part is the
@@ -14,12 +17,12 @@
 --    spent secret still unlocks exactly once. A null p_secret_hash asks for
 --    no next call (a cold runtime). No row back: the attempt was stale.
 
-CREATE OR REPLACE FUNCTION podfn_runtime_v1.next(p_id text, p_attempt integer, p_secret text,
-                                      p_secret_hash text)
+CREATE FUNCTION podfn_next_call(p_id text, p_attempt integer, p_secret text,
+                                p_secret_hash text, p_chained boolean)
 RETURNS TABLE (verdict text, id text, attempt integer, function bytea, function_digest text,
                args bytea, spec jsonb, client_python text, client_cloudpickle text,
                result_format text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     cur record;
@@ -94,16 +97,31 @@ BEGIN
            c.client_python, c.client_cloudpickle, c.result_format
     FROM c JOIN podfn_payloads p ON p.digest = c.function_digest;
     -- Wake the controller only when it has something to do with this claim: arm
-    -- the call's `timeout`, or size the pool while calls of it are still queued.
-    -- A cancel wakes it anyway (podfn_cancelled) and every turn re-reads which
-    -- attempt each worker runs, so nothing else needs it now.
+    -- the call's `timeout`, or, when an idle worker woke up to calls, size the
+    -- pool while more of them are queued. A worker going from call to call
+    -- (p_chained) changes nothing the controller sizes by, and submissions
+    -- wake it anyway. A cancel wakes it too (podfn_cancelled) and every turn
+    -- re-reads which attempt each worker runs.
     IF EXISTS (SELECT 1 FROM podfn_calls c
                WHERE c.id = pick.id AND jsonb_typeof(c.spec->'timeout') = 'number')
-       OR EXISTS (SELECT 1 FROM podfn_calls q WHERE q.pool = cur.pool AND q.state = 'queued') THEN
+       OR (NOT p_chained AND EXISTS (SELECT 1 FROM podfn_calls q
+                                     WHERE q.pool = cur.pool AND q.state = 'queued')) THEN
         PERFORM pg_notify('podfn_warm', w);
     END IF;
 END $$;
 
+
+REVOKE ALL ON FUNCTION podfn_next_call(text, integer, text, text, boolean) FROM PUBLIC;
+
+-- The protocol function: its contract is migration 0008's.
+CREATE OR REPLACE FUNCTION podfn_runtime_v1.next(p_id text, p_attempt integer, p_secret text,
+                                                 p_secret_hash text)
+RETURNS TABLE (verdict text, id text, attempt integer, function bytea, function_digest text,
+               args bytea, spec jsonb, client_python text, client_cloudpickle text,
+               result_format text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SELECT * FROM podfn_next_call(p_id, p_attempt, p_secret, p_secret_hash, false)
+$$;
 
 CREATE FUNCTION podfn_runtime_v1.succeed_next(p_id text, p_attempt integer, p_secret text,
                                               p_result bytea, p_result_json text,
@@ -129,7 +147,7 @@ BEGIN
     END IF;
     state := done.state;
     IF p_secret_hash IS NOT NULL THEN
-        SELECT * INTO n FROM podfn_runtime_v1.next(p_id, p_attempt, p_secret, p_secret_hash);
+        SELECT * INTO n FROM podfn_next_call(p_id, p_attempt, p_secret, p_secret_hash, true);
         verdict := n.verdict;
         id := n.id;
         attempt := n.attempt;
