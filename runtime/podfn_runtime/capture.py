@@ -9,8 +9,12 @@ and hands the same bytes back to the runtime, where one reader thread gives
 them to an `Output` (output.py), which stores them. The tee is a process, not
 a thread, so that what the call wrote just before the runtime died (a
 segfault in C code, `os._exit`, the OOM killer) still reaches the log; the
-reaper spares it (reaper.spare) and it ends by itself once every writer is
-gone. The runtime's own log lines go
+reaper spares it (reaper.spare). One tee serves every call of a runtime (a
+warm worker runs many; a fork and a reap per call cost more than a trivial
+call): each capture makes fresh pipes and hands their ends to the tee over
+a socket (SCM_RIGHTS), so what one call wrote never mixes with the next
+one's. The tee ends by itself once the runtime is gone (or said it is done,
+`stop_tee`) and every pipe's writers are gone. The runtime's own log lines go
 to a duplicate of the original stderr taken before the capture starts
 (main.py), so they never mix with the user's output.
 """
@@ -189,6 +193,14 @@ def _handed_to_tee(redirects: list[_Redirect]) -> None:
     tee = _TeeProcess(redirects)
     tee.hand(redirects)
     _tee_process = tee
+
+
+def start_tee() -> None:
+    """Fork the tee ahead of the first capture (main.py does it while Postgres starts
+    the runtime's connection), so the call does not wait for the fork."""
+    global _tee_process
+    if _tee_process is None:
+        _tee_process = _TeeProcess([])
 
 
 def stop_tee() -> None:

@@ -325,6 +325,26 @@ def _log_apart() -> None:
     logger.propagate = False
 
 
+def _connect_with_tee(url: str, secret: str, retry_seconds: float) -> RuntimeDatabase:
+    """The runtime's connection, made on a thread while this one forks the output tee:
+    the connection mostly waits for Postgres to start a backend, the fork is CPU, and a
+    cold call waits for both before it runs."""
+    made: list[RuntimeDatabase | BaseException] = []
+
+    def connect() -> None:
+        try:
+            made.append(RuntimeDatabase(url, secret, retry_seconds=retry_seconds))
+        except BaseException as exc:  # re-raised on the main thread
+            made.append(exc)
+
+    connecting = capture.start_thread(connect, "podfn-connect")
+    capture.start_tee()
+    connecting.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m podfn_runtime",
@@ -367,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     reaper.become_subreaper()
     reaper.kill_descendants_on_sigterm()
     try:
-        db = RuntimeDatabase(ns.database_url, secret, retry_seconds=ns.write_retry_seconds)
+        db = _connect_with_tee(ns.database_url, secret, ns.write_retry_seconds)
     except DatabaseUnavailable as exc:
         log.error("%s", exc)
         return EXIT_DISRUPTED

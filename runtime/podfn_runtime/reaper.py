@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import sys
@@ -30,12 +31,18 @@ _PR_SET_CHILD_SUBREAPER = 36
 _PROC = "/proc"
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Loaded once per process image: find_library runs `ldconfig -p`, milliseconds a
+    cold call would pay again in every child the local forkserver forks."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def become_subreaper() -> bool:
     """Adopt orphaned descendants of this process; False where that is not possible."""
     if sys.platform != "linux":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    return bool(_libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 def parent_of(pid: int | str) -> int | None:

@@ -238,6 +238,13 @@ class Zygote:
         """Kill the trees of processes re-parented to us: what dead attempts left running."""
         from podfn_runtime import reaper
 
+        kids = reaper.children()
+        if kids is not None:
+            # Our children alone, not a scan of all of /proc: this runs at every exit,
+            # on the one thread that also forks the next attempts.
+            for pid in kids - self.children:
+                reaper.kill_tree(pid, include_root=True)
+            return
         me = os.getpid()
         for pid in reaper.descendants(me):
             if pid in self.children or reaper.parent_of(pid) != me:
