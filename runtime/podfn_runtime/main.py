@@ -325,10 +325,23 @@ def _log_apart() -> None:
     logger.propagate = False
 
 
+_preconnected: list[Any] = []
+
+
+def use_connection(connection: Any) -> None:
+    """A connection to the runtime's database made before the attempt was known (the
+    local forkserver's spare child, forkserver.py): `main` uses it instead of connecting."""
+    _preconnected[:] = [connection]
+
+
 def _connect_with_tee(url: str, secret: str, retry_seconds: float) -> RuntimeDatabase:
     """The runtime's connection, made on a thread while this one forks the output tee:
     the connection mostly waits for Postgres to start a backend, the fork is CPU, and a
     cold call waits for both before it runs."""
+    if _preconnected:
+        connection = _preconnected.pop()
+        capture.start_tee()
+        return RuntimeDatabase(url, secret, retry_seconds=retry_seconds, connection=connection)
     made: list[RuntimeDatabase | BaseException] = []
 
     def connect() -> None:
