@@ -43,6 +43,7 @@ from podfn_runtime import reaper
 _DRAIN_SECONDS = 2.0
 _READ_SIZE = 64 * 1024
 _STACK_BYTES = 256 * 1024
+_MAX_FD = 1 << 20  # closerange's bound: close_range(2) makes the span free
 
 
 class Sink(Protocol):
@@ -95,15 +96,15 @@ class _Redirect:
 
 
 def _tee(control: socket.socket) -> None:
-    """The tee process: for each capture the runtime hands over (two pipes per stream
-    on `control`), copy the pipe to descriptor 1 or 2 (the runtime's originals, ours
-    since the fork) and back to the runtime until its writers are gone; exit once the
-    runtime closed `control` and every pipe has ended. Only os and socket calls: it
-    was forked from a threaded process."""
+    """The tee process: for each capture the runtime hands over (per stream: the pipe
+    from the call, the pipe back to the runtime, and the runtime's original
+    descriptor) on `control`, copy the pipe to the original and back to the runtime
+    until its writers are gone; exit once the runtime closed `control` and every pipe
+    has ended. Only os and socket calls: it was forked from a threaded process."""
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # echo to the end; EOF ends us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        targets: dict[int, int] = {}  # pipe from the call -> 1 or 2
+        targets: dict[int, int] = {}  # pipe from the call -> where it echoes
         backs: dict[int, int] = {}  # pipe from the call -> pipe back to the runtime
         listening = True
         while targets or listening:
@@ -120,9 +121,10 @@ def _tee(control: socket.socket) -> None:
                     if not streams:
                         listening = False
                         continue
-                    for i, target in enumerate(streams):
-                        targets[fds[i]] = target
-                        backs[fds[i]] = fds[len(streams) + i]
+                    n = len(streams)
+                    for i in range(n):
+                        targets[fds[i]] = fds[2 * n + i]
+                        backs[fds[i]] = fds[n + i]
                     continue
                 try:
                     data = os.read(fd, _READ_SIZE)
@@ -131,7 +133,8 @@ def _tee(control: socket.socket) -> None:
                 except OSError:
                     data = b""
                 if not data:
-                    del targets[fd]
+                    with contextlib.suppress(OSError):
+                        os.close(targets.pop(fd))
                     with contextlib.suppress(OSError):
                         os.close(fd)
                     with contextlib.suppress(OSError, KeyError):
@@ -149,27 +152,31 @@ class _TeeProcess:
     """The tee, forked at the first capture and kept for every later one (a warm
     worker runs many calls): a fork and a reap per call cost more than the call."""
 
-    def __init__(self, redirects: list[_Redirect]) -> None:
+    def __init__(self) -> None:
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
-            # Our descriptors 1 and 2 echo to where the runtime's pointed before the
-            # capture; no copy of a pipe stays here but those handed to us.
-            self.control.close()
-            for r in redirects:
-                os.dup2(r.original, r.fd)
-                for fd in (r.into_tee, r.back, r.back_write):
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+            # Nothing of the runtime's stays open here but the socket: no copy of a
+            # capture's pipe (its reader would never see the end), no connection, and
+            # none of a forkserver's descriptors. What to echo to comes with each pipe.
+            keep = theirs.fileno()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                if fd != keep:
+                    os.dup2(null, fd)
+            os.closerange(3, keep)
+            os.closerange(keep + 1, _MAX_FD)
             _tee(theirs)
         theirs.close()
         self.pid = pid
         reaper.spare(pid)
 
     def hand(self, redirects: list[_Redirect]) -> None:
-        """Give the tee this capture's pipes (it holds the only copies afterwards)."""
+        """Give the tee this capture's pipes (it holds the only copies afterwards) and
+        a copy of each descriptor they stand in for."""
         socket.send_fds(self.control, [bytes(r.fd for r in redirects)],
-                        [r.into_tee for r in redirects] + [r.back_write for r in redirects])
+                        [r.into_tee for r in redirects] + [r.back_write for r in redirects]
+                        + [r.original for r in redirects])
 
     def close(self) -> None:
         """No more captures: the tee ends once it has echoed what is still in the pipes."""
@@ -190,17 +197,24 @@ def _handed_to_tee(redirects: list[_Redirect]) -> None:
             with contextlib.suppress(OSError):
                 _tee_process.close()
     _tee_process = None
-    tee = _TeeProcess(redirects)
+    tee = _TeeProcess()
     tee.hand(redirects)
     _tee_process = tee
 
 
 def start_tee() -> None:
     """Fork the tee ahead of the first capture (main.py does it while Postgres starts
-    the runtime's connection), so the call does not wait for the fork."""
+    the runtime's connection; the forkserver's spare before its attempt is known),
+    so the call does not wait for the fork."""
     global _tee_process
     if _tee_process is None:
-        _tee_process = _TeeProcess([])
+        _tee_process = _TeeProcess()
+
+
+def tee_descriptors() -> list[int]:
+    """The descriptors the runtime holds to talk to its tee (kept open by the
+    forkserver's spare when it closes everything else)."""
+    return [] if _tee_process is None else [_tee_process.control.fileno()]
 
 
 def stop_tee() -> None:

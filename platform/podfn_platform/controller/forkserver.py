@@ -33,7 +33,8 @@ A spare: after each attempt it forks, the zygote forks the next attempt's
 process ahead of time. The spare leaves the zygote's session and signals,
 connects to Postgres as the runtime role (every attempt gets the same URL;
 the attempt's secret comes later, with the request) and waits on a socket.
-The next request with that URL goes to it: the output descriptor over
+It forks its output tee too (capture.py). The next request with that URL
+goes to it: the output descriptor over
 SCM_RIGHTS, then the request, and the spare runs it exactly as a freshly
 forked child would, with the connection it made. A cold call so waits for
 neither a fork nor a new Postgres backend. A spare that dies waiting is
@@ -103,13 +104,14 @@ def _run_spare(sock: socket.socket, url: str, zygote_pid: int, libc: Any,
     is this child's own, made after the fork; it serves one attempt, like any other."""
     try:
         _leave_zygote(zygote_pid, libc)
-        from podfn_runtime import database
+        from podfn_runtime import capture, database
         from podfn_runtime import main as runtime_main
 
         try:
             connection = database.connect(url)
         except Exception:  # the runtime connects (and retries) by itself
             connection = None
+        capture.start_tee()  # its output tee too, while nothing waits for it
         _, fds, _, _ = socket.recv_fds(sock, 16, 1)
         if not fds:
             os._exit(0)  # the zygote is done with us
@@ -118,7 +120,7 @@ def _run_spare(sock: socket.socket, url: str, zygote_pid: int, libc: Any,
             chunks.append(chunk)
         sock.close()
         request = json.loads(b"".join(chunks))
-        keep = []
+        keep = capture.tee_descriptors()
         if connection is not None:
             runtime_main.use_connection(connection)
             keep.append(connection.pgconn.socket)
