@@ -54,6 +54,9 @@ def _protocol(url: str, function: str, call_id: str, attempt: int, secret: str) 
         "append_output": "SELECT podfn_runtime_v1.append_output(%s, %s, %s, 'stdout', 0, "
                          "'pwned')",
         "yield_item": "SELECT podfn_runtime_v1.yield_item(%s, %s, %s, 0, 'pwned')",
+        # Migration 0011: usage, succeed and next in one round trip.
+        "succeed_next": "SELECT state FROM podfn_runtime_v1.succeed_next(%s, %s, %s, 'pwned', "
+                        "NULL, '', '', 666, 666, 666, repeat('0', 64))",
     }
     return _sql(url, statements[function], (call_id, attempt, secret))
 
@@ -89,7 +92,7 @@ def attack(victim_id: str, forbidden: list[str]) -> dict[str, str]:
                "finished_at timestamptz)")
     # 2. The runtime protocol with another call's id, a stale attempt, a wrong secret.
     for function in ("claim", "progress", "succeed", "fail", "usage", "record", "claimed",
-                     "append_output", "yield_item"):
+                     "append_output", "yield_item", "succeed_next"):
         tried[f"{function} another call with my secret"] = _protocol(
             url, function, victim_id, 1, secret)
         tried[f"{function} my call at a stale attempt"] = _protocol(
@@ -130,7 +133,7 @@ def replay(leaked: dict[str, Any]) -> dict[str, str]:
     return {f"{function} with a spent secret": _protocol(url, function, leaked["call_id"],
                                                          leaked["attempt"], leaked["secret"])
             for function in ("claim", "progress", "succeed", "fail", "usage", "claimed",
-                             "append_output", "yield_item")}
+                             "append_output", "yield_item", "succeed_next")}
 
 
 @remote

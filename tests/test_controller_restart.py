@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_forkserver import gone
 
 from podfn import remote
 from podfn_platform.database import Database
@@ -49,7 +50,11 @@ def test_controller_killed_and_restarted_loses_nothing(api_only: str, database_u
     wait_for(lambda: len(list(started.iterdir())) == 3)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
-    # Its runtime processes die with it (PDEATHSIG); nothing was recorded for them.
+    # Its runtime processes die with it (PDEATHSIG, through the forkserver: a chain of
+    # deaths that takes its time on a loaded machine, so wait for the end of it before
+    # releasing them); nothing was recorded for them.
+    runtimes = [int(f.name.partition("-")[2]) for f in started.iterdir()]
+    wait_for(lambda: all(gone(pid) for pid in runtimes))
     assert {c.status() for c in calls} <= {"launching", "running"}
 
     release.touch()

@@ -13,6 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from test_forkserver import wait_for
 
 from conftest import TEST_TOKEN, Platform, platform_settings
 from podfn import remote
@@ -103,14 +104,17 @@ def value(name: str, **labels: str) -> float:
 def test_controller_counts_launches_and_reconcile_results(platform: Platform) -> None:
     launches = value("podfn_launch_seconds_count")
     failed = value("podfn_reconcile_results_total", kind="exited", state="failed")
+    # The controller counts after its own step: the client may have the outcome a
+    # moment before the counter moves (no event to await in this process's registry).
     assert double.remote(21) == 42
-    assert value("podfn_launch_seconds_count") == launches + 1
+    wait_for(lambda: value("podfn_launch_seconds_count") == launches + 1)
     assert value("podfn_launch_seconds_sum") > 0
     # A process that dies without a result: the controller records the exit, counted once.
     with pytest.raises(CallFailed, match="code 3"):
         crash.remote()
+    wait_for(lambda: value("podfn_reconcile_results_total", kind="exited",
+                           state="failed") == failed + 1)
     assert value("podfn_launch_seconds_count") == launches + 2
-    assert value("podfn_reconcile_results_total", kind="exited", state="failed") == failed + 1
 
 
 class FakeStream:

@@ -88,7 +88,8 @@ def test_runtime_role_may_execute_only_the_protocol(database_url: str, db_roles:
         f"{PROTOCOL}.append_output", f"{PROTOCOL}.attempt_holds", f"{PROTOCOL}.claim",
         f"{PROTOCOL}.claimed", f"{PROTOCOL}.fail", f"{PROTOCOL}.next", f"{PROTOCOL}.next_standing",
         f"{PROTOCOL}.progress",
-        f"{PROTOCOL}.record", f"{PROTOCOL}.succeed", f"{PROTOCOL}.usage", f"{PROTOCOL}.yield_item"]
+        f"{PROTOCOL}.record", f"{PROTOCOL}.succeed", f"{PROTOCOL}.succeed_next",
+        f"{PROTOCOL}.usage", f"{PROTOCOL}.yield_item"]
 
 
 def test_protocol_functions_are_pinned_security_definers_not_granted_to_public(

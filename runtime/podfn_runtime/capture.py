@@ -9,8 +9,12 @@ and hands the same bytes back to the runtime, where one reader thread gives
 them to an `Output` (output.py), which stores them. The tee is a process, not
 a thread, so that what the call wrote just before the runtime died (a
 segfault in C code, `os._exit`, the OOM killer) still reaches the log; the
-reaper spares it (reaper.spare) and it ends by itself once every writer is
-gone. The runtime's own log lines go
+reaper spares it (reaper.spare). One tee serves every call of a runtime (a
+warm worker runs many; a fork and a reap per call cost more than a trivial
+call): each capture makes fresh pipes and hands their ends to the tee over
+a socket (SCM_RIGHTS), so what one call wrote never mixes with the next
+one's. The tee ends by itself once the runtime is gone (or said it is done,
+`stop_tee`) and every pipe's writers are gone. The runtime's own log lines go
 to a duplicate of the original stderr taken before the capture starts
 (main.py), so they never mix with the user's output.
 """
@@ -23,6 +27,7 @@ import os
 import select
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,6 +43,7 @@ from podfn_runtime import reaper
 _DRAIN_SECONDS = 2.0
 _READ_SIZE = 64 * 1024
 _STACK_BYTES = 256 * 1024
+_MAX_FD = 1 << 20  # closerange's bound: close_range(2) makes the span free
 
 
 class Sink(Protocol):
@@ -89,21 +95,37 @@ class _Redirect:
         os.dup2(self.original, self.fd)  # closes our write end of the pipe to the tee
 
 
-def _tee(redirects: list[_Redirect]) -> None:
-    """The tee process: copy each pipe to its original descriptor and back to the runtime
-    until every writer is gone. Only os calls: it was forked from a threaded process."""
+def _tee(control: socket.socket) -> None:
+    """The tee process: for each capture the runtime hands over (per stream: the pipe
+    from the call, the pipe back to the runtime, and the runtime's original
+    descriptor) on `control`, copy the pipe to the original and back to the runtime
+    until its writers are gone; exit once the runtime closed `control` and every pipe
+    has ended. Only os and socket calls: it was forked from a threaded process."""
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # echo to the end; EOF ends us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for fd in (1, 2):
-            os.close(fd)  # our copies of the pipes' write ends: EOF must come
-        for r in redirects:
-            os.close(r.back)
-        inputs = {r.into_tee: r for r in redirects}
-        backs = {r.into_tee: r.back_write for r in redirects}
-        while inputs:
-            ready, _, _ = select.select(list(inputs), [], [])
+        targets: dict[int, int] = {}  # pipe from the call -> where it echoes
+        backs: dict[int, int] = {}  # pipe from the call -> pipe back to the runtime
+        listening = True
+        while targets or listening:
+            watched = list(targets) + ([control.fileno()] if listening else [])
+            ready, _, _ = select.select(watched, [], [])
             for fd in ready:
+                if fd == control.fileno():
+                    try:
+                        streams, fds, _, _ = socket.recv_fds(control, 16, 8)
+                    except InterruptedError:
+                        continue
+                    except OSError:
+                        streams, fds = b"", []
+                    if not streams:
+                        listening = False
+                        continue
+                    n = len(streams)
+                    for i in range(n):
+                        targets[fds[i]] = fds[2 * n + i]
+                        backs[fds[i]] = fds[n + i]
+                    continue
                 try:
                     data = os.read(fd, _READ_SIZE)
                 except InterruptedError:
@@ -111,16 +133,97 @@ def _tee(redirects: list[_Redirect]) -> None:
                 except OSError:
                     data = b""
                 if not data:
-                    del inputs[fd]
                     with contextlib.suppress(OSError):
+                        os.close(targets.pop(fd))
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                    with contextlib.suppress(OSError, KeyError):
                         os.close(backs.pop(fd))
                     continue
-                _write_all(inputs[fd].original, data)
+                _write_all(targets[fd], data)
                 if fd in backs and not _write_all(backs[fd], data):
                     with contextlib.suppress(OSError):
                         os.close(backs.pop(fd))  # the runtime is gone: echo on regardless
     finally:
         os._exit(0)
+
+
+class _TeeProcess:
+    """The tee, forked at the first capture and kept for every later one (a warm
+    worker runs many calls): a fork and a reap per call cost more than the call."""
+
+    def __init__(self) -> None:
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            # Nothing of the runtime's stays open here but the socket: no copy of a
+            # capture's pipe (its reader would never see the end), no connection, and
+            # none of a forkserver's descriptors. What to echo to comes with each pipe.
+            keep = theirs.fileno()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                if fd != keep:
+                    os.dup2(null, fd)
+            os.closerange(3, keep)
+            os.closerange(keep + 1, _MAX_FD)
+            _tee(theirs)
+        theirs.close()
+        self.pid = pid
+        reaper.spare(pid)
+
+    def hand(self, redirects: list[_Redirect]) -> None:
+        """Give the tee this capture's pipes (it holds the only copies afterwards) and
+        a copy of each descriptor they stand in for."""
+        socket.send_fds(self.control, [bytes(r.fd for r in redirects)],
+                        [r.into_tee for r in redirects] + [r.back_write for r in redirects]
+                        + [r.original for r in redirects])
+
+    def close(self) -> None:
+        """No more captures: the tee ends once it has echoed what is still in the pipes."""
+        self.control.close()
+        _reap(self.pid)
+
+
+_tee_process: _TeeProcess | None = None
+
+
+def _handed_to_tee(redirects: list[_Redirect]) -> None:
+    global _tee_process
+    if _tee_process is not None:
+        try:
+            _tee_process.hand(redirects)
+            return
+        except OSError:  # the tee is gone (killed by someone): start another
+            with contextlib.suppress(OSError):
+                _tee_process.close()
+    _tee_process = None
+    tee = _TeeProcess()
+    tee.hand(redirects)
+    _tee_process = tee
+
+
+def start_tee() -> None:
+    """Fork the tee ahead of the first capture (main.py does it while Postgres starts
+    the runtime's connection; the forkserver's spare before its attempt is known),
+    so the call does not wait for the fork."""
+    global _tee_process
+    if _tee_process is None:
+        _tee_process = _TeeProcess()
+
+
+def tee_descriptors() -> list[int]:
+    """The descriptors the runtime holds to talk to its tee (kept open by the
+    forkserver's spare when it closes everything else)."""
+    return [] if _tee_process is None else [_tee_process.control.fileno()]
+
+
+def stop_tee() -> None:
+    """The runtime is done with captures: let the tee finish echoing, then reap it,
+    so that the end of the log is written before the process (a pod's PID 1) exits."""
+    global _tee_process
+    tee, _tee_process = _tee_process, None
+    if tee is not None:
+        tee.close()
 
 
 class _Reader:
@@ -181,13 +284,12 @@ def capture_fds(sink: Sink) -> Iterator[None]:
                 reconfigure(line_buffering=True)
                 reconfigured.append(stream)
     redirects = [_Redirect(1, "stdout"), _Redirect(2, "stderr")]
-    tee = os.fork()
-    if tee == 0:
-        _tee(redirects)
-    reaper.spare(tee)
-    for r in redirects:
-        os.close(r.into_tee)
-        os.close(r.back_write)
+    try:
+        _handed_to_tee(redirects)
+    finally:
+        for r in redirects:
+            os.close(r.into_tee)
+            os.close(r.back_write)
     reader = _Reader(redirects, sink)
     try:
         yield
@@ -195,8 +297,7 @@ def capture_fds(sink: Sink) -> Iterator[None]:
         _flush_python_streams()
         for redirect in redirects:
             redirect.restore()
-        reader.join()  # the tee ends when the last writer (we killed the rest) is gone
-        _reap(tee)
+        reader.join()  # the tee lets go of a pipe when its last writer (we killed the rest) is gone
         for redirect in redirects:
             with contextlib.suppress(OSError):
                 os.close(redirect.back)
@@ -206,8 +307,21 @@ def capture_fds(sink: Sink) -> Iterator[None]:
                 getattr(stream, "reconfigure")(line_buffering=False)  # noqa: B009
 
 
+def _exited_within(pid: int, seconds: float) -> None:
+    """Wait for `pid` to exit, at most `seconds`, woken by its exit (a pidfd)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return  # too old a kernel, or gone: the polling below does it
+    try:
+        select.select([pidfd], [], [], seconds)
+    finally:
+        os.close(pidfd)
+
+
 def _reap(pid: int) -> None:
     deadline = time.monotonic() + _DRAIN_SECONDS
+    _exited_within(pid, _DRAIN_SECONDS)
     try:
         while os.waitpid(pid, os.WNOHANG)[0] == 0:
             if time.monotonic() >= deadline:

@@ -57,6 +57,7 @@ _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
 _LANDED = {
     "claim": ("running",),
     "succeed": ("succeeded",),
+    "succeed_next": ("succeeded",),
     "fail": ("failed", "retrying"),
 }
 
@@ -76,23 +77,30 @@ class DatabaseUnavailable(RuntimeDatabaseError):
     """Postgres stayed unreachable for the whole retry budget: a disruption, not the user's failure."""
 
 
+def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
+    """One connection as the runtime uses it (no retries)."""
+    return psycopg.connect(url, autocommit=True, row_factory=dict_row,
+                           application_name="podfn-runtime",
+                           connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
+
+
 class RuntimeDatabase:
     def __init__(self, url: str, secret: str, *,
-                 retry_seconds: float = DEFAULT_RETRY_SECONDS) -> None:
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS,
+                 connection: psycopg.Connection[dict[str, Any]] | None = None) -> None:
         self._url = url
         self._secret = secret
         self._retry_seconds = retry_seconds
         self._queries = protocol()
         self._lock = threading.Lock()  # the progress thread shares the connection
-        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+        # `connection`: made ahead by the local forkserver's spare child, for this URL.
+        self._conn: psycopg.Connection[dict[str, Any]] | None = connection
         self._retrying(lambda _tries: None, "connect")
 
     def _connect(self) -> None:
         if self._conn is not None and not self._conn.closed:
             return
-        self._conn = psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
-                                     application_name="podfn-runtime",
-                                     connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
+        self._conn = connect(self._url)
 
     def _drop(self) -> None:
         if self._conn is not None:

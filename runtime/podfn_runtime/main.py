@@ -28,7 +28,7 @@ from typing import Any
 
 import cloudpickle
 
-from podfn_runtime import items, reaper, termination, usage
+from podfn_runtime import capture, items, reaper, termination, usage
 from podfn_runtime.capture import capture_fds
 from podfn_runtime.database import (
     DEFAULT_RETRY_SECONDS,
@@ -240,6 +240,14 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
 def run_claimed(db: RuntimeDatabase, claimed: dict[str, Any],
                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
     """Run a call this runtime holds (`claim`, or a warm worker's `next`); record its outcome."""
+    return run_then_next(db, claimed, max_result_bytes, None)[0]
+
+
+def run_then_next(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int,
+                  next_secret_hash: str | None) -> tuple[int, dict[str, Any] | None]:
+    """`run_claimed`; with `next_secret_hash` (a warm worker), a success is recorded and
+    the pool's next call asked for in the same round trip (`succeed_next`, migration
+    0011). The exit code, and `next`'s answer when there was one (None: ask again)."""
     call_id, attempt = claimed["id"], claimed["attempt"]
     log.info("running call %s attempt %d", call_id, attempt)
     meter = usage.Meter()
@@ -270,8 +278,9 @@ def run_claimed(db: RuntimeDatabase, claimed: dict[str, Any],
     # keep each stream's tail (output.py).
     columns = ({"stdout": output.stdout, "stderr": output.stderr} if output.capped
                else {"stdout": "", "stderr": ""})
-    usage.report(db, meter, call_id, attempt)  # before the outcome spends the secret
+    handed: dict[str, Any] | None = None
     if isinstance(outcome, Failure):
+        usage.report(db, meter, call_id, attempt)  # before the outcome spends the secret
         if outcome.error_traceback:
             sys.stderr.write(outcome.error_traceback)
         row = db.transition(
@@ -287,13 +296,19 @@ def run_claimed(db: RuntimeDatabase, claimed: dict[str, Any],
             **columns,
         )
     else:
-        row = db.transition("succeed", id=call_id, attempt=attempt, result=outcome.pickled,
-                            result_json=outcome.json, **columns)
+        # The usage rides along, recorded before the outcome spends the secret.
+        used = meter.read()
+        row = db.transition("succeed_next", id=call_id, attempt=attempt,
+                            result=outcome.pickled, result_json=outcome.json, **columns,
+                            peak_bytes=used.peak_bytes, cpu_seconds=used.cpu_seconds,
+                            wall_seconds=used.wall_seconds, secret_hash=next_secret_hash)
+        if row is not None and row.get("verdict") is not None:
+            handed = row  # absent after a lost reply (database.py): the caller asks again
     if row is None:
         log.info("stale attempt: call %s moved on while attempt %d ran", call_id, attempt)
     else:
         log.info("call %s attempt %d recorded: %s", call_id, attempt, row["state"])
-    return EXIT_RECORDED
+    return EXIT_RECORDED, handed
 
 
 def _log_apart() -> None:
@@ -308,6 +323,39 @@ def _log_apart() -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(os.environ.get("PODFN_LOG_LEVEL", "INFO").upper())
     logger.propagate = False
+
+
+_preconnected: list[Any] = []
+
+
+def use_connection(connection: Any) -> None:
+    """A connection to the runtime's database made before the attempt was known (the
+    local forkserver's spare child, forkserver.py): `main` uses it instead of connecting."""
+    _preconnected[:] = [connection]
+
+
+def _connect_with_tee(url: str, secret: str, retry_seconds: float) -> RuntimeDatabase:
+    """The runtime's connection, made on a thread while this one forks the output tee:
+    the connection mostly waits for Postgres to start a backend, the fork is CPU, and a
+    cold call waits for both before it runs."""
+    if _preconnected:
+        connection = _preconnected.pop()
+        capture.start_tee()
+        return RuntimeDatabase(url, secret, retry_seconds=retry_seconds, connection=connection)
+    made: list[RuntimeDatabase | BaseException] = []
+
+    def connect() -> None:
+        try:
+            made.append(RuntimeDatabase(url, secret, retry_seconds=retry_seconds))
+        except BaseException as exc:  # re-raised on the main thread
+            made.append(exc)
+
+    connecting = capture.start_thread(connect, "podfn-connect")
+    capture.start_tee()
+    connecting.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,8 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     reaper.become_subreaper()
     reaper.kill_descendants_on_sigterm()
     try:
-        db = RuntimeDatabase(ns.database_url, secret or worker_secret,
-                             retry_seconds=ns.write_retry_seconds)
+        db = _connect_with_tee(ns.database_url, secret or worker_secret, ns.write_retry_seconds)
     except DatabaseUnavailable as exc:
         log.error("%s", exc)
         return EXIT_DISRUPTED
@@ -378,3 +425,4 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         reaper.kill_descendants()
         db.close()
+        capture.stop_tee()

@@ -65,3 +65,12 @@ FROM podfn_runtime_v1.next(%(id)s, %(attempt)s, %(secret)s, %(secret_hash)s);
 SELECT verdict, id, attempt, function, function_digest, args, spec, client_python,
        client_cloudpickle, result_format
 FROM podfn_runtime_v1.next_standing(%(worker)s, %(worker_secret)s, %(secret_hash)s);
+
+-- name: succeed_next
+-- usage, succeed and (with a secret hash: a warm worker) next in one round trip
+-- (migration 0011): the outcome's `state`, then `next`'s verdict and call.
+SELECT state, verdict, id, attempt, function, function_digest, args, spec, client_python,
+       client_cloudpickle, result_format
+FROM podfn_runtime_v1.succeed_next(%(id)s, %(attempt)s, %(secret)s, %(result)s,
+                                   %(result_json)s, %(stdout)s, %(stderr)s, %(peak_bytes)s,
+                                   %(cpu_seconds)s, %(wall_seconds)s, %(secret_hash)s);

@@ -9,6 +9,7 @@ them, and the platform loads its own state machine with the same parser).
 
 from __future__ import annotations
 
+import functools
 import re
 from importlib import resources
 
@@ -32,6 +33,12 @@ def load(package: str, filename: str) -> dict[str, str]:
     return parse(resources.files(package).joinpath(filename).read_text(encoding="utf-8"))
 
 
+@functools.cache
+def _protocol() -> tuple[tuple[str, str], ...]:
+    return tuple(load("podfn_runtime", "protocol.sql").items())
+
+
 def protocol() -> dict[str, str]:
-    """The runtime protocol: every statement the runtime may send to Postgres."""
-    return load("podfn_runtime", "protocol.sql")
+    """The runtime protocol: every statement the runtime may send to Postgres (read
+    once per process image, so the forkserver's children find it parsed)."""
+    return dict(_protocol())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import sys
@@ -30,12 +31,18 @@ _PR_SET_CHILD_SUBREAPER = 36
 _PROC = "/proc"
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """Loaded once per process image: find_library runs `ldconfig -p`, milliseconds a
+    cold call would pay again in every child the local forkserver forks."""
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
 def become_subreaper() -> bool:
     """Adopt orphaned descendants of this process; False where that is not possible."""
     if sys.platform != "linux":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    return bool(_libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
 def parent_of(pid: int | str) -> int | None:
@@ -61,6 +68,26 @@ def _parents() -> dict[int, int]:
         if name.isdigit() and (parent := parent_of(name)) is not None:
             parents[int(name)] = parent
     return parents
+
+
+def children() -> set[int] | None:
+    """This process's live children (any of its threads may have forked them), or
+    None where the kernel does not list them (CONFIG_PROC_CHILDREN unset)."""
+    kids: set[int] = set()
+    try:
+        tasks = os.listdir(f"{_PROC}/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"{_PROC}/self/task/{task}/children", "rb") as fh:
+                kids.update(int(pid) for pid in fh.read().split())
+        except FileNotFoundError:
+            if os.path.exists(f"{_PROC}/self/task/{task}"):
+                return None  # the thread lives on: the kernel has no children file
+        except OSError:
+            return None
+    return kids
 
 
 # Helpers of the runtime's own that must outlive the call's processes (the
@@ -125,6 +152,13 @@ def kill_descendants(timeout: float = 5.0) -> int:
         # descendant means at least one child of ours, so none means none.
         os.waitpid(-1, os.WNOHANG)
     except ChildProcessError:
+        return 0
+    kids = children()
+    if kids is not None and kids <= _spared:
+        # The same reasoning with our own helpers alive (the output tee): a
+        # descendant would show as a child of ours that is not one of them.
+        # Reading /proc/self/task/*/children beats a scan of all of /proc,
+        # which costs milliseconds on a busy machine, on every call.
         return 0
     me = os.getpid()
     killed: set[int] = set()

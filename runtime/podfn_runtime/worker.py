@@ -46,6 +46,7 @@ from podfn_runtime.main import (
     DEFAULT_MAX_RESULT_BYTES,
     EXIT_RECORDED,
     run_claimed,
+    run_then_next,
 )
 
 log = logging.getLogger("podfn.runtime")
@@ -98,6 +99,12 @@ class Waker:
             self._conn = None
 
 
+def _fresh_secret() -> tuple[str, str]:
+    """A secret for the worker's next attempt, and the hash Postgres keeps of it."""
+    secret = secrets.token_hex(32)
+    return secret, hashlib.sha256(secret.encode()).hexdigest()
+
+
 def serve(db: RuntimeDatabase, call_id: str, attempt: int, database_url: str,
           max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
     """Run the attempt this runtime was started for, then, when warm, the pool's next ones."""
@@ -106,14 +113,17 @@ def serve(db: RuntimeDatabase, call_id: str, attempt: int, database_url: str,
         log.info("stale attempt: call %s is no longer at attempt %d (or its secret is not "
                  "this attempt's); exiting", call_id, attempt)
         return EXIT_RECORDED
-    code = run_claimed(db, claimed, max_result_bytes)
-    if code != EXIT_RECORDED or not is_warm(claimed["spec"]):
+    if not is_warm(claimed["spec"]):
+        return run_claimed(db, claimed, max_result_bytes)
+    secret, secret_hash = _fresh_secret()
+    code, answer = run_then_next(db, claimed, max_result_bytes, secret_hash)
+    if code != EXIT_RECORDED:
         return code
     for name in _FIRST_ATTEMPT_ONLY:
         os.environ.pop(name, None)
     waker = Waker(database_url)
     try:
-        return _loop(db, claimed, waker, max_result_bytes)
+        return _loop(db, claimed, waker, max_result_bytes, answer, secret)
     finally:
         waker.close()
 
@@ -146,21 +156,26 @@ def stand(db: RuntimeDatabase, worker: str, worker_secret: str, database_url: st
         waker.close()
 
 
-def _loop(db: RuntimeDatabase, last: dict[str, Any], waker: Waker,
-          max_result_bytes: int) -> int:
+def _loop(db: RuntimeDatabase, last: dict[str, Any], waker: Waker, max_result_bytes: int,
+          answer: dict[str, Any] | None, secret: str) -> int:
+    """`answer` is what `next` said after the last call (None: not asked yet), for `secret`."""
     idle_timeout = float(last["spec"].get("idle_timeout") or 60.0)
     idle_since = time.monotonic()
     while True:
-        secret = secrets.token_hex(32)
-        row = db.transition("next", id=last["id"], attempt=last["attempt"],
-                            secret_hash=hashlib.sha256(secret.encode()).hexdigest())
-        verdict = row["verdict"] if row else "refused"
+        if answer is None:
+            secret, secret_hash = _fresh_secret()
+            answer = db.transition("next", id=last["id"], attempt=last["attempt"],
+                                   secret_hash=secret_hash)
+            if answer is None:
+                answer = {"verdict": "refused"}
+        verdict = answer["verdict"]
         if verdict == "claimed":
-            assert row is not None
+            row, answer = answer, None
             db.use_secret(secret)
             os.environ["PODFN_CALL_ID"] = row["id"]
             os.environ["PODFN_ATTEMPT"] = str(row["attempt"])
-            code = run_claimed(db, row, max_result_bytes)
+            secret, secret_hash = _fresh_secret()
+            code, answer = run_then_next(db, row, max_result_bytes, secret_hash)
             if code != EXIT_RECORDED:
                 return code
             last = row
@@ -169,6 +184,7 @@ def _loop(db: RuntimeDatabase, last: dict[str, Any], waker: Waker,
         if verdict != "empty":
             log.info("warm worker exits: %s", _WHY.get(verdict, verdict))
             return EXIT_RECORDED
+        answer = None
         remaining = idle_timeout - (time.monotonic() - idle_since)
         if remaining <= 0:
             log.info("warm worker exits: idle for %g s (the `idle_timeout` hint)", idle_timeout)

@@ -29,6 +29,17 @@ own and keeps every property of the plain launcher:
 The zygote never connects to Postgres (a child must not inherit a
 connection) and is single-threaded when it forks (it checks).
 
+A spare: after each attempt it forks, the zygote forks the next attempt's
+process ahead of time. The spare leaves the zygote's session and signals,
+connects to Postgres as the runtime role (every attempt gets the same URL;
+the attempt's secret comes later, with the request) and waits on a socket.
+It forks its output tee too (capture.py). The next request with that URL
+goes to it: the output descriptor over
+SCM_RIGHTS, then the request, and the spare runs it exactly as a freshly
+forked child would, with the connection it made. A cold call so waits for
+neither a fork nor a new Postgres backend. A spare that dies waiting is
+reaped quietly and the next request forks afresh.
+
 Protocol (one JSON object per line): the controller writes
 `{"id", "env", "log", "memory"}` on the zygote's stdin; the zygote answers
 `{"id", "pid"}` (or `{"id", "error"}`) at once and `{"exit": pid, "status": n}`
@@ -54,6 +65,7 @@ import os
 import resource
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -72,19 +84,61 @@ def _send(out: Any, message: dict[str, Any]) -> None:
     out.flush()
 
 
-def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
+def _leave_zygote(zygote_pid: int, libc: Any) -> None:
+    """In a forked child, first thing: a session of its own, death with the zygote, and
+    none of the zygote's signal handling."""
+    os.setsid()
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != zygote_pid:  # the zygote died before prctl took effect
+        os._exit(1)
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _run_spare(sock: socket.socket, url: str, zygote_pid: int, libc: Any,
                keep_fds: list[int]) -> None:
-    """In the forked child: become the attempt's process, run the runtime, never return."""
+    """In a child forked ahead of its request: connect to Postgres as the runtime role
+    (the URL every attempt gets), then wait for the request and run it. The connection
+    is this child's own, made after the fork; it serves one attempt, like any other."""
+    try:
+        _leave_zygote(zygote_pid, libc)
+        from podfn_runtime import capture, database
+        from podfn_runtime import main as runtime_main
+
+        try:
+            connection = database.connect(url)
+        except Exception:  # the runtime connects (and retries) by itself
+            connection = None
+        capture.start_tee()  # its output tee too, while nothing waits for it
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        if not fds:
+            os._exit(0)  # the zygote is done with us
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        sock.close()
+        request = json.loads(b"".join(chunks))
+        keep = capture.tee_descriptors()
+        if connection is not None:
+            runtime_main.use_connection(connection)
+            keep.append(connection.pgconn.socket)
+        _run_child(request, fds[0], zygote_pid, libc, keep_fds, left=True, keep_open=keep)
+    finally:
+        os._exit(1)
+
+
+def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
+               keep_fds: list[int], *, left: bool = False,
+               keep_open: list[int] | None = None) -> None:
+    """In the forked child: become the attempt's process, run the runtime, never return.
+    `left`: _leave_zygote was done already (a spare); `keep_open`: descriptors of its
+    own to keep (its connection)."""
     code = 1
     try:
-        os.setsid()
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != zygote_pid:  # the zygote died before prctl took effect
-            os._exit(1)
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if not left:
+            _leave_zygote(zygote_pid, libc)
         memory = request.get("memory")
         if memory is not None:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
@@ -97,7 +151,11 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
             if fd > 2:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        os.closerange(3, 256)
+        low = 3
+        for fd in sorted(keep_open or []):
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 256)
         # PYTHONUNBUFFERED semantics on the new descriptors.
         stdin = open(0, closefd=False)  # noqa: SIM115
         stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),  # noqa: SIM115
@@ -135,10 +193,22 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
         os._exit(code)
 
 
+class _Spare:
+    """A child forked ahead of the next request (see Zygote.spawn)."""
+
+    def __init__(self, pid: int, sock: socket.socket, url: str) -> None:
+        self.pid = pid
+        self.sock = sock
+        self.url = url
+
+
 class Zygote:
     def __init__(self) -> None:
         self.libc = _libc()
         self.children: set[int] = set()
+        # The next attempt's process, forked and connected to Postgres while the
+        # zygote waits: a cold call does not wait for a fork and a new backend.
+        self.spare: _Spare | None = None
         self.out = os.fdopen(os.dup(1), "wb")
         self.stdin_fd = 0
         self.buffer = b""
@@ -208,18 +278,62 @@ class Zygote:
         except OSError as exc:
             _send(self.out, {"id": request["id"], "error": f"cannot open the output: {exc}"})
             return
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            os.close(output)
-            _send(self.out, {"id": request["id"], "error": f"fork failed: {exc}"})
-            return
-        if pid == 0:
-            _run_child(request, output, os.getppid(), self.libc,
-                       [self.out.fileno(), self.wake_r, self.wake_w, self.stdin_fd])
+        url = (request.get("env") or {}).get("PODFN_RUNTIME_DATABASE_URL")
+        pid = self.hand_to_spare(request, output, url)
+        if pid is None:
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                os.close(output)
+                _send(self.out, {"id": request["id"], "error": f"fork failed: {exc}"})
+                return
+            if pid == 0:
+                _run_child(request, output, os.getppid(), self.libc, self.own_fds())
         os.close(output)
         self.children.add(pid)
         _send(self.out, {"id": request["id"], "pid": pid})
+        if url:
+            self.fork_spare(url)
+
+    def own_fds(self) -> list[int]:
+        fds = [self.out.fileno(), self.wake_r, self.wake_w, self.stdin_fd]
+        if self.spare is not None:
+            fds.append(self.spare.sock.fileno())
+        return fds
+
+    def hand_to_spare(self, request: dict[str, Any], output: int,
+                      url: str | None) -> int | None:
+        """The spare's pid once it has the request; None if there is no fitting spare."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return None
+        try:
+            if spare.url != url:
+                return None
+            socket.send_fds(spare.sock, [b"r"], [output])
+            spare.sock.sendall(json.dumps(request).encode())
+            spare.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return None  # it died meanwhile: reap() collects it
+        finally:
+            spare.sock.close()  # a spare that got no request sees EOF and exits
+        return spare.pid
+
+    def fork_spare(self, url: str) -> None:
+        if self.spare is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            ours.close()
+            _run_spare(theirs, url, os.getppid(), self.libc, self.own_fds())
+        theirs.close()
+        self.spare = _Spare(pid, ours, url)
 
     def reap(self) -> None:
         while self.children:
@@ -233,14 +347,26 @@ class Zygote:
                 self.children.discard(pid)
                 _send(self.out, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
                 self.kill_orphans()
+            elif self.spare is not None and pid == self.spare.pid:
+                self.spare.sock.close()  # it died waiting: the next request forks afresh
+                self.spare = None
 
     def kill_orphans(self) -> None:
         """Kill the trees of processes re-parented to us: what dead attempts left running."""
         from podfn_runtime import reaper
 
+        kids = reaper.children()
+        if kids is not None:
+            # Our children alone, not a scan of all of /proc: this runs at every exit,
+            # on the one thread that also forks the next attempts.
+            spare = {self.spare.pid} if self.spare is not None else set()
+            for pid in kids - self.children - spare:
+                reaper.kill_tree(pid, include_root=True)
+            return
         me = os.getpid()
         for pid in reaper.descendants(me):
-            if pid in self.children or reaper.parent_of(pid) != me:
+            if pid in self.children or reaper.parent_of(pid) != me or (
+                    self.spare is not None and pid == self.spare.pid):
                 continue
             reaper.kill_tree(pid, include_root=True)
 

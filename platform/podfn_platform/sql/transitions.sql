@@ -55,6 +55,34 @@ WITH picked AS (
 )
 SELECT id, attempt, function_name, spec, client_python FROM claimed;
 
+-- name: claim_and_arm_except_pools
+-- claim_queued_except_pools and arm_attempts in one round trip: the
+-- controller mints credentials for as many calls as it has room for and
+-- passes their hashes; the n-th claimed row (`slot`) gets the n-th pair.
+-- The attempt row is born armed, so no runtime can ever see it without.
+WITH picked AS (
+    SELECT id FROM podfn_calls
+    WHERE state = 'queued' AND (not_before IS NULL OR not_before <= clock_timestamp())
+      AND NOT (pool = ANY(%(skip_pools)s::text[]))
+    ORDER BY created_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE podfn_calls c
+    SET state = 'launching', attempt = c.attempt + 1, launched_at = clock_timestamp(),
+        not_before = NULL
+    FROM picked
+    WHERE c.id = picked.id AND c.state = 'queued'
+    RETURNING c.id, c.attempt, c.function_name, c.spec, c.client_python
+), numbered AS (
+    SELECT claimed.*, row_number() OVER (ORDER BY id)::int AS slot FROM claimed
+), recorded AS (
+    INSERT INTO podfn_attempts (call_id, attempt, secret_hash, token_hash)
+    SELECT id, attempt, (%(secret_hashes)s::text[])[slot], (%(token_hashes)s::text[])[slot]
+    FROM numbered
+)
+SELECT id, attempt, function_name, spec, client_python, slot FROM numbered ORDER BY slot;
+
 -- name: fail
 -- Controller: launching/running -> failed, or back to queued with
 -- exponential backoff while the user's `retries` last and the failure is

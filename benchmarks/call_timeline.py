@@ -1,0 +1,75 @@
+"""Where one call's time goes: timestamps from the client and from the call's row.
+
+    python benchmarks/call_timeline.py {warm,cold} COUNT
+
+Runs COUNT sequential identity calls through the embedded stack (DevStack,
+local launcher), cold (a process per call) or warm (`max_calls_per_worker=None`),
+and prints the p50 of each span: the client's submit request, the row's
+`created_at` -> `launched_at` (controller launch, or a warm worker's claim),
+`launched_at` -> `started_at` (fork, connect, `claim`), `started_at` ->
+`finished_at` (the runtime's own time) and `finished_at` -> the client having
+the result. All clocks are this machine's (`clock_timestamp()` in Postgres).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from podfn import remote, serialization
+from podfn.call import Call
+from podfn.settings import Settings
+from podfn_platform.dev import DevStack, free_port
+
+
+def identity(x: int) -> int:
+    return x
+
+
+def main() -> None:
+    kind, count = sys.argv[1], int(sys.argv[2])
+    hints = {"max_calls_per_worker": None, "idle_timeout": 600} if kind == "warm" else {}
+    workdir = Path(tempfile.mkdtemp(prefix="podfn-timeline-"))
+    os.chmod(workdir, 0o755)
+    fn = remote(identity, **hints)
+    with DevStack(Settings.from_env(), workdir, free_port(), temporary=True).start(
+            quiet=True) as stack:
+        os.environ["PODFN_URL"], os.environ["PODFN_TOKEN"] = stack.url, stack.token
+        for i in range(3):  # warm: worker up, first call made
+            fn.remote(i)
+        prepared = fn._prepare()
+        timed = []
+        for i in range(count):
+            started = time.time()
+            [call_id] = fn._submit([serialization.dumps(((i,), {}))], prepared)
+            submitted = time.time()
+            assert Call(call_id, client=fn.client).result() == i
+            timed.append((call_id, started, submitted, time.time()))
+        spans: dict[str, list[float]] = {}
+        with psycopg.connect(stack.database_url) as conn:
+            for call_id, started, submitted, done in timed:
+                row = conn.execute(
+                    "SELECT extract(epoch FROM created_at), extract(epoch FROM launched_at), "
+                    "extract(epoch FROM started_at), extract(epoch FROM finished_at) "
+                    "FROM podfn_calls WHERE id = %s", (call_id,)).fetchone()
+                assert row is not None
+                created, launched, claimed, finished = (float(v) for v in row)
+                for name, value in (("submit request", submitted - started),
+                                    ("created -> launched", launched - created),
+                                    ("launched -> claimed", claimed - launched),
+                                    ("claimed -> recorded", finished - claimed),
+                                    ("recorded -> client", done - finished),
+                                    ("total", done - started)):
+                    spans.setdefault(name, []).append(value)
+    for name, values in spans.items():
+        print(f"{name:22s} p50 {statistics.median(values) * 1000:8.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
