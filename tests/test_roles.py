@@ -99,7 +99,7 @@ def test_protocol_functions_are_pinned_security_definers_not_granted_to_public(
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = %s
     """, (PROTOCOL,))
-    assert len(found) == 12
+    assert len(found) == 13
     for name, secdef, config, acl in found:
         assert secdef, f"{name} is not SECURITY DEFINER"
         assert config == ["search_path=pg_catalog, public, pg_temp"], name
