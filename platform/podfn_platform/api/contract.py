@@ -6,6 +6,14 @@ operations that take what it created. The same declaration validates requests
 (`json_body`, `form_meta`) and, walked over the app's URL map, produces the
 OpenAPI 3.1 document: one description of the contract, not two.
 
+A body is first checked against the very JSON Schema the document publishes
+for its model (jsonschema-rs, draft 2020-12, ECMA-262 patterns as JSON Schema
+means them), then read into the model for its types. pydantic alone enforces
+only part of its own schema (not `propertyNames`, `anyOf` or a `pattern` given
+as extra schema), and Python's `$` also matches before a final newline where
+ECMA-262's does not: checking the published schema itself is what makes "the
+document forbids it" and "the API refuses it" the same statement.
+
 pydantic was chosen over flask-smorest/spectree/flask-openapi3 because it is
 already in our dependency tree, it is the leanest fit for our two body kinds
 (JSON, and multipart whose `meta` part is JSON beside opaque pickles), and it
@@ -14,11 +22,13 @@ lets the views keep our JSON error shape without a framework's error handler.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import jsonschema_rs
 from flask import Flask, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -70,20 +80,73 @@ def _loc(error: Any) -> str:
     return ".".join(str(p) for p in error["loc"]) or "body"
 
 
+@functools.cache
+def _validator(model: type[BaseModel]) -> jsonschema_rs.Validator:
+    """The published schema of `model` (with the components it refers to), compiled once."""
+    return jsonschema_rs.Draft202012Validator({
+        "$ref": REF.format(model=model.__name__),
+        "components": {"schemas": components([model])}})
+
+
+def _specific(error: jsonschema_rs.ValidationError) -> jsonschema_rs.ValidationError | _Needs:
+    """The error inside an anyOf that says most: not "is not null" beside a real reason."""
+    while error.kind.name in ("anyOf", "oneOf"):
+        inner = [e for branch in error.kind.as_dict().get("context", []) for e in branch]
+        deeper = [e for e in inner if e.kind.name not in ("type", "required")
+                  or len(e.instance_path) > len(error.instance_path)]
+        if not deeper:
+            wanted = [e.kind.as_dict()["property"] for e in inner if e.kind.name == "required"]
+            if wanted and len(wanted) == len(inner):
+                return _Needs(error, wanted)
+            break
+        error = deeper[0]
+    return error
+
+
+class _Needs:
+    """An anyOf of `required`s (CancelBody): say which fields would do."""
+
+    def __init__(self, error: jsonschema_rs.ValidationError, fields: list[str]) -> None:
+        self.instance_path = error.instance_path
+        self.fields = fields
+
+
+def _schema_error(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
+    """(the field's dotted name, why) for the first way a body breaks its schema."""
+    found = _specific(error)
+    if isinstance(found, _Needs):
+        return (".".join(str(p) for p in found.instance_path),
+                "needs at least one of " + ", ".join(found.fields))
+    error = found
+    path = [str(p) for p in error.instance_path]
+    kind = error.kind.as_dict()
+    if error.kind.name == "additionalProperties" and kind.get("unexpected"):
+        path.append(str(kind["unexpected"][0]))
+        return ".".join(path), "is not a field this request takes"
+    if error.kind.name == "required":
+        path.append(str(kind["property"]))
+        return ".".join(path), "is required"
+    return ".".join(path), error.message
+
+
+def _refuse(name: str, message: str, where: str) -> APIError:
+    if name.startswith("spec."):  # hints are named as podfn.spec's InvalidSpec names them
+        return APIError(422, "invalid_spec", f"{name}: {message}", field=name)
+    name = ".".join(part for part in ((where if where != "body" else ""), name) if part)
+    return APIError(422, "invalid_field", f"{name or where}: {message}", field=name or where)
+
+
 def validate(model: type[M], value: Any, where: str) -> M:
-    """`value` as `model`, or 422 naming the first field that is wrong and why."""
+    """`value` as `model` if the document's schema for it allows it; else 422 naming the field."""
     if not isinstance(value, dict):
         raise APIError(400, "malformed_json", f"{where} must be a JSON object")
+    for error in _validator(model).iter_errors(value):
+        raise _refuse(*_schema_error(error), where)
     try:
         return model.model_validate(value)
-    except ValidationError as exc:
+    except ValidationError as exc:  # a type the schema allows but the model does not: a bug
         first = exc.errors()[0]
-        name = _loc(first)
-        if name.startswith("spec."):  # hints are named as podfn.spec's InvalidSpec names them
-            raise APIError(422, "invalid_spec", f"{name}: {first['msg']}", field=name) from None
-        prefix = f"{where}." if where != "body" else ""
-        raise APIError(422, "invalid_field", f"{prefix}{name}: {first['msg']}",
-                       field=f"{prefix}{name}") from None
+        raise _refuse(_loc(first), first["msg"], where) from None
 
 
 def json_body(model: type[M]) -> M:
@@ -184,6 +247,14 @@ def _nullable(schema: Any) -> Any:
     return out
 
 
+def components(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
+    """The JSON Schemas of `models` and of every model they use, by name."""
+    _, defs = models_json_schema([(m, "validation") for m in sorted(models,
+                                                                     key=lambda m: m.__name__)],
+                                 ref_template=REF)
+    return {**_nullable(defs.get("$defs", {})), "JsonValue": schemas.JSON_VALUE}
+
+
 def document(app: Flask) -> dict[str, Any]:
     """The OpenAPI 3.1 document of every route of `app` that declares an operation."""
     paths: dict[str, dict[str, Any]] = {}
@@ -209,9 +280,6 @@ def document(app: Flask) -> dict[str, Any]:
             if op.public:
                 entry["security"] = []
             paths.setdefault(path, {})[method.lower()] = entry
-    _, defs = models_json_schema([(m, "validation") for m in sorted(_models(ops),
-                                                                      key=lambda m: m.__name__)],
-                                 ref_template=REF)
     return {
         "openapi": "3.1.0",
         "info": {"title": "podfn", "version": "1",
@@ -220,8 +288,7 @@ def document(app: Flask) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": {**_nullable(defs.get("$defs", {})),
-                                   "JsonValue": schemas.JSON_VALUE}},
+                       "schemas": components(_models(ops))},
     }
 
 

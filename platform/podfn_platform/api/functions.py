@@ -65,7 +65,7 @@ FUNCTION_LINKS = contract.links(
            links={201: FUNCTION_LINKS, 200: FUNCTION_LINKS})
 def deploy() -> tuple[Response, int]:
     parsed = forms.meta(schemas.DeployMeta)
-    name = inputs.function_name(parsed.name, "name")
+    name = parsed.name  # reachable again as /v1/functions/{name}: FUNCTION_NAME says how
     python, cloudpickle = parsed.client.python, parsed.client.cloudpickle
     validated = call_spec.validate(forms.spec(parsed.spec))
     function = forms.function_part()

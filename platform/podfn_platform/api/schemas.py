@@ -13,6 +13,7 @@ bounds, checked by podfn.spec), which the document says in words.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,12 +29,48 @@ State = Literal["queued", "launching", "running", "succeeded", "failed", "timed_
                 "cancelled"]
 Cancellable = Literal["queued", "launching", "running"]
 Scope = Literal["submit", "invoke", "deploy", "read", "admin"]
-# A function name is part of a URL: no '/' or '\\', no control or format characters, no
-# whitespace at either end, not '.' or '..' (api/inputs.py checks the same in code).
-# `\w` is Python's (Unicode) word character: Python identifiers may be non-ASCII.
-FUNCTION_NAME = r"^(?!\.\.?$)[\w.:-](?:[\w.: -]{0,198}[\w.:-])?\Z"
+
+
+def _visible_bmp() -> str:
+    """Ranges, as a character class body, of the non-ASCII BMP characters that are neither
+    control, format, surrogate nor space characters.
+
+    Spelled out with \\u escapes because `\\w` is ASCII in ECMA-262 (what JSON Schema's
+    `pattern` means, and what the API checks with) but Unicode in Python (what fuzzers
+    generate from): one class must mean one set everywhere.
+    """
+    hidden = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
+    ranges: list[tuple[int, int]] = []
+    for code in range(0xA0, 0x10000):
+        if unicodedata.category(chr(code)) in hidden:
+            continue
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return "".join(f"\\u{a:04x}-\\u{b:04x}" if a != b else f"\\u{a:04x}" for a, b in ranges)
+
+
+# A function name is part of a URL: 1 to 200 of ASCII letters, digits, `_ . : -`, inner spaces
+# and visible non-ASCII characters of the BMP (Python identifiers may be non-ASCII); no '/' or
+# '\\', no control or format characters, no space at either end, not '.' or '..'.
+_NAME_END = rf"[A-Za-z0-9_.:{_visible_bmp()}-]"
+_NAME_INNER = _NAME_END[:-2] + " -]"
+FUNCTION_NAME = rf"^(?!\.\.?$){_NAME_END}(?:{_NAME_INNER}{{0,198}}{_NAME_END})?$"
 TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# A Kubernetes label value: empty, or up to 63 of [A-Za-z0-9._-] with alphanumeric ends. A node
+# selector or label outside it is refused here, not left to fail the pod's creation later.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+# The forms of a CPU or memory quantity the API takes, all within podfn.spec's bounds (1m to
+# 1024 cores, 32Mi to 1Ti); other Kubernetes spellings ('1e3m', '0.5Ti') are refused (422).
+_DECIMALS = r"(\.[0-9]{1,3})?"
+CPU = (r"^([1-9][0-9]{0,5}m|10[01][0-9]{4}m|102[0-3][0-9]{3}m|1024000m"
+       r"|0\.(00[1-9]|0[1-9][0-9]?|[1-9][0-9]{0,2})"
+       rf"|[1-9][0-9]{{0,2}}{_DECIMALS}|10[01][0-9]{_DECIMALS}|102[0-3]{_DECIMALS}|1024)$")
+MEMORY = (r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,5})Mi|(3[4-9]|[4-9][0-9]|[1-9][0-9]{2,5})M"
+          r"|(0\.(0[4-9]|[1-9])[0-9]?|[1-9][0-9]{0,2}" + _DECIMALS + r"|10[01][0-9]|102[0-4])Gi"
+          r"|(0\.(0[4-9]|[1-9])[0-9]?|[1-9][0-9]{0,2}" + _DECIMALS + r"|10[0-9][0-9])G|1Ti)$")
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 SECRET_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
@@ -49,10 +86,10 @@ JSON_OBJECT: dict[str, Any] = {
     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
 
 
-def _strings(keys: str) -> Any:
+def _strings(keys: str, values: str = NO_NUL) -> Any:
     return Field(default=None, json_schema_extra={
         "propertyNames": {"pattern": keys}, "additionalProperties": {"type": "string",
-                                                                      "pattern": NO_NUL}})
+                                                                      "pattern": values}})
 
 
 class Model(BaseModel):
@@ -67,23 +104,35 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
+class Toleration(Request):
+    """A Kubernetes toleration, as the pod's `tolerations` takes it."""
+
+    key: Annotated[str, Field(pattern=LABEL_KEY)] | None = Field(
+        default=None, description="absent, with operator Exists: every taint")
+    operator: Literal["Exists", "Equal"] | None = None
+    value: Annotated[str, Field(pattern=LABEL_VALUE)] | None = None
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+
+
 class Spec(Request):
     """Hints for a call's pod (podfn.spec checks each one; these are the forms it accepts)."""
 
     model_config = ConfigDict(extra="allow", strict=True, regex_engine="python-re",
                               json_schema_extra={
         "additionalProperties": False})
-    cpu: str | None = Field(default=None, json_schema_extra={
-        "pattern": r"^([1-9][0-9]{0,2}m|[1-9][0-9]{0,2})$"},
-        description="Kubernetes CPU quantity, 1m to 1024 cores")
+    cpu: str | None = Field(default=None, json_schema_extra={"pattern": CPU},
+                            description="Kubernetes CPU quantity, 1m to 1024 cores: millicores "
+                            "('250m') or cores with up to 3 decimals ('2', '0.5')")
     cpu_limit: bool | None = None
-    memory: str | None = Field(default=None, json_schema_extra={
-        "pattern": r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,3})Mi|[1-9][0-9]{0,2}Gi)$"},
-        description="Kubernetes memory quantity, 32Mi to 1Ti")
+    memory: str | None = Field(default=None, json_schema_extra={"pattern": MEMORY},
+                               description="Kubernetes memory quantity, 32Mi to 1Ti: a whole "
+                               "number of Mi or M, or Gi or G with up to 3 decimals ('512Mi', "
+                               "'1.5Gi')")
     gpu: int | None = Field(default=None, ge=0, le=64)
-    gpu_vendor: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]*\Z",
+    gpu_vendor: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]*$",
                                    description="the GPU resource's domain, e.g. nvidia.com")
-    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9./:@_-]*\Z",
+    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9./:@_-]*$",
                               description="an image reference")
     env: dict[str, str] | None = _strings(ENV_NAME)
     secrets: list[str] | None = Field(default=None, json_schema_extra={
@@ -94,10 +143,9 @@ class Spec(Request):
     retries: int | None = Field(default=None, ge=0, le=100)
     retry_backoff: int | float | None = Field(default=None, ge=0, le=3600, json_schema_extra={
         "anyOf": [{"type": "number", "minimum": 0, "maximum": 3600}, {"type": "null"}]})
-    node_selector: dict[str, str] | None = _strings(LABEL_KEY)
-    tolerations: list[dict[str, Any]] | None = Field(default=None, json_schema_extra={
-        "anyOf": [{"type": "array", "items": JSON_OBJECT}, {"type": "null"}]})
-    labels: dict[str, str] | None = _strings(LABEL_KEY)
+    node_selector: dict[str, str] | None = _strings(LABEL_KEY, LABEL_VALUE)
+    tolerations: list[Toleration] | None = None
+    labels: dict[str, str] | None = _strings(LABEL_KEY, LABEL_VALUE)
     annotations: dict[str, str] | None = _strings(LABEL_KEY)
     service_account: str | None = Field(default=None, pattern=SECRET_NAME)
     pod_patch: dict[str, Any] | None = Field(default=None, json_schema_extra={
