@@ -84,9 +84,10 @@ def summary(row: Row) -> dict[str, Any]:
     return out
 
 
-CALL_LINKS = {201: contract.links(
+CALL_LINKS = {status: contract.links(
     "call_id", "$response.body#/calls/0/id", GetCall="calls_get_get", Result="calls_result_get",
-    Cancel="calls_cancel_post", Logs="calls_logs_get")}
+    Error="calls_error_get", Cancel="calls_cancel_post", Logs="calls_logs_get",
+    Items="calls_items_get") for status in (201, 200)}
 
 
 @bp.post("")
@@ -98,9 +99,9 @@ CALL_LINKS = {201: contract.links(
            form=forms.SUBMIT_FORM, form_required=("meta", "function", "args"),
            query=(forms.IDEMPOTENCY,), links=CALL_LINKS)
 def submit() -> tuple[Response, int]:
-    parsed = forms.meta(schemas.SubmitMeta)
+    parsed = contract.form_meta(schemas.SubmitMeta)
     meta = parsed.model_dump(mode="json", exclude_none=True)
-    function_name = forms.name(parsed.function_name, "function_name")
+    function_name = parsed.function_name
     python, cloudpickle = parsed.client.python, parsed.client.cloudpickle
     validated = call_spec.validate(forms.spec(parsed.spec))
     function = forms.function_part()

@@ -194,6 +194,16 @@ def _response(status: int, spec: Any, op: Operation) -> dict[str, Any]:
     return out
 
 
+def _statuses(op: Operation) -> dict[int, Any]:
+    """What `op` declares, and what any request can meet before its view runs: 400 for a path
+    or query parameter no database can store (api/inputs.py, every route), 413 for a body
+    larger than PODFN_MAX_REQUEST_BYTES."""
+    out = {400: None, **op.responses}
+    if op.body is not None or op.form is not None:
+        out.setdefault(413, None)
+    return out
+
+
 def _request_body(op: Operation) -> dict[str, Any] | None:
     if op.body is not None:
         return {"required": op.body_required,
@@ -270,7 +280,7 @@ def document(app: Flask) -> dict[str, Any]:
                 "operationId": rule.endpoint.replace(".", "_") + "_" + method.lower(),
                 "summary": op.summary,
                 "responses": {str(s): _response(s, spec, op)
-                              for s, spec in sorted(op.responses.items())},
+                              for s, spec in sorted(_statuses(op).items())},
             }
             if params or op.query:
                 entry["parameters"] = [*params, *op.query]

@@ -59,6 +59,9 @@ _NAME_INNER = _NAME_END[:-2] + " -]"
 FUNCTION_NAME = rf"^(?!\.\.?$){_NAME_END}(?:{_NAME_INNER}{{0,198}}{_NAME_END})?$"
 TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# Not NUL and not a space in either reading of `\s` (Python's takes \x1c-\x1f and \x85,
+# ECMA-262's \ufeff): at least one such character makes a name that is not blank.
+VISIBLE = r"[^\x00\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
 # A Kubernetes label value: empty, or up to 63 of [A-Za-z0-9._-] with alphanumeric ends. A node
 # selector or label outside it is refused here, not left to fail the pod's creation later.
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
@@ -164,25 +167,39 @@ class Client(Request):
     cloudpickle: Text
 
 
+# Examples in the document: what a client sends (schemathesis' examples phase sends them too).
+CLIENT = {"python": "3.11.9", "cloudpickle": "3.1.1"}
+
+
+def _example(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
 class SubmitMeta(Request):
+    model_config = _example({"function_name": "example.double", "client": CLIENT,
+                             "spec": {"cpu": "500m", "memory": "512Mi", "timeout": 60}})
     function_name: Annotated[str, Field(min_length=1, max_length=256,
-                                        pattern=r"^[^\x00]*\S[^\x00]*$")]
+                                        pattern=rf"^[^\x00]*{VISIBLE}[^\x00]*$")]
     client: Client
     spec: Spec | None = None
 
 
 class DeployMeta(Request):
+    model_config = _example({"name": "example.double", "client": CLIENT,
+                             "spec": {"memory": "1Gi", "retries": 2}})
     name: Annotated[str, Field(pattern=FUNCTION_NAME)]
     client: Client
     spec: Spec | None = None
 
 
 class DeployedCallsMeta(Request):
+    model_config = _example({"client": CLIENT}, {"client": CLIENT, "spec": {"cpu": "2"}})
     client: Client
     spec: Spec | None = Field(default=None, description="overrides of the live version's hints")
 
 
 class WaitBody(Request):
+    model_config = _example({"ids": ["0f8e5a5c9f6d4e7a"], "wait": 1})
     ids: Annotated[list[Text], Field(min_length=1, max_length=MAX_CALLS_PER_REQUEST)]
     wait: Annotated[float, Field(ge=0)] = 0
 
@@ -194,7 +211,9 @@ class CancelBody(Request):
         {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
         {"required": ["function"], "properties": {"function": {"type": "string"}}},
         {"required": ["state"], "properties": {"state": {"type": "string"}}},
-        {"required": ["mine"], "properties": {"mine": {"const": True}}}]})
+        {"required": ["mine"], "properties": {"mine": {"const": True}}}],
+        "examples": [{"function": "example.double", "state": "queued", "dry_run": True},
+                     {"mine": True}]})
     ids: Annotated[list[Text], Field(max_length=MAX_CALLS_PER_REQUEST)] | None = None
     function: Text | None = None
     state: Cancellable | None = None
@@ -204,17 +223,20 @@ class CancelBody(Request):
 
 
 class RollbackBody(Request):
+    model_config = _example({"version": 1}, {})
     version: int | None = Field(default=None, description="default: the version before the "
                                 "live one")
 
 
 class InvokeBody(Request):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"args": [21], "kwargs": {}}]})
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TokenBody(Request):
+    model_config = _example({"name": "ci-bot", "scopes": ["submit", "read"]})
     name: Annotated[str, Field(pattern=TOKEN_NAME)]
     scopes: Annotated[list[Scope], Field(min_length=1)]
 
