@@ -248,6 +248,10 @@ def _nullable(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: _nullable(value) for key, value in schema.items()}
+    kinds = out.get("type")
+    if "default" in out and out["default"] is None and "null" not in (
+            kinds if isinstance(kinds, list) else [kinds]) and "anyOf" not in out:
+        del out["default"]  # absent, not null: a field that may not be null has no null default
     branches = out.get("anyOf")
     if (isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches):
         other = branches[0] if branches[1] == {"type": "null"} else branches[1]

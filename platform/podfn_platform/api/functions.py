@@ -181,11 +181,6 @@ def submit(name: str) -> tuple[Response, int]:
 
 def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
     raw = inputs.json_body(allow_nul=True)  # pickled, never stored as text
-    if isinstance(raw, dict):
-        unknown = sorted(set(raw) - {"args", "kwargs"})
-        if unknown:
-            raise APIError(400, "unknown_field", f"unknown field {unknown[0]!r}; the body takes "
-                           "'args' (a list) and 'kwargs' (an object)", field=unknown[0])
     if raw is None:
         raise APIError(400, "malformed_json", "the body must be JSON: "
                        '{"args": [...], "kwargs": {...}}')

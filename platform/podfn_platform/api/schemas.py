@@ -107,57 +107,76 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
+def _absent(**options: Any) -> Any:
+    """An optional field: null only if its type says `| None` (else no null default either)."""
+    return Field(default=None, **options)
+
+
 class Toleration(Request):
     """A Kubernetes toleration, as the pod's `tolerations` takes it."""
 
-    key: Annotated[str, Field(pattern=LABEL_KEY)] | None = Field(
-        default=None, description="absent, with operator Exists: every taint")
-    operator: Literal["Exists", "Equal"] | None = None
-    value: Annotated[str, Field(pattern=LABEL_VALUE)] | None = None
-    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    tolerationSeconds: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    key: str = _absent(pattern=LABEL_KEY,
+                     description="absent, with operator Exists: every taint")
+    operator: Literal["Exists", "Equal"] = _absent()
+    value: str = _absent(pattern=LABEL_VALUE)
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = _absent()
+    tolerationSeconds: int = _absent(ge=-(2**63), le=2**63 - 1)
+
+
+def _number(low: float, high: float) -> Any:
+    """A number (a whole one stays an int: the runtime's messages say "1 s", not "1.0 s")."""
+    def number(schema: dict[str, Any]) -> None:
+        schema.clear()
+        schema.update(type="number", minimum=low, maximum=high)
+
+    return _absent(ge=low, le=high, json_schema_extra=number)
 
 
 class Spec(Request):
-    """Hints for a call's pod (podfn.spec checks each one; these are the forms it accepts)."""
+    """Hints for a call's pod (podfn.spec checks each one; these are the forms it accepts).
+
+    Only the hints whose default is "none" (podfn.spec.DEFAULTS) may be null, as
+    the client sends them; the others are absent or a value. A null the API would
+    take anyway is still not said: a fuzzer cannot check that a value it meant to
+    break inside a container did not come out null (multipart bodies with byte
+    parts are not re-validated), so a nullable container hides broken values.
+    """
 
     model_config = ConfigDict(extra="allow", strict=True, regex_engine="python-re",
                               json_schema_extra={
         "additionalProperties": False})
-    cpu: str | None = Field(default=None, json_schema_extra={"pattern": CPU},
+    cpu: str | None = _absent(json_schema_extra={"pattern": CPU},
                             description="Kubernetes CPU quantity, 1m to 1024 cores: millicores "
                             "('250m') or cores with up to 3 decimals ('2', '0.5')")
-    cpu_limit: bool | None = None
-    memory: str | None = Field(default=None, json_schema_extra={"pattern": MEMORY},
+    cpu_limit: bool = _absent()
+    memory: str | None = _absent(json_schema_extra={"pattern": MEMORY},
                                description="Kubernetes memory quantity, 32Mi to 1Ti: a whole "
                                "number of Mi or M, or Gi or G with up to 3 decimals ('512Mi', "
                                "'1.5Gi')")
-    gpu: int | None = Field(default=None, ge=0, le=64)
-    gpu_vendor: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]*$",
+    gpu: int = _absent(ge=0, le=64)
+    gpu_vendor: str = _absent(pattern=r"^[a-z0-9][a-z0-9.-]*$",
                                    description="the GPU resource's domain, e.g. nvidia.com")
-    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9./:@_-]*$",
+    image: str | None = _absent(pattern=r"^[A-Za-z0-9][A-Za-z0-9./:@_-]*$",
                               description="an image reference")
-    env: dict[str, str] | None = _strings(ENV_NAME)
-    secrets: list[str] | None = Field(default=None, json_schema_extra={
+    env: dict[str, str] = _strings(ENV_NAME)
+    secrets: list[str] = _absent(json_schema_extra={
         "items": {"type": "string", "pattern": SECRET_NAME}})
     # int | float: a whole number stays one (the runtime's messages say "1 s", not "1.0 s").
-    timeout: int | float | None = Field(default=None, ge=0.001, le=604800, json_schema_extra={
+    timeout: int | float | None = _absent(ge=0.001, le=604800, json_schema_extra={
         "anyOf": [{"type": "number", "minimum": 0.001, "maximum": 604800}, {"type": "null"}]})
-    retries: int | None = Field(default=None, ge=0, le=100)
-    retry_backoff: int | float | None = Field(default=None, ge=0, le=3600, json_schema_extra={
-        "anyOf": [{"type": "number", "minimum": 0, "maximum": 3600}, {"type": "null"}]})
-    node_selector: dict[str, str] | None = _strings(LABEL_KEY, LABEL_VALUE)
-    tolerations: list[Toleration] | None = None
-    labels: dict[str, str] | None = _strings(LABEL_KEY, LABEL_VALUE)
-    annotations: dict[str, str] | None = _strings(LABEL_KEY)
-    service_account: str | None = Field(default=None, pattern=SECRET_NAME)
-    pod_patch: dict[str, Any] | None = Field(default=None, json_schema_extra={
+    retries: int = _absent(ge=0, le=100)
+    retry_backoff: int | float = _number(0, 3600)
+    node_selector: dict[str, str] = _strings(LABEL_KEY, LABEL_VALUE)
+    tolerations: list[Toleration] = _absent()
+    labels: dict[str, str] = _strings(LABEL_KEY, LABEL_VALUE)
+    annotations: dict[str, str] = _strings(LABEL_KEY)
+    service_account: str | None = _absent(pattern=SECRET_NAME)
+    pod_patch: dict[str, Any] | None = _absent(json_schema_extra={
         "anyOf": [JSON_OBJECT, {"type": "null"}]})
     # Warm workers (docs/warm-workers.md); null max_calls_per_worker means no limit.
-    max_calls_per_worker: int | None = Field(default=None, ge=1, le=10**9)
-    idle_timeout: int | float | None = Field(default=None, ge=0.1, le=86400, json_schema_extra={
-        "anyOf": [{"type": "number", "minimum": 0.1, "maximum": 86400}, {"type": "null"}]})
-    min_workers: int | None = Field(default=None, ge=0, le=1000)
+    max_calls_per_worker: int | None = _absent(ge=1, le=10**9)
+    idle_timeout: int | float = _number(0.1, 86400)
+    min_workers: int = _absent(ge=0, le=1000)
 
 
 class Client(Request):
