@@ -84,10 +84,12 @@ def summary(row: Row) -> dict[str, Any]:
     return out
 
 
+# Not .../error: a call that has not failed has no pickled exception, rightly a 404, which a
+# stateful fuzzer reads as "the created call is not found".
 CALL_LINKS = {status: contract.links(
     "call_id", "$response.body#/calls/0/id", GetCall="calls_get_get", Result="calls_result_get",
-    Error="calls_error_get", Cancel="calls_cancel_post", Logs="calls_logs_get",
-    Items="calls_items_get") for status in (201, 200)}
+    Cancel="calls_cancel_post", Logs="calls_logs_get", Items="calls_items_get")
+    for status in (201, 200)}
 
 
 @bp.post("")
