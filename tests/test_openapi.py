@@ -144,6 +144,6 @@ def schemathesis_command(url: str, *, seed: int | None, examples: int) -> list[s
 
 def test_schemathesis_finds_no_failures(app: Flask, tmp_path: Path) -> None:
     with ThreadedServer(app) as server:
-        run = subprocess.run(schemathesis_command(server.url, seed=15, examples=15),
+        run = subprocess.run(schemathesis_command(server.url, seed=15, examples=8),
                              capture_output=True, text=True, cwd=tmp_path, timeout=110)
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]
