@@ -103,6 +103,11 @@ def test_the_api_refuses_what_the_document_forbids(app: Flask, spec: dict[str, A
     assert response.json["error"]["field"] == field
 
 
+def test_a_refused_pattern_is_said_in_the_fields_words(app: Flask) -> None:
+    message = _submit(app, {"node_selector": {"pool": "-gpu"}}).json["error"]["message"]
+    assert message.startswith('spec.node_selector.pool: "-gpu" is not a Kubernetes label value')
+
+
 def test_the_api_takes_what_the_document_allows(app: Flask) -> None:
     spec = {"node_selector": {"pool": "gpu-a100", "zone": ""}, "cpu": "0.5", "memory": "1.5Gi",
             "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},

@@ -23,6 +23,7 @@ lets the views keep our JSON error shape without a framework's error handler.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -81,11 +82,27 @@ def _loc(error: Any) -> str:
 
 
 @functools.cache
+def _root(model: type[BaseModel]) -> dict[str, Any]:
+    """The published schema of `model`, with the components it refers to."""
+    return {"$ref": REF.format(model=model.__name__),
+            "components": {"schemas": components([model])}}
+
+
+@functools.cache
 def _validator(model: type[BaseModel]) -> jsonschema_rs.Validator:
-    """The published schema of `model` (with the components it refers to), compiled once."""
-    return jsonschema_rs.Draft202012Validator({
-        "$ref": REF.format(model=model.__name__),
-        "components": {"schemas": components([model])}})
+    return jsonschema_rs.Draft202012Validator(_root(model))
+
+
+def _described(root: dict[str, Any], error: jsonschema_rs.ValidationError) -> str:
+    """A pattern refusal in the words of the field's description, when it has one (a CPU
+    quantity's pattern says less to people than "1m to 1024 cores: ...")."""
+    schema: Any = root
+    for part in list(error.schema_path)[:-1]:
+        schema = schema[part] if isinstance(schema, dict) else schema[int(part)]
+    description = schema.get("description") if isinstance(schema, dict) else None
+    if error.kind.name == "pattern" and description:
+        return f"{json.dumps(error.instance)} is not {description}"
+    return error.message
 
 
 def _specific(error: jsonschema_rs.ValidationError) -> jsonschema_rs.ValidationError | _Needs:
@@ -111,7 +128,7 @@ class _Needs:
         self.fields = fields
 
 
-def _schema_error(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
+def _schema_error(error: jsonschema_rs.ValidationError, root: dict[str, Any]) -> tuple[str, str]:
     """(the field's dotted name, why) for the first way a body breaks its schema."""
     found = _specific(error)
     if isinstance(found, _Needs):
@@ -126,7 +143,7 @@ def _schema_error(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
     if error.kind.name == "required":
         path.append(str(kind["property"]))
         return ".".join(path), "is required"
-    return ".".join(path), error.message
+    return ".".join(path), _described(root, error)
 
 
 def _refuse(name: str, message: str, where: str) -> APIError:
@@ -141,7 +158,7 @@ def validate(model: type[M], value: Any, where: str) -> M:
     if not isinstance(value, dict):
         raise APIError(400, "malformed_json", f"{where} must be a JSON object")
     for error in _validator(model).iter_errors(value):
-        raise _refuse(*_schema_error(error), where)
+        raise _refuse(*_schema_error(error, _root(model)), where)
     try:
         return model.model_validate(value)
     except ValidationError as exc:  # a type the schema allows but the model does not: a bug

@@ -89,10 +89,16 @@ JSON_OBJECT: dict[str, Any] = {
     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
 
 
+LABEL_VALUE_WORDS = ("a Kubernetes label value: empty, or up to 63 letters, digits, '-', '_' or "
+                     "'.', beginning and ending with a letter or digit")
+
+
 def _strings(keys: str, values: str = NO_NUL) -> Any:
+    value: dict[str, Any] = {"type": "string", "pattern": values}
+    if values == LABEL_VALUE:
+        value["description"] = LABEL_VALUE_WORDS
     return Field(default=None, json_schema_extra={
-        "propertyNames": {"pattern": keys}, "additionalProperties": {"type": "string",
-                                                                      "pattern": values}})
+        "propertyNames": {"pattern": keys}, "additionalProperties": value})
 
 
 class Model(BaseModel):
@@ -118,7 +124,7 @@ class Toleration(Request):
     key: str = _absent(pattern=LABEL_KEY,
                      description="absent, with operator Exists: every taint")
     operator: Literal["Exists", "Equal"] = _absent()
-    value: str = _absent(pattern=LABEL_VALUE)
+    value: str = _absent(pattern=LABEL_VALUE, description=LABEL_VALUE_WORDS)
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = _absent()
     tolerationSeconds: int = _absent(ge=-(2**63), le=2**63 - 1)
 
@@ -146,11 +152,11 @@ class Spec(Request):
                               json_schema_extra={
         "additionalProperties": False})
     cpu: str | None = _absent(json_schema_extra={"pattern": CPU},
-                            description="Kubernetes CPU quantity, 1m to 1024 cores: millicores "
+                            description="a Kubernetes CPU quantity, 1m to 1024 cores: millicores "
                             "('250m') or cores with up to 3 decimals ('2', '0.5')")
     cpu_limit: bool = _absent()
     memory: str | None = _absent(json_schema_extra={"pattern": MEMORY},
-                               description="Kubernetes memory quantity, 32Mi to 1Ti: a whole "
+                               description="a Kubernetes memory quantity, 32Mi to 1Ti: a whole "
                                "number of Mi or M, or Gi or G with up to 3 decimals ('512Mi', "
                                "'1.5Gi')")
     gpu: int = _absent(ge=0, le=64)
