@@ -1,14 +1,18 @@
 """The request and response bodies of the API, as pydantic models: the one description of the contract.
 
-Each model is used twice: the views validate what clients send through it
-(`api/contract.py`), and /openapi.json is generated from its JSON Schema, so
-the document cannot drift from what the API enforces.
+Each model is used twice: /openapi.json is generated from its JSON Schema,
+and the views check what clients send against that very schema before
+reading it into the model (`api/contract.py`), so the document cannot drift
+from what the API enforces.
 
 Strings a client sends are described without NUL (Postgres text cannot hold
 it; api/inputs.py answers 400 for one), so a schema-valid request is never
-refused for it. The call spec is described by the common, exact forms of its
-hints; the API accepts a little more (any Kubernetes quantity within podfn's
-bounds, checked by podfn.spec), which the document says in words.
+refused for it. Patterns are ECMA-262, as JSON Schema means them, written so
+that Python reads them the same way: no `\\w`, `\\d`, `\\s` or `\\Z`, and a
+final `$` (which Python also lets match before a newline) only where the
+schema check, an ECMA-262 engine, decides. CPU and memory hints are described
+by the forms the API takes, each within podfn.spec's bounds: a regular
+expression cannot bound every spelling of a Kubernetes quantity.
 """
 
 from __future__ import annotations
