@@ -81,12 +81,12 @@ def test_bulk_cancel_respects_token_ownership(admin: APIClient, api_only: str,
 
 
 @pytest.mark.parametrize(("body", "status", "needle"), [
-    ({}, 422, "empty filter would cancel everything"),
-    ({"state": "succeeded"}, 422, "state: Input should be 'queued', 'launching' or 'running'"),
-    ({"ids": "abc"}, 422, "ids: Input should be a valid list"),
-    ({"function": 3}, 422, "function: Input should be a valid string"),
-    ({"mine": "yes"}, 422, "mine: Input should be a valid boolean"),
-    ({"bogus": 1}, 422, "bogus: Extra inputs are not permitted"),
+    ({}, 422, "needs at least one of ids, function, state, mine"),
+    ({"state": "succeeded"}, 422, 'state: "succeeded" is not one of "queued", "launching"'),
+    ({"ids": "abc"}, 422, 'ids: "abc" is not of types "null", "array"'),
+    ({"function": 3}, 422, 'function: 3 is not of types "null", "string"'),
+    ({"mine": "yes"}, 422, 'mine: "yes" is not of type "boolean"'),
+    ({"bogus": 1}, 422, "bogus: is not a field this request takes"),
     ([1, 2], 400, "must be a JSON object"),
 ])
 def test_bulk_cancel_rejects_bad_bodies(api_only: str, body: Any, status: int,

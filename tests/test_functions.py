@@ -117,7 +117,7 @@ def test_invoke_that_outlasts_the_wait_answers_202_with_a_location(platform: Pla
 
 @pytest.mark.parametrize(("body", "status", "code"), [
     ({"args": 1}, 422, "invalid_field"), ({"kwargs": []}, 422, "invalid_field"),
-    ({"argz": []}, 400, "unknown_field"), ([1, 2], 400, "malformed_json"),
+    ({"argz": []}, 422, "invalid_field"), ([1, 2], 400, "malformed_json"),
 ])
 def test_invoke_rejects_malformed_bodies(platform: Platform, body: Any, status: int,
                                          code: str) -> None:

@@ -86,9 +86,12 @@ def summary(row: Row, *, base64_result: bool = True) -> dict[str, Any]:
     return out
 
 
-CALL_LINKS = {201: contract.links(
+# Not .../error: a call that has not failed has no pickled exception, rightly a 404, which a
+# stateful fuzzer reads as "the created call is not found".
+CALL_LINKS = {status: contract.links(
     "call_id", "$response.body#/calls/0/id", GetCall="calls_get_get", Result="calls_result_get",
-    Cancel="calls_cancel_post", Logs="calls_logs_get")}
+    Cancel="calls_cancel_post", Logs="calls_logs_get", Items="calls_items_get")
+    for status in (201, 200)}
 
 
 @bp.post("")
@@ -100,9 +103,9 @@ CALL_LINKS = {201: contract.links(
            form=forms.SUBMIT_FORM, form_required=("meta", "function", "args"),
            query=(forms.IDEMPOTENCY,), links=CALL_LINKS)
 def submit() -> tuple[Response, int]:
-    parsed = forms.meta(schemas.SubmitMeta)
+    parsed = contract.form_meta(schemas.SubmitMeta)
     meta = parsed.model_dump(mode="json", exclude_none=True)
-    function_name = forms.name(parsed.function_name, "function_name")
+    function_name = parsed.function_name
     python, cloudpickle = parsed.client.python, parsed.client.cloudpickle
     validated = call_spec.validate(forms.spec(parsed.spec))
     function = forms.function_part()
@@ -291,9 +294,6 @@ def cancel_many() -> Response:
     body = contract.json_body(schemas.CancelBody)
     ids, function, state = body.ids, body.function, body.state
     mine, dry_run = body.mine, body.dry_run
-    if ids is None and function is None and state is None and not mine:
-        raise APIError(422, "missing_field", "say which calls to cancel: ids, function, state, "
-                       "or mine=true (an empty filter would cancel everything)", field="ids")
     who = principal()
     if ids and not who.has("admin"):
         owners = context.db().all("call_owners", {"ids": ids})

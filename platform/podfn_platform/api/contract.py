@@ -6,6 +6,14 @@ operations that take what it created. The same declaration validates requests
 (`json_body`, `form_meta`) and, walked over the app's URL map, produces the
 OpenAPI 3.1 document: one description of the contract, not two.
 
+A body is first checked against the very JSON Schema the document publishes
+for its model (jsonschema-rs, draft 2020-12, ECMA-262 patterns as JSON Schema
+means them), then read into the model for its types. pydantic alone enforces
+only part of its own schema (not `propertyNames`, `anyOf` or a `pattern` given
+as extra schema), and Python's `$` also matches before a final newline where
+ECMA-262's does not: checking the published schema itself is what makes "the
+document forbids it" and "the API refuses it" the same statement.
+
 pydantic was chosen over flask-smorest/spectree/flask-openapi3 because it is
 already in our dependency tree, it is the leanest fit for our two body kinds
 (JSON, and multipart whose `meta` part is JSON beside opaque pickles), and it
@@ -14,11 +22,14 @@ lets the views keep our JSON error shape without a framework's error handler.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import jsonschema_rs
 from flask import Flask, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -73,20 +84,89 @@ def _loc(error: Any) -> str:
     return ".".join(str(p) for p in error["loc"]) or "body"
 
 
+@functools.cache
+def _root(model: type[BaseModel]) -> dict[str, Any]:
+    """The published schema of `model`, with the components it refers to."""
+    return {"$ref": REF.format(model=model.__name__),
+            "components": {"schemas": components([model])}}
+
+
+@functools.cache
+def _validator(model: type[BaseModel]) -> jsonschema_rs.Validator:
+    return jsonschema_rs.Draft202012Validator(_root(model))
+
+
+def _described(root: dict[str, Any], error: jsonschema_rs.ValidationError) -> str:
+    """A pattern refusal in the words of the field's description, when it has one (a CPU
+    quantity's pattern says less to people than "1m to 1024 cores: ...")."""
+    schema: Any = root
+    for part in list(error.schema_path)[:-1]:
+        schema = schema[part] if isinstance(schema, dict) else schema[int(part)]
+    description = schema.get("description") if isinstance(schema, dict) else None
+    if error.kind.name == "pattern" and description:
+        return f"{json.dumps(error.instance)} is not {description}"
+    return error.message
+
+
+def _specific(error: jsonschema_rs.ValidationError) -> jsonschema_rs.ValidationError | _Needs:
+    """The error inside an anyOf that says most: not "is not null" beside a real reason."""
+    while error.kind.name in ("anyOf", "oneOf"):
+        inner = [e for branch in error.kind.as_dict().get("context", []) for e in branch]
+        deeper = [e for e in inner if e.kind.name not in ("type", "required")
+                  or len(e.instance_path) > len(error.instance_path)]
+        if not deeper:
+            wanted = [e.kind.as_dict()["property"] for e in inner if e.kind.name == "required"]
+            if wanted and len(wanted) == len(inner):
+                return _Needs(error, wanted)
+            break
+        error = deeper[0]
+    return error
+
+
+class _Needs:
+    """An anyOf of `required`s (CancelBody): say which fields would do."""
+
+    def __init__(self, error: jsonschema_rs.ValidationError, fields: list[str]) -> None:
+        self.instance_path = error.instance_path
+        self.fields = fields
+
+
+def _schema_error(error: jsonschema_rs.ValidationError, root: dict[str, Any]) -> tuple[str, str]:
+    """(the field's dotted name, why) for the first way a body breaks its schema."""
+    found = _specific(error)
+    if isinstance(found, _Needs):
+        return (".".join(str(p) for p in found.instance_path),
+                "needs at least one of " + ", ".join(found.fields))
+    error = found
+    path = [str(p) for p in error.instance_path]
+    kind = error.kind.as_dict()
+    if error.kind.name == "additionalProperties" and kind.get("unexpected"):
+        path.append(str(kind["unexpected"][0]))
+        return ".".join(path), "is not a field this request takes"
+    if error.kind.name == "required":
+        path.append(str(kind["property"]))
+        return ".".join(path), "is required"
+    return ".".join(path), _described(root, error)
+
+
+def _refuse(name: str, message: str, where: str) -> APIError:
+    if name.startswith("spec."):  # hints are named as podfn.spec's InvalidSpec names them
+        return APIError(422, "invalid_spec", f"{name}: {message}", field=name)
+    name = ".".join(part for part in ((where if where != "body" else ""), name) if part)
+    return APIError(422, "invalid_field", f"{name or where}: {message}", field=name or where)
+
+
 def validate(model: type[M], value: Any, where: str) -> M:
-    """`value` as `model`, or 422 naming the first field that is wrong and why."""
+    """`value` as `model` if the document's schema for it allows it; else 422 naming the field."""
     if not isinstance(value, dict):
         raise APIError(400, "malformed_json", f"{where} must be a JSON object")
+    for error in _validator(model).iter_errors(value):
+        raise _refuse(*_schema_error(error, _root(model)), where)
     try:
         return model.model_validate(value)
-    except ValidationError as exc:
+    except ValidationError as exc:  # a type the schema allows but the model does not: a bug
         first = exc.errors()[0]
-        name = _loc(first)
-        if name.startswith("spec."):  # hints are named as podfn.spec's InvalidSpec names them
-            raise APIError(422, "invalid_spec", f"{name}: {first['msg']}", field=name) from None
-        prefix = f"{where}." if where != "body" else ""
-        raise APIError(422, "invalid_field", f"{prefix}{name}: {first['msg']}",
-                       field=f"{prefix}{name}") from None
+        raise _refuse(_loc(first), first["msg"], where) from None
 
 
 def json_body(model: type[M]) -> M:
@@ -136,6 +216,16 @@ def _response(status: int, spec: Any, op: Operation) -> dict[str, Any]:
     return out
 
 
+def _statuses(op: Operation) -> dict[int, Any]:
+    """What `op` declares, and what any request can meet before its view runs: 400 for a path
+    or query parameter no database can store (api/inputs.py, every route), 413 for a body
+    larger than PODFN_MAX_REQUEST_BYTES."""
+    out = {400: None, **op.responses}
+    if op.body is not None or op.form is not None:
+        out.setdefault(413, None)
+    return out
+
+
 def _request_body(op: Operation) -> dict[str, Any] | None:
     if op.body is not None:
         return {"required": op.body_required,
@@ -180,6 +270,10 @@ def _nullable(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: _nullable(value) for key, value in schema.items()}
+    kinds = out.get("type")
+    if "default" in out and out["default"] is None and "null" not in (
+            kinds if isinstance(kinds, list) else [kinds]) and "anyOf" not in out:
+        del out["default"]  # absent, not null: a field that may not be null has no null default
     branches = out.get("anyOf")
     if (isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches):
         other = branches[0] if branches[1] == {"type": "null"} else branches[1]
@@ -187,6 +281,14 @@ def _nullable(schema: Any) -> Any:
             del out["anyOf"]  # what was said beside the anyOf (json_schema_extra) wins
             out = {**other, **out, "type": [other["type"], "null"]}
     return out
+
+
+def components(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
+    """The JSON Schemas of `models` and of every model they use, by name."""
+    _, defs = models_json_schema([(m, "validation") for m in sorted(models,
+                                                                     key=lambda m: m.__name__)],
+                                 ref_template=REF)
+    return {**_nullable(defs.get("$defs", {})), "JsonValue": schemas.JSON_VALUE}
 
 
 def document(app: Flask) -> dict[str, Any]:
@@ -204,7 +306,7 @@ def document(app: Flask) -> dict[str, Any]:
                 "operationId": rule.endpoint.replace(".", "_") + "_" + method.lower(),
                 "summary": op.summary,
                 "responses": {str(s): _response(s, spec, op)
-                              for s, spec in sorted(op.responses.items())},
+                              for s, spec in sorted(_statuses(op).items())},
             }
             if params or op.query:
                 entry["parameters"] = [*params, *op.query]
@@ -214,9 +316,6 @@ def document(app: Flask) -> dict[str, Any]:
             if op.public:
                 entry["security"] = []
             paths.setdefault(path, {})[method.lower()] = entry
-    _, defs = models_json_schema([(m, "validation") for m in sorted(_models(ops),
-                                                                      key=lambda m: m.__name__)],
-                                 ref_template=REF)
     return {
         "openapi": "3.1.0",
         "info": {"title": "podfn", "version": "1",
@@ -225,8 +324,7 @@ def document(app: Flask) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-                       "schemas": {**_nullable(defs.get("$defs", {})),
-                                   "JsonValue": schemas.JSON_VALUE}},
+                       "schemas": components(_models(ops))},
     }
 
 

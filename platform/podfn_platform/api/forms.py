@@ -1,7 +1,7 @@
-"""Reading the multipart submissions clients send: a JSON `meta` part and opaque byte parts.
+"""The byte parts of the multipart submissions clients send, and how the document names them.
 
-The `meta` part is validated through its model in api/schemas.py (the same
-model /openapi.json describes); the byte parts are pickles made by the
+The `meta` part is read by api/contract.py (`form_meta`) through its model in
+api/schemas.py, like any JSON body; the byte parts are pickles made by the
 client, read as bytes and stored as bytes, never loaded here.
 """
 
@@ -10,16 +10,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 import flask
 from flask import request
 from pydantic import BaseModel
 
-from podfn_platform.api import contract, inputs, schemas
+from podfn_platform.api import schemas
 from podfn_platform.api.errors import APIError
 
-M = TypeVar("M", bound=BaseModel)
 MAX_CALLS_PER_REQUEST = schemas.MAX_CALLS_PER_REQUEST
 
 BINARY = {"type": "string", "format": "binary"}
@@ -62,17 +61,9 @@ def _bytes(part: Any) -> bytes:
     return data
 
 
-def meta(model: type[M]) -> M:
-    return contract.form_meta(model)
-
-
 def spec(value: BaseModel | None) -> dict[str, Any]:
     """The hints as sent (podfn.spec fills defaults and checks them)."""
     return value.model_dump(exclude_unset=True) if value is not None else {}
-
-
-def name(value: str, field: str) -> str:
-    return inputs.text(value, f"meta.{field}")
 
 
 def function_part() -> bytes:

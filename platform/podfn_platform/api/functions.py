@@ -53,7 +53,12 @@ def _summary(row: Row) -> dict[str, Any]:
 # Not rollback: a version the stateful fuzzer makes up is rightly a 404, not a lost function.
 FUNCTION_LINKS = contract.links(
     "name", "$response.body#/name", GetFunction="functions_get_get",
-    Calls="functions_submit_post", Invoke="functions_invoke_post")
+    Calls="functions_submit_post", Invoke="functions_invoke_post",
+    Usage="usage_function_usage_get")
+# An invoke's call, finished (200) or not yet (202), is followed like a submitted one.
+INVOKE_LINKS = {status: contract.links(
+    "call_id", "$response.body#/id", GetCall="calls_get_get", Result="calls_result_get",
+    Cancel="calls_cancel_post", Logs="calls_logs_get") for status in (200, 202)}
 
 
 @bp.post("")
@@ -64,8 +69,8 @@ FUNCTION_LINKS = contract.links(
            form=forms.DEPLOY_FORM, form_required=("meta", "function"),
            links={201: FUNCTION_LINKS, 200: FUNCTION_LINKS})
 def deploy() -> tuple[Response, int]:
-    parsed = forms.meta(schemas.DeployMeta)
-    name = inputs.function_name(parsed.name, "name")
+    parsed = contract.form_meta(schemas.DeployMeta)
+    name = parsed.name  # reachable again as /v1/functions/{name}: FUNCTION_NAME says how
     python, cloudpickle = parsed.client.python, parsed.client.cloudpickle
     validated = call_spec.validate(forms.spec(parsed.spec))
     function = forms.function_part()
@@ -163,7 +168,7 @@ def _deployed_calls(live: Row, spec: dict[str, Any], *, python: str, cloudpickle
            query=(forms.IDEMPOTENCY,), links=CALL_LINKS)
 def submit(name: str) -> tuple[Response, int]:
     """Calls of the live version with pickled arguments (Python's `Function.lookup`)."""
-    parsed = forms.meta(schemas.DeployedCallsMeta)
+    parsed = contract.form_meta(schemas.DeployedCallsMeta)
     meta = parsed.model_dump(mode="json", exclude_none=True)
     python, cloudpickle = parsed.client.python, parsed.client.cloudpickle
     live = _live(name)
@@ -180,11 +185,6 @@ def submit(name: str) -> tuple[Response, int]:
 
 def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
     raw = inputs.json_body(allow_nul=True)  # pickled, never stored as text
-    if isinstance(raw, dict):
-        unknown = sorted(set(raw) - {"args", "kwargs"})
-        if unknown:
-            raise APIError(400, "unknown_field", f"unknown field {unknown[0]!r}; the body takes "
-                           "'args' (a list) and 'kwargs' (an object)", field=unknown[0])
     if raw is None:
         raise APIError(400, "malformed_json", "the body must be JSON: "
                        '{"args": [...], "kwargs": {...}}')
@@ -209,7 +209,7 @@ def invocation(row: Row, name: str) -> Response:
             409: "The Idempotency-Key was used with a different request", 413: None, 422: None,
             **dict.fromkeys(COMMON)},
            body=schemas.InvokeBody, query=(forms.WAIT, forms.IDEMPOTENCY),
-           headers={202: {"Location": {"schema": {"type": "string"}}}})
+           headers={202: {"Location": {"schema": {"type": "string"}}}}, links=INVOKE_LINKS)
 def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, int]:
     """Run the live version with JSON arguments; its JSON result if it finishes in `wait` s."""
     args, kwargs = _invoke_body()

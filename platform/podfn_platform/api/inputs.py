@@ -5,16 +5,11 @@ Postgres text cannot hold NUL, and UTF-8 cannot hold a lone surrogate (JSON
 Left to the database or the encoder, each is a 500; here each is a 400 that
 names the field. Every path and query parameter is checked on the way in
 (`install`), and every JSON body is read through `json_body`.
-
-Function names are also identifiers in URLs (`/v1/functions/{name}`), so a
-name must be reachable again: no `/`, no control characters, no whitespace
-at either end.
 """
 
 from __future__ import annotations
 
 import json
-import unicodedata
 from typing import Any
 
 from flask import Flask, request
@@ -22,7 +17,6 @@ from flask import Flask, request
 from podfn_platform.api.errors import APIError
 
 MAX_DEPTH = 64
-MAX_FUNCTION_NAME = 200
 
 
 def bad_text(value: str, *, allow_nul: bool = False) -> str | None:
@@ -92,25 +86,6 @@ def json_body(*, allow_nul: bool = False) -> Any:
     except ValueError:
         return None
     return check_tree(value, "body", allow_nul=allow_nul)
-
-
-def function_name(value: Any, field: str) -> str:
-    """A deployable function name: reachable again as /v1/functions/{name}."""
-    if not isinstance(value, str) or not value or len(value) > MAX_FUNCTION_NAME:
-        raise APIError(422, "invalid_field", f"{field} must be 1 to {MAX_FUNCTION_NAME} "
-                       "characters", field=f"meta.{field}")
-    text(value, f"meta.{field}")
-    if "/" in value or "\\" in value:
-        raise APIError(422, "invalid_field", f"{field} must not contain '/' or '\\' (it is part "
-                       "of the function's URL)", field=f"meta.{field}")
-    if value != value.strip() or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
-                                     for c in value):
-        raise APIError(422, "invalid_field", f"{field} must not have control characters or "
-                       "whitespace at either end", field=f"meta.{field}")
-    if value in (".", ".."):
-        raise APIError(422, "invalid_field", f"{field} cannot be '.' or '..'",
-                       field=f"meta.{field}")
-    return value
 
 
 def install(app: Flask) -> None:

@@ -1,18 +1,23 @@
 """The request and response bodies of the API, as pydantic models: the one description of the contract.
 
-Each model is used twice: the views validate what clients send through it
-(`api/contract.py`), and /openapi.json is generated from its JSON Schema, so
-the document cannot drift from what the API enforces.
+Each model is used twice: /openapi.json is generated from its JSON Schema,
+and the views check what clients send against that very schema before
+reading it into the model (`api/contract.py`), so the document cannot drift
+from what the API enforces.
 
 Strings a client sends are described without NUL (Postgres text cannot hold
 it; api/inputs.py answers 400 for one), so a schema-valid request is never
-refused for it. The call spec is described by the common, exact forms of its
-hints; the API accepts a little more (any Kubernetes quantity within podfn's
-bounds, checked by podfn.spec), which the document says in words.
+refused for it. Patterns are ECMA-262, as JSON Schema means them, written so
+that Python reads them the same way: no `\\w`, `\\d`, `\\s` or `\\Z`, and a
+final `$` (which Python also lets match before a newline) only where the
+schema check, an ECMA-262 engine, decides. CPU and memory hints are described
+by the forms the API takes, each within podfn.spec's bounds: a regular
+expression cannot bound every spelling of a Kubernetes quantity.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,12 +33,51 @@ State = Literal["queued", "launching", "running", "succeeded", "failed", "timed_
                 "cancelled"]
 Cancellable = Literal["queued", "launching", "running"]
 Scope = Literal["submit", "invoke", "deploy", "read", "admin"]
-# A function name is part of a URL: no '/' or '\\', no control or format characters, no
-# whitespace at either end, not '.' or '..' (api/inputs.py checks the same in code).
-# `\w` is Python's (Unicode) word character: Python identifiers may be non-ASCII.
-FUNCTION_NAME = r"^(?!\.\.?$)[\w.:-](?:[\w.: -]{0,198}[\w.:-])?\Z"
+
+
+def _visible_bmp() -> str:
+    """Ranges, as a character class body, of the non-ASCII BMP characters that are neither
+    control, format, surrogate nor space characters.
+
+    Spelled out with \\u escapes because `\\w` is ASCII in ECMA-262 (what JSON Schema's
+    `pattern` means, and what the API checks with) but Unicode in Python (what fuzzers
+    generate from): one class must mean one set everywhere.
+    """
+    hidden = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
+    ranges: list[tuple[int, int]] = []
+    for code in range(0xA0, 0x10000):
+        if unicodedata.category(chr(code)) in hidden:
+            continue
+        if ranges and ranges[-1][1] == code - 1:
+            ranges[-1] = (ranges[-1][0], code)
+        else:
+            ranges.append((code, code))
+    return "".join(f"\\u{a:04x}-\\u{b:04x}" if a != b else f"\\u{a:04x}" for a, b in ranges)
+
+
+# A function name is part of a URL: 1 to 200 of ASCII letters, digits, `_ . : -`, inner spaces
+# and visible non-ASCII characters of the BMP (Python identifiers may be non-ASCII); no '/' or
+# '\\', no control or format characters, no space at either end, not '.' or '..'.
+_NAME_END = rf"[A-Za-z0-9_.:{_visible_bmp()}-]"
+_NAME_INNER = _NAME_END[:-2] + " -]"
+FUNCTION_NAME = rf"^(?!\.\.?$){_NAME_END}(?:{_NAME_INNER}{{0,198}}{_NAME_END})?$"
 TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$"
 LABEL_KEY = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+# Not NUL and not a space in either reading of `\s` (Python's takes \x1c-\x1f and \x85,
+# ECMA-262's \ufeff): at least one such character makes a name that is not blank.
+VISIBLE = r"[^\x00\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+# A Kubernetes label value: empty, or up to 63 of [A-Za-z0-9._-] with alphanumeric ends. A node
+# selector or label outside it is refused here, not left to fail the pod's creation later.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
+# The forms of a CPU or memory quantity the API takes, all within podfn.spec's bounds (1m to
+# 1024 cores, 32Mi to 1Ti); other Kubernetes spellings ('1e3m', '0.5Ti') are refused (422).
+_DECIMALS = r"(\.[0-9]{1,3})?"
+CPU = (r"^([1-9][0-9]{0,5}m|10[01][0-9]{4}m|102[0-3][0-9]{3}m|1024000m"
+       r"|0\.(00[1-9]|0[1-9][0-9]?|[1-9][0-9]{0,2})"
+       rf"|[1-9][0-9]{{0,2}}{_DECIMALS}|10[01][0-9]{_DECIMALS}|102[0-3]{_DECIMALS}|1024)$")
+MEMORY = (r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,5})Mi|(3[4-9]|[4-9][0-9]|[1-9][0-9]{2,5})M"
+          r"|(0\.(0[4-9]|[1-9])[0-9]?|[1-9][0-9]{0,2}" + _DECIMALS + r"|10[01][0-9]|102[0-4])Gi"
+          r"|(0\.(0[4-9]|[1-9])[0-9]?|[1-9][0-9]{0,2}" + _DECIMALS + r"|10[0-9][0-9])G|1Ti)$")
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 SECRET_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
@@ -49,10 +93,16 @@ JSON_OBJECT: dict[str, Any] = {
     "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}}
 
 
-def _strings(keys: str) -> Any:
+LABEL_VALUE_WORDS = ("a Kubernetes label value: empty, or up to 63 letters, digits, '-', '_' or "
+                     "'.', beginning and ending with a letter or digit")
+
+
+def _strings(keys: str, values: str = NO_NUL) -> Any:
+    value: dict[str, Any] = {"type": "string", "pattern": values}
+    if values == LABEL_VALUE:
+        value["description"] = LABEL_VALUE_WORDS
     return Field(default=None, json_schema_extra={
-        "propertyNames": {"pattern": keys}, "additionalProperties": {"type": "string",
-                                                                      "pattern": NO_NUL}})
+        "propertyNames": {"pattern": keys}, "additionalProperties": value})
 
 
 class Model(BaseModel):
@@ -67,46 +117,76 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
 
+def _absent(**options: Any) -> Any:
+    """An optional field: null only if its type says `| None` (else no null default either)."""
+    return Field(default=None, **options)
+
+
+class Toleration(Request):
+    """A Kubernetes toleration, as the pod's `tolerations` takes it."""
+
+    key: str = _absent(pattern=LABEL_KEY,
+                     description="absent, with operator Exists: every taint")
+    operator: Literal["Exists", "Equal"] = _absent()
+    value: str = _absent(pattern=LABEL_VALUE, description=LABEL_VALUE_WORDS)
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = _absent()
+    tolerationSeconds: int = _absent(ge=-(2**63), le=2**63 - 1)
+
+
+def _number(low: float, high: float) -> Any:
+    """A number (a whole one stays an int: the runtime's messages say "1 s", not "1.0 s")."""
+    def number(schema: dict[str, Any]) -> None:
+        schema.clear()
+        schema.update(type="number", minimum=low, maximum=high)
+
+    return _absent(ge=low, le=high, json_schema_extra=number)
+
+
 class Spec(Request):
-    """Hints for a call's pod (podfn.spec checks each one; these are the forms it accepts)."""
+    """Hints for a call's pod (podfn.spec checks each one; these are the forms it accepts).
+
+    Only the hints whose default is "none" (podfn.spec.DEFAULTS) may be null, as
+    the client sends them; the others are absent or a value. A null the API would
+    take anyway is still not said: a fuzzer cannot check that a value it meant to
+    break inside a container did not come out null (multipart bodies with byte
+    parts are not re-validated), so a nullable container hides broken values.
+    """
 
     model_config = ConfigDict(extra="allow", strict=True, regex_engine="python-re",
                               json_schema_extra={
         "additionalProperties": False})
-    cpu: str | None = Field(default=None, json_schema_extra={
-        "pattern": r"^([1-9][0-9]{0,2}m|[1-9][0-9]{0,2})$"},
-        description="Kubernetes CPU quantity, 1m to 1024 cores")
-    cpu_limit: bool | None = None
-    memory: str | None = Field(default=None, json_schema_extra={
-        "pattern": r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,3})Mi|[1-9][0-9]{0,2}Gi)$"},
-        description="Kubernetes memory quantity, 32Mi to 1Ti")
-    gpu: int | None = Field(default=None, ge=0, le=64)
-    gpu_vendor: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]*\Z",
+    cpu: str | None = _absent(json_schema_extra={"pattern": CPU},
+                            description="a Kubernetes CPU quantity, 1m to 1024 cores: millicores "
+                            "('250m') or cores with up to 3 decimals ('2', '0.5')")
+    cpu_limit: bool = _absent()
+    memory: str | None = _absent(json_schema_extra={"pattern": MEMORY},
+                               description="a Kubernetes memory quantity, 32Mi to 1Ti: a whole "
+                               "number of Mi or M, or Gi or G with up to 3 decimals ('512Mi', "
+                               "'1.5Gi')")
+    gpu: int = _absent(ge=0, le=64)
+    gpu_vendor: str = _absent(pattern=r"^[a-z0-9][a-z0-9.-]*$",
                                    description="the GPU resource's domain, e.g. nvidia.com")
-    image: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9./:@_-]*\Z",
+    image: str | None = _absent(pattern=r"^[A-Za-z0-9][A-Za-z0-9./:@_-]*$",
                               description="an image reference")
-    env: dict[str, str] | None = _strings(ENV_NAME)
-    secrets: list[str] | None = Field(default=None, json_schema_extra={
+    env: dict[str, str] = _strings(ENV_NAME)
+    secrets: list[str] = _absent(json_schema_extra={
         "items": {"type": "string", "pattern": SECRET_NAME}})
     # int | float: a whole number stays one (the runtime's messages say "1 s", not "1.0 s").
-    timeout: int | float | None = Field(default=None, ge=0.001, le=604800, json_schema_extra={
+    timeout: int | float | None = _absent(ge=0.001, le=604800, json_schema_extra={
         "anyOf": [{"type": "number", "minimum": 0.001, "maximum": 604800}, {"type": "null"}]})
-    retries: int | None = Field(default=None, ge=0, le=100)
-    retry_backoff: int | float | None = Field(default=None, ge=0, le=3600, json_schema_extra={
-        "anyOf": [{"type": "number", "minimum": 0, "maximum": 3600}, {"type": "null"}]})
-    node_selector: dict[str, str] | None = _strings(LABEL_KEY)
-    tolerations: list[dict[str, Any]] | None = Field(default=None, json_schema_extra={
-        "anyOf": [{"type": "array", "items": JSON_OBJECT}, {"type": "null"}]})
-    labels: dict[str, str] | None = _strings(LABEL_KEY)
-    annotations: dict[str, str] | None = _strings(LABEL_KEY)
-    service_account: str | None = Field(default=None, pattern=SECRET_NAME)
-    pod_patch: dict[str, Any] | None = Field(default=None, json_schema_extra={
+    retries: int = _absent(ge=0, le=100)
+    retry_backoff: int | float = _number(0, 3600)
+    node_selector: dict[str, str] = _strings(LABEL_KEY, LABEL_VALUE)
+    tolerations: list[Toleration] = _absent()
+    labels: dict[str, str] = _strings(LABEL_KEY, LABEL_VALUE)
+    annotations: dict[str, str] = _strings(LABEL_KEY)
+    service_account: str | None = _absent(pattern=SECRET_NAME)
+    pod_patch: dict[str, Any] | None = _absent(json_schema_extra={
         "anyOf": [JSON_OBJECT, {"type": "null"}]})
     # Warm workers (docs/warm-workers.md); null max_calls_per_worker means no limit.
-    max_calls_per_worker: int | None = Field(default=None, ge=1, le=10**9)
-    idle_timeout: int | float | None = Field(default=None, ge=0.1, le=86400, json_schema_extra={
-        "anyOf": [{"type": "number", "minimum": 0.1, "maximum": 86400}, {"type": "null"}]})
-    min_workers: int | None = Field(default=None, ge=0, le=1000)
+    max_calls_per_worker: int | None = _absent(ge=1, le=10**9)
+    idle_timeout: int | float = _number(0.1, 86400)
+    min_workers: int = _absent(ge=0, le=1000)
 
 
 class Client(Request):
@@ -116,25 +196,39 @@ class Client(Request):
     cloudpickle: Text
 
 
+# Examples in the document: what a client sends (schemathesis' examples phase sends them too).
+CLIENT = {"python": "3.11.9", "cloudpickle": "3.1.1"}
+
+
+def _example(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
 class SubmitMeta(Request):
+    model_config = _example({"function_name": "example.double", "client": CLIENT,
+                             "spec": {"cpu": "500m", "memory": "512Mi", "timeout": 60}})
     function_name: Annotated[str, Field(min_length=1, max_length=256,
-                                        pattern=r"^[^\x00]*\S[^\x00]*$")]
+                                        pattern=rf"^[^\x00]*{VISIBLE}[^\x00]*$")]
     client: Client
     spec: Spec | None = None
 
 
 class DeployMeta(Request):
+    model_config = _example({"name": "example.double", "client": CLIENT,
+                             "spec": {"memory": "1Gi", "retries": 2}})
     name: Annotated[str, Field(pattern=FUNCTION_NAME)]
     client: Client
     spec: Spec | None = None
 
 
 class DeployedCallsMeta(Request):
+    model_config = _example({"client": CLIENT}, {"client": CLIENT, "spec": {"cpu": "2"}})
     client: Client
     spec: Spec | None = Field(default=None, description="overrides of the live version's hints")
 
 
 class WaitBody(Request):
+    model_config = _example({"ids": ["0f8e5a5c9f6d4e7a"], "wait": 1})
     ids: Annotated[list[Text], Field(min_length=1, max_length=MAX_CALLS_PER_REQUEST)]
     wait: Annotated[float, Field(ge=0)] = 0
 
@@ -146,7 +240,9 @@ class CancelBody(Request):
         {"required": ["ids"], "properties": {"ids": {"type": "array"}}},
         {"required": ["function"], "properties": {"function": {"type": "string"}}},
         {"required": ["state"], "properties": {"state": {"type": "string"}}},
-        {"required": ["mine"], "properties": {"mine": {"const": True}}}]})
+        {"required": ["mine"], "properties": {"mine": {"const": True}}}],
+        "examples": [{"function": "example.double", "state": "queued", "dry_run": True},
+                     {"mine": True}]})
     ids: Annotated[list[Text], Field(max_length=MAX_CALLS_PER_REQUEST)] | None = None
     function: Text | None = None
     state: Cancellable | None = None
@@ -156,17 +252,20 @@ class CancelBody(Request):
 
 
 class RollbackBody(Request):
+    model_config = _example({"version": 1}, {})
     version: int | None = Field(default=None, description="default: the version before the "
                                 "live one")
 
 
 class InvokeBody(Request):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"args": [21], "kwargs": {}}]})
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class TokenBody(Request):
+    model_config = _example({"name": "ci-bot", "scopes": ["submit", "read"]})
     name: Annotated[str, Field(pattern=TOKEN_NAME)]
     scopes: Annotated[list[Scope], Field(min_length=1)]
 
