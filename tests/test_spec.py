@@ -90,3 +90,20 @@ def test_the_edges_of_each_bound_are_accepted() -> None:
 def test_the_decorator_applies_the_same_bounds() -> None:
     with pytest.raises(InvalidSpec, match="retries"):
         remote(retries=3_000_000_000)(lambda: None)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("memory", "65536Ki"), ("memory", "0.5Ti"), ("memory", 2**30), ("cpu", "1e3"), ("cpu", "0.0005k")])
+def test_a_quantity_in_range_but_spelled_otherwise_is_refused_when_given(
+        field: str, value: object) -> None:
+    """The API's schema takes fewer spellings than Kubernetes; the client says so at once."""
+    with pytest.raises(InvalidSpec, match="not spelled as podfn takes it") as caught:
+        validate({field: value})
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("memory", "512Mi"), ("memory", "1.5Gi"), ("memory", "2G"), ("memory", "1Ti"),
+    ("cpu", "250m"), ("cpu", 2), ("cpu", 0.5), ("cpu", "1024")])
+def test_the_usual_spellings_are_taken(field: str, value: object) -> None:
+    assert validate({field: value})[field] == str(value)

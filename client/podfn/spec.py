@@ -25,6 +25,17 @@ _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _SECRET_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
+# The spellings of a CPU or memory quantity podfn takes, all within LIMITS (1m to 1024 cores,
+# 32Mi to 1Ti). The API publishes them as patterns of its schema; other Kubernetes spellings
+# ('65536Ki', '1e3', '0.5Ti') are refused by the client too, when the hint is given.
+_DECIMALS = r"(\.[0-9]{1,3})?"
+CPU_FORMS = (r"^([1-9][0-9]{0,5}m|10[01][0-9]{4}m|102[0-3][0-9]{3}m|1024000m"
+             r"|0\.(00[1-9]|0[1-9][0-9]?|[1-9][0-9]{0,2})"
+             rf"|[1-9][0-9]{{0,2}}{_DECIMALS}|10[01][0-9]{_DECIMALS}|102[0-3]{_DECIMALS}|1024)$")
+MEMORY_FORMS = (r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,5})Mi|(3[4-9]|[4-9][0-9]|[1-9][0-9]{2,5})M"
+                r"|(0\.(0[4-9]|[1-9])[0-9]?|[1-9][0-9]{0,2}" + _DECIMALS + r"|10[01][0-9]|102[0-4])Gi"
+                r"|(0\.(0[4-9]|[1-9])[0-9]?|[1-9][0-9]{0,2}" + _DECIMALS + r"|10[0-9][0-9])G|1Ti)$")
+
 # Hints and their defaults. Anything else is rejected by name.
 DEFAULTS: dict[str, Any] = {
     "cpu": None,               # Kubernetes CPU quantity: "250m", "2"
@@ -104,6 +115,14 @@ def _bounded(field: str, value: object, amount: Decimal | float) -> None:
         raise InvalidSpec(field, f"{value!r} is out of range; podfn accepts {text}")
 
 
+def _spelled(field: str, text: str, forms: str, how: str) -> str:
+    """`text` if it is a spelling the API takes: a quantity in range but spelled
+    otherwise ('65536Ki', '1e3') is refused here, not only at submit."""
+    if re.fullmatch(forms, text) is None:
+        raise InvalidSpec(field, f"{text!r} is in range but not spelled as podfn takes it; write {how}")
+    return text
+
+
 def memory_bytes(value: str) -> int:
     return math.ceil(parse_quantity("memory", value))
 
@@ -147,7 +166,8 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
             out[key] = type(DEFAULTS[key])()
     if out["cpu"] is not None:
         _bounded("cpu", out["cpu"], parse_quantity("cpu", out["cpu"]))
-        out["cpu"] = str(out["cpu"])
+        out["cpu"] = _spelled("cpu", str(out["cpu"]), CPU_FORMS, "millicores ('250m') or cores "
+                              "with up to 3 decimals ('2', '0.5')")
     if out["memory"] is not None:
         memory = parse_quantity("memory", out["memory"])
         if memory < LIMITS["memory"][0]:
@@ -155,7 +175,8 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
                               "Python; write a unit, e.g. '512Mi' (podfn accepts "
                               f"{LIMITS['memory'][2]})")
         _bounded("memory", out["memory"], memory)
-        out["memory"] = str(out["memory"])
+        out["memory"] = _spelled("memory", str(out["memory"]), MEMORY_FORMS, "a whole number "
+                                 "of Mi or M, or Gi or G with up to 3 decimals ('512Mi', '1.5Gi')")
     out["gpu"] = _number("gpu", out["gpu"], integer=True, minimum=0, allow_zero=True)
     if out["timeout"] is not None:
         out["timeout"] = _number("timeout", out["timeout"], integer=False, minimum=0,

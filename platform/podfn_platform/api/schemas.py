@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from podfn import spec as spec_rules
+
 STATES = ("queued", "launching", "running", "succeeded", "failed", "timed_out", "cancelled")
 CANCELLABLE = ("queued", "launching", "running")
 SCOPES = ("submit", "invoke", "deploy", "read", "admin")
@@ -69,15 +71,10 @@ VISIBLE = r"[^\x00\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 # A Kubernetes label value: empty, or up to 63 of [A-Za-z0-9._-] with alphanumeric ends. A node
 # selector or label outside it is refused here, not left to fail the pod's creation later.
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
-# The forms of a CPU or memory quantity the API takes, all within podfn.spec's bounds (1m to
-# 1024 cores, 32Mi to 1Ti); other Kubernetes spellings ('1e3m', '0.5Ti') are refused (422).
-_DECIMALS = r"(\.[0-9]{1,3})?"
-CPU = (r"^([1-9][0-9]{0,5}m|10[01][0-9]{4}m|102[0-3][0-9]{3}m|1024000m"
-       r"|0\.(00[1-9]|0[1-9][0-9]?|[1-9][0-9]{0,2})"
-       rf"|[1-9][0-9]{{0,2}}{_DECIMALS}|10[01][0-9]{_DECIMALS}|102[0-3]{_DECIMALS}|1024)$")
-MEMORY = (r"^((3[2-9]|[4-9][0-9]|[1-9][0-9]{2,5})Mi|(3[4-9]|[4-9][0-9]|[1-9][0-9]{2,5})M"
-          r"|(0\.(0[4-9]|[1-9])[0-9]?|[1-9][0-9]{0,2}" + _DECIMALS + r"|10[01][0-9]|102[0-4])Gi"
-          r"|(0\.(0[4-9]|[1-9])[0-9]?|[1-9][0-9]{0,2}" + _DECIMALS + r"|10[0-9][0-9])G|1Ti)$")
+# The forms of a CPU or memory quantity the API takes: podfn.spec's, so the client refuses
+# the same spellings when the hint is given.
+CPU = spec_rules.CPU_FORMS
+MEMORY = spec_rules.MEMORY_FORMS
 ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 SECRET_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 
