@@ -312,6 +312,8 @@ class Controller:
         now = time.monotonic()
         if not self.follows_workers or now < self._standing_due_at:
             return
+        if not getattr(self.launcher, "workers_known", True):
+            return  # a restarted launcher has not adopted its pods yet: none is gone
         # Next look: after a sweep, unless an exit, a deploy or a backoff's end is sooner.
         self._standing_due_at = now + self.settings.sweep_seconds
         held = self.launcher.workers()  # type: ignore[attr-defined]
