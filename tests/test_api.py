@@ -181,7 +181,7 @@ def test_the_api_never_unpickles_what_a_client_sent(client: FlaskClient, tmp_pat
 
 
 def _finish(db: Database, call_id: str) -> None:
-    db.all("claim_queued", {"limit": 10})
+    db.all("claim_queued", {"limit": 10, "skip_pools": []})
     runtime = Runtime(db, make_conninfo(db.url, user=os.environ["PODFN_RUNTIME_ROLE"]))
     runtime.claim(call_id, 1)
     runtime.succeed(call_id, 1, b"R")

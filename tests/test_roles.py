@@ -112,7 +112,7 @@ def test_platform_role_can_run_the_platform(database_url: str, db_roles: Roles) 
         with db.transaction() as tx:
             [call_id] = record_calls(
                 tx, NewCalls("f", store_payload(tx, b"f"), {}, "3.11", "3.1"), [b"a"])
-        [claimed] = db.all("claim_queued", {"limit": 1})
+        [claimed] = db.all("claim_queued", {"limit": 1, "skip_pools": []})
         assert claimed["id"] == call_id
         row = db.one("fail", {"id": call_id, "attempt": 1, "retryable": False, "reason": "r",
                               "exit_code": 1, "error_type": None, "error_message": None,
@@ -171,7 +171,7 @@ def test_migrate_works_for_a_non_superuser_owner_as_on_managed_postgres(postgres
             with db.transaction() as tx:
                 [call_id] = record_calls(
                     tx, NewCalls("f", store_payload(tx, b"f"), {}, "3.11", "3.1"), [b"a"])
-            db.all("claim_queued", {"limit": 1})
+            db.all("claim_queued", {"limit": 1, "skip_pools": []})
             runtime = Runtime(db, make_conninfo(url, user=made.runtime))
             assert runtime.claim(call_id, 1) is not None
             assert runtime.succeed(call_id, 1, b"done") is not None

@@ -43,7 +43,7 @@ def test_a_terminated_connection_mid_call_still_records_the_result(
         return x * x
 
     call_id = submit(db, slow_square, 7)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, "skip_pools": []})
     env = {**os.environ, "PODFN_RUNTIME_DATABASE_URL": runtime_database_url,
            "PODFN_ATTEMPT_SECRET": arm(db, call_id, 1).secret}
     runtime = subprocess.Popen([sys.executable, "-m", "podfn_runtime", "--call-id", call_id,
@@ -83,7 +83,7 @@ class _LoseReplies:
 def runtime_db(db: Database, runtime_database_url: str) -> Iterator[RuntimeDatabase]:
     """The runtime's connection for attempt 1 of a call the fixture queues (`pow(2, 5)`)."""
     call_id = submit(db, pow, 2, 5)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, "skip_pools": []})
     rdb = RuntimeDatabase(runtime_database_url, arm(db, call_id, 1).secret, retry_seconds=10)
     rdb.call_id = call_id  # type: ignore[attr-defined]
     yield rdb
@@ -134,7 +134,7 @@ def test_an_unreachable_database_gives_up_after_the_budget() -> None:
 def test_exit_75_is_a_disruption_and_spends_no_user_retries(db: Database) -> None:
     """Runtimes that cannot reach the database are requeued by the platform, not charged."""
     call_id = submit(db, pow, 2, 5)
-    [row] = db.all("claim_queued", {"limit": 1})
+    [row] = db.all("claim_queued", {"limit": 1, "skip_pools": []})
     ended = threading.Event()
     launcher = LocalLauncher("postgresql://nobody@127.0.0.1:1/none", on_exit=ended.set,
                              write_retry_seconds=0.2)

@@ -277,7 +277,7 @@ class Controller:
         room = self.settings.max_concurrency - len(self.launcher.active())
         if room <= 0:
             return
-        rows = self.db.all("claim_queued_except_pools",
+        rows = self.db.all("claim_queued",
                            {"limit": room, "skip_pools": idle_pools or []})
         if not rows:
             return
