@@ -86,8 +86,8 @@ def test_runtime_role_may_execute_only_the_protocol(database_url: str, db_roles:
     """, (list(SYSTEM_SCHEMAS), db_roles.runtime))
     assert [name for (name,) in executable] == [
         f"{PROTOCOL}.append_output", f"{PROTOCOL}.attempt_holds", f"{PROTOCOL}.claim",
-        f"{PROTOCOL}.claimed", f"{PROTOCOL}.fail", f"{PROTOCOL}.next", f"{PROTOCOL}.progress",
-        f"{PROTOCOL}.record", f"{PROTOCOL}.succeed", f"{PROTOCOL}.usage", f"{PROTOCOL}.yield_item"]
+        f"{PROTOCOL}.claimed", f"{PROTOCOL}.fail", f"{PROTOCOL}.next", f"{PROTOCOL}.record",
+        f"{PROTOCOL}.succeed", f"{PROTOCOL}.usage", f"{PROTOCOL}.yield_item"]
 
 
 def test_protocol_functions_are_pinned_security_definers_not_granted_to_public(
@@ -97,7 +97,7 @@ def test_protocol_functions_are_pinned_security_definers_not_granted_to_public(
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = %s
     """, (PROTOCOL,))
-    assert len(found) == 11
+    assert len(found) == 10
     for name, secdef, config, acl in found:
         assert secdef, f"{name} is not SECURITY DEFINER"
         assert config == ["search_path=pg_catalog, public, pg_temp"], name

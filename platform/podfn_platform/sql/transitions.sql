@@ -8,8 +8,8 @@
 -- the attempt's own outcome in podfn_attempts. Every statement returns a row
 -- only when the transition happened.
 --
--- The runtime's transitions (claim, progress, succeed, fail) are the
--- SECURITY DEFINER functions of migration 0003 (schema podfn_runtime_v1);
+-- The runtime's transitions (claim, succeed, fail) are the SECURITY DEFINER
+-- functions of migration 0003 (schema podfn_runtime_v1);
 -- `fail` here and there share one definition, the SQL function podfn_fail.
 
 -- name: claim_queued
