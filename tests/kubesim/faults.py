@@ -26,7 +26,8 @@ Watch faults
         resourceVersion: new watches from any older version get 410, and so
         do continue tokens of lists made before.
     expire_continue_tokens(count=1) - the next ``count`` continued lists get
-        410 Expired (a compaction between two pages).
+        410 Expired (a compaction between two pages); ``continue_tokens_expired``
+        counts the lists so refused.
     set_gone_mode("http" | "event") - how a too-old watch is refused: an HTTP
         410 Status response, or a 200 stream whose first event is an ERROR
         with a 410 Expired Status (both happen on real clusters).
@@ -120,6 +121,7 @@ class Faults:
         self.drop_partial = False
         self.open_watches = 0
         self.continue_expiries = 0
+        self.continue_tokens_expired = 0  # continued lists answered 410 so far
         self.request_counts: Counter[str] = Counter()  # "verb resource" -> requests seen
 
     # -- request faults ------------------------------------------------------
@@ -187,6 +189,7 @@ class Faults:
         with self.lock:
             if self.continue_expiries > 0:
                 self.continue_expiries -= 1
+                self.continue_tokens_expired += 1
                 return True
             return False
 
