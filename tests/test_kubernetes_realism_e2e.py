@@ -17,6 +17,7 @@ import pytest
 from conftest import Platform
 from podfn import remote
 from podfn.errors import CallFailed
+from podfn_platform.controller import loop
 from podfn_platform.controller.state import StateStore
 from podfn_platform.database import Database
 from podfn_platform.kube.manifest import pod_name
@@ -83,7 +84,11 @@ def test_sidecar_pods_are_deleted_and_free_their_slot(
 
 
 def test_a_call_that_leaves_a_thread_running_frees_its_slot(
-        cluster: Cluster, make_platform: Callable[..., Platform]) -> None:
+        cluster: Cluster, make_platform: Callable[..., Platform],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pod of a call that recorded its outcome is stopped once it lingers this long
+    # (5 s in production, room for a runtime's own exit; any value shows the slot freed).
+    monkeypatch.setattr(loop, "FINISHED_GRACE_SECONDS", 0.5)
     make_platform(max_concurrency=1)
     first, second = leave_a_thread_running.spawn(), leave_a_thread_running.spawn()
     assert first.result(timeout=30) == "returned"
@@ -197,7 +202,7 @@ def test_rebuilt_cluster_silent_watch_relists(
         cluster: Cluster, make_platform: Callable[..., Platform], db: Database,
         runtime_database_url: str) -> None:
     platform = make_platform(reconcile_seconds=600.0,  # only the watch can tell
-                             watch_timeout_seconds=3)
+                             watch_timeout_seconds=2)
     watcher = launcher_of(platform).watcher
     assert add.remote(1, 1) == 2
     old_key = watcher.key()
