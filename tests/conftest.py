@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -198,6 +199,28 @@ def runtime_database_url(database_url: str, db_roles: Roles) -> str:
 def db(database_url: str) -> Iterator[Database]:
     with Database(database_url, name="podfn-test") as database:
         yield database
+
+
+@dataclass(frozen=True)
+class Refuser:
+    client: FlaskClient
+    db: Database
+
+
+@pytest.fixture(scope="module")
+def refuser(postgres_url: str, databases: Databases) -> Iterator[Refuser]:
+    """One API app (Flask's test client) on one database for a module's requests that
+    must be refused: none of them may store anything, so they can share it, and each
+    still checks that nothing was stored."""
+    name = databases.take()
+    url = make_conninfo(postgres_url, dbname=name)
+    try:
+        with Database(url, name="podfn-test") as db:
+            app = create_app(platform_settings(url), db=db)
+            yield Refuser(app.test_client(), db)
+            app.extensions["podfn.waiter"].close()
+    finally:
+        databases.give_back(name)
 
 
 class ThreadedServer:

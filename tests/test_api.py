@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
 from attempts import Runtime
-from conftest import TEST_TOKEN, ThreadedServer, platform_settings
+from conftest import TEST_TOKEN, Refuser, ThreadedServer, platform_settings
 from podfn_platform.api.app import create_app
 from podfn_platform.database import Database
 
@@ -77,12 +77,12 @@ def test_submit_records_calls_and_get_describes_them(client: FlaskClient) -> Non
     ("{not json", 400, "meta"),
 ])
 def test_bad_submissions_name_the_field_and_store_nothing(
-        client: FlaskClient, db: Database, meta: Any, status: int, field: str) -> None:
-    response = submit(client, meta=meta)
+        refuser: Refuser, meta: Any, status: int, field: str) -> None:
+    response = submit(refuser.client, meta=meta)
     assert response.status_code == status
     assert response.json["error"]["field"] == field
     assert response.json["error"]["message"]
-    assert db.all("list_calls", {"state": None, "function": None, "limit": 10}) == []
+    assert refuser.db.all("list_calls", {"state": None, "function": None, "limit": 10}) == []
 
 
 def test_missing_parts_are_400(client: FlaskClient) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
-from psycopg.conninfo import make_conninfo
 
-from conftest import TEST_TOKEN, Databases, platform_settings
+from conftest import TEST_TOKEN, Refuser, platform_settings
 from podfn_platform.api.app import create_app
 from podfn_platform.database import Database
 
@@ -26,27 +24,6 @@ def client(database_url: str, db: Database) -> Iterator[FlaskClient]:
     app = create_app(platform_settings(database_url), db=db)
     yield app.test_client()
     app.extensions["podfn.waiter"].close()
-
-
-@dataclass(frozen=True)
-class Refuser:
-    client: FlaskClient
-    db: Database
-
-
-@pytest.fixture(scope="module")
-def refuser(postgres_url: str, databases: Databases) -> Iterator[Refuser]:
-    """One app on one database for the cases that must be refused: none of them may
-    store anything, so they share it (and each still checks that nothing was stored)."""
-    name = databases.take()
-    url = make_conninfo(postgres_url, dbname=name)
-    try:
-        with Database(url, name="podfn-test") as db:
-            app = create_app(platform_settings(url), db=db)
-            yield Refuser(app.test_client(), db)
-            app.extensions["podfn.waiter"].close()
-    finally:
-        databases.give_back(name)
 
 
 def multipart(meta: str) -> dict[str, Any]:
