@@ -15,7 +15,8 @@ Request-level faults
         ResourceQuota, kubernetes#67761: nothing was created), 401 an
         expired credential.
     set_request_latency(seconds) - sleep before handling every request.
-    set_watch_event_latency(seconds) - sleep before writing each watch event.
+    set_watch_event_latency(seconds) - hold each watch event this long before
+        writing it (a held event goes out as soon as the latency is lowered).
     requests_seen(verb, resource) - not a fault: how many such requests came
         in (to see client retries).
 Watch faults
@@ -64,6 +65,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -113,6 +115,7 @@ class Faults:
     def __init__(self, store: Store, kubelet: Kubelet, gone_mode: str = "http") -> None:
         self.store, self.kubelet = store, kubelet
         self.lock = threading.Lock()
+        self.latency_changed = threading.Condition(self.lock)  # wakes held watch events
         self.rules: list[_FailRule] = []
         self.request_latency = 0.0
         self.watch_event_latency = 0.0
@@ -168,7 +171,17 @@ class Faults:
         self.request_latency = float(seconds)
 
     def set_watch_event_latency(self, seconds: float) -> None:
-        self.watch_event_latency = float(seconds)
+        with self.latency_changed:
+            self.watch_event_latency = float(seconds)
+            self.latency_changed.notify_all()
+
+    def hold_watch_event(self) -> None:
+        """Hold an event back for the watch event latency, as it stands while held: an
+        event held when the latency goes back to 0 goes out then, not 30 s later."""
+        started = time.monotonic()
+        with self.latency_changed:
+            while (left := started + self.watch_event_latency - time.monotonic()) > 0:
+                self.latency_changed.wait(left)
 
     # -- watch faults ----------------------------------------------------------
 
@@ -280,7 +293,8 @@ class Faults:
     def reset(self) -> None:
         with self.lock:
             self.rules.clear()
-        self.request_latency = self.watch_event_latency = 0.0
+        self.request_latency = 0.0
+        self.set_watch_event_latency(0.0)
         self.kubelet.config.image_pull_failures[:] = ["does-not-exist"]
         self.kubelet.config.transient_pull_failures.clear()
         self.kubelet.config.admission_rejections.clear()
