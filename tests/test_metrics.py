@@ -13,6 +13,7 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from test_forkserver import wait_for
 
 from conftest import TEST_TOKEN, Platform, platform_settings
 from podfn import remote
@@ -110,6 +111,10 @@ def test_controller_counts_launches_and_reconcile_results(platform: Platform) ->
     with pytest.raises(CallFailed, match="code 3"):
         crash.remote()
     assert value("podfn_launch_seconds_count") == launches + 2
+    # Counted right after the write the client saw (it names the row's new state): the
+    # controller thread may not have got there yet.
+    wait_for(lambda: value("podfn_reconcile_results_total", kind="exited",
+                           state="failed") > failed, what="the exit to be counted")
     assert value("podfn_reconcile_results_total", kind="exited", state="failed") == failed + 1
 
 
