@@ -176,7 +176,8 @@ def arm(db: Database, call_id: str) -> str:
 def run_as_runtime(rdb: RuntimeDatabase, db: Database, call_id: str,
                    result: bytes) -> float:
     """Do what the controller and runtime do for one call; the time the result was committed."""
-    claimed = db.all("claim_queued", {"limit": 1})
+    claimed = db.all("claim_queued", {"limit": 1,
+                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
     assert [r["id"] for r in claimed] == [call_id], claimed
     secret = arm(db, call_id)
     row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)
@@ -234,7 +235,8 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
                 for _ in range(repeats + 1):
                     started = time.perf_counter()
                     call_id = submit_one(client, function, serialization.dumps(((blob,), {})))
-                    claimed = db.all("claim_queued", {"limit": 1})
+                    claimed = db.all("claim_queued", {"limit": 1,
+                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
                     assert [r["id"] for r in claimed] == [call_id]
                     secret = arm(db, call_id)
                     row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)
@@ -297,7 +299,8 @@ def fig_steps(sizes: list[int], calls: int) -> list[dict[str, Any]]:
                 marks = [time.perf_counter()]
                 call_id = submit_one(client, function, arg)
                 marks.append(time.perf_counter())
-                db.all("claim_queued", {"limit": 1})
+                db.all("claim_queued", {"limit": 1,
+                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
                 secret = arm(db, call_id)
                 marks.append(time.perf_counter())
                 row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)

@@ -100,7 +100,8 @@ def main() -> None:
             with db.transaction() as tx:
                 ids = record_calls(tx, NewCalls("fn0", digest, {}, "3.11", "3.1"),
                                    [b"a"] * 700)
-            db.all("claim_queued", {"limit": 500})
+            db.all("claim_queued", {"limit": 500,
+                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
             armed = ids[:500]
             minted = {i: Credentials.mint() for i in armed}
             db.all("arm_attempts", {"ids": armed, "attempts": [1] * len(armed),

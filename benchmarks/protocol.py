@@ -62,7 +62,8 @@ def main() -> None:
             with db.transaction() as tx:
                 ids = record_calls(tx, NewCalls("f", store_payload(tx, b"f" * 200), {}, "3.11",
                                                 "3.1"), [b"a" * 100] * ns.calls)
-            db.all("claim_queued", {"limit": ns.calls})
+            db.all("claim_queued", {"limit": ns.calls,
+                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
             minted = {i: Credentials.mint() for i in ids}
             db.all("arm_attempts", {"ids": ids, "attempts": [1] * len(ids),
                                     "secret_hashes": [minted[i].secret_hash for i in ids],

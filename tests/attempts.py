@@ -13,6 +13,10 @@ from podfn_platform.controller.environment import Credentials
 from podfn_platform.database import Database
 from podfn_runtime.database import RuntimeDatabase
 
+# claim_queued's other parameters as a test claims: skip no pool, and leave the attempts
+# unarmed (arm_attempts arms them, as `arm` below does).
+UNARMED: dict[str, list[str]] = {"skip_pools": [], "secret_hashes": [], "token_hashes": []}
+
 
 def arm(db: Database, call_id: str, attempt: int) -> Credentials:
     """What the controller does at launch: mint the attempt's secret and token, store their hashes."""

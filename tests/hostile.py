@@ -41,7 +41,6 @@ def _sql(url: str, statement: str, params: Any = None, *, before: str = "") -> s
 def _protocol(url: str, function: str, call_id: str, attempt: int, secret: str) -> str:
     statements = {
         "claim": "SELECT id FROM podfn_runtime_v1.claim(%s, %s, %s)",
-        "progress": "SELECT podfn_runtime_v1.progress(%s, %s, %s, 'pwned', '')",
         "succeed": "SELECT id FROM podfn_runtime_v1.succeed(%s, %s, %s, 'pwned', NULL, '', '')",
         "fail": "SELECT id FROM podfn_runtime_v1.fail(%s, %s, %s, false, 'pwned', NULL, NULL, "
                 "NULL, NULL, NULL, NULL)",
@@ -91,7 +90,7 @@ def attack(victim_id: str, forbidden: list[str]) -> dict[str, str]:
         before="CREATE TEMP TABLE podfn_attempts (call_id text, attempt int, secret_hash text, "
                "finished_at timestamptz)")
     # 2. The runtime protocol with another call's id, a stale attempt, a wrong secret.
-    for function in ("claim", "progress", "succeed", "fail", "usage", "record", "claimed",
+    for function in ("claim", "succeed", "fail", "usage", "record", "claimed",
                      "append_output", "yield_item", "succeed_next"):
         tried[f"{function} another call with my secret"] = _protocol(
             url, function, victim_id, 1, secret)
@@ -132,7 +131,7 @@ def replay(leaked: dict[str, Any]) -> dict[str, str]:
     url = os.environ["PODFN_RUNTIME_DATABASE_URL"]
     return {f"{function} with a spent secret": _protocol(url, function, leaked["call_id"],
                                                          leaked["attempt"], leaked["secret"])
-            for function in ("claim", "progress", "succeed", "fail", "usage", "claimed",
+            for function in ("claim", "succeed", "fail", "usage", "claimed",
                              "append_output", "yield_item", "succeed_next")}
 
 

@@ -15,8 +15,8 @@ import pytest
 from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
-from attempts import Runtime
-from conftest import TEST_TOKEN, ThreadedServer, platform_settings
+from attempts import UNARMED, Runtime
+from conftest import TEST_TOKEN, Refuser, ThreadedServer, platform_settings
 from podfn_platform.api.app import create_app
 from podfn_platform.database import Database
 
@@ -77,12 +77,12 @@ def test_submit_records_calls_and_get_describes_them(client: FlaskClient) -> Non
     ("{not json", 400, "meta"),
 ])
 def test_bad_submissions_name_the_field_and_store_nothing(
-        client: FlaskClient, db: Database, meta: Any, status: int, field: str) -> None:
-    response = submit(client, meta=meta)
+        refuser: Refuser, meta: Any, status: int, field: str) -> None:
+    response = submit(refuser.client, meta=meta)
     assert response.status_code == status
     assert response.json["error"]["field"] == field
     assert response.json["error"]["message"]
-    assert db.all("list_calls", {"state": None, "function": None, "limit": 10}) == []
+    assert refuser.db.all("list_calls", {"state": None, "function": None, "limit": 10}) == []
 
 
 def test_missing_parts_are_400(client: FlaskClient) -> None:
@@ -181,7 +181,7 @@ def test_the_api_never_unpickles_what_a_client_sent(client: FlaskClient, tmp_pat
 
 
 def _finish(db: Database, call_id: str) -> None:
-    db.all("claim_queued", {"limit": 10})
+    db.all("claim_queued", {"limit": 10, **UNARMED})
     runtime = Runtime(db, make_conninfo(db.url, user=os.environ["PODFN_RUNTIME_ROLE"]))
     runtime.claim(call_id, 1)
     runtime.succeed(call_id, 1, b"R")

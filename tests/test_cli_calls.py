@@ -118,14 +118,14 @@ def test_tokens(platform: Platform) -> None:
     assert run("token", "revoke", "svc").exit_code == 6
 
 
-@pytest.mark.parametrize(("args", "code"), [
-    (("call", "nope"), 6),
-    (("invoke", "ghost", "{}"), 6),
-    (("invoke", "add", "{not json"), 2),
-    (("calls", "--state", "weird"), 2),
-])
-def test_exit_codes(deployed: Platform, args: tuple[str, ...], code: int) -> None:
-    assert CliRunner().invoke(cli, list(args)).exit_code == code
+def test_exit_codes(deployed: Platform) -> None:
+    # One platform for the table: none of these changes anything.
+    for args, code in [(("call", "nope"), 6),
+                       (("invoke", "ghost", "{}"), 6),
+                       (("invoke", "add", "{not json"), 2),
+                       (("calls", "--state", "weird"), 2)]:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == code, (args, result.output)
 
 
 def test_not_authorized_exit_code(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ import pytest
 from test_forkserver import gone, wait_for
 
 from podfn.settings import Settings
+from podfn_platform import watchdog
 from podfn_platform.dev import PID_FILE, DevStack, free_port
 
 pytestmark = [pytest.mark.e2e,
@@ -143,3 +144,29 @@ def test_a_new_run_stops_what_a_crashed_one_left(data_dir: Path, tmp_path: Path,
         stack.stop()
     assert not (data_dir / PID_FILE).exists()
     assert not platform_processes(stack.port, data_dir / "pgdata")
+
+
+def test_the_watchdog_stops_the_last_started_first(tmp_path: Path) -> None:
+    """Postgres (started first) outlives the controller that needs it to hand attempts back."""
+    log = tmp_path / "stopped"
+    program = ("import signal, sys, time\n"
+               "def stop(*_):\n"
+               "    time.sleep(float(sys.argv[2]))  # a controller handing its attempts back\n"
+               f"    open({str(log)!r}, 'a').write(sys.argv[1])\n"
+               "    sys.exit(0)\n"
+               "signal.signal(signal.SIGTERM, stop)\n"
+               "print('ready', flush=True)\n"
+               "time.sleep(60)\n")
+    started: dict[int, tuple[signal.Signals, str]] = {}
+    procs = []
+    for name, linger in (("first", "0"), ("second", "0.3")):
+        proc = subprocess.Popen([sys.executable, "-c", program, name, linger, f"watched-{name}"],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        with proc.stdout:
+            assert proc.stdout.readline() == "ready\n"
+        started[proc.pid] = (signal.SIGTERM, f"watched-{name}")
+        procs.append(proc)
+    watchdog.stop(started, grace=10)
+    assert [p.wait(5) for p in procs] == [0, 0]
+    assert log.read_text() == "secondfirst"

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from attempts import Runtime
+from attempts import UNARMED, Runtime
 from conftest import TEST_TOKEN, Platform, ThreadedServer, platform_settings
 from podfn import frames, remote, serialization
 from podfn.function import Function
@@ -71,7 +71,7 @@ def runtime(db: Database, runtime_database_url: str) -> Runtime:
 
 
 def _finish(db: Database, runtime: Runtime, call_id: str, result: bytes) -> None:
-    db.all("claim_queued", {"limit": 10_000})
+    db.all("claim_queued", {"limit": 10_000, **UNARMED})
     assert runtime.claim(call_id, 1) is not None
     assert runtime.succeed(call_id, 1, result=result) is not None
 
@@ -115,7 +115,7 @@ def test_a_failed_calls_exception_comes_as_a_frame(api: str, db: Database,
                                                     runtime: Runtime) -> None:
     client = APIClient(api, TEST_TOKEN)
     [call_id] = _submit(client, 1)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     runtime.claim(call_id, 1)
     pickled = serialization.dumps(ValueError("no"))
     runtime.call("fail", call_id, 1, retryable=False, reason="boom", error_type="ValueError",
@@ -178,7 +178,7 @@ def test_generator_items_come_as_frames_or_as_base64_json(api: str, db: Database
                                                           runtime: Runtime) -> None:
     client = APIClient(api, TEST_TOKEN)
     [call_id] = _submit(client, 1)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     runtime.claim(call_id, 1)
     for index, data in enumerate(PAYLOADS):
         assert runtime.call("yield_item", call_id, 1, index=index, data=data) is not None

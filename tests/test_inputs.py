@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from conftest import TEST_TOKEN, platform_settings
+from conftest import TEST_TOKEN, Refuser, platform_settings
 from podfn_platform.api.app import create_app
 from podfn_platform.database import Database
 
@@ -49,9 +49,9 @@ def deploy_meta(name: str) -> str:
     ("post", "/v1/tokens", '{"name": ' + LONE_SURROGATE + ', "scopes": ["read"]}'),
     ("post", "/v1/functions/x/rollback", DEEP),
 ])
-def test_nul_surrogates_and_deep_json_are_4xx(client: FlaskClient, method: str, path: str,
+def test_nul_surrogates_and_deep_json_are_4xx(refuser: Refuser, method: str, path: str,
                                               body: str | None) -> None:
-    response = getattr(client, method)(path, headers=AUTH, data=body,
+    response = getattr(refuser.client, method)(path, headers=AUTH, data=body,
                                        content_type="application/json")
     assert 400 <= response.status_code < 500, response.get_data(as_text=True)[:300]
     assert response.json["error"]["code"] in ("invalid_text", "too_deep", "not_found",
@@ -66,21 +66,21 @@ def test_nul_surrogates_and_deep_json_are_4xx(client: FlaskClient, method: str, 
      "invalid_text"),
     ('{"function_name": "f", "spec": ' + DEEP + "}", "too_deep"),
 ])
-def test_submissions_with_unstorable_text_are_refused(client: FlaskClient, db: Database,
-                                                      meta: str, code: str) -> None:
-    response = client.post("/v1/calls", data=multipart(meta), headers=AUTH,
-                           content_type="multipart/form-data")
+def test_submissions_with_unstorable_text_are_refused(refuser: Refuser, meta: str,
+                                                      code: str) -> None:
+    response = refuser.client.post("/v1/calls", data=multipart(meta), headers=AUTH,
+                                   content_type="multipart/form-data")
     assert response.status_code == 400 and response.json["error"]["code"] == code
-    assert db.all("list_calls", {"state": None, "function": None, "limit": 5}) == []
+    assert refuser.db.all("list_calls", {"state": None, "function": None, "limit": 5}) == []
 
 
 @pytest.mark.parametrize("name", ["a/b", " padded", "tab\tinside", "x\n", "..", "", "z" * 201,
                                   "nul\x00", "zero\u200bwidth"])
-def test_function_names_must_stay_reachable(client: FlaskClient, name: str) -> None:
-    response = client.post("/v1/functions", data=multipart(deploy_meta(name)), headers=AUTH,
-                           content_type="multipart/form-data")
+def test_function_names_must_stay_reachable(refuser: Refuser, name: str) -> None:
+    response = refuser.client.post("/v1/functions", data=multipart(deploy_meta(name)),
+                                   headers=AUTH, content_type="multipart/form-data")
     assert response.status_code in (400, 422), response.get_data(as_text=True)[:300]
-    assert client.get("/v1/functions", headers=AUTH).json["functions"] == []
+    assert refuser.client.get("/v1/functions", headers=AUTH).json["functions"] == []
 
 
 def test_a_valid_name_deploys_and_is_reachable(client: FlaskClient) -> None:

@@ -62,12 +62,23 @@ def test_kubectl_creates_lists_watches_and_deletes_pods(kubectl: Path, tmp_path:
         listed = json.loads(run("get", "pods", "-l", "app=kubectl", "--chunk-size=2",
                                 "-o", "json"))
         assert [p["metadata"]["name"] for p in listed["items"]] == ["kc-1", "kc-2", "kc-3"]
-        # Watch (a chunked stream of events) until every pod has succeeded.
-        watched = run("get", "pods", "-l", "app=kubectl", "--watch", "-o",
-                      "jsonpath={.metadata.name} {.status.phase}{'\\n'}",
-                      "--request-timeout=5s")
-        assert {"kc-1 Succeeded", "kc-2 Succeeded", "kc-3 Succeeded"} <= set(
-            watched.splitlines())
+        # Watch (a chunked stream of events) until every pod has succeeded, then stop
+        # it: the watch itself would run until its request timeout.
+        want = {"kc-1 Succeeded", "kc-2 Succeeded", "kc-3 Succeeded"}
+        seen: set[str] = set()
+        with subprocess.Popen([str(kubectl), f"--kubeconfig={config}", "get", "pods", "-l",
+                               "app=kubectl", "--watch", "-o",
+                               "jsonpath={.metadata.name} {.status.phase}{'\\n'}",
+                               "--request-timeout=30s"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True) as watch:
+            assert watch.stdout is not None
+            for line in watch.stdout:
+                seen.add(line.strip())
+                if want <= seen:
+                    break
+            watch.terminate()
+        assert want <= seen, f"kubectl's watch ended after {sorted(seen)}"
         assert run("logs", "kc-1") == "hello\n"
         assert run("delete", "pod", "kc-1", "kc-2", "kc-3", "--wait=true",
                    "--timeout=30s").count("deleted") == 3

@@ -9,7 +9,7 @@ import sys
 import cloudpickle
 from test_runtime import run_runtime, submit
 
-from attempts import Runtime, arm
+from attempts import UNARMED, Runtime, arm
 from podfn_platform.database import Database
 
 # The runtime cannot import this test module: its functions travel by value.
@@ -46,7 +46,7 @@ def output_rows(db: Database, call_id: str) -> list[dict[str, object]]:
 def test_everything_written_to_fds_1_and_2_is_stored_and_the_runtime_log_is_not(
         db: Database, runtime_database_url: str) -> None:
     call_id = submit(db, chatty)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     done = run_runtime(runtime_database_url, call_id, 1, arm(db, call_id, 1).secret)
     assert done.returncode == 0, done.stderr
     row = db.one("get_logs", {"id": call_id})
@@ -72,7 +72,7 @@ def test_everything_written_to_fds_1_and_2_is_stored_and_the_runtime_log_is_not(
 def test_appending_a_chunk_twice_stores_it_once(db: Database, runtime_database_url: str) -> None:
     runtime = Runtime(db, runtime_database_url)
     call_id = submit(db, pow, 2, 2)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     assert runtime.claim(call_id, 1) is not None
     for _ in range(2):
         assert runtime.call("append_output", call_id, 1, stream="stdout", offset=0,
@@ -111,7 +111,7 @@ def test_generator_items_are_stored_in_order(db: Database, runtime_database_url:
     for fn, expected in ((numbers, [{"i": i} for i in range(5)]),
                          (async_numbers, [i * 10 for i in range(5)])):
         call_id = submit(db, fn, 5)
-        db.all("claim_queued", {"limit": 1})
+        db.all("claim_queued", {"limit": 1, **UNARMED})
         done = run_runtime(runtime_database_url, call_id, 1, arm(db, call_id, 1).secret)
         assert done.returncode == 0, done.stderr
         [row] = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
@@ -122,7 +122,7 @@ def test_generator_items_are_stored_in_order(db: Database, runtime_database_url:
 def test_yielding_an_index_twice_keeps_the_first(db: Database, runtime_database_url: str) -> None:
     runtime = Runtime(db, runtime_database_url)
     call_id = submit(db, pow, 2, 2)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     assert runtime.claim(call_id, 1) is not None
     assert runtime.call("yield_item", call_id, 1, index=0, data=cloudpickle.dumps("a"))
     assert runtime.call("yield_item", call_id, 1, index=0, data=cloudpickle.dumps("b"))
@@ -141,7 +141,7 @@ def flood() -> None:
 def test_output_past_the_cap_keeps_the_head_in_chunks_and_the_tail_in_the_columns(
         db: Database, runtime_database_url: str) -> None:
     call_id = submit(db, flood)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     done = run_runtime(runtime_database_url, call_id, 1, arm(db, call_id, 1).secret)
     assert done.returncode == 0, done.stderr[-2000:]
     stored = "".join(str(r["data"]) for r in output_rows(db, call_id))
@@ -161,7 +161,7 @@ def big_items():  # type: ignore[no-untyped-def]
 def test_an_item_past_the_result_limit_fails_the_call_without_retries(
         db: Database, runtime_database_url: str) -> None:
     call_id = submit(db, big_items)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     env = {**os.environ, "PODFN_RUNTIME_DATABASE_URL": runtime_database_url,
            "PODFN_ATTEMPT_SECRET": arm(db, call_id, 1).secret}
     done = subprocess.run([sys.executable, "-m", "podfn_runtime", "--call-id", call_id,

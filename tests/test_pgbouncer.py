@@ -113,7 +113,7 @@ def chatty(i: int) -> int:
     import time as t
 
     print(f"call {i} starts")
-    t.sleep(1.2)  # long enough for a progress write while running
+    t.sleep(1.2)  # long enough for an output write while running
     print(f"call {i} ends")
     return i * i
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from attempts import Runtime
+from attempts import UNARMED, Runtime
 from podfn.errors import ConfigurationError
 from podfn.settings import Settings
 from podfn_platform import migrations, roles
@@ -87,7 +87,6 @@ def test_runtime_role_may_execute_only_the_protocol(database_url: str, db_roles:
     assert [name for (name,) in executable] == [
         f"{PROTOCOL}.append_output", f"{PROTOCOL}.attempt_holds", f"{PROTOCOL}.claim",
         f"{PROTOCOL}.claimed", f"{PROTOCOL}.fail", f"{PROTOCOL}.next", f"{PROTOCOL}.next_standing",
-        f"{PROTOCOL}.progress",
         f"{PROTOCOL}.record", f"{PROTOCOL}.succeed", f"{PROTOCOL}.succeed_next",
         f"{PROTOCOL}.usage", f"{PROTOCOL}.yield_item"]
 
@@ -99,7 +98,7 @@ def test_protocol_functions_are_pinned_security_definers_not_granted_to_public(
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = %s
     """, (PROTOCOL,))
-    assert len(found) == 13
+    assert len(found) == 12
     for name, secdef, config, acl in found:
         assert secdef, f"{name} is not SECURITY DEFINER"
         assert config == ["search_path=pg_catalog, public, pg_temp"], name
@@ -114,7 +113,7 @@ def test_platform_role_can_run_the_platform(database_url: str, db_roles: Roles) 
         with db.transaction() as tx:
             [call_id] = record_calls(
                 tx, NewCalls("f", store_payload(tx, b"f"), {}, "3.11", "3.1"), [b"a"])
-        [claimed] = db.all("claim_queued", {"limit": 1})
+        [claimed] = db.all("claim_queued", {"limit": 1, **UNARMED})
         assert claimed["id"] == call_id
         row = db.one("fail", {"id": call_id, "attempt": 1, "retryable": False, "reason": "r",
                               "exit_code": 1, "error_type": None, "error_message": None,
@@ -173,7 +172,7 @@ def test_migrate_works_for_a_non_superuser_owner_as_on_managed_postgres(postgres
             with db.transaction() as tx:
                 [call_id] = record_calls(
                     tx, NewCalls("f", store_payload(tx, b"f"), {}, "3.11", "3.1"), [b"a"])
-            db.all("claim_queued", {"limit": 1})
+            db.all("claim_queued", {"limit": 1, **UNARMED})
             runtime = Runtime(db, make_conninfo(url, user=made.runtime))
             assert runtime.claim(call_id, 1) is not None
             assert runtime.succeed(call_id, 1, b"done") is not None

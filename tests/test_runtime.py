@@ -9,7 +9,7 @@ from pathlib import Path
 
 import cloudpickle
 
-from attempts import Runtime, arm
+from attempts import UNARMED, Runtime, arm
 from podfn_platform.database import Database
 from podfn_platform.submission import NewCalls, record_calls, store_payload
 from podfn_runtime.main import EXIT_DISRUPTED
@@ -36,7 +36,7 @@ def run_runtime(database_url: str, call_id: str, attempt: int,
 def test_runs_a_launched_attempt_and_records_the_result(db: Database,
                                                         runtime_database_url: str) -> None:
     call_id = submit(db, pow, 2, 10)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     done = run_runtime(runtime_database_url, call_id, 1, arm(db, call_id, 1).secret)
     assert done.returncode == 0, done.stderr
     [row] = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
@@ -46,11 +46,11 @@ def test_runs_a_launched_attempt_and_records_the_result(db: Database,
 def test_a_stale_attempt_exits_zero_and_writes_nothing(db: Database,
                                                        runtime_database_url: str) -> None:
     call_id = submit(db, pow, 2, 3)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     secret = arm(db, call_id, 1).secret
     db.one("disrupt", {"id": call_id, "attempt": 1, "reason": "node lost", "exit_code": None,
                        "max_disruptions": 3})
-    db.all("claim_queued", {"limit": 1})  # attempt 2 is current now
+    db.all("claim_queued", {"limit": 1, **UNARMED})  # attempt 2 is current now
     late = run_runtime(runtime_database_url, call_id, 1, secret)
     assert late.returncode == 0
     assert "stale attempt" in late.stderr
@@ -63,11 +63,11 @@ def test_a_late_write_from_an_older_attempt_is_ignored(db: Database,
     """Attempt 1 claimed and running when attempt 2 took over: its result never lands."""
     runtime = Runtime(db, runtime_database_url)
     call_id = submit(db, pow, 3, 2)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     assert runtime.claim(call_id, 1) is not None
     db.one("disrupt", {"id": call_id, "attempt": 1, "reason": "evicted", "exit_code": None,
                        "max_disruptions": 3})
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     assert run_runtime(runtime_database_url, call_id, 2, arm(db, call_id, 2).secret).returncode == 0
     assert runtime.succeed(call_id, 1, b"stale") is None
     [row] = db.all("finished_calls", {"ids": [call_id], "inline": 1 << 20, "budget": 1 << 20})
@@ -93,7 +93,7 @@ def test_missing_arguments_are_a_usage_error() -> None:
 def test_max_result_bytes_on_the_command_line_fails_a_larger_result(
         db: Database, runtime_database_url: str) -> None:
     call_id = submit(db, bytes, 5000)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     env = {**os.environ, "PODFN_RUNTIME_DATABASE_URL": runtime_database_url,
            "PODFN_ATTEMPT_SECRET": arm(db, call_id, 1).secret}
     done = subprocess.run([sys.executable, "-m", "podfn_runtime", "--call-id", call_id,
@@ -117,7 +117,7 @@ def test_a_payload_that_does_not_match_its_digest_is_never_loaded(
                          ("0" * 64, forged))
         [call_id] = record_calls(tx, NewCalls("f", "0" * 64, {}, python, cloudpickle.__version__),
                                  [cloudpickle.dumps(((), {}))])
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     done = run_runtime(runtime_database_url, call_id, 1, arm(db, call_id, 1).secret)
     assert done.returncode == 0, done.stderr
     row = db.one("get_call", {"id": call_id})

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -15,7 +16,7 @@ import psycopg
 import pytest
 from test_runtime import submit
 
-from attempts import arm
+from attempts import UNARMED, arm
 from podfn import remote
 from podfn.errors import CallFailed
 from podfn_platform.controller.environment import Credentials, runtime_environment
@@ -43,7 +44,7 @@ def test_a_terminated_connection_mid_call_still_records_the_result(
         return x * x
 
     call_id = submit(db, slow_square, 7)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     env = {**os.environ, "PODFN_RUNTIME_DATABASE_URL": runtime_database_url,
            "PODFN_ATTEMPT_SECRET": arm(db, call_id, 1).secret}
     runtime = subprocess.Popen([sys.executable, "-m", "podfn_runtime", "--call-id", call_id,
@@ -79,20 +80,27 @@ class _LoseReplies:
         monkeypatch.setattr(psycopg.Connection, "execute", execute)
 
 
+@dataclass(frozen=True)
+class Held:
+    """A runtime's connection and the call whose attempt 1 it holds the secret of."""
+
+    db: RuntimeDatabase
+    call_id: str
+
+
 @pytest.fixture
-def runtime_db(db: Database, runtime_database_url: str) -> Iterator[RuntimeDatabase]:
+def held(db: Database, runtime_database_url: str) -> Iterator[Held]:
     """The runtime's connection for attempt 1 of a call the fixture queues (`pow(2, 5)`)."""
     call_id = submit(db, pow, 2, 5)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     rdb = RuntimeDatabase(runtime_database_url, arm(db, call_id, 1).secret, retry_seconds=10)
-    rdb.call_id = call_id  # type: ignore[attr-defined]
-    yield rdb
+    yield Held(rdb, call_id)
     rdb.close()
 
 
 def test_a_lost_reply_to_claim_is_not_mistaken_for_a_stale_attempt(
-        db: Database, runtime_db: RuntimeDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
-    call_id = runtime_db.call_id  # type: ignore[attr-defined]
+        db: Database, held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime_db, call_id = held.db, held.call_id
     faults = _LoseReplies(monkeypatch, runtime_db._queries["claim"])
     claimed = runtime_db.transition("claim", id=call_id, attempt=1)
     assert faults.lost == 1
@@ -100,8 +108,8 @@ def test_a_lost_reply_to_claim_is_not_mistaken_for_a_stale_attempt(
 
 
 def test_a_lost_reply_to_succeed_is_accepted_not_failed(
-        db: Database, runtime_db: RuntimeDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
-    call_id = runtime_db.call_id  # type: ignore[attr-defined]
+        db: Database, held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime_db, call_id = held.db, held.call_id
     assert runtime_db.transition("claim", id=call_id, attempt=1) is not None
     faults = _LoseReplies(monkeypatch, runtime_db._queries["succeed"])
     row = runtime_db.transition("succeed", id=call_id, attempt=1, result=b"r", result_json=None,
@@ -113,9 +121,9 @@ def test_a_lost_reply_to_succeed_is_accepted_not_failed(
 
 
 def test_a_retried_write_from_a_stale_attempt_stays_stale(
-        db: Database, runtime_db: RuntimeDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+        db: Database, held: Held, monkeypatch: pytest.MonkeyPatch) -> None:
     """The re-read after a lost reply accepts only this attempt's own write."""
-    call_id = runtime_db.call_id  # type: ignore[attr-defined]
+    runtime_db, call_id = held.db, held.call_id
     assert runtime_db.transition("claim", id=call_id, attempt=1) is not None
     db.one("disrupt", {"id": call_id, "attempt": 1, "reason": "evicted", "exit_code": None,
                        "max_disruptions": 3})
@@ -134,7 +142,7 @@ def test_an_unreachable_database_gives_up_after_the_budget() -> None:
 def test_exit_75_is_a_disruption_and_spends_no_user_retries(db: Database) -> None:
     """Runtimes that cannot reach the database are requeued by the platform, not charged."""
     call_id = submit(db, pow, 2, 5)
-    [row] = db.all("claim_queued", {"limit": 1})
+    [row] = db.all("claim_queued", {"limit": 1, **UNARMED})
     ended = threading.Event()
     launcher = LocalLauncher("postgresql://nobody@127.0.0.1:1/none", on_exit=ended.set,
                              write_retry_seconds=0.2)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from attempts import Runtime
+from attempts import UNARMED, Runtime
 from podfn_platform.database import Database
 from podfn_platform.submission import NewCalls, record_calls, store_payload
 
@@ -21,7 +21,7 @@ def new_call(db: Database, **spec: Any) -> str:
 
 
 def claim(db: Database) -> dict[str, Any]:
-    rows = db.all("claim_queued", {"limit": 1})
+    rows = db.all("claim_queued", {"limit": 1, **UNARMED})
     assert len(rows) == 1
     return rows[0]
 
@@ -47,7 +47,7 @@ def test_happy_path_moves_forward_only(db: Database, runtime: Runtime) -> None:
     call_id = new_call(db)
     claimed = claim(db)
     assert (claimed["id"], claimed["attempt"]) == (call_id, 1)
-    assert db.one("claim_queued", {"limit": 5}) is None
+    assert db.one("claim_queued", {"limit": 5, **UNARMED}) is None
     run = runtime.claim(call_id, 1)
     assert run is not None and run["function"] == b"f" and run["args"] == b"a"
     assert runtime.claim(call_id, 1) is None
@@ -81,7 +81,7 @@ def test_final_states_are_final(db: Database, runtime: Runtime, final: str) -> N
         assert db.one(name, params) is None, f"{name} changed a {final} call"
     assert runtime.succeed(call_id, 1, b"x") is None, f"succeed changed a {final} call"
     assert runtime.claim(call_id, 1) is None, f"claim changed a {final} call"
-    assert db.one("claim_queued", {"limit": 5}) is None
+    assert db.one("claim_queued", {"limit": 5, **UNARMED}) is None
     assert state(db, call_id)["state"] == final
 
 
@@ -109,7 +109,7 @@ def test_user_retries_back_off_then_fail(db: Database, runtime: Runtime) -> None
     assert db.one("fail", fail_params(call_id, 1))["state"] == "queued"  # type: ignore[index]
     row = state(db, call_id)
     assert row["user_failures"] == 1 and row["not_before"] is not None
-    assert db.one("claim_queued", {"limit": 1}) is None, "claimed before its backoff ended"
+    assert db.one("claim_queued", {"limit": 1, **UNARMED}) is None, "claimed before its backoff ended"
     with db.transaction() as tx:
         tx._conn.execute("UPDATE podfn_calls SET not_before = now() WHERE id = %s", (call_id,))
     claim(db)
@@ -143,7 +143,7 @@ def test_disruptions_do_not_spend_user_retries_up_to_the_platform_limit(db: Data
 def test_cancel_from_queued(db: Database) -> None:
     call_id = new_call(db)
     assert db.one("cancel", {"id": call_id, "reason": "r"})["state"] == "cancelled"  # type: ignore[index]
-    assert db.one("claim_queued", {"limit": 5}) is None
+    assert db.one("claim_queued", {"limit": 5, **UNARMED}) is None
 
 
 @pytest.mark.parametrize("spec", [
@@ -167,3 +167,16 @@ def test_fail_clamps_what_a_row_holds_instead_of_overflowing(db: Database, runti
     if after["state"] == "queued":  # backoff capped at 300 s
         wait = (after["not_before"] - after["launched_at"]).total_seconds()
         assert 0 <= wait <= 301
+
+
+def test_claim_leaves_the_skipped_pools_to_their_warm_workers(db: Database) -> None:
+    kept, left = new_call(db), new_call(db, memory="1Gi")  # another spec: another pool
+    session = db.session("test")
+    try:
+        [row] = session.execute("SELECT pool FROM podfn_calls WHERE id = %s", (left,))
+    finally:
+        session.close()
+    pool = row["pool"]
+    rows = db.all("claim_queued", {"limit": 5, **UNARMED, "skip_pools": [pool]})
+    assert [r["id"] for r in rows] == [kept]
+    assert [r["id"] for r in db.all("claim_queued", {"limit": 5, **UNARMED})] == [left]

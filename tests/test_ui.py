@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from attempts import UNARMED, Runtime
 from conftest import TEST_TOKEN, platform_settings
 from podfn_platform.api.app import create_app
 from podfn_platform.api.auth import create_token
@@ -151,6 +152,21 @@ def test_the_pages_render_with_data(app: Flask, db: Database) -> None:
     for asset in ("ui.js", "ui.css"):
         with client.get(f"/ui/static/{asset}") as served:  # ours, never a CDN's
             assert served.status_code == 200 and served.data
+
+
+def test_a_running_call_shows_its_output_so_far(app: Flask, db: Database,
+                                                runtime_database_url: str) -> None:
+    """The page reads output as the logs route does: the chunks while the call runs."""
+    runtime = Runtime(db, runtime_database_url)
+    call_id = a_call(db)
+    db.all("claim_queued", {"limit": 1, **UNARMED})
+    assert runtime.claim(call_id, 1) is not None
+    assert runtime.call("append_output", call_id, 1, stream="stderr", offset=0,
+                        data="half way\n") is not None
+    client = signed_in(app)
+    live = client.get(f"/ui/api/calls/{call_id}/live").json
+    assert live is not None and (live["stdout"], live["stderr"]) == ("", "half way\n")
+    assert "half way" in client.get(f"/ui/calls/{call_id}").text
 
 
 def test_a_post_from_another_origin_is_refused_even_to_sign_in(app: Flask, db: Database) -> None:

@@ -8,7 +8,7 @@ import httpx
 from click.testing import CliRunner
 from test_runtime import run_runtime, submit
 
-from attempts import arm
+from attempts import UNARMED, arm
 from conftest import TEST_TOKEN, Platform
 from podfn import remote
 from podfn.cli import cli
@@ -35,7 +35,7 @@ def test_the_runtime_records_peak_memory_cpu_and_wall_time(db: Database,
         return len(block)
 
     call_id = submit(db, hungry, 200, 0.5)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     done = run_runtime(runtime_database_url, call_id, 1, arm(db, call_id, 1).secret)
     assert done.returncode == 0, done.stderr
     [attempt] = db.all("get_attempts", {"id": call_id})
@@ -48,7 +48,7 @@ def test_the_runtime_records_peak_memory_cpu_and_wall_time(db: Database,
 def test_usage_needs_the_attempts_secret_and_a_running_attempt(db: Database,
                                                                runtime_database_url: str) -> None:
     call_id = submit(db, pow, 2, 3)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     secret = arm(db, call_id, 1).secret
     assert run_runtime(runtime_database_url, call_id, 1, secret).returncode == 0
     with Database(runtime_database_url, name="podfn-test-runtime") as runtime, \

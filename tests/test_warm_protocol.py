@@ -13,7 +13,7 @@ from typing import Any
 
 import cloudpickle
 
-from attempts import Runtime
+from attempts import UNARMED, Runtime
 from podfn_platform.database import Database
 from podfn_platform.submission import NewCalls, record_calls, store_payload
 
@@ -31,7 +31,7 @@ def submit(db: Database, fn: object, *, spec: dict[str, Any] | None = None,
 
 def ran_once(db: Database, rt: Runtime, call_id: str) -> None:
     """What a worker's first call goes through: launched by the controller, run, recorded."""
-    [row] = db.all("claim_queued", {"limit": 1})
+    [row] = db.all("claim_queued", {"limit": 1, **UNARMED})
     assert row["id"] == call_id
     assert rt.claim(call_id, 1) is not None
     assert rt.succeed(call_id, 1) is not None
@@ -75,14 +75,14 @@ def test_a_secret_never_claims_another_pool_or_another_owners_call(
     ran_once(db, rt, mine)
     row, _ = next_call(rt, mine, 1)
     assert row is not None and row["verdict"] == "empty"
-    assert len(db.all("claim_queued", {"limit": 10})) == 3, "the other calls stay queued"
+    assert len(db.all("claim_queued", {"limit": 10, **UNARMED})) == 3, "the other calls stay queued"
 
 
 def test_a_wrong_live_or_stopped_secret_is_refused(db: Database,
                                                     runtime_database_url: str) -> None:
     rt = Runtime(db, runtime_database_url)
     first, _second = submit(db, abs, n=2)
-    db.all("claim_queued", {"limit": 1})
+    db.all("claim_queued", {"limit": 1, **UNARMED})
     assert rt.claim(first, 1) is not None
     row, _ = next_call(rt, first, 1)
     assert row is not None and row["verdict"] == "refused", "a running attempt claims nothing"

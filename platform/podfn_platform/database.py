@@ -222,6 +222,13 @@ class Session:
         self.close()
 
 
+# How long a stopping Listener may go unnoticed: its thread waits for notifications
+# this long at a time (a wait cannot be woken from another thread; an idle wake-up
+# is one poll() and costs nothing), so shutting down a controller or an API
+# worker, which stops one each, is not a second longer than it needs to be.
+_STOP_CHECK_SECONDS = 0.1
+
+
 class Listener:
     """LISTEN on channels in a background thread; calls `on_notify(channel, payload)`.
 
@@ -258,7 +265,7 @@ class Listener:
                     backoff = 0.1
                     self._on_reconnect()
                     while not self._stop.is_set():
-                        for note in conn.notifies(timeout=1.0):
+                        for note in conn.notifies(timeout=_STOP_CHECK_SECONDS):
                             self._on_notify(note.channel, note.payload)
             except (psycopg.Error, DatabaseError) as exc:
                 self.connected.clear()

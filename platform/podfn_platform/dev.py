@@ -172,8 +172,8 @@ class DevStack:
                      for pid, polite, marker in previous.get("processes", [])}
         pgdata = self.data_dir / "pgdata"
         postmaster = _postmaster_pid(pgdata)
-        if postmaster is not None:
-            leftovers[postmaster] = (signal.SIGINT, str(pgdata))
+        if postmaster is not None:  # started first, so stopped last
+            leftovers = {postmaster: (signal.SIGINT, str(pgdata)), **leftovers}
         running = {pid: how for pid, how in leftovers.items() if watchdog.alive(pid, how[1])}
         if running:
             log.warning("stopping what a previous `podfn dev` on %s left running (pids %s)",

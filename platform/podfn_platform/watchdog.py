@@ -8,8 +8,8 @@ whose write end only `podfn dev` holds: it writes a line for each process it
 starts (`<pid> <signal> <marker>`: how to stop it politely, e.g. SIGINT for
 Postgres's "fast" shutdown, and text its command line contains), and when
 the pipe reaches end-of-file (the dev process exited, cleanly or not) the
-watchdog stops every listed process still running: the polite signal, a
-grace period, then SIGKILL. After a clean stop everything is gone already and the
+watchdog stops every listed process still running, the last started first:
+the polite signal, a grace period, then SIGKILL. After a clean stop everything is gone already and the
 watchdog just exits.
 
 A pid is only signalled if /proc/<pid>/cmdline still names what was
@@ -42,17 +42,21 @@ def alive(pid: int, marker: str) -> bool:
 
 
 def stop(processes: dict[int, tuple[signal.Signals, str]], grace: float = GRACE_SECONDS) -> None:
-    """Stop each {pid: (polite signal, marker)} still alive: polite signal, grace, SIGKILL."""
-    for pid, (polite, marker) in processes.items():
-        if alive(pid, marker):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, polite)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not any(alive(pid, marker) for pid, (_, marker) in processes.items()):
-            return
-        time.sleep(0.1)  # not our children: nothing to wait on but their /proc entries
-    for pid, (_, marker) in processes.items():
+    """Stop each {pid: (polite signal, marker)} still alive: polite signal, grace, SIGKILL.
+
+    One at a time, the last started first, as `podfn dev` stops them itself:
+    what started later needs what started earlier on its way out (the
+    controller hands its attempts back through Postgres; with Postgres
+    stopping under it, it waits out its connection timeout instead).
+    """
+    for pid, (polite, marker) in reversed(processes.items()):
+        if not alive(pid, marker):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, polite)
+        deadline = time.monotonic() + grace
+        while alive(pid, marker) and time.monotonic() < deadline:
+            time.sleep(0.1)  # not our child: nothing to wait on but its /proc entry
         if alive(pid, marker):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)

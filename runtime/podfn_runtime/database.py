@@ -145,7 +145,7 @@ class RuntimeDatabase:
         return self._transition(name, params, retry=True)
 
     def try_once(self, name: str, **params: Any) -> dict[str, Any] | None:
-        """`transition` without retries, for writes the next one supersedes (progress)."""
+        """`transition` without retries, for writes the next one supersedes (usage, output)."""
         return self._transition(name, params, retry=False)
 
     def _transition(self, name: str, params: dict[str, Any], *,
@@ -156,7 +156,7 @@ class RuntimeDatabase:
             assert self._conn is not None
             row = self._conn.execute(self._queries[name], params,
                                      binary=name in _PAYLOAD_READS).fetchone()
-            if row is not None and "written" in row:  # progress, append_output, yield_item
+            if row is not None and "written" in row:  # append_output, yield_item
                 return row if row["written"] else None
             if row is None and tries > 1 and name in _LANDED:
                 return self._landed(name, params)

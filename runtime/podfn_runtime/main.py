@@ -263,8 +263,8 @@ def run_then_next(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes
     else:
         writer = OutputWriter(db, call_id, attempt, output)
         on_item = items.ItemWriter(db, call_id, attempt, max_result_bytes)
-        with capture_fds(output), writer.periodically():
-            termination.install(_on_sigterm(writer))
+        with capture_fds(output), writer.periodically(), \
+                termination.recording(_on_sigterm(writer)):
             try:
                 outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
                                   claimed["result_format"], on_item)
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                      "PODFN_RUNTIME_DATABASE_URL in the environment; the controller sets "
                      "them, with PODFN_ATTEMPT_SECRET, for each attempt)")
     reaper.become_subreaper()
-    reaper.kill_descendants_on_sigterm()
+    termination.install()  # one SIGTERM handler for the process's whole life
     try:
         db = _connect_with_tee(ns.database_url, secret or worker_secret, ns.write_retry_seconds)
     except DatabaseUnavailable as exc:

@@ -11,10 +11,6 @@ SELECT id, attempt, function, function_digest, args, spec, client_python,
        client_cloudpickle, result_format
 FROM podfn_runtime_v1.claim(%(id)s, %(attempt)s, %(secret)s);
 
--- name: progress
-SELECT podfn_runtime_v1.progress(%(id)s, %(attempt)s, %(secret)s, %(stdout)s, %(stderr)s)
-    AS written;
-
 -- name: succeed
 SELECT id, attempt, state
 FROM podfn_runtime_v1.succeed(%(id)s, %(attempt)s, %(secret)s, %(result)s, %(result_json)s,

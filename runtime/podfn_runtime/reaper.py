@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import time
-from types import FrameType
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PROC = "/proc"
@@ -175,18 +174,3 @@ def kill_descendants(timeout: float = 5.0) -> int:
         if time.monotonic() >= deadline:
             return len(killed)
         time.sleep(0.005)
-
-
-def kill_descendants_on_sigterm() -> None:
-    """On SIGTERM (a kubelet, an operator, the chaos run), kill our descendants, then die of it.
-
-    SIGKILL cannot be caught: what a SIGKILLed runtime leaves is killed by the
-    local forkserver (a subreaper too) or, on Kubernetes, with the pod.
-    """
-    def terminate(signum: int, frame: FrameType | None) -> None:
-        kill_descendants(timeout=1.0)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    if sys.platform == "linux":
-        signal.signal(signal.SIGTERM, terminate)

@@ -1,17 +1,25 @@
-"""SIGTERM: record what can be recorded, then exit.
+"""SIGTERM: record what can be recorded, kill what the call started, then exit.
 
 In a container the runtime is PID 1, and the kernel delivers no signal to
 PID 1 that it has no handler for: without this, SIGTERM (a deleted,
-evicted or preempted pod, a timed-out one) is ignored and the process runs
-on until SIGKILL at the end of the grace period, losing the output it had
-not written yet. With it, the call's descendants are killed, the output
-captured so far is written (a
-guarded `progress` transition, so a stale attempt writes nothing) and the
-process exits at once with 128 + SIGTERM, the shell's convention.
+evicted or preempted pod, a timed-out one, an operator, the chaos run) is
+ignored and the process runs on until SIGKILL at the end of the grace
+period, losing the output it had not written yet.
+
+One handler, installed when the runtime starts, does all of it: while a
+call runs (`recording`), the output captured so far is written (an output
+chunk is a guarded protocol call, so a stale attempt writes nothing); then
+the call's descendants are killed (the runtime is their subreaper, so
+nothing it started outlives it however it detached) and the process exits
+at once with 128 + SIGTERM, the shell's convention, which the launchers
+read as a disruption. Before and between calls there is nothing to write,
+and the same handler kills and exits.
 
 The write runs on its own thread with a bound: the handler interrupts the
 main thread wherever it is, possibly inside a database call that holds the
-connection, and must not wait for it for ever.
+connection, and must not wait for it for ever. SIGKILL cannot be caught:
+what a SIGKILLed runtime leaves is killed by the local forkserver (a
+subreaper too) or, on Kubernetes, with the pod.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from podfn_runtime import reaper
@@ -31,26 +40,43 @@ log = logging.getLogger("podfn.runtime")
 EXIT_TERMINATED = 128 + signal.SIGTERM
 _WRITE_SECONDS = 2.0
 
+# What the running call has to write on SIGTERM; None when no call runs.
+_record: Callable[[], None] | None = None
 
-def install(record: Callable[[], None]) -> None:
-    """On SIGTERM: `record()` (bounded), then exit with EXIT_TERMINATED."""
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
+def install() -> None:
+    """Handle SIGTERM for the life of the process (see the module's docstring)."""
+    signal.signal(signal.SIGTERM, _on_term)
+
+
+@contextmanager
+def recording(record: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, a SIGTERM first calls `record()` (bounded) to save the call's output."""
+    global _record
+    _record = record
+    try:
+        yield
+    finally:
+        _record = None
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    record = _record
+    if record is not None:
         log.warning("SIGTERM: the pod is being stopped; recording the output so far and exiting")
         writer = threading.Thread(target=_quietly(record), name="podfn-sigterm", daemon=True)
         writer.start()
         writer.join(_WRITE_SECONDS)
-        # What the call started must not outlive it (the runtime is their subreaper).
-        reaper.kill_descendants(timeout=_WRITE_SECONDS)
-        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            try:
-                if stream is not None:
-                    stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(EXIT_TERMINATED)
-
-    signal.signal(signal.SIGTERM, on_term)
+    else:
+        log.warning("SIGTERM: the pod is being stopped; exiting")
+    reaper.kill_descendants(timeout=_WRITE_SECONDS)
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(EXIT_TERMINATED)
 
 
 def _quietly(record: Callable[[], None]) -> Callable[[], None]:

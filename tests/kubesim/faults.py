@@ -15,7 +15,8 @@ Request-level faults
         ResourceQuota, kubernetes#67761: nothing was created), 401 an
         expired credential.
     set_request_latency(seconds) - sleep before handling every request.
-    set_watch_event_latency(seconds) - sleep before writing each watch event.
+    set_watch_event_latency(seconds) - hold each watch event this long before
+        writing it (a held event goes out as soon as the latency is lowered).
     requests_seen(verb, resource) - not a fault: how many such requests came
         in (to see client retries).
 Watch faults
@@ -26,7 +27,8 @@ Watch faults
         resourceVersion: new watches from any older version get 410, and so
         do continue tokens of lists made before.
     expire_continue_tokens(count=1) - the next ``count`` continued lists get
-        410 Expired (a compaction between two pages).
+        410 Expired (a compaction between two pages); ``continue_tokens_expired``
+        counts the lists so refused.
     set_gone_mode("http" | "event") - how a too-old watch is refused: an HTTP
         410 Status response, or a 200 stream whose first event is an ERROR
         with a 410 Expired Status (both happen on real clusters).
@@ -63,6 +65,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -112,6 +115,7 @@ class Faults:
     def __init__(self, store: Store, kubelet: Kubelet, gone_mode: str = "http") -> None:
         self.store, self.kubelet = store, kubelet
         self.lock = threading.Lock()
+        self.latency_changed = threading.Condition(self.lock)  # wakes held watch events
         self.rules: list[_FailRule] = []
         self.request_latency = 0.0
         self.watch_event_latency = 0.0
@@ -120,6 +124,7 @@ class Faults:
         self.drop_partial = False
         self.open_watches = 0
         self.continue_expiries = 0
+        self.continue_tokens_expired = 0  # continued lists answered 410 so far
         self.request_counts: Counter[str] = Counter()  # "verb resource" -> requests seen
 
     # -- request faults ------------------------------------------------------
@@ -166,7 +171,17 @@ class Faults:
         self.request_latency = float(seconds)
 
     def set_watch_event_latency(self, seconds: float) -> None:
-        self.watch_event_latency = float(seconds)
+        with self.latency_changed:
+            self.watch_event_latency = float(seconds)
+            self.latency_changed.notify_all()
+
+    def hold_watch_event(self) -> None:
+        """Hold an event back for the watch event latency, as it stands while held: an
+        event held when the latency goes back to 0 goes out then, not 30 s later."""
+        started = time.monotonic()
+        with self.latency_changed:
+            while (left := started + self.watch_event_latency - time.monotonic()) > 0:
+                self.latency_changed.wait(left)
 
     # -- watch faults ----------------------------------------------------------
 
@@ -187,6 +202,7 @@ class Faults:
         with self.lock:
             if self.continue_expiries > 0:
                 self.continue_expiries -= 1
+                self.continue_tokens_expired += 1
                 return True
             return False
 
@@ -277,7 +293,8 @@ class Faults:
     def reset(self) -> None:
         with self.lock:
             self.rules.clear()
-        self.request_latency = self.watch_event_latency = 0.0
+        self.request_latency = 0.0
+        self.set_watch_event_latency(0.0)
         self.kubelet.config.image_pull_failures[:] = ["does-not-exist"]
         self.kubelet.config.transient_pull_failures.clear()
         self.kubelet.config.admission_rejections.clear()

@@ -398,9 +398,7 @@ class Handler(BaseHTTPRequestHandler):
                 faults.open_watches -= 1
 
     def _send_event(self, line: bytes) -> None:
-        latency = self.server.sim.faults.watch_event_latency
-        if latency:
-            time.sleep(latency)
+        self.server.sim.faults.hold_watch_event()
         self._chunk(line)
 
     @staticmethod

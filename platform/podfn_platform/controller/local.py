@@ -310,7 +310,7 @@ class LocalLauncher:
         if code in (-signal.SIGTERM, EXIT_TERMINATED):
             # The launcher never sends SIGTERM and a function has no reason to: it
             # is how an operator, a kubelet or a shutdown stops a process (the
-            # runtime's handler exits with 128 + SIGTERM once a call runs). SIGKILL
+            # runtime's handler exits with 128 + SIGTERM, termination.py). SIGKILL
             # stays the user's (it is the out-of-memory killer's signal).
             return Exit(attempt, "disrupted", "the process was stopped by SIGTERM from outside "
                         "the call (not the function's failure)", exit_code=code)

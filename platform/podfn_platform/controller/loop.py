@@ -435,7 +435,7 @@ class Controller:
         # a round trip milliseconds.
         limit = min(room, MINT_AHEAD)
         minted = [environment.Credentials.mint() for _ in range(limit)]
-        rows = self.db.all("claim_and_arm_except_pools", {
+        rows = self.db.all("claim_queued", {
             "limit": limit, "skip_pools": idle_pools or [],
             "secret_hashes": [c.secret_hash for c in minted],
             "token_hashes": [c.token_hash for c in minted]})

@@ -132,20 +132,11 @@ ORDER BY c.created_at DESC, c.id
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: ui_call
--- Output as get_logs reads it: the columns when the runtime filled them (past
--- the cap), else the current attempt's chunks (migration 0007).
+-- The call page's row; its output is read by get_logs, as the logs route reads it.
 SELECT c.id, c.function_name, c.function_version, c.owner, c.state, c.attempt,
        c.user_failures, c.disruptions, c.reason, c.spec, c.error_type, c.error_message,
        c.error_traceback, c.client_python, c.client_cloudpickle, c.created_at, c.launched_at,
        c.started_at, c.finished_at, c.not_before, c.result_format,
-       COALESCE(NULLIF(c.stdout, ''),
-                (SELECT string_agg(o.data, '' ORDER BY o.char_offset) FROM podfn_output o
-                 WHERE o.call_id = c.id AND o.attempt = c.attempt AND o.stream = 'stdout'),
-                '') AS stdout,
-       COALESCE(NULLIF(c.stderr, ''),
-                (SELECT string_agg(o.data, '' ORDER BY o.char_offset) FROM podfn_output o
-                 WHERE o.call_id = c.id AND o.attempt = c.attempt AND o.stream = 'stderr'),
-                '') AS stderr,
        octet_length(c.result) AS result_size, octet_length(c.result_json) AS json_size,
        CASE WHEN octet_length(c.result_json) <= %(json_limit)s THEN c.result_json END
            AS result_json,

@@ -8,62 +8,22 @@
 -- the attempt's own outcome in podfn_attempts. Every statement returns a row
 -- only when the transition happened.
 --
--- The runtime's transitions (claim, progress, succeed, fail) are the
--- SECURITY DEFINER functions of migration 0003 (schema podfn_runtime_v1);
+-- The runtime's transitions (claim, succeed, fail) are the SECURITY DEFINER
+-- functions of migration 0003 (schema podfn_runtime_v1);
 -- `fail` here and there share one definition, the SQL function podfn_fail.
 
 -- name: claim_queued
--- Controller: queued -> launching, starting the next attempt.
+-- Controller: queued -> launching, starting the next attempt. Calls of the
+-- pools named in %(skip_pools)s (an empty array: none) are left for an idle
+-- warm worker of that pool to take (podfn_runtime_v1.next, docs/warm-workers.md).
+-- Claimed and armed in one round trip: the controller mints credentials for as
+-- many calls as it has room for and passes their hashes; the n-th claimed row
+-- (`slot`) gets the n-th pair, so no runtime can ever see its attempt unarmed.
+-- With empty hash arrays the attempts are born unarmed (arm_attempts arms them).
 WITH picked AS (
     SELECT id FROM podfn_calls
     WHERE state = 'queued' AND (not_before IS NULL OR not_before <= clock_timestamp())
-    ORDER BY created_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE podfn_calls c
-    SET state = 'launching', attempt = c.attempt + 1, launched_at = clock_timestamp(),
-        not_before = NULL
-    FROM picked
-    WHERE c.id = picked.id AND c.state = 'queued'
-    RETURNING c.id, c.attempt, c.function_name, c.spec, c.client_python
-), recorded AS (
-    INSERT INTO podfn_attempts (call_id, attempt) SELECT id, attempt FROM claimed
-)
-SELECT id, attempt, function_name, spec, client_python FROM claimed;
-
--- name: claim_queued_except_pools
--- claim_queued as the controller runs it: calls of the pools named in
--- %(skip_pools)s are left for an idle warm worker of that pool to take
--- (podfn_runtime_v1.next, docs/warm-workers.md).
-WITH picked AS (
-    SELECT id FROM podfn_calls
-    WHERE state = 'queued' AND (not_before IS NULL OR not_before <= clock_timestamp())
-      AND NOT (pool = ANY(%(skip_pools)s::text[]))
-    ORDER BY created_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE podfn_calls c
-    SET state = 'launching', attempt = c.attempt + 1, launched_at = clock_timestamp(),
-        not_before = NULL
-    FROM picked
-    WHERE c.id = picked.id AND c.state = 'queued'
-    RETURNING c.id, c.attempt, c.function_name, c.spec, c.client_python
-), recorded AS (
-    INSERT INTO podfn_attempts (call_id, attempt) SELECT id, attempt FROM claimed
-)
-SELECT id, attempt, function_name, spec, client_python FROM claimed;
-
--- name: claim_and_arm_except_pools
--- claim_queued_except_pools and arm_attempts in one round trip: the
--- controller mints credentials for as many calls as it has room for and
--- passes their hashes; the n-th claimed row (`slot`) gets the n-th pair.
--- The attempt row is born armed, so no runtime can ever see it without.
-WITH picked AS (
-    SELECT id FROM podfn_calls
-    WHERE state = 'queued' AND (not_before IS NULL OR not_before <= clock_timestamp())
-      AND NOT (pool = ANY(%(skip_pools)s::text[]))
+      AND pool <> ALL(%(skip_pools)s::text[])
     ORDER BY created_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED

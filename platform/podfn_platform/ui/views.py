@@ -230,6 +230,14 @@ def _call(call_id: str) -> Row:
     return row
 
 
+def _call_with_output(call_id: str) -> Row:
+    """The call and what it printed, read by the logs route's own query, so the page
+    and `podfn logs` agree on where the output of a running or finished call lives."""
+    row = _call(call_id)
+    logs = context.db().one("get_logs", {"id": call_id}) or {}
+    return {**row, "stdout": logs.get("stdout", ""), "stderr": logs.get("stderr", "")}
+
+
 def attempts(call_id: str) -> list[Row]:
     """The attempts with what each one's end meant for the user's `retries`."""
     rows = context.db().all("get_attempts", {"id": call_id})
@@ -242,7 +250,7 @@ def attempts(call_id: str) -> list[Row]:
 
 @bp.get("/calls/<call_id>")
 def call(call_id: str) -> str:
-    row = _call(call_id)
+    row = _call_with_output(call_id)
     return render_template("call.html", c=row, attempts=attempts(call_id),
                            spec=context.public_spec(row["spec"]), final=row["state"] in FINAL,
                            result_json=_pretty(row["result_json"]))
@@ -260,7 +268,7 @@ def _pretty(text: str | None) -> str | None:
 @bp.get("/api/calls/<call_id>/live")
 def call_live(call_id: str) -> Response:
     """State, output and the attempts table of a call, for the page's polling."""
-    row = _call(call_id)
+    row = _call_with_output(call_id)
     return jsonify({"state": row["state"], "reason": row["reason"], "stdout": row["stdout"],
                     "stderr": row["stderr"], "final": row["state"] in FINAL,
                     "attempts": render_template("attempts.html", attempts=attempts(call_id))})
