@@ -63,6 +63,10 @@ class Settings:
     launcher: str = "local"
     namespace: str = "podfn"
     max_concurrency: int = 32
+    # Warm workers the controller starts for one pool; None: the launcher's own
+    # default (local: two per core, where more only compete for the cores;
+    # Kubernetes: max_concurrency). docs/warm-workers.md says why.
+    warm_pool_workers: int | None = None
     sweep_seconds: float = 5.0
     max_disruptions: int = 3
     # How long a runtime retries an unreachable database before it exits 75 (a disruption).
@@ -106,6 +110,8 @@ class Settings:
                      "list_page_size"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"PODFN_{name.upper()} must be positive")
+        if self.warm_pool_workers is not None and self.warm_pool_workers <= 0:
+            raise ConfigurationError("PODFN_WARM_POOL_WORKERS must be positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
