@@ -117,7 +117,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read `PODFN_<FIELD>` for each field; `overrides` (e.g. CLI flags) win."""
         env = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
+        hints = _type_hints(cls)
         values: dict[str, Any] = {}
         for f in fields(cls):
             var = f"PODFN_{f.name.upper()}"
@@ -151,6 +151,18 @@ class Settings:
             raise ConfigurationError(f"the podfn profile {self.profile} has no 'url'; "
                                      "run `podfn dev` again to rewrite it")
         return data["url"].rstrip("/"), self.token or data.get("token")
+
+
+_hints: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The fields' types, resolved once: `get_type_hints` evaluates every annotation
+    string again (~1 ms), and `from_env` runs for each call a client makes."""
+    hints = _hints.get(cls)
+    if hints is None:
+        hints = _hints[cls] = get_type_hints(cls)
+    return hints
 
 
 def _convert(var: str, raw: str, kind: Any) -> Any:
