@@ -139,7 +139,9 @@ def test_a_warm_pool_gets_at_most_warm_pool_workers_and_cold_calls_still_launch(
     launcher = Launches()
     c = Controller(platform_settings(database_url, warm_pool_workers=3), db,
                    launcher, threading.Event())  # type: ignore[arg-type]
-    for _ in range(3):  # later turns see the 3 busy workers: the pool is full
+    c.launch_queued(c.track_workers())
+    assert c.wake.is_set(), "a new worker asks for another turn (it may have hidden calls)"
+    for _ in range(2):  # later turns see the 3 busy workers: the pool is full
         c.launch_queued(c.track_workers())
     launched = {a.call_id for a in launcher.launched}
     assert len(launcher.launched) == 5

@@ -475,6 +475,10 @@ class Controller:
             if self.follows_workers and row["spec"].get("max_calls_per_worker", 1) != 1:
                 attempt = dataclasses.replace(attempt, worker=f"{row['id']}/{row['attempt']}",
                                               env={**attempt.env, "PODFN_WARM": "1"})
+                # The claim ranks only the oldest queued calls, so this pool's calls
+                # past its room may hide other calls queued behind them: the next turn
+                # counts this worker, skips the pool once full, and reaches those.
+                self.wake.set()
             try:
                 with metrics.LAUNCH_SECONDS.time():
                     ref = self.launcher.launch(attempt)
