@@ -54,6 +54,7 @@ from typing import Any
 import cloudpickle
 import httpx
 import psycopg
+from claiming import UNARMED
 
 from podfn import serialization
 from podfn.call import Call
@@ -176,8 +177,7 @@ def arm(db: Database, call_id: str) -> str:
 def run_as_runtime(rdb: RuntimeDatabase, db: Database, call_id: str,
                    result: bytes) -> float:
     """Do what the controller and runtime do for one call; the time the result was committed."""
-    claimed = db.all("claim_queued", {"limit": 1,
-                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
+    claimed = db.all("claim_queued", {"limit": 1, **UNARMED})
     assert [r["id"] for r in claimed] == [call_id], claimed
     secret = arm(db, call_id)
     row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)
@@ -235,8 +235,7 @@ def fig_sizes(sizes: list[int], repeats: int) -> list[dict[str, Any]]:
                 for _ in range(repeats + 1):
                     started = time.perf_counter()
                     call_id = submit_one(client, function, serialization.dumps(((blob,), {})))
-                    claimed = db.all("claim_queued", {"limit": 1,
-                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
+                    claimed = db.all("claim_queued", {"limit": 1, **UNARMED})
                     assert [r["id"] for r in claimed] == [call_id]
                     secret = arm(db, call_id)
                     row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)
@@ -299,8 +298,7 @@ def fig_steps(sizes: list[int], calls: int) -> list[dict[str, Any]]:
                 marks = [time.perf_counter()]
                 call_id = submit_one(client, function, arg)
                 marks.append(time.perf_counter())
-                db.all("claim_queued", {"limit": 1,
-                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
+                db.all("claim_queued", {"limit": 1, **UNARMED})
                 secret = arm(db, call_id)
                 marks.append(time.perf_counter())
                 row = rdb.transition("claim", id=call_id, attempt=1, secret=secret)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from claiming import UNARMED
 from psycopg.conninfo import make_conninfo
 
 from podfn.settings import Settings
@@ -100,8 +101,7 @@ def main() -> None:
             with db.transaction() as tx:
                 ids = record_calls(tx, NewCalls("fn0", digest, {}, "3.11", "3.1"),
                                    [b"a"] * 700)
-            db.all("claim_queued", {"limit": 500,
-                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
+            db.all("claim_queued", {"limit": 500, **UNARMED})
             armed = ids[:500]
             minted = {i: Credentials.mint() for i in armed}
             db.all("arm_attempts", {"ids": armed, "attempts": [1] * len(armed),

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+from claiming import UNARMED
 from psycopg.conninfo import make_conninfo
 
 from podfn_platform import migrations, roles
@@ -62,8 +63,7 @@ def main() -> None:
             with db.transaction() as tx:
                 ids = record_calls(tx, NewCalls("f", store_payload(tx, b"f" * 200), {}, "3.11",
                                                 "3.1"), [b"a" * 100] * ns.calls)
-            db.all("claim_queued", {"limit": ns.calls,
-                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
+            db.all("claim_queued", {"limit": ns.calls, **UNARMED})
             minted = {i: Credentials.mint() for i in ids}
             db.all("arm_attempts", {"ids": ids, "attempts": [1] * len(ids),
                                     "secret_hashes": [minted[i].secret_hash for i in ids],

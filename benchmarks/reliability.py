@@ -32,6 +32,7 @@ from typing import Any
 import api  # a sibling script (python puts benchmarks/ first on sys.path)
 import cloudpickle
 import httpx
+from claiming import UNARMED
 from memory import children, rss_kib
 
 from podfn.call import Call
@@ -103,8 +104,7 @@ def fig_result(mib: int) -> list[dict[str, Any]]:
         [worker] = children(serve)
         call_id = _one_call(client)
         with Database(db_url, name="podfn-bench-runtime") as db:
-            claimed = db.all("claim_queued", {"limit": 1,
-                                    "skip_pools": [], "secret_hashes": [], "token_hashes": []})
+            claimed = db.all("claim_queued", {"limit": 1, **UNARMED})
             assert [r["id"] for r in claimed] == [call_id], "use a database of its own"
             db.one("claim_attempt", {"id": call_id, "attempt": 1})
             db.one("succeed", {"id": call_id, "attempt": 1, "result": payload,

@@ -13,9 +13,10 @@ from podfn_platform.controller.environment import Credentials
 from podfn_platform.database import Database
 from podfn_runtime.database import RuntimeDatabase
 
-# claim_queued's other parameters as a test claims: skip no pool, and leave the attempts
-# unarmed (arm_attempts arms them, as `arm` below does).
-UNARMED: dict[str, list[str]] = {"skip_pools": [], "secret_hashes": [], "token_hashes": []}
+# claim_queued's other parameters as a test claims: skip no pool, cap no warm pool, and
+# leave the attempts unarmed (arm_attempts arms them, as `arm` below does).
+UNARMED: dict[str, Any] = {"skip_pools": [], "pools": [], "pool_rooms": [], "pool_workers": None,
+                           "secret_hashes": [], "token_hashes": []}
 
 
 def arm(db: Database, call_id: str, attempt: int) -> Credentials:

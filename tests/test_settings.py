@@ -13,6 +13,13 @@ def test_reads_typed_values_from_podfn_variables() -> None:
     assert (s.port, s.sweep_seconds, s.database_url) == (9000, 0.5, "postgresql://x/y")
 
 
+def test_each_read_sees_the_environment_of_that_moment() -> None:
+    """The fields' types are resolved once; the values are read every time."""
+    assert Settings.from_env({"PODFN_WARM_POOL_WORKERS": "3"}).warm_pool_workers == 3
+    assert Settings.from_env({"PODFN_WARM_POOL_WORKERS": "5"}).warm_pool_workers == 5
+    assert Settings.from_env({}).warm_pool_workers is None
+
+
 def test_overrides_win_over_the_environment() -> None:
     assert Settings.from_env({"PODFN_PORT": "9000"}, port=9100).port == 9100
 
@@ -21,6 +28,7 @@ def test_overrides_win_over_the_environment() -> None:
     ({"PODFN_PORT": "eighty"}, "PODFN_PORT"),
     ({"PODFN_LAUNCHER": "docker"}, "PODFN_LAUNCHER"),
     ({"PODFN_MAX_CONCURRENCY": "0"}, "PODFN_MAX_CONCURRENCY"),
+    ({"PODFN_WARM_POOL_WORKERS": "0"}, "PODFN_WARM_POOL_WORKERS"),
 ])
 def test_malformed_values_name_the_variable(env: dict[str, str], needle: str) -> None:
     with pytest.raises(ConfigurationError, match=needle):

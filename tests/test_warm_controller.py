@@ -110,3 +110,42 @@ def test_orphans_wait_until_the_launcher_knows_its_workers(
     c = controller(database_url, db, Recorder(nobody, known=True))
     c.track_workers()
     assert state(db, second) == ("queued", 1), "disrupted once the launcher knows its workers"
+
+
+class Launches:
+    """A launcher that follows every warm worker it launched (all stay busy)."""
+
+    def __init__(self) -> None:
+        self.launched: list[Attempt] = []
+
+    def launch(self, attempt: Attempt) -> str:
+        self.launched.append(attempt)
+        return f"ref-{attempt.call_id}"
+
+    def workers(self) -> dict[str, Attempt]:
+        return {a.worker: a for a in self.launched if a.worker}
+
+    def rebind(self, worker: str, attempt: Attempt | None, running_seconds: float) -> None:
+        pass
+
+    def active(self) -> list[Attempt]:
+        return list(self.launched)
+
+
+def test_a_warm_pool_gets_at_most_warm_pool_workers_and_cold_calls_still_launch(
+        database_url: str, db: Database) -> None:
+    warm = submit(db, abs, n=10)
+    cold = submit(db, abs, spec={}, n=2)  # queued after the whole warm map
+    launcher = Launches()
+    c = Controller(platform_settings(database_url, warm_pool_workers=3), db,
+                   launcher, threading.Event())  # type: ignore[arg-type]
+    c.launch_queued(c.track_workers())
+    assert c.wake.is_set(), "a new worker asks for another turn (it may have hidden calls)"
+    for _ in range(2):  # later turns see the 3 busy workers: the pool is full
+        c.launch_queued(c.track_workers())
+    launched = {a.call_id for a in launcher.launched}
+    assert len(launcher.launched) == 5
+    assert len(launched & set(warm)) == 3, "3 workers for the warm pool"
+    assert set(cold) <= launched, "the cold calls queued behind the map are not held up"
+    assert sum(state(db, i) == ("queued", 0) for i in warm) == 7
+    assert c.pool_workers.most_common(1)[0][1] == 3

@@ -147,6 +147,8 @@ class _Remote(Generic[P, R]):
                 ordered: bool) -> Iterator[Any]:
         from tqdm import tqdm  # imported when first needed: it is slow to import
 
+        # One client for the whole map: `self.client` reads the settings each time.
+        client = self.client
         position = {call_id: i for i, call_id in enumerate(ids)}
         pending = set(ids)
         done: dict[int, dict[str, Any]] = {}
@@ -159,24 +161,25 @@ class _Remote(Generic[P, R]):
                 # raw bytes (podfn/frames.py), in whatever order they finished.
                 waiting_on = sorted(pending, key=position.__getitem__)[:MAX_WAIT_IDS]
                 with cancelling_on_interrupt(self._cancel_many, pending):
-                    finished = self.client.wait(waiting_on, 30.0)
+                    finished = client.wait(waiting_on, 30.0)
                 for call in finished:
                     pending.discard(call["id"])
                     done[position[call["id"]]] = call
                     bar.update(1)
                 if ordered:
                     while next_index in done:
-                        yield self._value(done.pop(next_index), return_exceptions)
+                        yield self._value(done.pop(next_index), client, return_exceptions)
                         next_index += 1
                 else:
                     for index in sorted(done):
-                        yield self._value(done.pop(index), return_exceptions)
+                        yield self._value(done.pop(index), client, return_exceptions)
         finally:
             bar.close()
 
-    def _value(self, call: dict[str, Any], return_exceptions: bool) -> Any:
+    @staticmethod
+    def _value(call: dict[str, Any], client: APIClient, return_exceptions: bool) -> Any:
         try:
-            return outcome(call, self.client)
+            return outcome(call, client)
         except Exception as exc:
             if return_exceptions:
                 return exc

@@ -63,6 +63,10 @@ class Settings:
     launcher: str = "local"
     namespace: str = "podfn"
     max_concurrency: int = 32
+    # Warm workers the controller starts for one pool; None: the launcher's own
+    # default (local: two per core, where more only compete for the cores;
+    # Kubernetes: max_concurrency). docs/warm-workers.md says why.
+    warm_pool_workers: int | None = None
     sweep_seconds: float = 5.0
     max_disruptions: int = 3
     # How long a runtime retries an unreachable database before it exits 75 (a disruption).
@@ -106,12 +110,14 @@ class Settings:
                      "list_page_size"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"PODFN_{name.upper()} must be positive")
+        if self.warm_pool_workers is not None and self.warm_pool_workers <= 0:
+            raise ConfigurationError("PODFN_WARM_POOL_WORKERS must be positive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read `PODFN_<FIELD>` for each field; `overrides` (e.g. CLI flags) win."""
         env = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
+        hints = _type_hints(cls)
         values: dict[str, Any] = {}
         for f in fields(cls):
             var = f"PODFN_{f.name.upper()}"
@@ -145,6 +151,18 @@ class Settings:
             raise ConfigurationError(f"the podfn profile {self.profile} has no 'url'; "
                                      "run `podfn dev` again to rewrite it")
         return data["url"].rstrip("/"), self.token or data.get("token")
+
+
+_hints: dict[type, dict[str, Any]] = {}
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    """The fields' types, resolved once: `get_type_hints` evaluates every annotation
+    string again (~1 ms), and `from_env` runs for each call a client makes."""
+    hints = _hints.get(cls)
+    if hints is None:
+        hints = _hints[cls] = get_type_hints(cls)
+    return hints
 
 
 def _convert(var: str, raw: str, kind: Any) -> Any:

@@ -136,6 +136,12 @@ class _Process:
 class LocalLauncher:
     """Runs attempts as local processes; `database_url` is the runtime role's (roles.py)."""
 
+    # Warm workers of one pool the controller starts by default: they are processes
+    # of this machine, so past a couple per core they only take CPU from each other,
+    # the API and Postgres (a warm map of 1,000 trivial calls on 2 cores: ~450
+    # calls/s with 32 workers, ~650 with 4; docs/benchmarks.md).
+    warm_pool_workers = 2 * (os.cpu_count() or 1)
+
     def __init__(self, database_url: str, *, on_exit: Callable[[], None] = lambda: None,
                  python: str = sys.executable, env: dict[str, str] | None = None,
                  forkserver: bool | None = None, secrets_dir: Path | None = None,

@@ -22,6 +22,7 @@ import random
 import secrets
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 from podfn import spec as call_spec
@@ -111,6 +112,8 @@ class Controller:
         # When keep_standing next looks at Postgres (monotonic): at once after a deploy,
         # an exit or a backoff's end, else once per sweep, so an idle turn costs nothing.
         self._standing_due_at = 0.0
+        # Live warm workers per pool, as track_workers last saw them.
+        self.pool_workers: Counter[str] = Counter()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -252,6 +255,16 @@ class Controller:
     # -- warm workers (docs/warm-workers.md) --------------------------------
 
     @property
+    def warm_pool_workers(self) -> int:
+        """Warm workers the controller starts for one pool: the setting, else the
+        launcher's default, else as many as `max_concurrency` allows."""
+        if not self.follows_workers:
+            return self.settings.max_concurrency  # no warm workers: no cap
+        return (self.settings.warm_pool_workers
+                or getattr(self.launcher, "warm_pool_workers", None)
+                or self.settings.max_concurrency)
+
+    @property
     def follows_workers(self) -> bool:
         """Whether the launcher can follow a warm worker from call to call."""
         return hasattr(self.launcher, "rebind") and hasattr(self.launcher, "workers")
@@ -274,6 +287,7 @@ class Controller:
             return []
         workers: dict[str, Attempt] = self.launcher.workers()  # type: ignore[attr-defined]
         idle: set[str] = set()
+        self.pool_workers.clear()
         if workers:
             names = list(workers)
             origins = [worker_origin(n) for n in names]
@@ -281,6 +295,8 @@ class Controller:
                 "workers": names, "ids": [o[0] for o in origins],
                 "attempts": [o[1] for o in origins]})
             for row in rows:
+                if row["pool"] is not None and not row["retired"]:
+                    self.pool_workers[row["pool"]] += 1
                 # A call cancelled or timed out while the worker ran it is finished in
                 # Postgres, but the worker still runs it: point at it so it is stopped.
                 if row["busy"] or row["call_state"] in ("cancelled", "timed_out"):
@@ -435,8 +451,14 @@ class Controller:
         # a round trip milliseconds.
         limit = min(room, MINT_AHEAD)
         minted = [environment.Credentials.mint() for _ in range(limit)]
+        # A warm pool gets at most `warm_pool_workers` workers: a full pool is skipped
+        # like one with an idle worker, and the others get only the room they have left.
+        cap = self.warm_pool_workers
+        skip = set(idle_pools or ()) | {p for p, n in self.pool_workers.items() if n >= cap}
+        partial = {p: cap - n for p, n in self.pool_workers.items() if p not in skip}
         rows = self.db.all("claim_queued", {
-            "limit": limit, "skip_pools": idle_pools or [],
+            "limit": limit, "skip_pools": sorted(skip), "pool_workers": cap,
+            "pools": list(partial), "pool_rooms": list(partial.values()),
             "secret_hashes": [c.secret_hash for c in minted],
             "token_hashes": [c.token_hash for c in minted]})
         if len(rows) == limit < room:
@@ -453,6 +475,10 @@ class Controller:
             if self.follows_workers and row["spec"].get("max_calls_per_worker", 1) != 1:
                 attempt = dataclasses.replace(attempt, worker=f"{row['id']}/{row['attempt']}",
                                               env={**attempt.env, "PODFN_WARM": "1"})
+                # The claim ranks only the oldest queued calls, so this pool's calls
+                # past its room may hide other calls queued behind them: the next turn
+                # counts this worker, skips the pool once full, and reaches those.
+                self.wake.set()
             try:
                 with metrics.LAUNCH_SECONDS.time():
                     ref = self.launcher.launch(attempt)

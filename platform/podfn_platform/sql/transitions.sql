@@ -13,17 +13,37 @@
 -- `fail` here and there share one definition, the SQL function podfn_fail.
 
 -- name: claim_queued
--- Controller: queued -> launching, starting the next attempt. Calls of the
--- pools named in %(skip_pools)s (an empty array: none) are left for an idle
--- warm worker of that pool to take (podfn_runtime_v1.next, docs/warm-workers.md).
--- Claimed and armed in one round trip: the controller mints credentials for as
--- many calls as it has room for and passes their hashes; the n-th claimed row
--- (`slot`) gets the n-th pair, so no runtime can ever see its attempt unarmed.
--- With empty hash arrays the attempts are born unarmed (arm_attempts arms them).
-WITH picked AS (
-    SELECT id FROM podfn_calls
+-- Controller: queued -> launching, starting the next attempt, claimed and
+-- armed in one round trip: the controller mints credentials for as many calls
+-- as it has room for and passes their hashes; the n-th claimed row (`slot`)
+-- gets the n-th pair, so no runtime can ever see its attempt unarmed (with
+-- empty hash arrays the attempts are born unarmed: arm_attempts arms them).
+-- Calls of the pools named in %(skip_pools)s (an empty array: none) are left
+-- for an idle warm worker of that pool to take (podfn_runtime_v1.next,
+-- docs/warm-workers.md). A warm call (max_calls_per_worker other than 1)
+-- starts a worker, so each warm pool gets at most its room: `pool_rooms` for
+-- the `pools` that have workers, `pool_workers` for the others (NULL: no
+-- cap). The cap looks at the oldest 4 x `limit` queued calls (the rest wait
+-- for the next turn) so that a turn never ranks a whole queue.
+WITH oldest AS (
+    SELECT id, created_at, pool,
+           coalesce(spec->'max_calls_per_worker', '1'::jsonb) <> '1'::jsonb AS warm
+    FROM podfn_calls
     WHERE state = 'queued' AND (not_before IS NULL OR not_before <= clock_timestamp())
       AND pool <> ALL(%(skip_pools)s::text[])
+    ORDER BY created_at, id
+    LIMIT 4 * %(limit)s
+), allowed AS (
+    SELECT o.id
+    FROM (SELECT oldest.*, row_number() OVER (PARTITION BY pool, warm
+                                              ORDER BY created_at, id) AS nth
+          FROM oldest) o
+    LEFT JOIN unnest(%(pools)s::text[], %(pool_rooms)s::int[]) AS r(pool, room)
+           ON r.pool = o.pool
+    WHERE NOT o.warm OR o.nth <= coalesce(r.room, %(pool_workers)s::int, o.nth)
+), picked AS (
+    SELECT id FROM podfn_calls
+    WHERE id IN (SELECT id FROM allowed) AND state = 'queued'
     ORDER BY created_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
