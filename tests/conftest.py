@@ -16,8 +16,9 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,6 +285,18 @@ def running_platform(settings: Settings, db: Database, launcher: Launcher, wake:
             thread.join(15)
             app.extensions["podfn.waiter"].close()
     assert not thread.is_alive(), "the controller did not stop"
+
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """`predicate()`'s first truthy value, polled every 50 ms; fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -12,12 +12,11 @@ import httpx
 import pytest
 
 from attempts import UNARMED, Runtime
-from conftest import TEST_TOKEN, Platform, ThreadedServer, platform_settings
+from conftest import TEST_TOKEN, Platform
 from podfn import frames, remote, serialization
 from podfn.function import Function
 from podfn.http import APIClient
 from podfn_platform.api import results
-from podfn_platform.api.app import create_app
 from podfn_platform.database import Database
 
 PAYLOADS = [b"", b"\x00", b"".join(bytes([i]) for i in range(256)) * 3, os.urandom(70_000), b""]
@@ -56,13 +55,9 @@ def test_a_body_cut_short_is_not_taken_for_a_whole_one() -> None:
 
 
 @pytest.fixture
-def api(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    app = create_app(platform_settings(database_url), db=db)
-    with ThreadedServer(app) as server:
-        monkeypatch.setenv("PODFN_URL", server.url)
-        monkeypatch.setenv("PODFN_TOKEN", TEST_TOKEN)
-        yield server.url
-    app.extensions["podfn.waiter"].close()
+def api(api_only: str) -> str:
+    """The API alone, in a thread (conftest's api_only)."""
+    return api_only
 
 
 @pytest.fixture

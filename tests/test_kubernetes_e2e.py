@@ -23,7 +23,7 @@ from kubernetes import config as k8s_config
 from kubernetes import watch
 
 import podfn
-from conftest import Platform, platform_settings, running_platform
+from conftest import Platform, platform_settings, running_platform, wait_until
 from kubesim import KubeSim
 from podfn import remote
 from podfn.errors import CallFailed, CallTimeout
@@ -107,16 +107,6 @@ def launcher_of(p: Platform) -> KubernetesLauncher:
     launcher = p.controller.launcher
     assert isinstance(launcher, KubernetesLauncher)
     return launcher
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
-        time.sleep(0.05)
 
 
 def wait_running(cluster: Cluster, call: podfn.Call, attempt: int = 1) -> dict[str, Any]:

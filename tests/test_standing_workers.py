@@ -19,7 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 import podfn
-from conftest import Platform, platform_settings, running_platform
+from conftest import Platform, platform_settings, running_platform, wait_until
 from podfn import remote
 from podfn.http import APIClient
 from podfn_platform.controller.local import LocalLauncher
@@ -48,16 +48,6 @@ def plain(x: int) -> int:
     return -x
 
 
-def _until(what: str, check: Any, seconds: float = 30.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _standing(platform: Platform) -> dict[str, Any]:
     """The standing workers the launcher runs, with their rows: {name: row}."""
     held = [w for w in platform.controller.launcher.workers() if w.startswith("standing-")]
@@ -75,7 +65,7 @@ def _ready(platform: Platform, version: int, count: int) -> dict[str, Any]:
               all(r["function_version"] == version and r["retired_at"] is None
                   for r in found.values()))
         return found if ok else None
-    found: dict[str, Any] = _until(f"{count} standing workers of version {version}", check)
+    found: dict[str, Any] = wait_until(check, what=f"{count} standing workers of version {version}")
     return found
 
 
@@ -145,7 +135,7 @@ def test_a_new_version_or_a_removed_function_stops_them(platform: Platform) -> N
     with platform.db.connect(name="podfn-test") as conn:  # as a delete of the function would
         conn.execute("DELETE FROM podfn_functions WHERE name = 'standing'")
     platform.controller.wake.set()
-    _until("the standing workers to exit", lambda: not _standing(platform))
+    wait_until(lambda: not _standing(platform), what="the standing workers to exit")
     with platform.db.connect(name="podfn-test") as conn:
         assert conn.execute("SELECT count(*) AS n FROM podfn_workers").fetchone()["n"] == 0
 
@@ -161,7 +151,7 @@ def test_a_standing_worker_that_dies_is_replaced(platform: Platform) -> None:
     assert _starts() - started == 2
     victim = sorted(workers)[0]
     os.kill(int(workers[victim]["ref"].removeprefix("pid:")), signal.SIGKILL)
-    replaced = _until("a replacement", lambda: (
+    replaced = wait_until(what="a replacement", predicate=lambda: (
         (found := _standing(platform)) and len(found) == 2 and victim not in found and found))
     assert set(workers) - {victim} < set(replaced)
     assert _starts() - started == 3
@@ -184,7 +174,7 @@ def two_slots(database_url: str, runtime_database_url: str, db: Database,
 
 def test_standing_workers_take_only_free_slots(two_slots: Platform) -> None:
     crowd.deploy()
-    before = _until("two standing workers", lambda: (
+    before = wait_until(what="two standing workers", predicate=lambda: (
         (found := _standing(two_slots)) and len(found) == 2 and found))
     assert len(two_slots.controller.launcher.active()) == 2, "min_workers=3 got past 2 slots"
     # Both slots hold idle standing workers: a call of another pool still runs, when

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Platform
+from conftest import Platform, wait_until
 from podfn import remote
 from podfn.errors import CallTimeout
 from podfn_platform.database import Database
@@ -64,16 +64,6 @@ def work(mode: str, path: str = "") -> Any:
     return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
 
 
-def _until(what: str, check: Any, seconds: float = 20.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_attempts_name_their_worker_and_share_its_ref(platform: Platform) -> None:
     calls = [pid_of.spawn(i) for i in range(3)]
     for c in calls:
@@ -89,7 +79,7 @@ def test_attempts_name_their_worker_and_share_its_ref(platform: Platform) -> Non
 def test_a_worker_exits_when_idle(platform: Platform) -> None:
     first = brief.remote(0)
     assert brief.remote(1) == first
-    _until("the idle worker to exit", lambda: not platform.controller.launcher.active())
+    wait_until(lambda: not platform.controller.launcher.active(), 20, "the idle worker to exit")
     assert brief.remote(2) != first, "a new worker after the idle one left"
 
 
@@ -116,7 +106,7 @@ def test_a_dead_worker_requeues_only_its_call_as_a_disruption(
     pid, first_id, _ = work.remote("pid")
     marker = tmp_path / "hang"
     hanging = work.spawn("hang", str(marker))
-    _until("the warm worker to take the call", marker.exists)
+    wait_until(marker.exists, 20, "the warm worker to take the call")
     assert int(marker.read_text()) == pid, "the idle warm worker took the call"
     os.kill(pid, signal.SIGTERM)  # as a kubelet or an operator stops a pod
     new_pid, call_id, attempt = hanging.result()
