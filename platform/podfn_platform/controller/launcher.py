@@ -51,6 +51,15 @@ EXIT_KINDS = {
 }
 
 
+def worker_origin(name: str) -> tuple[str | None, int | None]:
+    """The attempt a warm worker was launched for, from its name `<call id>/<attempt>`;
+    (None, None) for a standing worker (`standing-<hex>`), which no call started."""
+    origin_id, _, origin_attempt = name.rpartition("/")
+    if not origin_id or not origin_attempt.isdigit():
+        return None, None
+    return origin_id, int(origin_attempt)
+
+
 @dataclass(frozen=True)
 class Exit:
     attempt: Attempt

@@ -29,7 +29,7 @@ from podfn import spec as call_spec
 from podfn.errors import DatabaseError, InvalidSpec
 from podfn.settings import Settings
 from podfn_platform.controller import environment, metrics
-from podfn_platform.controller.launcher import Attempt, Exit, Launcher
+from podfn_platform.controller.launcher import Attempt, Exit, Launcher, worker_origin
 from podfn_platform.controller.leader import LeaderLock, LeadershipLost
 from podfn_platform.database import Database, Listener
 
@@ -74,14 +74,6 @@ def unprocessable(row: dict[str, Any]) -> str | None:
             return (f"the call's stored {key} is {row.get(key)!r}, not text; it was written by "
                     "another podfn version or corrupted: submit the call again")
     return None
-
-
-def worker_origin(name: str) -> tuple[str | None, int | None]:
-    """The attempt a worker was launched for, from its name; (None, None) for a standing one."""
-    origin_id, _, origin_attempt = name.rpartition("/")
-    if not origin_id or not origin_attempt.isdigit():
-        return None, None
-    return origin_id, int(origin_attempt)
 
 
 def attempt_from(row: dict[str, Any]) -> Attempt:

@@ -40,7 +40,7 @@ from podfn.errors import (
     KubernetesUnauthorized,
 )
 from podfn.settings import Settings
-from podfn_platform.controller.launcher import Attempt, Exit, Unfinished
+from podfn_platform.controller.launcher import Attempt, Exit, Unfinished, worker_origin
 from podfn_platform.kube import outcomes
 from podfn_platform.kube.client import KubeClient
 from podfn_platform.kube.manifest import (
@@ -70,10 +70,10 @@ def pod_key(attempt: Attempt) -> Key:
     worker (`min_workers`) has no first call and was launched as `(<its name>, 0)`.
     """
     if attempt.worker:
-        call_id, _, number = attempt.worker.rpartition("/")
-        if call_id and number.isdigit():
-            return (call_id, int(number))
-        return (attempt.worker, 0)
+        call_id, number = worker_origin(attempt.worker)
+        if call_id is None or number is None:
+            return (attempt.worker, 0)
+        return (call_id, number)
     return attempt.key
 
 
