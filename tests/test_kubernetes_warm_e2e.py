@@ -296,3 +296,53 @@ def test_min_workers_run_as_standing_pods(
     [row] = attempts(p.db, [body["id"]])
     assert row["worker"] == workers[0] and row["state"] == "succeeded"
     assert creates(cluster) == 1, "the invoke started a pod of its own"
+
+
+@remote(name="kube-standing-restart", min_workers=1, max_calls_per_worker=None)
+def kube_standing_restart(x: int) -> list[Any]:
+    return [os.getpid(), x]
+
+
+def test_a_restarted_controller_adopts_standing_pods(
+        cluster: Cluster, api_only: str, database_url: str, db: Database,
+        tmp_path: Path) -> None:
+    """A standing pod outlives its controller: the next controller takes it as the
+    function's standing worker instead of starting a second one, and it serves calls."""
+    env = {**os.environ, "PODFN_DATABASE_URL": database_url, "PODFN_LAUNCHER": "kubernetes",
+           "PODFN_NAMESPACE": NS, "KUBECONFIG": str(cluster.kubeconfig),
+           "PODFN_SWEEP_SECONDS": "0.5", "PODFN_RECONCILE_SECONDS": "1",
+           "PODFN_WATCH_TIMEOUT_SECONDS": "5"}
+    log = tmp_path / "controller.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as sink:
+            return subprocess.Popen([sys.executable, "-m", "podfn", "controller"], env=env,
+                                    stdout=sink, stderr=subprocess.STDOUT)
+
+    def standing_pods() -> list[str]:
+        return [p["metadata"]["name"] for p in cluster.pods()
+                if (p["metadata"].get("annotations") or {}).get(WORKER_ANNOTATION, "")
+                .startswith("standing-") and not p["metadata"].get("deletionTimestamp")]
+
+    kube_standing_restart.deploy()
+    controller = start()
+    try:
+        [pod] = wait_until(lambda: standing_pods() or None, 60, "the standing pod")
+        with db.connect(name="podfn-test") as conn:
+            wait_until(lambda: conn.execute(
+                "SELECT count(*) AS n FROM podfn_workers WHERE ref = %s",
+                (pod,)).fetchone()["n"] == 1, 30, "the standing worker to record its pod")
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+        controller = start()
+        wait_until(lambda: f"adopted warm worker pod {pod}" in log.read_text(), 60,
+                   "the new controller to adopt the standing pod")
+        call = kube_standing_restart.lookup("kube-standing-restart").spawn(3)
+        value = call.result(timeout=60)
+        assert value[1] == 3
+        assert call.info()["attempts"][0]["ref"] == pod, "the call did not run on the pod"
+        assert standing_pods() == [pod]
+        assert creates(cluster) == 1, "the new controller started a second standing pod"
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        assert controller.wait(20) == 0

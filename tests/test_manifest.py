@@ -79,6 +79,13 @@ def test_a_relist_finds_a_warm_pod_by_its_annotation() -> None:
     forged = copy.deepcopy(warm)
     forged["metadata"]["annotations"][WORKER_ANNOTATION] = "someone-else/1"
     assert worker_of(forged) == ""
+    # A standing worker was launched for no call, as (<its name>, 0).
+    standing = pod({"timeout": 5}, call_id="standing-0123abcd", attempt=0,
+                   worker="standing-0123abcd")
+    assert worker_of(slim(standing)) == "standing-0123abcd"
+    other = copy.deepcopy(standing)
+    other["metadata"]["annotations"][WORKER_ANNOTATION] = "standing-ffff"
+    assert worker_of(other) == ""
 
 
 def test_hints_become_the_pod_spec() -> None:

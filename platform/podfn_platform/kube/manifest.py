@@ -247,8 +247,13 @@ def worker_of(pod: dict[str, Any]) -> str:
     # By the annotation (a listed pod keeps podfn's annotations, not its labels:
     # client.slim). The name is the attempt the pod was launched for, so an
     # annotation naming another one is not taken for a worker.
+    # A standing worker (`min_workers`) was launched for no call: as `(<its name>, 0)`,
+    # and its annotation is its name alone.
     annotations = pod.get("metadata", {}).get("annotations") or {}
     key = attempt_of(pod)
-    if key is None or annotations.get(WORKER_ANNOTATION) != f"{key[0]}/{key[1]}":
+    if key is None:
         return ""
-    return f"{key[0]}/{key[1]}"
+    worker = str(annotations.get(WORKER_ANNOTATION) or "")
+    if worker == f"{key[0]}/{key[1]}" or (key[1] == 0 and worker == key[0]):
+        return worker
+    return ""
