@@ -36,23 +36,41 @@ import hashlib
 import logging
 import os
 import secrets
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from podfn_runtime.capture import start_thread
 from podfn_runtime.database import CONNECT_TIMEOUT, RuntimeDatabase
 from podfn_runtime.main import (
     DEFAULT_MAX_RESULT_BYTES,
     EXIT_RECORDED,
+    Failure,
+    FunctionCache,
+    Ran,
+    log_recorded,
+    record_failure,
     run_claimed,
-    run_then_next,
+    run_only,
 )
 
 log = logging.getLogger("podfn.runtime")
 
 # The longest an idle worker waits before asking Postgres again, NOTIFY or not.
 POLL_SECONDS = 1.0
+# Calls a warm worker claims at once (at most: `next_many` caps it at the worker's
+# share of its pool's queue and at its `max_calls_per_worker`).
+PREFETCH = 16
+# How long the recorder waits for more outcomes before it writes what it has: a
+# call's result reaches its caller up to this much later, and a warm map writes
+# one statement for many calls instead of one per call.
+LINGER_SECONDS = 0.005
+# Results the recorder may hold before the worker waits for them to be written.
+MAX_PENDING_BYTES = 16 << 20
 # Variables of the first attempt that mean nothing for the next ones: its
 # secret (spent) and its nested-call token (valid for that attempt only).
 _FIRST_ATTEMPT_ONLY = ("PODFN_ATTEMPT_SECRET", "PODFN_TOKEN")
@@ -115,17 +133,16 @@ def serve(db: RuntimeDatabase, call_id: str, attempt: int, database_url: str,
         return EXIT_RECORDED
     if not is_warm(claimed["spec"]):
         return run_claimed(db, claimed, max_result_bytes)
-    secret, secret_hash = _fresh_secret()
-    code, answer = run_then_next(db, claimed, max_result_bytes, secret_hash)
-    if code != EXIT_RECORDED:
-        return code
-    for name in _FIRST_ATTEMPT_ONLY:
-        os.environ.pop(name, None)
-    waker = Waker(database_url)
+    first = Held(claimed, os.environ.get("PODFN_ATTEMPT_SECRET", ""), started=True)
+    recorder = Recorder(db)
+    pipeline = _Pipeline(db, recorder, database_url, max_result_bytes)
     try:
-        return _loop(db, claimed, waker, max_result_bytes, answer, secret)
+        return pipeline.run(first)
     finally:
-        waker.close()
+        try:
+            recorder.close()
+        finally:
+            pipeline.close()
 
 
 def stand(db: RuntimeDatabase, worker: str, worker_secret: str, database_url: str,
@@ -156,40 +173,251 @@ def stand(db: RuntimeDatabase, worker: str, worker_secret: str, database_url: st
         waker.close()
 
 
-def _loop(db: RuntimeDatabase, last: dict[str, Any], waker: Waker, max_result_bytes: int,
-          answer: dict[str, Any] | None, secret: str) -> int:
-    """`answer` is what `next` said after the last call (None: not asked yet), for `secret`."""
-    idle_timeout = float(last["spec"].get("idle_timeout") or 60.0)
-    idle_since = time.monotonic()
-    while True:
-        if answer is None:
-            secret, secret_hash = _fresh_secret()
-            answer = db.transition("next", id=last["id"], attempt=last["attempt"],
-                                   secret_hash=secret_hash)
-            if answer is None:
-                answer = {"verdict": "refused"}
-        verdict = answer["verdict"]
-        if verdict == "claimed":
-            row, answer = answer, None
-            db.use_secret(secret)
-            os.environ["PODFN_CALL_ID"] = row["id"]
-            os.environ["PODFN_ATTEMPT"] = str(row["attempt"])
-            secret, secret_hash = _fresh_secret()
-            code, answer = run_then_next(db, row, max_result_bytes, secret_hash)
-            if code != EXIT_RECORDED:
-                return code
-            last = row
+@dataclass
+class Held:
+    """A call this worker claimed: its row, its attempt's secret, and whether its clock
+    runs (the first call of a claim starts at once; the others are held until the
+    worker starts them, and the start mark tells Postgres)."""
+
+    row: dict[str, Any]
+    secret: str
+    started: bool
+
+
+def _size(ran: Ran) -> int:
+    outcome = ran.outcome
+    if isinstance(outcome, Failure):
+        return 0
+    return len(outcome.pickled or b"") + len(outcome.json or "")
+
+
+class Recorder:
+    """Writes a warm worker's start marks and successes on a thread of its own, as many
+    as have piled up per statement (`succeed_many`, migration 0012), while the worker
+    runs its next call; and claims the worker's next calls in the statement that
+    records the last one it held.
+
+    Order is kept: marks and outcomes go out in the order the worker made them, and
+    a claim only after every outcome before it. An error of the thread (the database
+    gone for the whole retry budget) is raised in the worker at its next call here."""
+
+    def __init__(self, db: RuntimeDatabase) -> None:
+        self._db = db
+        self._cond = threading.Condition()
+        self._starts: list[Held] = []
+        self._done: list[tuple[Held, Ran]] = []
+        self._pending_bytes = 0
+        self._claim: tuple[Held, list[str]] | None = None
+        self._answer: list[dict[str, Any]] | None = None
+        self._writing = False
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread = start_thread(self._run, "podfn-recorder")
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def start(self, held: Held) -> None:
+        """`held` starts now: its `timeout` runs from the mark."""
+        with self._cond:
+            self._raise()
+            self._starts.append(held)
+            self._cond.notify_all()
+
+    def succeeded(self, held: Held, ran: Ran) -> None:
+        with self._cond:
+            self._raise()
+            self._done.append((held, ran))
+            self._pending_bytes += _size(ran)
+            self._cond.notify_all()
+            while self._pending_bytes > MAX_PENDING_BYTES and self._error is None:
+                self._cond.wait()
+            self._raise()
+
+    def drain(self) -> None:
+        """Until everything handed over is written."""
+        with self._cond:
+            while (self._starts or self._done or self._claim or self._writing) \
+                    and self._error is None:
+                self._cond.wait()
+            self._raise()
+
+    def claim(self, chain: Held, secret_hashes: list[str]) -> list[dict[str, Any]]:
+        """The next calls, claimed through `chain` (the call this worker ran last) once
+        every outcome before is written: `next_many`'s rows."""
+        with self._cond:
+            self._raise()
+            self._claim, self._answer = (chain, secret_hashes), None
+            self._cond.notify_all()
+            while self._answer is None and self._error is None:
+                self._cond.wait()
+            self._raise()
+            answer, self._answer = self._answer, None
+            assert answer is not None
+            return answer
+
+    def close(self) -> None:
+        """Write what is left, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._starts or self._done or self._claim or self._closing):
+                    self._cond.wait()
+                # Linger a little for the worker's next outcomes: one statement for
+                # several calls is the point. A claim (the worker has nothing left to
+                # run) or closing goes at once.
+                until = time.monotonic() + LINGER_SECONDS
+                while not (self._claim or self._closing) and len(self._done) < PREFETCH:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if not (self._starts or self._done or self._claim):
+                    return
+                starts, done, claim = self._starts, self._done, self._claim
+                self._starts, self._done, self._claim = [], [], None
+                self._writing = True
+            answer: list[dict[str, Any]] | None = None
+            error: BaseException | None = None
+            try:
+                answer = self._write(starts, done, claim)
+            except BaseException as exc:  # raised in the worker (`_raise`)
+                error = exc
+            with self._cond:
+                self._writing = False
+                self._pending_bytes -= sum(_size(ran) for _, ran in done)
+                if error is not None:
+                    self._error = error
+                elif claim is not None:
+                    self._answer = answer or []
+                self._cond.notify_all()
+                if error is not None:
+                    return
+
+    def _write(self, starts: list[Held], done: list[tuple[Held, Ran]],
+               claim: tuple[Held, list[str]] | None) -> list[dict[str, Any]]:
+        chained = claim is not None and bool(done) and done[-1][0] is claim[0]
+        rows: list[dict[str, Any]] = []
+        if starts or done:
+            rows = self._succeed_many(starts, done, claim[1] if chained and claim else None)
+        if claim is None:
+            return []
+        if chained:
+            return [row for row in rows if row["kind"] == "next"]
+        chain, secret_hashes = claim
+        return self._db.rows("next_many", id=chain.row["id"], attempt=chain.row["attempt"],
+                             secret=chain.secret, secret_hashes=secret_hashes)
+
+    def _succeed_many(self, starts: list[Held], done: list[tuple[Held, Ran]],
+                      next_hashes: list[str] | None) -> list[dict[str, Any]]:
+        outcomes = [ran.outcome for _, ran in done]
+        rows = self._db.rows(
+            "succeed_many",
+            ids=[held.row["id"] for held, _ in done],
+            attempts=[held.row["attempt"] for held, _ in done],
+            secrets=[held.secret for held, _ in done],
+            results=[getattr(outcome, "pickled", None) for outcome in outcomes],
+            results_json=[getattr(outcome, "json", None) for outcome in outcomes],
+            stdouts=[ran.columns["stdout"] for _, ran in done],
+            stderrs=[ran.columns["stderr"] for _, ran in done],
+            peak_bytes=[ran.used.peak_bytes for _, ran in done],
+            cpu_seconds=[ran.used.cpu_seconds for _, ran in done],
+            wall_seconds=[ran.used.wall_seconds for _, ran in done],
+            start_ids=[held.row["id"] for held in starts],
+            start_attempts=[held.row["attempt"] for held in starts],
+            start_secrets=[held.secret for held in starts],
+            next_hashes=next_hashes)
+        recorded = {(row["id"], row["attempt"]) for row in rows if row["kind"] == "succeeded"}
+        for held, _ in done:
+            key = (held.row["id"], held.row["attempt"])
+            if key not in recorded:
+                log_recorded(*key, None)
+        return rows
+
+
+class _Pipeline:
+    """A warm worker's loop: claim up to PREFETCH calls at once, run them one after
+    another, hand each outcome to the recorder, and claim again when none is left."""
+
+    def __init__(self, db: RuntimeDatabase, recorder: Recorder, database_url: str,
+                 max_result_bytes: int) -> None:
+        self._db = db
+        self._recorder = recorder
+        self._database_url = database_url
+        self._max_result_bytes = max_result_bytes
+        self._functions = FunctionCache()
+        self._waker: Waker | None = None
+
+    def close(self) -> None:
+        if self._waker is not None:
+            self._waker.close()
+
+    def run(self, first: Held) -> int:
+        held: deque[Held] = deque([first])
+        idle_timeout = float(first.row["spec"].get("idle_timeout") or 60.0)
+        idle_since = time.monotonic()
+        last = first
+        while True:
+            if not held:
+                verdict = self._claim(last, held)
+                if verdict == "empty":
+                    remaining = idle_timeout - (time.monotonic() - idle_since)
+                    if remaining <= 0:
+                        log.info("warm worker exits: idle for %g s (the `idle_timeout` hint)",
+                                 idle_timeout)
+                        return EXIT_RECORDED
+                    if self._waker is None:
+                        # LISTEN from now on, then ask again at once: a call queued
+                        # before the LISTEN took effect is not missed.
+                        self._waker = Waker(self._database_url)
+                        continue
+                    self._waker.wait(min(remaining, POLL_SECONDS))
+                    continue
+                if verdict != "claimed":
+                    log.info("warm worker exits: %s", _WHY.get(verdict, verdict))
+                    return EXIT_RECORDED
+            current = held.popleft()
+            self._run_one(current, first=current is first)
+            last = current
             idle_since = time.monotonic()
-            continue
-        if verdict != "empty":
-            log.info("warm worker exits: %s", _WHY.get(verdict, verdict))
-            return EXIT_RECORDED
-        answer = None
-        remaining = idle_timeout - (time.monotonic() - idle_since)
-        if remaining <= 0:
-            log.info("warm worker exits: idle for %g s (the `idle_timeout` hint)", idle_timeout)
-            return EXIT_RECORDED
-        waker.wait(min(remaining, POLL_SECONDS))
+
+    def _claim(self, last: Held, held: deque[Held]) -> str:
+        """Ask for the next calls through `last`; the verdict (claimed calls go to `held`)."""
+        fresh = [_fresh_secret() for _ in range(PREFETCH)]
+        rows = self._recorder.claim(last, [secret_hash for _, secret_hash in fresh])
+        verdict = str(rows[0]["verdict"]) if rows else "refused"
+        if verdict == "claimed":
+            payload = rows[0]["function"]
+            for row in rows:
+                if row["function"] is None:
+                    row["function"] = payload  # one payload per pool: sent once
+                ordinal = int(row["ordinal"])
+                held.append(Held(row, fresh[ordinal - 1][0], started=ordinal == 1))
+        return verdict
+
+    def _run_one(self, current: Held, *, first: bool) -> None:
+        if not current.started:
+            self._recorder.start(current)
+        row = current.row
+        self._db.use_secret(current.secret)  # output and items of this call
+        os.environ["PODFN_CALL_ID"] = row["id"]
+        os.environ["PODFN_ATTEMPT"] = str(row["attempt"])
+        ran = run_only(self._db, row, self._max_result_bytes, self._functions)
+        if first:
+            for name in _FIRST_ATTEMPT_ONLY:
+                os.environ.pop(name, None)
+        if isinstance(ran.outcome, Failure):
+            self._recorder.drain()  # the outcomes before it first, in order
+            log_recorded(row["id"], row["attempt"],
+                         record_failure(self._db, ran, ran.outcome))
+        else:
+            self._recorder.succeeded(current, ran)
 
 
 _WHY = {
