@@ -26,7 +26,8 @@
 --    call cancelled while it was held).
 
 -- The pool's busy workers, counted at each claim of several calls.
-CREATE INDEX podfn_calls_running_by_pool ON podfn_calls (pool) WHERE state = 'running';
+CREATE INDEX podfn_calls_running_by_pool ON podfn_calls (pool)
+    WHERE state IN ('launching', 'running');
 -- A worker's unfinished attempts (the one it runs, the ones it holds), which the
 -- controller looks up each turn.
 CREATE INDEX podfn_attempts_unfinished_by_worker ON podfn_attempts (worker)
@@ -89,10 +90,11 @@ BEGIN
             WHERE c.pool = cur.pool AND c.state = 'queued'
               AND (c.not_before IS NULL OR c.not_before <= now_ts)
             LIMIT want * 64) q;
-        SELECT count(DISTINCT a.worker) INTO busy
+        -- (A worker's first call, launched by the controller, names no worker.)
+        SELECT count(DISTINCT coalesce(a.worker, a.call_id || '/' || a.attempt)) INTO busy
         FROM podfn_calls c JOIN podfn_attempts a ON a.call_id = c.id AND a.attempt = c.attempt
-        WHERE c.pool = cur.pool AND c.state = 'running' AND a.worker IS NOT NULL
-          AND a.worker <> w;
+        WHERE c.pool = cur.pool AND c.state IN ('launching', 'running')
+          AND coalesce(a.worker, a.call_id || '/' || a.attempt) <> w;
         want := least(want, greatest(1, queued / (busy + 1)));
     END IF;
     SELECT array_agg(q.id ORDER BY q.created_at, q.id), min(q.created_at)
