@@ -44,6 +44,7 @@ from typing import Any
 
 import psycopg
 
+from podfn_runtime import termination
 from podfn_runtime.capture import start_thread
 from podfn_runtime.database import CONNECT_TIMEOUT, RuntimeDatabase
 from podfn_runtime.main import (
@@ -137,7 +138,8 @@ def serve(db: RuntimeDatabase, call_id: str, attempt: int, database_url: str,
     recorder = Recorder(db)
     pipeline = _Pipeline(db, recorder, database_url, max_result_bytes)
     try:
-        return pipeline.run(first)
+        with termination.pending(recorder.drain):
+            return pipeline.run(first)
     finally:
         try:
             recorder.close()
