@@ -250,6 +250,14 @@ class Recorder:
         every outcome before is written: `next_many`'s rows."""
         with self._cond:
             self._raise()
+            idle = not (self._starts or self._done or self._writing)
+        if idle:
+            # Nothing to write first (an idle worker asking again): no hand-over to
+            # the thread. Only this thread hands it work, so it stays idle meanwhile.
+            return self._db.rows("next_many", id=chain.row["id"], attempt=chain.row["attempt"],
+                                 secret=chain.secret, secret_hashes=secret_hashes)
+        with self._cond:
+            self._raise()
             self._claim, self._answer = (chain, secret_hashes), None
             self._cond.notify_all()
             while self._answer is None and self._error is None:
@@ -304,6 +312,10 @@ class Recorder:
 
     def _write(self, starts: list[Held], done: list[tuple[Held, Ran]],
                claim: tuple[Held, list[str]] | None) -> list[dict[str, Any]]:
+        # A call whose outcome is here is no longer running: its mark would only be
+        # two more row updates (succeed_many dates its start from its wall time).
+        ended = {id(held) for held, _ in done}
+        starts = [held for held in starts if id(held) not in ended]
         chained = claim is not None and bool(done) and done[-1][0] is claim[0]
         rows: list[dict[str, Any]] = []
         if starts or done:

@@ -216,26 +216,37 @@ BEGIN
         PERFORM pg_notify('podfn_warm', r.worker);
     END LOOP;
     -- The outcomes: `succeed` and `usage` for each, set-wise, each guarded by its
-    -- own attempt's live secret.
+    -- own attempt's live secret. A held call that started and ended since the last
+    -- statement comes without its start mark (nothing ran it by then to time out
+    -- or stop): its start is the wall time the runtime measured back from now, never
+    -- before its claim (it only tells the call's own run time).
     FOR r IN
         WITH i AS (
-            SELECT i.*
+            SELECT i.*, h.started_at AS marked_at,
+                   make_interval(secs => CASE WHEN i.wall_seconds = i.wall_seconds
+                                              THEN LEAST(GREATEST(i.wall_seconds, 0), 1e6)
+                                              ELSE 0 END) AS ran
             FROM unnest(p_ids, p_attempts, p_secrets, p_results, p_results_json, p_stdouts,
                         p_stderrs, p_peak_bytes, p_cpu_seconds, p_wall_seconds)
                 AS i(id, attempt, secret, result, result_json, stdout, stderr, peak_bytes,
                      cpu_seconds, wall_seconds)
+            JOIN podfn_attempts h ON h.call_id = i.id AND h.attempt = i.attempt
             WHERE podfn_runtime_v1.attempt_holds(i.id, i.attempt, i.secret)
         ), c AS (
             UPDATE podfn_calls c
             SET state = 'succeeded', result = i.result, result_json = i.result_json,
                 stdout = i.stdout, stderr = i.stderr, reason = NULL,
+                started_at = CASE WHEN i.marked_at IS NULL
+                                  THEN greatest(c.launched_at, clock_timestamp() - i.ran)
+                                  ELSE c.started_at END,
                 finished_at = clock_timestamp()
             FROM i
             WHERE c.id = i.id AND c.attempt = i.attempt AND c.state = 'running'
-            RETURNING c.id, c.attempt, c.state
+            RETURNING c.id, c.attempt, c.state, c.started_at
         ), a AS (
             UPDATE podfn_attempts a
             SET state = 'succeeded', exit_code = 0, finished_at = clock_timestamp(),
+                started_at = coalesce(a.started_at, c.started_at),
                 peak_bytes = LEAST(GREATEST(i.peak_bytes, 0), 9007199254740991),
                 cpu_seconds = CASE WHEN i.cpu_seconds = i.cpu_seconds
                                    THEN LEAST(GREATEST(i.cpu_seconds, 0), 1e9) END,
