@@ -135,9 +135,11 @@ class RuntimeDatabase:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     def use_secret(self, secret: str) -> None:
-        """Sign from now on with `secret` (a warm worker's next attempt, worker.py)."""
-        with self._lock:
-            self._secret = secret
+        """Sign from now on with `secret` (a warm worker's next attempt, worker.py).
+        Not under the connection's lock: a statement signs with the secret it read
+        when it was made, and a warm worker's recorder thread may hold the lock for a
+        whole statement while the worker starts its next call."""
+        self._secret = secret
 
     def transition(self, name: str, **params: Any) -> dict[str, Any] | None:
         """Call one protocol function with this attempt's secret (unless `secret=` is
