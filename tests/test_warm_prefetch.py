@@ -50,8 +50,10 @@ def next_many(rt: Runtime, call_id: str, attempt: int, k: int,
 
 def succeed_many(rt: Runtime, done: list[tuple[str, str]], *,
                  starts: list[tuple[str, str]] = (),  # type: ignore[assignment]
+                 chain: tuple[str, str] | None = None,
                  next_hashes: list[str] | None = None) -> list[dict[str, Any]]:
-    """succeed_many of (call id, secret) pairs at attempt 1, with start marks."""
+    """succeed_many of (call id, secret) pairs at attempt 1, with start marks, and a
+    claim through `chain` (call id, secret) at attempt 1."""
     n = len(done)
     rdb = RuntimeDatabase(rt.url, "unused")
     try:
@@ -60,7 +62,9 @@ def succeed_many(rt: Runtime, done: list[tuple[str, str]], *,
                         results_json=[None] * n, stdouts=[""] * n, stderrs=[""] * n,
                         peak_bytes=[1] * n, cpu_seconds=[0.1] * n, wall_seconds=[0.1] * n,
                         start_ids=[i for i, _ in starts], start_attempts=[1] * len(starts),
-                        start_secrets=[s for _, s in starts], next_hashes=next_hashes)
+                        start_secrets=[s for _, s in starts],
+                        next_id=chain[0] if chain else None, next_attempt=1 if chain else None,
+                        next_secret=chain[1] if chain else None, next_hashes=next_hashes)
     finally:
         rdb.close()
 
@@ -83,20 +87,23 @@ def test_a_worker_claims_several_calls_each_with_its_own_secret(
     assert [r["id"] for r in rows] == rest and [r["ordinal"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["function"] is not None and all(r["function"] is None for r in rows[1:])
     found = attempts(db, rest)
-    # The first starts now; the others are held: their clocks do not run yet.
-    assert found[rest[0]]["started_at"] is not None
-    assert [found[i]["started_at"] for i in rest[1:]] == [None] * 3
+    # Held: no clock runs until the worker starts a call (a start mark).
+    assert [found[i]["started_at"] for i in rest] == [None] * 4
     assert {found[i]["worker"] for i in rest} == {f"{first}/1"}
-    # Only the last may hand on; every secret signs its own call only.
-    assert [found[i]["handed_on"] for i in rest] == [True, True, True, False]
+    # Only the first may hand on; every secret signs its own call only.
+    assert [found[i]["handed_on"] for i in rest] == [False, True, True, True]
     assert rt.call("succeed", rest[0], 1, secret=held[rest[1]], result=b"x", result_json=None,
                    stdout="", stderr="") is None
     recorded = succeed_many(rt, [(i, held[i]) for i in rest[:3]])
     assert [(r["kind"], r["id"]) for r in recorded] == [("succeeded", i) for i in rest[:3]]
     again, _ = next_many(rt, rest[2], 1, 4, secret=held[rest[2]])
     assert [r["verdict"] for r in again] == ["refused"], "a held call's secret never hands on"
-    last = succeed_many(rt, [(rest[3], held[rest[3]])], next_hashes=[_fresh(1)[0][1]])
+    last = succeed_many(rt, [(rest[3], held[rest[3]])], chain=(rest[0], held[rest[0]]),
+                        next_hashes=[_fresh(1)[0][1]])
     assert [(r["kind"], r["verdict"]) for r in last] == [("succeeded", None), ("next", "empty")]
+    # The outcomes came without start marks: each start is dated from its wall time.
+    found = attempts(db, rest)
+    assert all(found[i]["started_at"] is not None for i in rest)
 
 
 def test_a_claim_keeps_the_call_budget(db: Database, runtime_database_url: str) -> None:
@@ -171,7 +178,8 @@ def test_the_controller_follows_the_call_a_worker_started_not_the_ones_it_holds(
     name = f"{first}/1"
     query = {"workers": [name], "ids": [first], "attempts": [1]}
     [row] = db.all("worker_attempts", query)
-    assert (row["id"], row["busy"], row["holding"]) == (a, True, True)
+    assert (row["id"], row["busy"], row["holding"]) == (first, False, True), \
+        "holding calls, none started"
     time.sleep(0.3)  # the start mark must restart the clock: let some time pass first
     succeed_many(rt, [(a, held[a])], starts=[(b, held[b])])
     [row] = db.all("worker_attempts", query)

@@ -73,9 +73,9 @@ FROM podfn_runtime_v1.succeed_next(%(id)s, %(attempt)s, %(secret)s, %(result)s,
 
 -- name: next_many
 -- A warm worker: up to one call per secret hash of its pool, claimed at once
--- (migration 0012), in the order to run them (`ordinal`); the first is started,
--- the others held until `succeed_many` marks them started. The function payload
--- comes on the first row only.
+-- (migration 0012), in the order to run them (`ordinal`), held until
+-- `succeed_many` marks them started. The function payload comes on the first row
+-- only; only the first call's secret claims further.
 SELECT verdict, ordinal, id, attempt, function, function_digest, args, spec, client_python,
        client_cloudpickle, result_format
 FROM podfn_runtime_v1.next_many(%(id)s, %(attempt)s, %(secret)s, %(secret_hashes)s::text[]);
@@ -90,4 +90,4 @@ FROM podfn_runtime_v1.succeed_many(
     %(results_json)s::text[], %(stdouts)s::text[], %(stderrs)s::text[],
     %(peak_bytes)s::bigint[], %(cpu_seconds)s::float8[], %(wall_seconds)s::float8[],
     %(start_ids)s::text[], %(start_attempts)s::integer[], %(start_secrets)s::text[],
-    %(next_hashes)s::text[]);
+    %(next_id)s, %(next_attempt)s, %(next_secret)s, %(next_hashes)s::text[]);

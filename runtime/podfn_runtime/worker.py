@@ -246,20 +246,34 @@ class Recorder:
             self._raise()
 
     def claim(self, chain: Held, secret_hashes: list[str]) -> list[dict[str, Any]]:
-        """The next calls, claimed through `chain` (the call this worker ran last) once
-        every outcome before is written: `next_many`'s rows."""
+        """The next calls, claimed through `chain` (the first call of the worker's
+        latest claim, which has ended) once every outcome before is written:
+        `next_many`'s rows."""
         with self._cond:
             self._raise()
-            idle = not (self._starts or self._done or self._writing)
+            idle = not (self._starts or self._done or self._writing or self._claim)
         if idle:
             # Nothing to write first (an idle worker asking again): no hand-over to
             # the thread. Only this thread hands it work, so it stays idle meanwhile.
             return self._db.rows("next_many", id=chain.row["id"], attempt=chain.row["attempt"],
                                  secret=chain.secret, secret_hashes=secret_hashes)
+        self.ask(chain, secret_hashes)
+        return self.answer()
+
+    def ask(self, chain: Held, secret_hashes: list[str]) -> None:
+        """`claim`, without waiting for the answer (`answer`): the worker runs the
+        calls it still holds meanwhile."""
         with self._cond:
             self._raise()
             self._claim, self._answer = (chain, secret_hashes), None
             self._cond.notify_all()
+
+    def answered(self) -> bool:
+        with self._cond:
+            return self._answer is not None or self._error is not None
+
+    def answer(self) -> list[dict[str, Any]]:
+        with self._cond:
             while self._answer is None and self._error is None:
                 self._cond.wait()
             self._raise()
@@ -316,21 +330,19 @@ class Recorder:
         # two more row updates (succeed_many dates its start from its wall time).
         ended = {id(held) for held, _ in done}
         starts = [held for held in starts if id(held) not in ended]
-        chained = claim is not None and bool(done) and done[-1][0] is claim[0]
-        rows: list[dict[str, Any]] = []
         if starts or done:
-            rows = self._succeed_many(starts, done, claim[1] if chained and claim else None)
+            rows = self._succeed_many(starts, done, claim)
+            return [row for row in rows if row["kind"] == "next"]
         if claim is None:
             return []
-        if chained:
-            return [row for row in rows if row["kind"] == "next"]
         chain, secret_hashes = claim
         return self._db.rows("next_many", id=chain.row["id"], attempt=chain.row["attempt"],
                              secret=chain.secret, secret_hashes=secret_hashes)
 
     def _succeed_many(self, starts: list[Held], done: list[tuple[Held, Ran]],
-                      next_hashes: list[str] | None) -> list[dict[str, Any]]:
+                      claim: tuple[Held, list[str]] | None) -> list[dict[str, Any]]:
         outcomes = [ran.outcome for _, ran in done]
+        chain = claim[0] if claim else None
         rows = self._db.rows(
             "succeed_many",
             ids=[held.row["id"] for held, _ in done],
@@ -346,7 +358,10 @@ class Recorder:
             start_ids=[held.row["id"] for held in starts],
             start_attempts=[held.row["attempt"] for held in starts],
             start_secrets=[held.secret for held in starts],
-            next_hashes=next_hashes)
+            next_id=chain.row["id"] if chain else None,
+            next_attempt=chain.row["attempt"] if chain else None,
+            next_secret=chain.secret if chain else None,
+            next_hashes=claim[1] if claim else None)
         recorded = {(row["id"], row["attempt"]) for row in rows if row["kind"] == "succeeded"}
         for held, _ in done:
             key = (held.row["id"], held.row["attempt"])
@@ -376,11 +391,23 @@ class _Pipeline:
         held: deque[Held] = deque([first])
         idle_timeout = float(first.row["spec"].get("idle_timeout") or 60.0)
         idle_since = time.monotonic()
-        last = first
+        chain, batch = first, 1  # the first call of the latest claim hands on
+        asked: list[tuple[str, str]] | None = None  # secrets of a claim under way
+        stop: str | None = None  # a verdict that ends the worker once `held` is run
         while True:
             if not held:
-                verdict = self._claim(last, held)
-                if verdict == "empty":
+                if asked is not None:
+                    rows, fresh, asked = self._recorder.answer(), asked, None
+                elif stop is not None:
+                    log.info("warm worker exits: %s", _WHY.get(stop, stop))
+                    return EXIT_RECORDED
+                else:
+                    fresh = [_fresh_secret() for _ in range(PREFETCH)]
+                    rows = self._recorder.claim(chain, [h for _, h in fresh])
+                verdict = self._take(rows, fresh, held)
+                if verdict == "claimed":
+                    chain, batch = held[0], len(held)
+                elif verdict == "empty":
                     remaining = idle_timeout - (time.monotonic() - idle_since)
                     if remaining <= 0:
                         log.info("warm worker exits: idle for %g s (the `idle_timeout` hint)",
@@ -393,26 +420,38 @@ class _Pipeline:
                         continue
                     self._waker.wait(min(remaining, POLL_SECONDS))
                     continue
-                if verdict != "claimed":
+                else:
                     log.info("warm worker exits: %s", _WHY.get(verdict, verdict))
                     return EXIT_RECORDED
             current = held.popleft()
             self._run_one(current, first=current is first)
-            last = current
             idle_since = time.monotonic()
+            if asked is None and stop is None and held and len(held) <= batch // 2:
+                # Half of the claim is run: ask for the next calls now, so that they
+                # are here when these are done (the claim's first call, whose secret
+                # hands on, has ended).
+                asked = [_fresh_secret() for _ in range(PREFETCH)]
+                self._recorder.ask(chain, [h for _, h in asked])
+            elif asked is not None and held and self._recorder.answered():
+                rows, fresh, asked = self._recorder.answer(), asked, None
+                before = len(held)
+                verdict = self._take(rows, fresh, held)
+                if verdict == "claimed":
+                    chain, batch = held[before], len(held) - before
+                elif verdict != "empty":
+                    stop = verdict  # run what is held, then exit
 
-    def _claim(self, last: Held, held: deque[Held]) -> str:
-        """Ask for the next calls through `last`; the verdict (claimed calls go to `held`)."""
-        fresh = [_fresh_secret() for _ in range(PREFETCH)]
-        rows = self._recorder.claim(last, [secret_hash for _, secret_hash in fresh])
+    @staticmethod
+    def _take(rows: list[dict[str, Any]], fresh: list[tuple[str, str]],
+              held: deque[Held]) -> str:
+        """The verdict of a claim; the calls it claimed go to the end of `held`."""
         verdict = str(rows[0]["verdict"]) if rows else "refused"
         if verdict == "claimed":
             payload = rows[0]["function"]
             for row in rows:
                 if row["function"] is None:
                     row["function"] = payload  # one payload per pool: sent once
-                ordinal = int(row["ordinal"])
-                held.append(Held(row, fresh[ordinal - 1][0], started=ordinal == 1))
+                held.append(Held(row, fresh[int(row["ordinal"]) - 1][0], started=False))
         return verdict
 
     def _run_one(self, current: Held, *, first: bool) -> None:

@@ -8,20 +8,20 @@
 -- `next_many`: like `next`, but claims up to cardinality(p_secret_hashes)
 --    queued calls of the pool in one statement, each its own attempt with its
 --    own secret (the hash at the same position). The worker runs them in the
---    order returned (`ordinal`). Only the first is started now; the others
---    are *held*: running, but with podfn_attempts.started_at NULL until the
---    worker starts them (a start mark, below), so a call's `timeout` never
---    counts the time it waited behind another call of the same worker.
---    Only the last of them may hand on (claim the next calls through its
---    secret); the others are handed_on from the start, so a worker cannot
---    split into several. Fairness: a worker takes at most its share of the
+--    order returned (`ordinal`). They are *held*: running, but with
+--    started_at NULL until the worker starts them (a start mark, below), so a
+--    call's `timeout` never counts the time it waited behind another call of
+--    the same worker (the worker may claim its next calls before it has run
+--    all it holds). Only the first of them may hand on (claim the next calls
+--    through its secret, once it has ended); the others are handed_on from
+--    the start, so a worker cannot split into several. Fairness: a worker takes at most its share of the
 --    pool's queue (queued calls / the pool's busy workers, itself included),
 --    so it never hoards what an idle worker of the same pool could run.
 -- `succeed_many`: in one statement, marks the held calls the worker started
 --    (their clock starts: started_at), records several successes (each
 --    checked with its own attempt's secret, as `succeed`, usage included) and,
 --    with p_next_hashes, claims the worker's next calls through the secret of
---    the last outcome, as `next_many`. One NOTIFY podfn_warm per statement at
+--    p_next_id's attempt, as `next_many`. One NOTIFY podfn_warm per statement at
 --    most (the controller arms timeouts, or stops a worker that started a
 --    call cancelled while it was held).
 
@@ -127,18 +127,18 @@ BEGIN
     ), c AS (
         UPDATE podfn_calls c
         SET state = 'running', attempt = c.attempt + 1, launched_at = now_ts,
-            started_at = now_ts, not_before = NULL
+            started_at = NULL, not_before = NULL
         FROM p
         WHERE c.id = p.id AND c.state = 'queued'
         RETURNING p.n, c.id, c.attempt, c.function_digest, c.args, c.spec, c.client_python,
                   c.client_cloudpickle, c.result_format
     ), a AS (
-        -- The first call starts now; the others are held (started_at NULL) until the
-        -- worker marks them started. Only the last may hand on.
+        -- Held (started_at NULL) until the worker marks them started. Only the first
+        -- may hand on.
         INSERT INTO podfn_attempts (call_id, attempt, state, ref, worker, secret_hash,
                                     launched_at, started_at, handed_on)
-        SELECT c.id, c.attempt, 'running', cur.ref, w, p_secret_hashes[c.n], now_ts,
-               CASE WHEN c.n = 1 THEN now_ts END, c.n <> cardinality(picks)
+        SELECT c.id, c.attempt, 'running', cur.ref, w, p_secret_hashes[c.n], now_ts, NULL,
+               c.n <> 1
         FROM c
     )
     SELECT 'claimed', c.n, c.id, c.attempt, CASE WHEN c.n = 1 THEN pl.data END,
@@ -147,12 +147,10 @@ BEGIN
     FROM c JOIN podfn_payloads pl ON pl.digest = c.function_digest
     ORDER BY c.n;
     -- As podfn_next_call: wake the controller only when it has something to do
-    -- (arm the first call's timeout; size the pool when an idle worker woke up
-    -- to calls while more wait).
-    IF EXISTS (SELECT 1 FROM podfn_calls c
-               WHERE c.id = picks[1] AND jsonb_typeof(c.spec->'timeout') = 'number')
-       OR (NOT p_chained AND EXISTS (SELECT 1 FROM podfn_calls q
-                                     WHERE q.pool = cur.pool AND q.state = 'queued')) THEN
+    -- (size the pool when an idle worker woke up to calls while more wait; a
+    -- timeout is armed at the start mark, succeed_many).
+    IF NOT p_chained AND EXISTS (SELECT 1 FROM podfn_calls q
+                                 WHERE q.pool = cur.pool AND q.state = 'queued') THEN
         PERFORM pg_notify('podfn_warm', w);
     END IF;
 END $$;
@@ -173,13 +171,14 @@ $$;
 
 -- Rows back: one `succeeded` row per outcome recorded (an outcome that matched
 -- nothing, a stale attempt, has none), then with p_next_hashes the `next` rows
--- (next_many's, claimed through the last outcome's secret: it must have landed).
+-- (next_many's, claimed through p_next_id's attempt, whose outcome must have
+-- landed, in this statement or before).
 CREATE FUNCTION podfn_runtime_v1.succeed_many(
     p_ids text[], p_attempts integer[], p_secrets text[], p_results bytea[],
     p_results_json text[], p_stdouts text[], p_stderrs text[], p_peak_bytes bigint[],
     p_cpu_seconds float8[], p_wall_seconds float8[],
     p_start_ids text[], p_start_attempts integer[], p_start_secrets text[],
-    p_next_hashes text[])
+    p_next_id text, p_next_attempt integer, p_next_secret text, p_next_hashes text[])
 RETURNS TABLE (kind text, state text, verdict text, ordinal integer, id text, attempt integer,
                function bytea, function_digest text, args bytea, spec jsonb,
                client_python text, client_cloudpickle text, result_format text)
@@ -264,13 +263,13 @@ BEGIN
         attempt := r.attempt;
         RETURN NEXT;
     END LOOP;
-    IF p_next_hashes IS NOT NULL AND last > 0 THEN
+    IF p_next_hashes IS NOT NULL THEN
         RETURN QUERY
         SELECT 'next', NULL::text, n.verdict, n.ordinal, n.id, n.attempt, n.function,
                n.function_digest, n.args, n.spec, n.client_python, n.client_cloudpickle,
                n.result_format
-        FROM podfn_claim_calls(p_ids[last], p_attempts[last], p_secrets[last], p_next_hashes,
-                               true) n;
+        FROM podfn_claim_calls(p_next_id, p_next_attempt, p_next_secret, p_next_hashes,
+                               last > 0) n;
     END IF;
 END $$;
 
@@ -278,4 +277,4 @@ REVOKE ALL ON FUNCTION podfn_runtime_v1.next_many(text, integer, text, text[]) F
 REVOKE ALL ON FUNCTION podfn_runtime_v1.succeed_many(text[], integer[], text[], bytea[], text[],
                                                      text[], text[], bigint[], float8[],
                                                      float8[], text[], integer[], text[],
-                                                     text[]) FROM PUBLIC;
+                                                     text, integer, text, text[]) FROM PUBLIC;
