@@ -65,7 +65,7 @@ log = logging.getLogger("podfn.runtime")
 POLL_SECONDS = 1.0
 # Calls a warm worker claims at once (at most: `next_many` caps it at the worker's
 # share of its pool's queue and at its `max_calls_per_worker`).
-PREFETCH = 16
+PREFETCH = 32
 # How long the recorder waits for more outcomes before it writes what it has: a
 # call's result reaches its caller up to this much later, and a warm map writes
 # one statement for many calls instead of one per call.
