@@ -194,20 +194,25 @@ def _size(ran: Ran) -> int:
 
 
 class Recorder:
-    """Writes a warm worker's start marks and successes on a thread of its own, as many
-    as have piled up per statement (`succeed_many`, migration 0012), while the worker
-    runs its next call; and claims the worker's next calls in the statement that
-    records the last one it held.
+    """Writes a warm worker's outcomes on a thread of its own, as many as have piled up
+    per statement (`succeed_many`, migration 0012), while the worker runs its next
+    call; marks the start of a call once it has run for LINGER_SECONDS (a shorter
+    call needs no mark: its outcome dates its start); and claims the worker's next
+    calls in the statement that records what is pending.
 
-    Order is kept: marks and outcomes go out in the order the worker made them, and
-    a claim only after every outcome before it. An error of the thread (the database
-    gone for the whole retry budget) is raised in the worker at its next call here."""
+    A claim goes out only after every outcome handed over before it. When nothing
+    is pending, the worker writes its last outcome and claim itself (`finish`): no
+    hand-over to this thread for a call at a time. An error of the thread (the
+    database gone for the whole retry budget) is raised in the worker at its next
+    call here."""
 
     def __init__(self, db: RuntimeDatabase) -> None:
         self._db = db
         self._cond = threading.Condition()
-        self._starts: list[Held] = []
+        self._running: Held | None = None  # the call running now, not yet marked
+        self._running_since = 0.0
         self._done: list[tuple[Held, Ran]] = []
+        self._done_since = 0.0
         self._pending_bytes = 0
         self._claim: tuple[Held, list[str]] | None = None
         self._answer: list[dict[str, Any]] | None = None
@@ -221,15 +226,20 @@ class Recorder:
             raise self._error
 
     def start(self, held: Held) -> None:
-        """`held` starts now: its `timeout` runs from the mark."""
+        """`held` starts now; if it runs for LINGER_SECONDS it gets a start mark, from
+        which its `timeout` runs (a cancel then stops the worker too)."""
         with self._cond:
             self._raise()
-            self._starts.append(held)
+            self._running, self._running_since = held, time.monotonic()
             self._cond.notify_all()
 
     def succeeded(self, held: Held, ran: Ran) -> None:
         with self._cond:
             self._raise()
+            if self._running is held:
+                self._running = None
+            if not self._done:
+                self._done_since = time.monotonic()
             self._done.append((held, ran))
             self._pending_bytes += _size(ran)
             self._cond.notify_all()
@@ -237,11 +247,31 @@ class Recorder:
                 self._cond.wait()
             self._raise()
 
-    def drain(self) -> None:
-        """Until everything handed over is written."""
+    def ended(self, held: Held) -> None:
+        """`held` ended and the worker records it itself (a failure): no mark."""
         with self._cond:
-            while (self._starts or self._done or self._claim or self._writing) \
-                    and self._error is None:
+            if self._running is held:
+                self._running = None
+
+    def finish(self, held: Held, ran: Ran, chain: Held,
+               secret_hashes: list[str]) -> list[dict[str, Any]]:
+        """`succeeded`, then `claim`: in one statement, written by the caller itself
+        when nothing else is pending."""
+        with self._cond:
+            self._raise()
+            direct = not (self._done or self._writing or self._claim)
+            if direct and self._running is held:
+                self._running = None  # not marked: the outcome goes now
+        if not direct:
+            self.succeeded(held, ran)
+            return self.claim(chain, secret_hashes)
+        rows = self._succeed_many([], [(held, ran)], (chain, secret_hashes))
+        return [row for row in rows if row["kind"] == "next"]
+
+    def drain(self) -> None:
+        """Until every outcome (and claim) handed over is written."""
+        with self._cond:
+            while (self._done or self._claim or self._writing) and self._error is None:
                 self._cond.wait()
             self._raise()
 
@@ -251,7 +281,7 @@ class Recorder:
         `next_many`'s rows."""
         with self._cond:
             self._raise()
-            idle = not (self._starts or self._done or self._writing or self._claim)
+            idle = not (self._done or self._writing or self._claim)
         if idle:
             # Nothing to write first (an idle worker asking again): no hand-over to
             # the thread. Only this thread hands it work, so it stays idle meanwhile.
@@ -288,24 +318,39 @@ class Recorder:
             self._cond.notify_all()
         self._thread.join()
 
+    def _due(self, now: float) -> float | None:
+        """Under the lock: 0 when there is something to write now, else how long
+        until there is (None: nothing pending)."""
+        waits = []
+        if self._claim is not None or (self._closing and self._done):
+            return 0.0
+        if self._done:
+            if len(self._done) >= PREFETCH:
+                return 0.0
+            waits.append(self._done_since + LINGER_SECONDS - now)
+        if self._running is not None and not self._closing:
+            waits.append(self._running_since + LINGER_SECONDS - now)
+        if not waits:
+            return None
+        return max(0.0, min(waits))
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._starts or self._done or self._claim or self._closing):
-                    self._cond.wait()
-                # Linger a little for the worker's next outcomes: one statement for
-                # several calls is the point. A claim (the worker has nothing left to
-                # run) or closing goes at once.
-                until = time.monotonic() + LINGER_SECONDS
-                while not (self._claim or self._closing) and len(self._done) < PREFETCH:
-                    left = until - time.monotonic()
-                    if left <= 0:
+                while True:
+                    due = self._due(time.monotonic())
+                    if due == 0.0:
                         break
-                    self._cond.wait(left)
-                if not (self._starts or self._done or self._claim):
-                    return
-                starts, done, claim = self._starts, self._done, self._claim
-                self._starts, self._done, self._claim = [], [], None
+                    if due is None and self._closing:
+                        return
+                    self._cond.wait(due)
+                now = time.monotonic()
+                starts: list[Held] = []
+                if self._running is not None and \
+                        now >= self._running_since + LINGER_SECONDS and not self._closing:
+                    starts, self._running = [self._running], None
+                done, claim = self._done, self._claim
+                self._done, self._claim = [], None
                 self._writing = True
             answer: list[dict[str, Any]] | None = None
             error: BaseException | None = None
@@ -326,10 +371,6 @@ class Recorder:
 
     def _write(self, starts: list[Held], done: list[tuple[Held, Ran]],
                claim: tuple[Held, list[str]] | None) -> list[dict[str, Any]]:
-        # A call whose outcome is here is no longer running: its mark would only be
-        # two more row updates (succeed_many dates its start from its wall time).
-        ended = {id(held) for held, _ in done}
-        starts = [held for held in starts if id(held) not in ended]
         if starts or done:
             rows = self._succeed_many(starts, done, claim)
             return [row for row in rows if row["kind"] == "next"]
@@ -394,9 +435,12 @@ class _Pipeline:
         chain, batch = first, 1  # the first call of the latest claim hands on
         asked: list[tuple[str, str]] | None = None  # secrets of a claim under way
         stop: str | None = None  # a verdict that ends the worker once `held` is run
+        ready: tuple[list[dict[str, Any]], list[tuple[str, str]]] | None = None
         while True:
             if not held:
-                if asked is not None:
+                if ready is not None:
+                    (rows, fresh), ready = ready, None
+                elif asked is not None:
                     rows, fresh, asked = self._recorder.answer(), asked, None
                 elif stop is not None:
                     log.info("warm worker exits: %s", _WHY.get(stop, stop))
@@ -424,8 +468,17 @@ class _Pipeline:
                     log.info("warm worker exits: %s", _WHY.get(verdict, verdict))
                     return EXIT_RECORDED
             current = held.popleft()
-            self._run_one(current, first=current is first)
+            ran = self._run_one(current, first=current is first)
             idle_since = time.monotonic()
+            if ran is not None:
+                if not held and asked is None and stop is None:
+                    # The last call held: its outcome and the next claim in one
+                    # statement (the claim's answer is taken above).
+                    fresh = [_fresh_secret() for _ in range(PREFETCH)]
+                    ready = (self._recorder.finish(current, ran, chain,
+                                                   [h for _, h in fresh]), fresh)
+                else:
+                    self._recorder.succeeded(current, ran)
             if asked is None and stop is None and held and len(held) <= batch // 2:
                 # Half of the claim is run: ask for the next calls now, so that they
                 # are here when these are done (the claim's first call, whose secret
@@ -454,7 +507,9 @@ class _Pipeline:
                 held.append(Held(row, fresh[int(row["ordinal"]) - 1][0], started=False))
         return verdict
 
-    def _run_one(self, current: Held, *, first: bool) -> None:
+    def _run_one(self, current: Held, *, first: bool) -> Ran | None:
+        """Run `current`; a success is returned for the caller to record, a failure is
+        recorded here (after every outcome before it)."""
         if not current.started:
             self._recorder.start(current)
         row = current.row
@@ -465,12 +520,12 @@ class _Pipeline:
         if first:
             for name in _FIRST_ATTEMPT_ONLY:
                 os.environ.pop(name, None)
-        if isinstance(ran.outcome, Failure):
-            self._recorder.drain()  # the outcomes before it first, in order
-            log_recorded(row["id"], row["attempt"],
-                         record_failure(self._db, ran, ran.outcome))
-        else:
-            self._recorder.succeeded(current, ran)
+        if not isinstance(ran.outcome, Failure):
+            return ran
+        self._recorder.ended(current)
+        self._recorder.drain()  # the outcomes before it first, in order
+        log_recorded(row["id"], row["attempt"], record_failure(self._db, ran, ran.outcome))
+        return None
 
 
 _WHY = {
