@@ -64,7 +64,9 @@ log = logging.getLogger("podfn.runtime")
 # The longest an idle worker waits before asking Postgres again, NOTIFY or not.
 POLL_SECONDS = 1.0
 # Calls a warm worker claims at once (at most: `next_many` caps it at the worker's
-# share of its pool's queue and at its `max_calls_per_worker`).
+# share of its pool's queue and at its `max_calls_per_worker`). It asks for twice
+# what its last claim brought, from 2 up to PREFETCH: a worker serving one call
+# at a time makes (and Postgres checks) two secrets per claim, not 32.
 PREFETCH = 32
 # How long the recorder waits for more outcomes before it writes what it has: a
 # call's result reaches its caller up to this much later, and a warm map writes
@@ -436,6 +438,7 @@ class _Pipeline:
         asked: list[tuple[str, str]] | None = None  # secrets of a claim under way
         stop: str | None = None  # a verdict that ends the worker once `held` is run
         ready: tuple[list[dict[str, Any]], list[tuple[str, str]]] | None = None
+        want = 2  # secrets per claim (PREFETCH at most)
         while True:
             if not held:
                 if ready is not None:
@@ -446,11 +449,12 @@ class _Pipeline:
                     log.info("warm worker exits: %s", _WHY.get(stop, stop))
                     return EXIT_RECORDED
                 else:
-                    fresh = [_fresh_secret() for _ in range(PREFETCH)]
+                    fresh = [_fresh_secret() for _ in range(want)]
                     rows = self._recorder.claim(chain, [h for _, h in fresh])
                 verdict = self._take(rows, fresh, held)
                 if verdict == "claimed":
                     chain, batch = held[0], len(held)
+                    want = min(PREFETCH, max(2, 2 * batch))
                 elif verdict == "empty":
                     remaining = idle_timeout - (time.monotonic() - idle_since)
                     if remaining <= 0:
@@ -474,7 +478,7 @@ class _Pipeline:
                 if not held and asked is None and stop is None:
                     # The last call held: its outcome and the next claim in one
                     # statement (the claim's answer is taken above).
-                    fresh = [_fresh_secret() for _ in range(PREFETCH)]
+                    fresh = [_fresh_secret() for _ in range(want)]
                     ready = (self._recorder.finish(current, ran, chain,
                                                    [h for _, h in fresh]), fresh)
                 else:
@@ -483,7 +487,7 @@ class _Pipeline:
                 # Half of the claim is run: ask for the next calls now, so that they
                 # are here when these are done (the claim's first call, whose secret
                 # hands on, has ended).
-                asked = [_fresh_secret() for _ in range(PREFETCH)]
+                asked = [_fresh_secret() for _ in range(want)]
                 self._recorder.ask(chain, [h for _, h in asked])
             elif asked is not None and held and self._recorder.answered():
                 rows, fresh, asked = self._recorder.answer(), asked, None
@@ -491,6 +495,7 @@ class _Pipeline:
                 verdict = self._take(rows, fresh, held)
                 if verdict == "claimed":
                     chain, batch = held[before], len(held) - before
+                    want = min(PREFETCH, max(2, 2 * batch))
                 elif verdict != "empty":
                     stop = verdict  # run what is held, then exit
 

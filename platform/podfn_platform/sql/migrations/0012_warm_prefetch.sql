@@ -82,15 +82,19 @@ BEGIN
         END IF;
         want := least(want, budget - served);
     END IF;
-    IF want > 1 THEN
+    SELECT count(*) INTO queued FROM (
+        SELECT 1 FROM podfn_calls c
+        WHERE c.pool = cur.pool AND c.state = 'queued'
+          AND (c.not_before IS NULL OR c.not_before <= now_ts)
+        LIMIT want * 64) q;
+    IF queued = 0 THEN
+        verdict := 'empty';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF want > 1 AND queued > 1 THEN
         -- Its share of the queue: what is queued over the pool's busy workers (this
-        -- one included), at least one call.
-        SELECT count(*) INTO queued FROM (
-            SELECT 1 FROM podfn_calls c
-            WHERE c.pool = cur.pool AND c.state = 'queued'
-              AND (c.not_before IS NULL OR c.not_before <= now_ts)
-            LIMIT want * 64) q;
-        -- (A worker's first call, launched by the controller, names no worker.)
+        -- one included), at least one call. (A worker's first call, launched by the controller, names no worker.)
         SELECT count(DISTINCT coalesce(a.worker, a.call_id || '/' || a.attempt)) INTO busy
         FROM podfn_calls c JOIN podfn_attempts a ON a.call_id = c.id AND a.attempt = c.attempt
         WHERE c.pool = cur.pool AND c.state IN ('launching', 'running')
