@@ -259,3 +259,19 @@ def pid_of(i: int) -> int:
 def test_a_map_keeps_the_call_budget_of_each_worker(one_worker: Platform) -> None:
     pids = list(pid_of.map(range(10)))
     assert max(pids.count(p) for p in pids) <= 3 and len(set(pids)) >= 4
+
+
+@remote(max_calls_per_worker=None, idle_timeout=20, retries=0)
+def fragile(mode: str) -> int:
+    if mode == "crash":
+        os._exit(3)  # the whole worker dies, with calls it holds
+    return os.getpid()
+
+
+def test_a_call_that_kills_its_worker_fails_alone(one_worker: Platform) -> None:
+    fragile.remote("ok")
+    outcome = list(fragile.map(["ok", "crash", "ok"], return_exceptions=True))
+    assert isinstance(outcome[0], int) and isinstance(outcome[2], int), outcome
+    assert isinstance(outcome[1], Exception) and "code 3" in str(outcome[1]), outcome
+    rows = one_worker.db.all("list_calls", {"state": None, "function": None, "limit": 10})
+    assert sorted(r["state"] for r in rows) == ["failed"] + ["succeeded"] * 3
