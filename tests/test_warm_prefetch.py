@@ -275,3 +275,5 @@ def test_a_call_that_kills_its_worker_fails_alone(one_worker: Platform) -> None:
     assert isinstance(outcome[1], Exception) and "code 3" in str(outcome[1]), outcome
     rows = one_worker.db.all("list_calls", {"state": None, "function": None, "limit": 10})
     assert sorted(r["state"] for r in rows) == ["failed"] + ["succeeded"] * 3
+    crashed = next(r for r in rows if r["state"] == "failed")
+    assert "code 3" in (crashed["reason"] or ""), "its own exit, not a disruption"

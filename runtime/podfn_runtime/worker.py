@@ -235,6 +235,19 @@ class Recorder:
             self._running, self._running_since = held, time.monotonic()
             self._cond.notify_all()
 
+    def start_now(self, held: Held) -> None:
+        """`start`, with the mark written (and every outcome before it) before this
+        returns: for a call tried before, so that if it kills the worker again, at
+        once, the exit is known to be its own (not one of the calls held with it)."""
+        with self._cond:
+            self._raise()
+            self._running, self._running_since = held, time.monotonic() - LINGER_SECONDS
+            self._cond.notify_all()
+            while (self._running is held or self._done or self._writing) \
+                    and self._error is None:
+                self._cond.wait()
+            self._raise()
+
     def succeeded(self, held: Held, ran: Ran) -> None:
         with self._cond:
             self._raise()
@@ -515,7 +528,9 @@ class _Pipeline:
     def _run_one(self, current: Held, *, first: bool) -> Ran | None:
         """Run `current`; a success is returned for the caller to record, a failure is
         recorded here (after every outcome before it)."""
-        if not current.started:
+        if not current.started and current.row["attempt"] > 1:
+            self._recorder.start_now(current)  # tried before: it may be what kills us
+        elif not current.started:
             self._recorder.start(current)
         row = current.row
         self._db.use_secret(current.secret)  # output and items of this call
