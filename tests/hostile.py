@@ -56,6 +56,16 @@ def _protocol(url: str, function: str, call_id: str, attempt: int, secret: str) 
         # Migration 0011: usage, succeed and next in one round trip.
         "succeed_next": "SELECT state FROM podfn_runtime_v1.succeed_next(%s, %s, %s, 'pwned', "
                         "NULL, '', '', 666, 666, 666, repeat('0', 64))",
+        # Migration 0012: a warm worker's batched claims, marks and outcomes.
+        "next_many": "SELECT id FROM podfn_runtime_v1.next_many(%s, %s, %s, "
+                     "ARRAY[repeat('0', 64)]) WHERE verdict = 'claimed'",
+        "succeed_many": "WITH p(i, a, s) AS (SELECT %s::text, %s::int, %s::text) "
+                        "SELECT f.state FROM p, podfn_runtime_v1.succeed_many("
+                        "ARRAY[p.i], ARRAY[p.a], ARRAY[p.s], ARRAY['pwned'::bytea], "
+                        "ARRAY[NULL::text], ARRAY[''], ARRAY[''], ARRAY[666::bigint], "
+                        "ARRAY[666::float8], ARRAY[666::float8], ARRAY[p.i], ARRAY[p.a], "
+                        "ARRAY[p.s], ARRAY[repeat('0', 64)]) f "
+                        "WHERE f.kind = 'succeeded' OR f.verdict = 'claimed'",
     }
     return _sql(url, statements[function], (call_id, attempt, secret))
 
@@ -91,7 +101,8 @@ def attack(victim_id: str, forbidden: list[str]) -> dict[str, str]:
                "finished_at timestamptz)")
     # 2. The runtime protocol with another call's id, a stale attempt, a wrong secret.
     for function in ("claim", "succeed", "fail", "usage", "record", "claimed",
-                     "append_output", "yield_item", "succeed_next"):
+                     "append_output", "yield_item", "succeed_next", "next_many",
+                     "succeed_many"):
         tried[f"{function} another call with my secret"] = _protocol(
             url, function, victim_id, 1, secret)
         tried[f"{function} my call at a stale attempt"] = _protocol(
@@ -132,7 +143,7 @@ def replay(leaked: dict[str, Any]) -> dict[str, str]:
     return {f"{function} with a spent secret": _protocol(url, function, leaked["call_id"],
                                                          leaked["attempt"], leaked["secret"])
             for function in ("claim", "succeed", "fail", "usage", "claimed",
-                             "append_output", "yield_item", "succeed_next")}
+                             "append_output", "yield_item", "succeed_next", "succeed_many")}
 
 
 @remote

@@ -86,9 +86,10 @@ def test_runtime_role_may_execute_only_the_protocol(database_url: str, db_roles:
     """, (list(SYSTEM_SCHEMAS), db_roles.runtime))
     assert [name for (name,) in executable] == [
         f"{PROTOCOL}.append_output", f"{PROTOCOL}.attempt_holds", f"{PROTOCOL}.claim",
-        f"{PROTOCOL}.claimed", f"{PROTOCOL}.fail", f"{PROTOCOL}.next", f"{PROTOCOL}.next_standing",
-        f"{PROTOCOL}.record", f"{PROTOCOL}.succeed", f"{PROTOCOL}.succeed_next",
-        f"{PROTOCOL}.usage", f"{PROTOCOL}.yield_item"]
+        f"{PROTOCOL}.claimed", f"{PROTOCOL}.fail", f"{PROTOCOL}.next", f"{PROTOCOL}.next_many",
+        f"{PROTOCOL}.next_standing", f"{PROTOCOL}.record", f"{PROTOCOL}.succeed",
+        f"{PROTOCOL}.succeed_many", f"{PROTOCOL}.succeed_next", f"{PROTOCOL}.usage",
+        f"{PROTOCOL}.yield_item"]
 
 
 def test_protocol_functions_are_pinned_security_definers_not_granted_to_public(
@@ -98,7 +99,7 @@ def test_protocol_functions_are_pinned_security_definers_not_granted_to_public(
         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
         WHERE n.nspname = %s
     """, (PROTOCOL,))
-    assert len(found) == 12
+    assert len(found) == 14
     for name, secdef, config, acl in found:
         assert secdef, f"{name} is not SECURITY DEFINER"
         assert config == ["search_path=pg_catalog, public, pg_temp"], name

@@ -226,41 +226,105 @@ def stop_tee() -> None:
         tee.close()
 
 
-class _Reader:
-    """One thread reading what the tee hands back, for the sink."""
+class _Capture:
+    """One capture's pipes back from the tee, as the reader sees them."""
 
     def __init__(self, redirects: list[_Redirect], sink: Sink) -> None:
-        self._redirects = redirects
-        self._sink = sink
+        self.redirects = redirects
+        self.sink = sink
+        self.open = len(redirects)
+        self.done = threading.Event()
+
+
+class _Reader:
+    """One thread, kept for the runtime's life, reading what the tee hands back for
+    every capture (a warm worker captures once per call: a thread started and joined
+    per call cost more than a trivial call). A capture's pipes are added through a
+    wake-up pipe; its `done` is set once the tee closed them all."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._wake_read, self._wake_write = os.pipe()
+        self._lock = threading.Lock()
+        self._added: list[_Capture] = []
+        self._dropped: list[_Capture] = []
         self._thread = start_thread(self._run, "podfn-capture")
+
+    def add(self, capture: _Capture) -> None:
+        with self._lock:
+            self._added.append(capture)
+        os.write(self._wake_write, b"+")
+
+    def drop(self, capture: _Capture) -> None:
+        """Stop reading `capture` (a writer we could not kill keeps its pipe open)."""
+        with self._lock:
+            self._dropped.append(capture)
+        os.write(self._wake_write, b"-")
 
     def _run(self) -> None:
         with selectors.DefaultSelector() as selector:
-            for redirect in self._redirects:
-                selector.register(redirect.back, selectors.EVENT_READ, redirect)
-            open_pipes = len(self._redirects)
-            while open_pipes:
+            selector.register(self._wake_read, selectors.EVENT_READ, None)
+            while True:
                 for key, _ in selector.select():
-                    redirect = key.data
-                    try:
-                        data = os.read(redirect.back, _READ_SIZE)
-                    except InterruptedError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if not data:
-                        selector.unregister(redirect.back)
-                        open_pipes -= 1
-                        tail = redirect.decoder.decode(b"", final=True)
-                        if tail:
-                            self._sink.add(redirect.stream, tail)
-                        continue
-                    text = redirect.decoder.decode(data)
-                    if text:
-                        self._sink.add(redirect.stream, text.replace("\x00", "\ufffd"))
+                    if key.data is None:
+                        self._changes(selector)
+                    else:
+                        self._read(selector, *key.data)
 
-    def join(self) -> None:
-        self._thread.join(_DRAIN_SECONDS)
+    def _changes(self, selector: selectors.BaseSelector) -> None:
+        with contextlib.suppress(InterruptedError, BlockingIOError):
+            os.read(self._wake_read, 4096)
+        with self._lock:
+            added, self._added = self._added, []
+            dropped, self._dropped = self._dropped, []
+        for capture in added:
+            for redirect in capture.redirects:
+                selector.register(redirect.back, selectors.EVENT_READ, (capture, redirect))
+        for capture in dropped:
+            for redirect in capture.redirects:
+                if redirect.back >= 0:
+                    selector.unregister(redirect.back)
+                    self._close(redirect)
+            capture.done.set()
+
+    @staticmethod
+    def _close(redirect: _Redirect) -> None:
+        with contextlib.suppress(OSError):
+            os.close(redirect.back)
+        redirect.back = -1
+
+    def _read(self, selector: selectors.BaseSelector, capture: _Capture,
+              redirect: _Redirect) -> None:
+        try:
+            data = os.read(redirect.back, _READ_SIZE)
+        except InterruptedError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            selector.unregister(redirect.back)
+            self._close(redirect)
+            tail = redirect.decoder.decode(b"", final=True)
+            if tail:
+                capture.sink.add(redirect.stream, tail)
+            capture.open -= 1
+            if not capture.open:
+                capture.done.set()
+            return
+        text = redirect.decoder.decode(data)
+        if text:
+            capture.sink.add(redirect.stream, text.replace("\x00", "\ufffd"))
+
+
+_reader: _Reader | None = None
+
+
+def _the_reader() -> _Reader:
+    """The reader thread (a new one in a forked child: threads do not survive a fork)."""
+    global _reader
+    if _reader is None or _reader.pid != os.getpid():
+        _reader = _Reader()
+    return _reader
 
 
 def _flush_python_streams() -> None:
@@ -290,17 +354,20 @@ def capture_fds(sink: Sink) -> Iterator[None]:
         for r in redirects:
             os.close(r.into_tee)
             os.close(r.back_write)
-    reader = _Reader(redirects, sink)
+    capture = _Capture(redirects, sink)
+    reader = _the_reader()
+    reader.add(capture)
     try:
         yield
     finally:
         _flush_python_streams()
         for redirect in redirects:
             redirect.restore()
-        reader.join()  # the tee lets go of a pipe when its last writer (we killed the rest) is gone
+        # The tee lets go of a pipe when its last writer (we killed the rest) is gone.
+        if not capture.done.wait(_DRAIN_SECONDS):
+            reader.drop(capture)
+            capture.done.wait()
         for redirect in redirects:
-            with contextlib.suppress(OSError):
-                os.close(redirect.back)
             os.close(redirect.original)
         for stream in reconfigured:
             with contextlib.suppress(Exception):

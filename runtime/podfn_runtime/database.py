@@ -66,7 +66,7 @@ _LANDED = {
 # claimed call's arguments arrive as their bytes, not as hex text twice their size
 # (a raw 100 MB SELECT: 3x faster; 1 MB: 5x). The other statements return a few
 # small columns, which gain nothing from it.
-_PAYLOAD_READS = frozenset({"claim", "claimed", "next"})
+_PAYLOAD_READS = frozenset({"claim", "claimed", "next", "next_many", "succeed_many"})
 
 
 class RuntimeDatabaseError(Exception):
@@ -135,9 +135,11 @@ class RuntimeDatabase:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     def use_secret(self, secret: str) -> None:
-        """Sign from now on with `secret` (a warm worker's next attempt, worker.py)."""
-        with self._lock:
-            self._secret = secret
+        """Sign from now on with `secret` (a warm worker's next attempt, worker.py).
+        Not under the connection's lock: a statement signs with the secret it read
+        when it was made, and a warm worker's recorder thread may hold the lock for a
+        whole statement while the worker starts its next call."""
+        self._secret = secret
 
     def transition(self, name: str, **params: Any) -> dict[str, Any] | None:
         """Call one protocol function with this attempt's secret (unless `secret=` is
@@ -164,6 +166,42 @@ class RuntimeDatabase:
 
         result: dict[str, Any] | None = self._retrying(run, name, retry=retry)
         return result
+
+    def rows(self, name: str, **params: Any) -> list[dict[str, Any]]:
+        """Call a protocol function that answers several rows (a warm worker's
+        `next_many`, `succeed_many`), retried like `transition`. After a lost reply to
+        `succeed_many`, each outcome missing from the answer is looked up with `record`
+        (its secret is in `secrets`), so one that had landed is not taken for stale."""
+
+        def run(tries: int) -> list[dict[str, Any]]:
+            assert self._conn is not None
+            params.setdefault("secret", self._secret)
+            found = self._conn.execute(self._queries[name], params,
+                                       binary=name in _PAYLOAD_READS).fetchall()
+            if tries > 1 and name == "succeed_many":
+                found += self._landed_many(params, found)
+            return found
+
+        result: list[dict[str, Any]] = self._retrying(run, name)
+        return result
+
+    def _landed_many(self, params: dict[str, Any],
+                     found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        assert self._conn is not None
+        seen = {(row["id"], row["attempt"]) for row in found if row["kind"] == "succeeded"}
+        landed = []
+        for call_id, attempt, secret in zip(params["ids"], params["attempts"],
+                                            params["secrets"], strict=True):
+            if (call_id, attempt) in seen:
+                continue
+            record = self._conn.execute(self._queries["record"], {
+                "id": call_id, "attempt": attempt, "secret": secret}).fetchone()
+            if record is not None and record["attempt_state"] == "succeeded":
+                log.info("the outcome of call %s attempt %s had landed before the connection "
+                         "was lost", call_id, attempt)
+                landed.append({"kind": "succeeded", "id": call_id, "attempt": attempt,
+                               "state": record["call_state"]})
+        return landed
 
     def _landed(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """After a lost reply: what the transition returned, if it did land for this attempt."""

@@ -153,10 +153,12 @@ class Result:
 
 def execute(function: bytes, args: bytes, spec: dict[str, Any],
             result_format: str = "pickle",
-            on_item: items.OnItem | None = None) -> Result | Failure:
-    """Load and run the call; its result (pickled, or JSON for HTTP invokes), or why it failed."""
+            on_item: items.OnItem | None = None,
+            load: Callable[[bytes], Any] = cloudpickle.loads) -> Result | Failure:
+    """Load and run the call; its result (pickled, or JSON for HTTP invokes), or why it failed.
+    `load` unpickles the function (a warm worker's FunctionCache loads it once)."""
     try:
-        fn = cloudpickle.loads(function)
+        fn = load(function)
         call_args, call_kwargs = cloudpickle.loads(args)
     except Exception as exc:
         reason = f"could not load the function or its arguments: {type(exc).__name__}: {exc}"
@@ -243,19 +245,64 @@ def run_claimed(db: RuntimeDatabase, claimed: dict[str, Any],
     return run_then_next(db, claimed, max_result_bytes, None)[0]
 
 
-def run_then_next(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int,
-                  next_secret_hash: str | None) -> tuple[int, dict[str, Any] | None]:
-    """`run_claimed`; with `next_secret_hash` (a warm worker), a success is recorded and
-    the pool's next call asked for in the same round trip (`succeed_next`, migration
-    0011). The exit code, and `next`'s answer when there was one (None: ask again)."""
+class FunctionCache:
+    """A warm worker's function, checked against its digest and unpickled once.
+
+    Every call of a pool has the same payload (the pool key includes its digest),
+    so hashing and unpickling it per call was pure cost. The loaded function is
+    reused from call to call, like the modules it imported: state it keeps in its
+    own globals stays with the worker (docs/warm-workers.md, the isolation
+    trade-off)."""
+
+    def __init__(self) -> None:
+        self._payload: bytes | None = None
+        self._digest: str | None = None
+        self._loaded: list[Any] = []
+
+    def verified(self, payload: bytes, digest: str) -> bool:
+        """Whether `payload` hashes to `digest` (hashed once per distinct payload)."""
+        if digest == self._digest and (payload is self._payload or payload == self._payload):
+            return True
+        if hashlib.sha256(payload).hexdigest() != digest:
+            return False
+        self._payload, self._digest, self._loaded = payload, digest, []
+        return True
+
+    def load(self, payload: bytes) -> Any:
+        if payload is not self._payload and payload != self._payload:
+            return cloudpickle.loads(payload)
+        if not self._loaded:
+            self._loaded.append(cloudpickle.loads(payload))
+        return self._loaded[0]
+
+
+@dataclass
+class Ran:
+    """A call that ran, its outcome not recorded yet."""
+
+    claimed: dict[str, Any]
+    outcome: Result | Failure
+    columns: dict[str, str]
+    used: usage.Usage
+
+
+def run_only(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int,
+             functions: FunctionCache | None = None) -> Ran:
+    """Run a call this runtime holds, with its output captured and stored as it goes;
+    the outcome is for the caller to record (a warm worker records several at once)."""
     call_id, attempt = claimed["id"], claimed["attempt"]
-    log.info("running call %s attempt %d", call_id, attempt)
+    log.debug("running call %s attempt %d", call_id, attempt)
     meter = usage.Meter()
     mismatch = version_mismatch(claimed["client_python"], claimed["client_cloudpickle"])
     output = Output()
-    digest = hashlib.sha256(claimed["function"]).hexdigest()
-    if digest != claimed["function_digest"]:
-        why = (f"the function payload does not match its digest ({digest} is not "
+    function = claimed["function"]
+    if functions is not None:
+        verified = functions.verified(function, claimed["function_digest"])
+    else:
+        verified = hashlib.sha256(function).hexdigest() == claimed["function_digest"]
+    if not verified:
+        why = (f"the function payload does not match its digest "
+               f"({hashlib.sha256(function).hexdigest()} is not "
                f"{claimed['function_digest']}); it was not loaded")
         outcome: Result | Failure = Failure(why, False, "PayloadDigestMismatch", why, "", None)
     elif mismatch:
@@ -263,11 +310,12 @@ def run_then_next(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes
     else:
         writer = OutputWriter(db, call_id, attempt, output)
         on_item = items.ItemWriter(db, call_id, attempt, max_result_bytes)
+        load = functions.load if functions is not None else cloudpickle.loads
         with capture_fds(output), writer.periodically(), \
                 termination.recording(_on_sigterm(writer)):
             try:
-                outcome = execute(claimed["function"], claimed["args"], claimed["spec"],
-                                  claimed["result_format"], on_item)
+                outcome = execute(function, claimed["args"], claimed["spec"],
+                                  claimed["result_format"], on_item, load)
             finally:
                 # The call is over: what it started must not outlive it (or see its
                 # result written), nor keep the captured descriptors open.
@@ -278,36 +326,60 @@ def run_then_next(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes
     # keep each stream's tail (output.py).
     columns = ({"stdout": output.stdout, "stderr": output.stderr} if output.capped
                else {"stdout": "", "stderr": ""})
-    handed: dict[str, Any] | None = None
-    if isinstance(outcome, Failure):
-        usage.report(db, meter, call_id, attempt)  # before the outcome spends the secret
-        if outcome.error_traceback:
-            sys.stderr.write(outcome.error_traceback)
-        row = db.transition(
-            "fail",
-            id=call_id,
-            attempt=attempt,
-            retryable=outcome.retryable,
-            reason=outcome.reason,
-            error_type=outcome.error_type,
-            error_message=outcome.error_message,
-            error_traceback=outcome.error_traceback,
-            error_pickle=outcome.error_pickle,
-            **columns,
-        )
-    else:
-        # The usage rides along, recorded before the outcome spends the secret.
-        used = meter.read()
-        row = db.transition("succeed_next", id=call_id, attempt=attempt,
-                            result=outcome.pickled, result_json=outcome.json, **columns,
-                            peak_bytes=used.peak_bytes, cpu_seconds=used.cpu_seconds,
-                            wall_seconds=used.wall_seconds, secret_hash=next_secret_hash)
-        if row is not None and row.get("verdict") is not None:
-            handed = row  # absent after a lost reply (database.py): the caller asks again
+    return Ran(claimed, outcome, columns, meter.read())
+
+
+def record_failure(db: RuntimeDatabase, ran: Ran, failure: Failure) -> dict[str, Any] | None:
+    """Usage, then `fail` (which spends the secret): two statements, signed with the
+    secret in use (`use_secret`)."""
+    call_id, attempt = ran.claimed["id"], ran.claimed["attempt"]
+    usage.record(db, ran.used, call_id, attempt)
+    if failure.error_traceback:
+        sys.stderr.write(failure.error_traceback)
+    return db.transition(
+        "fail",
+        id=call_id,
+        attempt=attempt,
+        retryable=failure.retryable,
+        reason=failure.reason,
+        error_type=failure.error_type,
+        error_message=failure.error_message,
+        error_traceback=failure.error_traceback,
+        error_pickle=failure.error_pickle,
+        **ran.columns,
+    )
+
+
+def log_recorded(call_id: str, attempt: int, row: dict[str, Any] | None) -> None:
     if row is None:
         log.info("stale attempt: call %s moved on while attempt %d ran", call_id, attempt)
     else:
         log.info("call %s attempt %d recorded: %s", call_id, attempt, row["state"])
+
+
+def run_then_next(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int,
+                  next_secret_hash: str | None) -> tuple[int, dict[str, Any] | None]:
+    """`run_claimed`; with `next_secret_hash` (a standing worker's or an older warm
+    loop's), a success is recorded and the pool's next call asked for in the same
+    round trip (`succeed_next`, migration 0011). The exit code, and `next`'s answer
+    when there was one (None: ask again)."""
+    call_id, attempt = claimed["id"], claimed["attempt"]
+    log.info("running call %s attempt %d", call_id, attempt)
+    ran = run_only(db, claimed, max_result_bytes)
+    handed: dict[str, Any] | None = None
+    if isinstance(ran.outcome, Failure):
+        row = record_failure(db, ran, ran.outcome)
+    else:
+        # The usage rides along, recorded before the outcome spends the secret.
+        used = ran.used
+        row = db.transition("succeed_next", id=call_id, attempt=attempt,
+                            result=ran.outcome.pickled, result_json=ran.outcome.json,
+                            **ran.columns, peak_bytes=used.peak_bytes,
+                            cpu_seconds=used.cpu_seconds, wall_seconds=used.wall_seconds,
+                            secret_hash=next_secret_hash)
+        if row is not None and row.get("verdict") is not None:
+            handed = row  # absent after a lost reply (database.py): the caller asks again
+    log_recorded(call_id, attempt, row)
     return EXIT_RECORDED, handed
 
 

@@ -19,7 +19,9 @@ together (the API's get_logs query), so the output is stored once.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -154,19 +156,59 @@ class OutputWriter:
 
     @contextmanager
     def periodically(self) -> Iterator[None]:
-        """Flush every FLUSH_SECONDS during the block."""
-        stop = threading.Event()
-
-        def run() -> None:
-            while not stop.wait(FLUSH_SECONDS):
-                try:
-                    self.flush(retry=False)
-                except RuntimeDatabaseError as exc:
-                    log.warning("could not store output (will try again): %s", exc)
-
-        thread = start_thread(run, "podfn-output")
+        """Flush every FLUSH_SECONDS during the block (on the runtime's one flusher
+        thread: a thread started and joined per call cost more than a trivial call)."""
+        flusher = _the_flusher()
+        flusher.follow(self)
         try:
             yield
         finally:
-            stop.set()
-            thread.join()
+            flusher.follow(None)
+
+
+class _Flusher:
+    """Flushes the writer of the call running now, every FLUSH_SECONDS."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._lock = threading.Lock()  # held while flushing: `follow` waits for it
+        self._writer: OutputWriter | None = None
+        self._changed = threading.Event()
+        self._thread = start_thread(self._run, "podfn-output")
+
+    def follow(self, writer: OutputWriter | None) -> None:
+        """Flush `writer` from now on (None: nothing); returns once no flush of the
+        previous writer is under way."""
+        with self._lock:
+            self._writer = writer
+        self._changed.set()
+
+    def _run(self) -> None:
+        while True:
+            self._changed.wait()
+            self._changed.clear()
+            with self._lock:
+                if self._writer is None:
+                    continue
+            deadline = time.monotonic() + FLUSH_SECONDS
+            # Until the writer changes (then its own period starts, above).
+            while not self._changed.wait(max(0.0, deadline - time.monotonic())):
+                with self._lock:
+                    writer = self._writer
+                    if writer is not None:
+                        try:
+                            writer.flush(retry=False)
+                        except RuntimeDatabaseError as exc:
+                            log.warning("could not store output (will try again): %s", exc)
+                deadline = time.monotonic() + FLUSH_SECONDS
+
+
+_flusher: _Flusher | None = None
+
+
+def _the_flusher() -> _Flusher:
+    """The flusher thread (a new one in a forked child: threads do not survive a fork)."""
+    global _flusher
+    if _flusher is None or _flusher.pid != os.getpid():
+        _flusher = _Flusher()
+    return _flusher

@@ -70,3 +70,24 @@ SELECT state, verdict, id, attempt, function, function_digest, args, spec, clien
 FROM podfn_runtime_v1.succeed_next(%(id)s, %(attempt)s, %(secret)s, %(result)s,
                                    %(result_json)s, %(stdout)s, %(stderr)s, %(peak_bytes)s,
                                    %(cpu_seconds)s, %(wall_seconds)s, %(secret_hash)s);
+
+-- name: next_many
+-- A warm worker: up to one call per secret hash of its pool, claimed at once
+-- (migration 0012), in the order to run them (`ordinal`), held until
+-- `succeed_many` marks them started. The function payload comes on the first row
+-- only; only the first call's secret claims further.
+SELECT verdict, ordinal, id, attempt, function, function_digest, args, spec, client_python,
+       client_cloudpickle, result_format
+FROM podfn_runtime_v1.next_many(%(id)s, %(attempt)s, %(secret)s, %(secret_hashes)s::text[]);
+
+-- name: succeed_many
+-- Start marks of held calls, several successes (usage included) and, with
+-- next hashes, the next calls (as next_many) in one round trip (migration 0012).
+SELECT kind, state, verdict, ordinal, id, attempt, function, function_digest, args, spec,
+       client_python, client_cloudpickle, result_format
+FROM podfn_runtime_v1.succeed_many(
+    %(ids)s::text[], %(attempts)s::integer[], %(secrets)s::text[], %(results)s::bytea[],
+    %(results_json)s::text[], %(stdouts)s::text[], %(stderrs)s::text[],
+    %(peak_bytes)s::bigint[], %(cpu_seconds)s::float8[], %(wall_seconds)s::float8[],
+    %(start_ids)s::text[], %(start_attempts)s::integer[], %(start_secrets)s::text[],
+    %(next_id)s, %(next_attempt)s, %(next_secret)s, %(next_hashes)s::text[]);

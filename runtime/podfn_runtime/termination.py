@@ -42,6 +42,9 @@ _WRITE_SECONDS = 2.0
 
 # What the running call has to write on SIGTERM; None when no call runs.
 _record: Callable[[], None] | None = None
+# What a warm worker has to write on SIGTERM whether a call runs or not: the
+# outcomes its recorder holds (worker.py), so finished calls are not run again.
+_pending: Callable[[], None] | None = None
 
 
 def install() -> None:
@@ -60,11 +63,22 @@ def recording(record: Callable[[], None]) -> Iterator[None]:
         _record = None
 
 
+@contextmanager
+def pending(write: Callable[[], None]) -> Iterator[None]:
+    """While the block runs, a SIGTERM also calls `write()` (bounded, after the output)."""
+    global _pending
+    _pending = write
+    try:
+        yield
+    finally:
+        _pending = None
+
+
 def _on_term(signum: int, frame: FrameType | None) -> None:
-    record = _record
-    if record is not None:
-        log.warning("SIGTERM: the pod is being stopped; recording the output so far and exiting")
-        writer = threading.Thread(target=_quietly(record), name="podfn-sigterm", daemon=True)
+    writes = [w for w in (_record, _pending) if w is not None]
+    if writes:
+        log.warning("SIGTERM: the pod is being stopped; recording what it can and exiting")
+        writer = threading.Thread(target=_quietly(*writes), name="podfn-sigterm", daemon=True)
         writer.start()
         writer.join(_WRITE_SECONDS)
     else:
@@ -79,10 +93,11 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
     os._exit(EXIT_TERMINATED)
 
 
-def _quietly(record: Callable[[], None]) -> Callable[[], None]:
+def _quietly(*writes: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
-        try:
-            record()
-        except Exception as exc:  # the process is ending; say why the write failed
-            log.warning("could not record the output on SIGTERM: %s", exc)
+        for write in writes:
+            try:
+                write()
+            except Exception as exc:  # the process is ending; say why the write failed
+                log.warning("could not record on SIGTERM: %s", exc)
     return run

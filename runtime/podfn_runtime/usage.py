@@ -60,11 +60,15 @@ class Meter:
 
 
 def report(db: _Transitions, meter: Meter, call_id: str, attempt: int) -> None:
+    """Record the attempt's usage so far (`record`)."""
+    record(db, meter.read(), call_id, attempt)
+
+
+def record(db: _Transitions, used: Usage, call_id: str, attempt: int) -> None:
     """Record the attempt's usage; a failure to do so is logged, never the call's failure.
 
     One try, no retries: with the database away, the retry budget belongs to the
     outcome that follows, not to these numbers."""
-    used = meter.read()
     try:
         db.try_once("usage", id=call_id, attempt=attempt, peak_bytes=used.peak_bytes,
                       cpu_seconds=used.cpu_seconds, wall_seconds=used.wall_seconds)

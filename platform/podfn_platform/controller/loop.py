@@ -298,7 +298,8 @@ class Controller:
                                          row["running_seconds"])
                 else:
                     self.launcher.rebind(row["worker"], None, 0.0)  # type: ignore[attr-defined]
-                    if row["pool"] is not None and not row["retired"]:
+                    # A worker holding calls it has not started (prefetch) is not idle.
+                    if row["pool"] is not None and not row["retired"] and not row["holding"]:
                         idle.add(row["pool"])
         if not getattr(self.launcher, "workers_known", True):
             return sorted(idle)  # (a restarted launcher may not have adopted them yet)

@@ -4,21 +4,33 @@
 -- podfn_attempts.worker.
 
 -- name: worker_attempts
--- What each live worker runs now: its latest attempt (busy while unfinished),
--- that call's pool, and how long the attempt has run (for its `timeout`). A
+-- What each live worker runs now: the attempt it started last (busy while
+-- unfinished; a call a worker claimed ahead, migration 0012, is held and not
+-- started until the worker marks it), that call's pool, and how long the
+-- attempt has run since it started (for its `timeout`; a held call's clock
+-- does not run). `holding`: busy, or holding calls it has not started. A
 -- standing worker (podfn_workers) that has run nothing yet has a row too:
 -- idle, in its pool; `retired` when the controller wants it gone.
-SELECT DISTINCT ON (w.worker) w.worker, a.call_id AS id, a.attempt,
-       a.call_id IS NOT NULL AND a.finished_at IS NULL AS busy,
+SELECT w.worker, cur.call_id AS id, cur.attempt,
+       cur.call_id IS NOT NULL AND cur.finished_at IS NULL AS busy,
+       (cur.call_id IS NOT NULL AND cur.finished_at IS NULL)
+           OR EXISTS (SELECT 1 FROM podfn_attempts h
+                      WHERE h.worker = w.worker AND h.finished_at IS NULL) AS holding,
        coalesce(c.pool, s.pool) AS pool, s.retired_at IS NOT NULL AS retired, c.spec,
-       c.function_name, c.client_python, c.state AS call_state, a.launched_at,
-       EXTRACT(EPOCH FROM clock_timestamp() - coalesce(a.started_at, a.launched_at))::float8
+       c.function_name, c.client_python, c.state AS call_state, cur.launched_at,
+       EXTRACT(EPOCH FROM clock_timestamp() - coalesce(cur.started_at, cur.launched_at))::float8
            AS running_seconds
 FROM unnest(%(workers)s::text[], %(ids)s::text[], %(attempts)s::int[]) AS w(worker, id, attempt)
-LEFT JOIN podfn_attempts a ON a.worker = w.worker OR (a.call_id = w.id AND a.attempt = w.attempt)
-LEFT JOIN podfn_calls c ON c.id = a.call_id
-LEFT JOIN podfn_workers s ON s.name = w.worker
-ORDER BY w.worker, a.launched_at DESC NULLS LAST, a.attempt DESC NULLS LAST;
+LEFT JOIN LATERAL (
+    SELECT a.call_id, a.attempt, a.launched_at, a.started_at, a.finished_at
+    FROM podfn_attempts a
+    WHERE (a.worker = w.worker AND a.started_at IS NOT NULL)
+       OR (a.call_id = w.id AND a.attempt = w.attempt)
+    ORDER BY coalesce(a.started_at, a.launched_at) DESC, a.attempt DESC
+    LIMIT 1
+) cur ON true
+LEFT JOIN podfn_calls c ON c.id = cur.call_id
+LEFT JOIN podfn_workers s ON s.name = w.worker;
 
 -- name: orphaned_warm_attempts
 -- Attempts a worker claimed whose worker the launcher no longer holds: the

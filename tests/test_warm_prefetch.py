@@ -1,0 +1,279 @@
+"""A warm worker claims several calls at once and records several at once (migration 0012).
+
+The protocol half plays the runtime as test_warm_protocol.py does (the runtime
+role, each attempt's secret); the platform half runs real warm workers with
+one worker per pool, so that worker holds the calls it claimed ahead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_warm_protocol import WARM, ran_once, submit
+
+from attempts import UNARMED, Runtime
+from conftest import Platform, platform_settings, running_platform, wait_until
+from podfn import remote
+from podfn.errors import CallTimeout
+from podfn_platform.controller.local import LocalLauncher
+from podfn_platform.database import Database
+from podfn_runtime.database import RuntimeDatabase
+
+
+def _fresh(k: int) -> list[tuple[str, str]]:
+    made = [secrets.token_hex(32) for _ in range(k)]
+    return [(s, hashlib.sha256(s.encode()).hexdigest()) for s in made]
+
+
+def next_many(rt: Runtime, call_id: str, attempt: int, k: int,
+              secret: str | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """next_many through (call_id, attempt); the rows and each claimed call's secret."""
+    fresh = _fresh(k)
+    rdb = RuntimeDatabase(rt.url, secret or rt.secrets[(call_id, attempt)])
+    try:
+        rows = rdb.rows("next_many", id=call_id, attempt=attempt,
+                        secret_hashes=[h for _, h in fresh])
+    finally:
+        rdb.close()
+    held = {r["id"]: fresh[r["ordinal"] - 1][0] for r in rows if r["verdict"] == "claimed"}
+    return rows, held
+
+
+def succeed_many(rt: Runtime, done: list[tuple[str, str]], *,
+                 starts: list[tuple[str, str]] = (),  # type: ignore[assignment]
+                 chain: tuple[str, str] | None = None,
+                 next_hashes: list[str] | None = None) -> list[dict[str, Any]]:
+    """succeed_many of (call id, secret) pairs at attempt 1, with start marks, and a
+    claim through `chain` (call id, secret) at attempt 1."""
+    n = len(done)
+    rdb = RuntimeDatabase(rt.url, "unused")
+    try:
+        return rdb.rows("succeed_many", ids=[i for i, _ in done], attempts=[1] * n,
+                        secrets=[s for _, s in done], results=[b"r"] * n,
+                        results_json=[None] * n, stdouts=[""] * n, stderrs=[""] * n,
+                        peak_bytes=[1] * n, cpu_seconds=[0.1] * n, wall_seconds=[0.1] * n,
+                        start_ids=[i for i, _ in starts], start_attempts=[1] * len(starts),
+                        start_secrets=[s for _, s in starts],
+                        next_id=chain[0] if chain else None, next_attempt=1 if chain else None,
+                        next_secret=chain[1] if chain else None, next_hashes=next_hashes)
+    finally:
+        rdb.close()
+
+
+def attempts(db: Database, ids: list[str]) -> dict[str, dict[str, Any]]:
+    with db.connect(name="podfn-test") as conn:
+        rows = conn.execute("SELECT a.*, c.state AS call_state, c.user_failures "
+                            "FROM podfn_attempts a JOIN podfn_calls c ON c.id = a.call_id "
+                            "WHERE a.call_id = ANY(%s) AND a.attempt = 1", (ids,)).fetchall()
+    return {r["call_id"]: r for r in rows}
+
+
+def test_a_worker_claims_several_calls_each_with_its_own_secret(
+        db: Database, runtime_database_url: str) -> None:
+    rt = Runtime(db, runtime_database_url)
+    first, *rest = submit(db, abs, n=5)
+    ran_once(db, rt, first)
+    rows, held = next_many(rt, first, 1, 16)
+    assert [r["verdict"] for r in rows] == ["claimed"] * 4
+    assert [r["id"] for r in rows] == rest and [r["ordinal"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["function"] is not None and all(r["function"] is None for r in rows[1:])
+    found = attempts(db, rest)
+    # Held: no clock runs until the worker starts a call (a start mark).
+    assert [found[i]["started_at"] for i in rest] == [None] * 4
+    assert {found[i]["worker"] for i in rest} == {f"{first}/1"}
+    # Only the first may hand on; every secret signs its own call only.
+    assert [found[i]["handed_on"] for i in rest] == [False, True, True, True]
+    assert rt.call("succeed", rest[0], 1, secret=held[rest[1]], result=b"x", result_json=None,
+                   stdout="", stderr="") is None
+    recorded = succeed_many(rt, [(i, held[i]) for i in rest[:3]])
+    assert [(r["kind"], r["id"]) for r in recorded] == [("succeeded", i) for i in rest[:3]]
+    again, _ = next_many(rt, rest[2], 1, 4, secret=held[rest[2]])
+    assert [r["verdict"] for r in again] == ["refused"], "a held call's secret never hands on"
+    last = succeed_many(rt, [(rest[3], held[rest[3]])], chain=(rest[0], held[rest[0]]),
+                        next_hashes=[_fresh(1)[0][1]])
+    assert [(r["kind"], r["verdict"]) for r in last] == [("succeeded", None), ("next", "empty")]
+    # The outcomes came without start marks: each start is dated from its wall time.
+    found = attempts(db, rest)
+    assert all(found[i]["started_at"] is not None for i in rest)
+
+
+def test_a_claim_keeps_the_call_budget(db: Database, runtime_database_url: str) -> None:
+    rt = Runtime(db, runtime_database_url)
+    first, *_ = submit(db, abs, n=10, spec={**WARM, "max_calls_per_worker": 4})
+    ran_once(db, rt, first)
+    rows, _ = next_many(rt, first, 1, 16)
+    assert len(rows) == 3, "the worker's first call counts: 4 in all"
+    rows, _ = next_many(rt, first, 1, 16, secret="wrong")
+    assert [r["verdict"] for r in rows] == ["refused"]
+
+
+def test_a_worker_takes_its_share_of_the_queue_not_all_of_it(
+        db: Database, runtime_database_url: str) -> None:
+    rt = Runtime(db, runtime_database_url)
+    first, second, *_ = submit(db, abs, n=10)
+    ran_once(db, rt, first)
+    # Alone in its pool, a worker could take all 9 queued (up to 16): another worker
+    # of the pool is busy (its first call), so it takes half.
+    [row] = db.all("claim_queued", {"limit": 1, **UNARMED})
+    assert row["id"] == second and rt.claim(second, 1) is not None
+    rows, _ = next_many(rt, first, 1, 16)
+    assert len(rows) == 4 and {r["verdict"] for r in rows} == {"claimed"}
+
+
+def test_alone_in_its_pool_a_worker_takes_what_is_queued(
+        db: Database, runtime_database_url: str) -> None:
+    rt = Runtime(db, runtime_database_url)
+    first, *_ = submit(db, abs, n=9)
+    ran_once(db, rt, first)
+    rows, _ = next_many(rt, first, 1, 16)
+    assert len(rows) == 8
+
+
+def test_outcomes_are_fenced_one_by_one(db: Database, runtime_database_url: str) -> None:
+    rt = Runtime(db, runtime_database_url)
+    first, a, b, c = submit(db, abs, n=4)
+    ran_once(db, rt, first)
+    _, held = next_many(rt, first, 1, 16)
+    db.all("cancel", {"id": c, "reason": "no longer wanted"})
+    recorded = succeed_many(rt, [(a, held[a]), (b, "not-the-secret"), (c, held[c])],
+                            starts=[(b, held[b]), (c, held[c])])
+    assert [r["id"] for r in recorded if r["kind"] == "succeeded"] == [a]
+    found = attempts(db, [a, b, c])
+    assert (found[a]["state"], found[a]["cpu_seconds"]) == ("succeeded", 0.1)
+    assert found[b]["state"] == "running" and found[b]["started_at"] is not None
+    assert found[c]["state"] == "cancelled" and found[c]["call_state"] == "cancelled"
+    # b was marked (its outcome's secret was wrong); a cancelled call whose outcome
+    # came along is not marked (the worker is past it: nothing to stop).
+    assert found[c]["started_at"] is None
+
+
+def test_a_held_call_cancelled_then_started_is_marked_so_its_worker_is_stopped(
+        db: Database, runtime_database_url: str) -> None:
+    rt = Runtime(db, runtime_database_url)
+    first, a, b = submit(db, abs, n=3)
+    ran_once(db, rt, first)
+    _, held = next_many(rt, first, 1, 16)
+    db.all("cancel", {"id": b, "reason": "no longer wanted"})
+    succeed_many(rt, [(a, held[a])], starts=[(b, held[b])])
+    [row] = db.all("worker_attempts", {"workers": [f"{first}/1"], "ids": [first],
+                                       "attempts": [1]})
+    assert (row["id"], row["call_state"]) == (b, "cancelled")
+
+
+def test_the_controller_follows_the_call_a_worker_started_not_the_ones_it_holds(
+        db: Database, runtime_database_url: str) -> None:
+    rt = Runtime(db, runtime_database_url)
+    first, a, b, _c = submit(db, abs, n=4)
+    ran_once(db, rt, first)
+    _, held = next_many(rt, first, 1, 16)
+    name = f"{first}/1"
+    query = {"workers": [name], "ids": [first], "attempts": [1]}
+    [row] = db.all("worker_attempts", query)
+    assert (row["id"], row["busy"], row["holding"]) == (first, False, True), \
+        "holding calls, none started"
+    time.sleep(0.3)  # the start mark must restart the clock: let some time pass first
+    succeed_many(rt, [(a, held[a])], starts=[(b, held[b])])
+    [row] = db.all("worker_attempts", query)
+    assert (row["id"], row["busy"]) == (b, True)
+    assert row["running_seconds"] < 0.25, "b's clock runs from its start mark, not its claim"
+    # The worker is gone: every call it held is requeued as a disruption.
+    orphans = db.all("orphaned_warm_attempts", {"workers": []})
+    assert {r["id"] for r in orphans} == {b, _c}
+
+
+# -- with a platform: one worker per pool, so it holds what it claimed ahead --
+
+
+@pytest.fixture
+def one_worker(database_url: str, runtime_database_url: str, db: Database,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    wake = threading.Event()
+    launcher = LocalLauncher(runtime_database_url, on_exit=wake.set)
+    with running_platform(platform_settings(database_url, warm_pool_workers=1), db, launcher,
+                          wake, monkeypatch) as running:
+        yield running
+
+
+@remote(max_calls_per_worker=None, idle_timeout=20, timeout=2)
+def step(mode: str, path: str = "") -> Any:
+    """'pid': this worker's pid; 'hang': note the pid in `path` once, then hang;
+    'nap': 1.2 s, under the 2 s timeout."""
+    if mode == "hang" and not os.path.exists(path):
+        Path(path).write_text(str(os.getpid()))
+        time.sleep(60)
+    if mode == "nap":
+        time.sleep(1.2)
+    return os.getpid()
+
+
+def _claimed_ahead(db: Database, ids: list[str], worker: str) -> bool:
+    found = attempts(db, ids)
+    return len(found) == len(ids) and all(r["worker"] == worker for r in found.values())
+
+
+def test_a_dead_worker_requeues_every_call_it_held_as_a_disruption(
+        one_worker: Platform, tmp_path: Path) -> None:
+    pid = step.remote("pid")
+    [first] = one_worker.db.all("list_calls", {"state": None, "function": None, "limit": 1})
+    marker = str(tmp_path / "hang")
+    results = step.map(["hang", "pid"], [marker] * 2)  # one request: both claimed at once
+    ids = [r["id"] for r in one_worker.db.all("list_calls", {"state": None, "function": None,
+                                                             "limit": 10})
+           if r["id"] != first["id"]]
+    wait_until(lambda: os.path.exists(marker), 20, "the warm worker to take the calls")
+    wait_until(lambda: _claimed_ahead(one_worker.db, ids, f"{first['id']}/1"), 20,
+               "the worker to hold both")
+    os.kill(pid, signal.SIGTERM)
+    assert len(set(results)) == 1 and set(results) != {pid}, "all ran again, elsewhere"
+    found = attempts(one_worker.db, ids)
+    assert {r["state"] for r in found.values()} == {"disrupted"}
+    assert {r["user_failures"] for r in found.values()} == {0}, "retries untouched"
+
+
+def test_a_held_calls_timeout_runs_from_its_start(one_worker: Platform, tmp_path: Path) -> None:
+    step.remote("pid")
+    marker = str(tmp_path / "hang")
+    results = step.map(["nap", "nap", "nap", "hang"], [marker] * 4, return_exceptions=True)
+    # 3.6 s of naps in one worker, each under its 2 s timeout: none times out; the
+    # call that hangs past its own does.
+    outcome = list(results)
+    assert len(set(outcome[:3])) == 1 and isinstance(outcome[0], int), outcome
+    assert isinstance(outcome[3], CallTimeout), outcome
+    assert int(Path(marker).read_text()) == outcome[0], "the hanging call ran in that worker"
+
+
+@remote(max_calls_per_worker=3, idle_timeout=20)
+def pid_of(i: int) -> int:
+    return os.getpid()
+
+
+def test_a_map_keeps_the_call_budget_of_each_worker(one_worker: Platform) -> None:
+    pids = list(pid_of.map(range(10)))
+    assert max(pids.count(p) for p in pids) <= 3 and len(set(pids)) >= 4
+
+
+@remote(max_calls_per_worker=None, idle_timeout=20, retries=0)
+def fragile(mode: str) -> int:
+    if mode == "crash":
+        os._exit(3)  # the whole worker dies, with calls it holds
+    return os.getpid()
+
+
+def test_a_call_that_kills_its_worker_fails_alone(one_worker: Platform) -> None:
+    fragile.remote("ok")
+    outcome = list(fragile.map(["ok", "crash", "ok"], return_exceptions=True))
+    assert isinstance(outcome[0], int) and isinstance(outcome[2], int), outcome
+    assert isinstance(outcome[1], Exception) and "code 3" in str(outcome[1]), outcome
+    rows = one_worker.db.all("list_calls", {"state": None, "function": None, "limit": 10})
+    assert sorted(r["state"] for r in rows) == ["failed"] + ["succeeded"] * 3
+    crashed = next(r for r in rows if r["state"] == "failed")
+    assert "code 3" in (crashed["reason"] or ""), "its own exit, not a disruption"
