@@ -52,13 +52,16 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _group(pid: int, cmd: str, parents: dict[int, int], zygotes: set[int]) -> str:
+def _group(pid: int, cmd: str, parents: dict[int, int], zygotes: set[int],
+           spares: set[int]) -> str:
     if pid == os.getpid():
         return "client (the map)"
+    if parents.get(pid) in zygotes:
+        if "forkserver" in cmd and pid not in spares:
+            return "forkserver's supervisor"
+        return "attempts (live: spares, workers)"
     if "forkserver" in cmd:
         return "forkserver (zygote)"
-    if parents.get(pid) in zygotes:
-        return "attempts (live: spares, workers)"
     if cmd.startswith("postgres:"):
         if "podfn_runtime" in cmd or "runtime" in cmd.split()[1]:
             return "Postgres backends, runtime role"
@@ -85,9 +88,13 @@ def snapshot(postmaster: int | None) -> dict[int, tuple[str, float, float]]:
     if postmaster is not None:  # pg_ctl's server is not our descendant
         mine |= _descendants(postmaster, parents) | {postmaster}
     cmds = {pid: _cmdline(pid) for pid in mine}
-    zygotes = {pid for pid, cmd in cmds.items() if "forkserver" in cmd}
-    return {pid: (_group(pid, cmds[pid], parents, zygotes), stats[pid][1], stats[pid][2])
-            for pid in mine if pid in stats}
+    zygotes = {pid for pid, cmd in cmds.items()
+               if "forkserver" in cmd and "forkserver" not in cmds.get(parents[pid], "")}
+    # A spare waits with a socket to the zygote; the supervisor has threads.
+    spares = {pid for pid in mine if parents.get(pid) in zygotes
+              and len(os.listdir(f"/proc/{pid}/task")) == 1}
+    return {pid: (_group(pid, cmds[pid], parents, zygotes, spares), stats[pid][1],
+                  stats[pid][2]) for pid in mine if pid in stats}
 
 
 def _descendants(root: int, parents: dict[int, int]) -> set[int]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from podfn_runtime.capture import start_thread
@@ -73,8 +73,18 @@ class Output:
         self._pending: list[tuple[str, int, list[str]]] = []
         self._offset = 0
         self._capped = False
+        self._on_first: Callable[[], None] | None = None
+
+    def when_written(self, hook: Callable[[], None] | None) -> None:
+        """Call `hook` (once) when the call first writes something (None: never)."""
+        with self._lock:
+            self._on_first = hook
 
     def add(self, stream: str, text: str) -> None:
+        with self._lock:
+            hook, self._on_first = self._on_first, None
+        if hook is not None:
+            hook()
         with self._lock:
             self._tails[stream].add(text)
             if self._capped or not text:
@@ -154,8 +164,11 @@ class OutputWriter:
 
     @contextmanager
     def periodically(self) -> Iterator[None]:
-        """Flush every FLUSH_SECONDS during the block."""
+        """Flush every FLUSH_SECONDS during the block, from the call's first output on
+        (a call that writes nothing, as most short ones, costs no thread)."""
         stop = threading.Event()
+        lock = threading.Lock()
+        started: list[threading.Thread] = []
 
         def run() -> None:
             while not stop.wait(FLUSH_SECONDS):
@@ -164,9 +177,17 @@ class OutputWriter:
                 except RuntimeDatabaseError as exc:
                     log.warning("could not store output (will try again): %s", exc)
 
-        thread = start_thread(run, "podfn-output")
+        def start() -> None:
+            with lock:
+                if not started and not stop.is_set():
+                    started.append(start_thread(run, "podfn-output"))
+
+        self._output.when_written(start)
         try:
             yield
         finally:
-            stop.set()
-            thread.join()
+            self._output.when_written(None)
+            with lock:
+                stop.set()
+            for thread in started:
+                thread.join()

@@ -106,6 +106,8 @@ class Controller:
         self._standing_due_at = 0.0
         # Live warm workers per pool, as track_workers last saw them.
         self.pool_workers: Counter[str] = Counter()
+        # The workers track_workers saw, for disrupt_orphans later in the same turn.
+        self._orphan_check: list[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -189,8 +191,10 @@ class Controller:
         self._full_reconcile = self._full_reconcile and not full
         self.reconcile_exits()
         idle_pools = self.track_workers()
-        self.stop_moved_on()
+        # Launching first: a queued call waits for no other round trip of the turn.
         self.launch_queued(idle_pools)
+        self.disrupt_orphans()
+        self.stop_moved_on()
         self.keep_standing()
         self.turns += 1
 
@@ -273,8 +277,9 @@ class Controller:
 
     def track_workers(self) -> list[str]:
         """Point each warm worker at the attempt it runs now (for its timeout, its
-        cancellation, its exit), disrupt attempts whose worker is gone, and return
-        the pools that have an idle worker (no cold launch for those this turn)."""
+        cancellation, its exit), and return the pools that have an idle worker (no
+        cold launch for those this turn)."""
+        self._orphan_check = None
         if not self.follows_workers:
             return []
         workers: dict[str, Attempt] = self.launcher.workers()  # type: ignore[attr-defined]
@@ -300,12 +305,20 @@ class Controller:
                     self.launcher.rebind(row["worker"], None, 0.0)  # type: ignore[attr-defined]
                     if row["pool"] is not None and not row["retired"]:
                         idle.add(row["pool"])
-        if not getattr(self.launcher, "workers_known", True):
-            return sorted(idle)  # (a restarted launcher may not have adopted them yet)
-        for row in self.db.all("orphaned_warm_attempts", {"workers": list(workers)}):
+        if getattr(self.launcher, "workers_known", True):
+            # (a restarted launcher may not have adopted them yet)
+            self._orphan_check = list(workers)
+        return sorted(idle)
+
+    def disrupt_orphans(self) -> None:
+        """Disrupt attempts whose warm worker is gone (of those track_workers saw this
+        turn): checked after the turn's launches, which it does not affect."""
+        workers, self._orphan_check = self._orphan_check, None
+        if workers is None:
+            return
+        for row in self.db.all("orphaned_warm_attempts", {"workers": workers}):
             self.record(Exit(Attempt(row["id"], row["attempt"], "", {}, ""), "disrupted",
                              f"the warm worker {row['worker']} running the attempt is gone"))
-        return sorted(idle)
 
     def keep_standing(self) -> None:
         """Keep `min_workers` standing workers for each deployed function's live version.
@@ -455,36 +468,47 @@ class Controller:
             "token_hashes": [c.token_hash for c in minted]})
         if len(rows) == limit < room:
             self.wake.set()  # more may be queued: another turn now, not at the sweep
-        for row in rows:
-            credentials = minted[row["slot"] - 1]
-            problem = unprocessable(row)
-            if problem is not None:
-                self.reject(row, problem)
-                continue
-            attempt = dataclasses.replace(attempt_from(row), env=environment.runtime_environment(
-                call_id=row["id"], attempt=row["attempt"], credentials=credentials,
-                api_url=self.settings.runtime_api_url, spec=row["spec"]))
-            if self.follows_workers and row["spec"].get("max_calls_per_worker", 1) != 1:
-                attempt = dataclasses.replace(attempt, worker=f"{row['id']}/{row['attempt']}",
-                                              env={**attempt.env, "PODFN_WARM": "1"})
-                # The claim ranks only the oldest queued calls, so this pool's calls
-                # past its room may hide other calls queued behind them: the next turn
-                # counts this worker, skips the pool once full, and reaches those.
-                self.wake.set()
-            try:
-                with metrics.LAUNCH_SECONDS.time():
-                    ref = self.launcher.launch(attempt)
-            except Exception as exc:
-                metrics.LAUNCH_FAILURES.inc()
-                log.exception("launching call %s attempt %d failed", attempt.call_id,
-                              attempt.attempt)
-                self.record(Exit(attempt, "disrupted", f"could not launch the attempt: {exc}"))
-                continue
-            try:
-                self.db.all("set_attempt_ref", {"id": attempt.call_id,
-                                                "attempt": attempt.attempt, "ref": ref})
-            except DatabaseError as exc:  # the ref is for people; launch the other claims
-                log.warning("could not record call %s's ref %s: %s", attempt.call_id, ref, exc)
+        refs: list[tuple[str, int, str]] = []
+        try:
+            for row in rows:
+                self._launch_claimed(row, minted[row["slot"] - 1], refs)
+        finally:
+            if refs:
+                try:
+                    self.db.all("set_attempt_refs", {"ids": [r[0] for r in refs],
+                                                     "attempts": [r[1] for r in refs],
+                                                     "refs": [r[2] for r in refs]})
+                except DatabaseError as exc:  # the refs are for people
+                    log.warning("could not record the refs of %d launched calls: %s",
+                                len(refs), exc)
+
+    def _launch_claimed(self, row: dict[str, Any], credentials: environment.Credentials,
+                        refs: list[tuple[str, int, str]]) -> None:
+        """Launch one claimed call; its ref goes to `refs` (recorded once per turn)."""
+        problem = unprocessable(row)
+        if problem is not None:
+            self.reject(row, problem)
+            return
+        attempt = dataclasses.replace(attempt_from(row), env=environment.runtime_environment(
+            call_id=row["id"], attempt=row["attempt"], credentials=credentials,
+            api_url=self.settings.runtime_api_url, spec=row["spec"]))
+        if self.follows_workers and row["spec"].get("max_calls_per_worker", 1) != 1:
+            attempt = dataclasses.replace(attempt, worker=f"{row['id']}/{row['attempt']}",
+                                          env={**attempt.env, "PODFN_WARM": "1"})
+            # The claim ranks only the oldest queued calls, so this pool's calls
+            # past its room may hide other calls queued behind them: the next turn
+            # counts this worker, skips the pool once full, and reaches those.
+            self.wake.set()
+        try:
+            with metrics.LAUNCH_SECONDS.time():
+                ref = self.launcher.launch(attempt)
+        except Exception as exc:
+            metrics.LAUNCH_FAILURES.inc()
+            log.exception("launching call %s attempt %d failed", attempt.call_id,
+                          attempt.attempt)
+            self.record(Exit(attempt, "disrupted", f"could not launch the attempt: {exc}"))
+            return
+        refs.append((attempt.call_id, attempt.attempt, ref))
 
     def reject(self, row: dict[str, Any], problem: str) -> None:
         """Fail a claimed call the controller cannot launch; the reason names the fault."""
