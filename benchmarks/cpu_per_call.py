@@ -91,10 +91,16 @@ def snapshot(postmaster: int | None) -> dict[int, tuple[str, float, float]]:
     zygotes = {pid for pid, cmd in cmds.items()
                if "forkserver" in cmd and "forkserver" not in cmds.get(parents[pid], "")}
     # A spare waits with a socket to the zygote; the supervisor has threads.
-    spares = {pid for pid in mine if parents.get(pid) in zygotes
-              and len(os.listdir(f"/proc/{pid}/task")) == 1}
+    spares = {pid for pid in mine if parents.get(pid) in zygotes and _threads(pid) == 1}
     return {pid: (_group(pid, cmds[pid], parents, zygotes, spares), stats[pid][1],
                   stats[pid][2]) for pid in mine if pid in stats}
+
+
+def _threads(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
 
 
 def _descendants(root: int, parents: dict[int, int]) -> set[int]:
