@@ -73,6 +73,8 @@ from collections.abc import Callable
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+SUPERVISOR_NAME = b"podfn-supervis"  # the 15 bytes a process name holds
 
 
 def _libc() -> Any:
@@ -138,6 +140,7 @@ def _run_supervisor(control: socket.socket, url: str, zygote_pid: int, libc: Any
     """The supervisor process (podfn_runtime/proxy.py): our code only, no call's."""
     try:
         _leave_zygote(zygote_pid, libc)
+        libc.prctl(_PR_SET_NAME, SUPERVISOR_NAME)  # for ps, top and the tests
         null = os.open(os.devnull, os.O_RDWR)
         os.dup2(null, 0)
         os.dup2(null, 1)  # fd 2 stays the controller's stderr, for its warnings
