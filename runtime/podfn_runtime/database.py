@@ -29,15 +29,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sys
 import threading
 import time
-from typing import Any
-
-import psycopg
-from psycopg.rows import dict_row
+from typing import TYPE_CHECKING, Any
 
 from podfn_runtime.proxy import ProxyConnection, ProxyError, ProxyUnavailable
 from podfn_runtime.queries import protocol
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("podfn.runtime")
 
@@ -49,9 +50,24 @@ FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 CONNECT_TIMEOUT = 10  # seconds; libpq's own limit for one connection attempt
 
-# Errors that mean "the connection or the server is in trouble", worth a new
-# connection. Anything else (a constraint, a bad value) would fail again.
-_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, ProxyUnavailable)
+
+
+def _transient() -> tuple[type[Exception], ...]:
+    """Errors that mean "the connection or the server is in trouble", worth a new
+    connection. Anything else (a constraint, a bad value) would fail again.
+
+    psycopg is imported when the runtime first connects, not before: a cold call on
+    the local forkserver never connects (its supervisor does, proxy.py), and the
+    forkserver's children are cheaper to fork from an image without it."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return (ProxyUnavailable,)
+    return (psycopg.OperationalError, psycopg.InterfaceError, ProxyUnavailable)
+
+
+def _final() -> tuple[type[Exception], ...]:
+    psycopg = sys.modules.get("psycopg")
+    return (ProxyError,) if psycopg is None else (psycopg.Error, ProxyError)
 
 # For each transition, the attempt states (podfn_attempts.state) that say it
 # already happened for this attempt.
@@ -80,6 +96,9 @@ class DatabaseUnavailable(RuntimeDatabaseError):
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
     """One connection as the runtime uses it (no retries)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
     return psycopg.connect(url, autocommit=True, row_factory=dict_row,
                            application_name="podfn-runtime",
                            connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
@@ -121,7 +140,7 @@ class RuntimeDatabase:
         if self._proxy is not None:
             return  # a proxy that is gone closed itself; one in trouble is asked again
         if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
+            with contextlib.suppress(*_final()):
                 self._conn.close()
             self._conn = None
 
@@ -136,10 +155,10 @@ class RuntimeDatabase:
                 try:
                     self._connect()
                     return action(tries)
-                except _TRANSIENT as exc:
+                except _transient() as exc:
                     self._drop()
                     error: Exception = exc
-                except (psycopg.Error, ProxyError) as exc:
+                except _final() as exc:
                     raise RuntimeDatabaseError(f"{what} failed: {exc}") from exc
             now = time.monotonic()
             deadline = deadline if deadline is not None else now + self._retry_seconds

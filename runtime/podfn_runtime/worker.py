@@ -37,9 +37,7 @@ import logging
 import os
 import secrets
 import time
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from podfn_runtime.database import CONNECT_TIMEOUT, RuntimeDatabase
 from podfn_runtime.main import (
@@ -48,6 +46,9 @@ from podfn_runtime.main import (
     run_claimed,
     run_then_next,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("podfn.runtime")
 
@@ -68,6 +69,8 @@ class Waker:
     standing worker on podfn_retired too (the controller retired a worker)."""
 
     def __init__(self, url: str, channels: tuple[str, ...] = ("podfn_queued",)) -> None:
+        import psycopg  # (imported when needed: database._transient says why)
+
         self._conn: psycopg.Connection[Any] | None = None
         try:
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
@@ -84,6 +87,8 @@ class Waker:
         if self._conn is None:
             time.sleep(seconds)
             return
+        import psycopg
+
         try:
             for _ in self._conn.notifies(timeout=seconds, stop_after=1):
                 pass
@@ -94,6 +99,8 @@ class Waker:
 
     def close(self) -> None:
         if self._conn is not None:
+            import psycopg
+
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None

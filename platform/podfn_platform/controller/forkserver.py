@@ -29,16 +29,29 @@ own and keeps every property of the plain launcher:
 The zygote never connects to Postgres (a child must not inherit a
 connection) and is single-threaded when it forks (it checks).
 
+The supervisor (podfn_runtime/proxy.py): a cold attempt (one call, not a
+warm or standing worker) never connects to Postgres. The zygote forks, once,
+a supervisor process that holds a few connections as the runtime role and
+runs each child's protocol statements over a socket of the child's own, and
+is the child's output tee too; before the child exists, the zygote hands the
+supervisor the other end of that socket bound to the child's call and
+attempt, and the supervisor forwards nothing else (only protocol statements,
+only for that call and attempt, each still needing the attempt's secret). A
+cold call so costs no Postgres backend, no authentication and no tee fork.
+The supervisor leaves the zygote's session and signals and dies with the
+zygote; if it dies, its children connect by themselves and the next cold
+attempt starts another. psycopg is not imported in the zygote until a child
+needs a connection of its own (a smaller image forks faster).
+
 A spare: after each attempt it forks, the zygote forks the next attempt's
-process ahead of time. The spare leaves the zygote's session and signals,
-connects to Postgres as the runtime role (every attempt gets the same URL;
-the attempt's secret comes later, with the request) and waits on a socket.
-It forks its output tee too (capture.py). The next request with that URL
-goes to it: the output descriptor over
-SCM_RIGHTS, then the request, and the spare runs it exactly as a freshly
-forked child would, with the connection it made. A cold call so waits for
-neither a fork nor a new Postgres backend. A spare that dies waiting is
-reaped quietly and the next request forks afresh.
+process ahead of time. The spare leaves the zygote's session and signals
+and waits on a socket (without a supervisor, it first connects to Postgres
+as the runtime role, the URL every attempt gets, and forks its output tee,
+capture.py; the attempt's secret comes later, with the request). The next
+request with that URL goes to it: the output descriptor (and its sockets to
+the supervisor) over SCM_RIGHTS, then the request, and the spare runs it
+exactly as a freshly forked child would. A cold call so waits for no fork.
+A spare that dies waiting is reaped quietly and the next request forks afresh.
 
 Protocol (one JSON object per line): the controller writes
 `{"id", "env", "log", "memory"}` on the zygote's stdin; the zygote answers
@@ -329,6 +342,13 @@ class Zygote:
         env = request.get("env") or {}
         url = env.get("PODFN_RUNTIME_DATABASE_URL")
         proxy = self.supervise(env, url)
+        if proxy is None and "psycopg" not in sys.modules:
+            # A runtime that connects by itself (a warm or standing worker): psycopg,
+            # left out of this image for the cold attempts' sake (a smaller image forks
+            # faster; they never connect), is imported once here for all later ones.
+            import psycopg.rows  # noqa: F401
+
+            gc.freeze()
         pid = self.hand_to_spare(request, output, url, proxy)
         if pid is None:
             try:
