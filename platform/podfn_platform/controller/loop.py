@@ -104,6 +104,9 @@ class Controller:
         # When keep_standing next looks at Postgres (monotonic): at once after a deploy,
         # an exit or a backoff's end, else once per sweep, so an idle turn costs nothing.
         self._standing_due_at = 0.0
+        # Whether the last look at standing workers may have left some wanted for lack
+        # of room (then an exit makes the next look due; see reconcile_exits).
+        self._standing_short = True
         # Live warm workers per pool, as track_workers last saw them.
         self.pool_workers: Counter[str] = Counter()
         # The workers track_workers saw, for disrupt_orphans later in the same turn.
@@ -204,9 +207,13 @@ class Controller:
 
     def reconcile_exits(self) -> None:
         """Record every exit; one that a database error interrupts waits for the next turn."""
-        self._unrecorded += self.launcher.exits()
-        if self._unrecorded:
-            self._standing_due_at = 0.0  # a slot freed, or a standing worker to replace
+        new = self.launcher.exits()
+        self._unrecorded += new
+        # A worker to replace or forget, or a slot freed that a standing worker wanted: a
+        # look at the standing workers is due. A cold attempt's exit alone (most exits
+        # of a map) changes nothing there, so it costs no look (three statements).
+        if any(e.attempt.worker for e in new) or (new and self._standing_short):
+            self._standing_due_at = 0.0
         while self._unrecorded:
             exit_ = self._unrecorded[0]
             self.record(exit_)
@@ -344,6 +351,9 @@ class Controller:
             log.info("retiring the standing worker %s (its version is no longer wanted)",
                      row["name"])
         room = self.settings.max_concurrency - len(self.launcher.active())
+        # Until a look finds room for every standing worker wanted, each exit makes
+        # the next look due (the slot it frees may be wanted).
+        self._standing_short = True
         if room <= 0:
             return  # room only comes back with an exit, which makes the next look due
         for want in self.db.all("standing_wanted"):
@@ -358,6 +368,7 @@ class Controller:
                 room -= 1
             if room <= 0:
                 return
+        self._standing_short = False
 
     def start_standing(self, want: dict[str, Any]) -> bool:
         """Start one standing worker for the live version `want`; whether it was launched."""
