@@ -226,8 +226,10 @@ class Supervisor:
             # stops reading its output cannot hold up another's.
             threading.Thread(target=tee_loop, args=(socket.socket(fileno=tee_fd),),
                              name="podfn-tee", daemon=True).start()
-            task = loop.create_task(self._serve(socket.socket(fileno=db_fd),
-                                                str(message["id"]), int(message["attempt"])))
+            secret = message.get("secret")
+            task = loop.create_task(self._serve(
+                socket.socket(fileno=db_fd), str(message["id"]), int(message["attempt"]),
+                secret if isinstance(secret, str) else None))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -273,11 +275,22 @@ class Supervisor:
         self._idle.put_nowait(conn)
         return row
 
-    async def _serve(self, sock: socket.socket, call_id: str, attempt: int) -> None:
-        """Answer one child's requests until it closes its socket."""
+    async def _serve(self, sock: socket.socket, call_id: str, attempt: int,
+                     secret: str | None) -> None:
+        """Answer one child's requests until it closes its socket.
+
+        With the attempt's `secret` (the forkserver has it from the controller), the
+        call is claimed at once, while the child starts: its own `claim`, the first
+        thing a runtime sends, is then answered without waiting for Postgres. Only
+        that exact request gets the answer; if the claim ahead failed, the child's
+        own is forwarded (and finds the claim landed, as after a lost reply)."""
         import psycopg
 
+        mine = {"id": call_id, "attempt": attempt, "secret": secret}
+        ahead = (asyncio.ensure_future(self._execute("claim", mine, True))
+                 if secret is not None else None)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
+        first = True
         try:
             while True:
                 try:
@@ -295,7 +308,18 @@ class Supervisor:
                 problem = check(name, params, call_id, attempt)
                 reply: dict[str, Any]
                 row = None
-                if problem is not None:
+                answered = False
+                if first and ahead is not None and name == "claim" and params == mine:
+                    try:
+                        row = await ahead
+                        reply = {}
+                        answered = True
+                    except Exception:  # the child's own claim is forwarded instead
+                        pass
+                first = False
+                if answered:
+                    pass
+                elif problem is not None:
                     log.warning("refused a request of call %s attempt %d: %s", call_id,
                                 attempt, problem)
                     reply = {"error": f"refused by the supervisor: {problem}"}
@@ -316,3 +340,6 @@ class Supervisor:
                 await writer.drain()
         finally:
             writer.close()
+            if ahead is not None:
+                with contextlib.suppress(BaseException):
+                    await ahead  # (its connection goes back to the pool)

@@ -392,8 +392,10 @@ class Zygote:
         db_ours, db_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         tee_ours, tee_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            socket.send_fds(supervisor.control,
-                            [json.dumps({"id": call_id, "attempt": int(attempt)}).encode()],
+            # With the secret, the supervisor claims the call while the child starts.
+            bind = {"id": call_id, "attempt": int(attempt),
+                    "secret": env.get("PODFN_ATTEMPT_SECRET")}
+            socket.send_fds(supervisor.control, [json.dumps(bind).encode()],
                             [db_theirs.fileno(), tee_theirs.fileno()])
         except OSError:
             db_ours.close()
