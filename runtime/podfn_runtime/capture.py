@@ -14,7 +14,10 @@ warm worker runs many; a fork and a reap per call cost more than a trivial
 call): each capture makes fresh pipes and hands their ends to the tee over
 a socket (SCM_RIGHTS), so what one call wrote never mixes with the next
 one's. The tee ends by itself once the runtime is gone (or said it is done,
-`stop_tee`) and every pipe's writers are gone. The runtime's own log lines go
+`stop_tee`) and every pipe's writers are gone. A cold call on the local
+forkserver forks no tee: the forkserver's supervisor runs the same tee loop
+for it, on a thread of its own per call (proxy.py, `use_shared_tee`); it is
+still not the call's process. The runtime's own log lines go
 to a duplicate of the original stderr taken before the capture starts
 (main.py), so they never mix with the user's output.
 """
@@ -205,7 +208,7 @@ class _SharedTee(_TeeProcess):
     """The local forkserver's supervisor as this runtime's tee (proxy.py): the same
     hand-over on a socket it gave us; no process of ours to fork or reap."""
 
-    def __init__(self, control: socket.socket) -> None:  # noqa: super-init-not-called
+    def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.pid = 0
 

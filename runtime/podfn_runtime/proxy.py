@@ -53,6 +53,7 @@ FORWARDED = frozenset({"claim", "claimed", "record", "succeed", "fail", "usage",
 CONNECTIONS = 2 * (os.cpu_count() or 1)
 _HEADER = struct.Struct(">I")
 _MAX_HEADER = 1 << 20
+_MAX_BLOBS = 1 << 30  # bytes of one request's values (Postgres takes no larger bytea)
 _PLAIN = (str, int, float, bool, type(None), bytes)
 
 
@@ -298,6 +299,8 @@ class Supervisor:
                     if size > _MAX_HEADER:
                         return
                     header, sizes = _decode_header(await reader.readexactly(size))
+                    if sum(sizes) > _MAX_BLOBS:
+                        return
                     blobs = [await reader.readexactly(n) for n in sizes]
                     params = _unpack(header.get("p"), blobs)
                 except (asyncio.IncompleteReadError, ConnectionError):

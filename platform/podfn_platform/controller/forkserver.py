@@ -397,10 +397,12 @@ class Zygote:
                     "secret": env.get("PODFN_ATTEMPT_SECRET")}
             socket.send_fds(supervisor.control, [json.dumps(bind).encode()],
                             [db_theirs.fileno(), tee_theirs.fileno()])
-        except OSError:
+        except OSError:  # it died: the next cold attempt starts another (reap() takes it)
             db_ours.close()
             tee_ours.close()
-            return None  # it died: reap() forgets it, the next attempt starts another
+            supervisor.control.close()
+            self.supervisor = None
+            return None
         finally:
             db_theirs.close()
             tee_theirs.close()
