@@ -54,6 +54,11 @@ STANDING_BACKOFF_FIRST = 0.5
 STANDING_BACKOFF_MAX = 60.0
 # The most calls one turn claims (and mints credentials for ahead of the claim).
 MINT_AHEAD = 256
+# How often, at most, a turn asks Postgres which running calls moved on
+# (stop_moved_on) when nothing said one did: a cancel (NOTIFY podfn_cancelled)
+# or a transition of the controller's own asks at once; this bounds how long
+# an attempt that lingers past FINISHED_GRACE_SECONDS keeps its slot.
+MOVED_ON_SECONDS = 1.0
 
 
 def backoff_seconds(failures: int) -> float:
@@ -111,6 +116,13 @@ class Controller:
         self.pool_workers: Counter[str] = Counter()
         # The workers track_workers saw, for disrupt_orphans later in the same turn.
         self._orphan_check: list[str] | None = None
+        # When stop_moved_on next asks Postgres (monotonic; 0: at the next turn).
+        self._moved_on_due_at = 0.0
+        # The earliest backoff's end among queued calls (epoch seconds), as last read,
+        # and whether something may have changed it since.
+        self._retry_at: float | None = None
+        self._retry_at_stale = True
+        self._retry_at_checked = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -144,6 +156,8 @@ class Controller:
                     failures += 1
                     self.database_errors += 1
                     self._full_reconcile = True
+                    self._moved_on_due_at = 0.0
+                    self._retry_at_stale = True
                     metrics.DATABASE_ERRORS.inc()
                     sleep = backoff_seconds(failures)
                     log.warning("database error in a controller turn (%d in a row): %s; "
@@ -168,10 +182,16 @@ class Controller:
     def _notified(self, channel: str, _payload: str) -> None:
         if channel == "podfn_deployed":
             self._standing_due_at = 0.0
+        elif channel == "podfn_cancelled":
+            self._moved_on_due_at = 0.0
+        elif channel == "podfn_queued":
+            self._retry_at_stale = True  # (a retry requeued with a backoff notifies too)
         self.wake.set()
 
     def _reconnected(self) -> None:
-        self._standing_due_at = 0.0  # a deploy's notification may have been lost
+        # A deploy's, a cancel's or a requeue's notification may have been lost.
+        self._standing_due_at = self._moved_on_due_at = 0.0
+        self._retry_at_stale = True
         self.wake.set()
 
     def _sleep_seconds(self) -> float:
@@ -179,9 +199,15 @@ class Controller:
         deadline = self.launcher.next_deadline()
         if deadline is not None:
             sleep = min(sleep, deadline)
-        row = self.db.one("next_retry_at")
-        if row and row["at"] is not None:
-            sleep = min(sleep, max(0.0, row["at"].timestamp() - time.time()))
+        now = time.monotonic()
+        if self._retry_at_stale or now >= self._retry_at_checked + self.settings.sweep_seconds:
+            # Only a requeue (notified), a transition of ours or a sweep changes it.
+            self._retry_at_stale = False  # (before the query: a NOTIFY meanwhile counts)
+            self._retry_at_checked = now
+            row = self.db.one("next_retry_at")
+            self._retry_at = row["at"].timestamp() if row and row["at"] is not None else None
+        if self._retry_at is not None:
+            sleep = min(sleep, max(0.0, self._retry_at - time.time()))
         if self._standing_due_at > 0.0:
             sleep = min(sleep, max(0.0, self._standing_due_at - time.monotonic()))
         return max(sleep, 0.01)
@@ -252,6 +278,9 @@ class Controller:
                                        "stdout": None, "stderr": None})
         metrics.RECONCILE_RESULTS.labels(exit_.kind, row["state"] if row else "unchanged").inc()
         if row is not None:
+            # A call of ours moved (requeued with a backoff, timed out...): both are due.
+            self._retry_at_stale = True
+            self._moved_on_due_at = 0.0
             log.info("call %s attempt %d -> %s: %s", a.call_id, a.attempt, row["state"],
                      exit_.reason.splitlines()[0])
 
@@ -438,8 +467,10 @@ class Controller:
         hold its slot of `max_concurrency` for ever, so it is stopped.
         """
         active = {a.call_id: a for a in self.launcher.active()}
-        if not active:
+        now = time.monotonic()
+        if not active or now < self._moved_on_due_at:
             return
+        self._moved_on_due_at = now + MOVED_ON_SECONDS
         for row in self.db.all("call_states", {"ids": list(active)}):
             a = active[row["id"]]
             if a.worker:
