@@ -24,6 +24,7 @@ to a duplicate of the original stderr taken before the capture starts
 
 from __future__ import annotations
 
+import _thread
 import codecs
 import contextlib
 import os
@@ -270,9 +271,23 @@ class _Reader:
     def __init__(self, redirects: list[_Redirect], sink: Sink) -> None:
         self._redirects = redirects
         self._sink = sink
-        self._thread = start_thread(self._run, "podfn-capture")
+        self._done = threading.Event()
+        # Not threading.Thread: its start() waits until the new thread runs, and on a
+        # busy machine the scheduler takes its time (up to a millisecond and more of a
+        # cold call's latency); nothing here needs to wait for that.
+        previous = threading.stack_size(_STACK_BYTES)
+        try:
+            _thread.start_new_thread(self._run, ())
+        finally:
+            threading.stack_size(previous)
 
     def _run(self) -> None:
+        try:
+            self._read()
+        finally:
+            self._done.set()
+
+    def _read(self) -> None:
         with selectors.DefaultSelector() as selector:
             for redirect in self._redirects:
                 selector.register(redirect.back, selectors.EVENT_READ, redirect)
@@ -298,7 +313,7 @@ class _Reader:
                         self._sink.add(redirect.stream, text.replace("\x00", "\ufffd"))
 
     def join(self) -> None:
-        self._thread.join(_DRAIN_SECONDS)
+        self._done.wait(_DRAIN_SECONDS)
 
 
 def _flush_python_streams() -> None:
