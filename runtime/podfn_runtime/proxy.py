@@ -31,6 +31,7 @@ A value is `["v", json]` or `["b", index]`.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import json
@@ -38,7 +39,6 @@ import logging
 import os
 import socket
 import struct
-import threading
 from typing import Any
 
 from podfn_runtime.capture import tee_loop
@@ -223,16 +223,16 @@ class Supervisor:
                 for fd in fds:
                     os.close(fd)
                 return
-            # A thread per child, as its own tee process would be: one child that
-            # stops reading its output cannot hold up another's.
-            threading.Thread(target=tee_loop, args=(socket.socket(fileno=tee_fd),),
-                             name="podfn-tee", daemon=True).start()
             secret = message.get("secret")
             task = loop.create_task(self._serve(
                 socket.socket(fileno=db_fd), str(message["id"]), int(message["attempt"]),
                 secret if isinstance(secret, str) else None))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            # A thread per child, as its own tee process would be: one child that
+            # stops reading its output cannot hold up another's. (Not threading.Thread,
+            # whose start() would hold up this loop until the scheduler runs it.)
+            _thread.start_new_thread(tee_loop, (socket.socket(fileno=tee_fd),))
 
         loop.add_reader(self._control.fileno(), on_control)
         await done  # the forkserver closed its end: it is gone
