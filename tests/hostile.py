@@ -128,6 +128,63 @@ def attack(victim_id: str, forbidden: list[str]) -> dict[str, str]:
     return tried
 
 
+def _through(proxy: Any, name: str, params: dict[str, Any]) -> str:
+    """One request through the local forkserver's supervisor (podfn_runtime/proxy.py)."""
+    from podfn_runtime.proxy import ProxyError, ProxyUnavailable
+
+    try:
+        row = proxy.execute(name, params, False)
+    except (ProxyError, ProxyUnavailable) as exc:
+        return f"refused: {type(exc).__name__}: {exc}"
+    if row is None or row.get("written") is False:
+        return f"refused: no effect ({row})"
+    return f"ALLOWED: {row!r}"[:300]
+
+
+@remote
+def attack_supervisor(victim_id: str) -> dict[str, str]:
+    """A cold call on the local forkserver reaches Postgres through the supervisor's
+    socket: use that socket for what its own connection could not do either."""
+    import gc
+    import socket
+
+    from podfn_runtime.proxy import ProxyConnection
+
+    [proxy] = [o for o in gc.get_objects() if isinstance(o, ProxyConnection) and not o.closed]
+    me, attempt = os.environ["PODFN_CALL_ID"], int(os.environ["PODFN_ATTEMPT"])
+    secret = os.environ["PODFN_ATTEMPT_SECRET"]
+    mine = {"id": me, "attempt": attempt, "secret": secret}
+    tried = {}
+    for name in ("claim", "claimed", "record", "usage", "append_output", "yield_item",
+                 "succeed", "fail", "succeed_next"):
+        tried[f"{name} another call"] = _through(proxy, name, {**mine, "id": victim_id})
+        tried[f"{name} my call at another attempt"] = _through(
+            proxy, name, {**mine, "attempt": attempt + 1})
+    tried["attempt given as true"] = _through(proxy, "record", {**mine, "attempt": True})
+    tried["my call with a wrong secret"] = _through(
+        proxy, "record", {**mine, "secret": secret[:-2] + "xx"})
+    tried["a warm worker's next"] = _through(proxy, "next", {**mine, "secret_hash": "0" * 64})
+    tried["a standing worker's next"] = _through(
+        proxy, "next_standing", {**mine, "worker": "w", "worker_secret": "s",
+                                 "secret_hash": "0" * 64})
+    tried["succeed_next taking the next call"] = _through(
+        proxy, "succeed_next", {**mine, "result": b"x", "result_json": None, "stdout": "",
+                                "stderr": "", "peak_bytes": 1, "cpu_seconds": 1.0,
+                                "wall_seconds": 1.0, "secret_hash": "0" * 64})
+    tried["a statement that is not the protocol's"] = _through(
+        proxy, "SELECT count(*) FROM public.podfn_calls", mine)
+    tried["an array parameter"] = _through(proxy, "record", {**mine, "secret": [secret]})
+    # Last: garbage on the socket. The supervisor hangs up on us, and the runtime still
+    # records this call's own result (by connecting itself).
+    raw = socket.socket(fileno=os.dup(proxy.fileno()))
+    raw.sendall(b"\x00\x00\x00\x05{]]]]")
+    raw.settimeout(10)
+    got = raw.recv(100)
+    raw.close()
+    tried["garbage"] = "refused: hung up" if got == b"" else f"ALLOWED: {got!r}"
+    return tried
+
+
 @remote
 def leak_credentials() -> dict[str, Any]:
     """Hand this attempt's secret and token out, to be replayed once the attempt has ended."""

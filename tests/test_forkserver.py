@@ -20,7 +20,7 @@ from podfn import remote
 from podfn.errors import CallFailed
 from podfn.settings import Settings
 from podfn_platform.api.app import create_app
-from podfn_platform.controller.forkserver import ForkServer, ForkServerError
+from podfn_platform.controller.forkserver import SUPERVISOR_NAME, ForkServer, ForkServerError
 from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.database import Database
 
@@ -149,6 +149,53 @@ def test_a_dead_forkserver_disrupts_its_attempts_and_is_replaced(platform: Platf
     assert "forkserver" in info["attempts"][0]["reason"]
     new = launcher_of(platform).forkserver
     assert new is not None and new.pid != old.pid
+
+
+def supervisors(zygote: int) -> list[int]:
+    """The forkserver's supervisor (podfn_runtime/proxy.py), found by its process name."""
+    found = []
+    for child in Path(f"/proc/{zygote}/task/{zygote}/children").read_text().split():
+        try:
+            name = Path(f"/proc/{child}/comm").read_bytes().strip()
+        except OSError:
+            continue
+        if name == SUPERVISOR_NAME:
+            found.append(int(child))
+    return found
+
+
+def test_a_cold_call_holds_no_connection_and_outlives_its_supervisor(
+        platform: Platform, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+
+    @remote
+    def wait_then_look() -> list[str]:
+        import gc
+
+        while not release.exists():
+            time.sleep(0.02)
+        psycopg = sys.modules.get("psycopg")
+        if psycopg is None:
+            return []
+        return [repr(o) for o in gc.get_objects() if isinstance(o, psycopg.Connection)]
+
+    call = wait_then_look.spawn()
+    server = wait_for(lambda: launcher_of(platform).forkserver, what="the forkserver")
+    assert server.pid is not None
+    [supervisor] = wait_for(lambda: supervisors(server.pid or 0), what="the supervisor")
+    release.touch()
+    assert call.result(timeout=30) == [], "the call's process holds no connection of its own"
+    # Without its supervisor, a call still records its outcome (connecting by itself),
+    # and the next call gets a new supervisor.
+    release.unlink()
+    call = wait_then_look.spawn()
+    wait_for(lambda: call.status() == "running", what="the call to run")
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: gone(supervisor), what="the supervisor to die")
+    release.touch()
+    assert call.result(timeout=30) == [], "recorded by a connection of its own, made then"
+    assert remote(os.getpid).remote() != supervisor
+    assert wait_for(lambda: supervisors(server.pid or 0), what="a new supervisor") != [supervisor]
 
 
 def test_python_variables_in_env_use_a_fresh_interpreter(platform: Platform) -> None:

@@ -59,6 +59,25 @@ def test_a_call_cannot_touch_other_calls_or_the_platform(
     assert victim.info()["attempt"] == 1
 
 
+def test_a_cold_call_reaches_only_its_own_call_through_the_supervisor(
+        platform: Platform, tmp_path: Path) -> None:
+    """The local forkserver's supervisor runs a cold call's protocol statements
+    (podfn_runtime/proxy.py): through its socket a call can do no more than with a
+    connection of its own, and less (only its own call and attempt, only the
+    protocol's statements, no warm worker's `next`)."""
+    release = tmp_path / "release"
+    victim = hostile.wait_for.spawn(str(release))
+    running(victim)
+    tried = hostile.attack_supervisor.remote(victim.id)
+    assert len(tried) > 20
+    assert_all_refused(tried)
+    assert "not this process's call" in tried["claim another call"]
+    assert "not forwarded" in tried["a warm worker's next"]
+    release.touch()
+    assert victim.result(timeout=60) == "the victim's own result"
+    assert victim.info()["attempt"] == 1
+
+
 def test_a_spent_secret_and_token_are_dead(where: Platform) -> None:
     leaked: dict[str, Any] = hostile.leak_credentials.remote()
     assert leaked["secret"] and leaked["token"].startswith("pfn_call_")

@@ -106,9 +106,11 @@ def test_orphans_wait_until_the_launcher_knows_its_workers(
     nobody = Attempt("", 0, "", {}, "")
     c = controller(database_url, db, Recorder(nobody, known=False))
     c.track_workers()
+    c.disrupt_orphans()
     assert state(db, second) == ("running", 1), "not disrupted before the first full list"
     c = controller(database_url, db, Recorder(nobody, known=True))
     c.track_workers()
+    c.disrupt_orphans()
     assert state(db, second) == ("queued", 1), "disrupted once the launcher knows its workers"
 
 

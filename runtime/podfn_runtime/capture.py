@@ -14,13 +14,17 @@ warm worker runs many; a fork and a reap per call cost more than a trivial
 call): each capture makes fresh pipes and hands their ends to the tee over
 a socket (SCM_RIGHTS), so what one call wrote never mixes with the next
 one's. The tee ends by itself once the runtime is gone (or said it is done,
-`stop_tee`) and every pipe's writers are gone. The runtime's own log lines go
+`stop_tee`) and every pipe's writers are gone. A cold call on the local
+forkserver forks no tee: the forkserver's supervisor runs the same tee loop
+for it, on a thread of its own per call (proxy.py, `use_shared_tee`); it is
+still not the call's process. The runtime's own log lines go
 to a duplicate of the original stderr taken before the capture starts
 (main.py), so they never mix with the user's output.
 """
 
 from __future__ import annotations
 
+import _thread
 import codecs
 import contextlib
 import os
@@ -96,21 +100,32 @@ class _Redirect:
 
 
 def _tee(control: socket.socket) -> None:
-    """The tee process: for each capture the runtime hands over (per stream: the pipe
-    from the call, the pipe back to the runtime, and the runtime's original
-    descriptor) on `control`, copy the pipe to the original and back to the runtime
-    until its writers are gone; exit once the runtime closed `control` and every pipe
-    has ended. Only os and socket calls: it was forked from a threaded process."""
+    """The tee process: `tee_loop`, then exit. Only os and socket calls: it was forked
+    from a threaded process."""
     try:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # echo to the end; EOF ends us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        targets: dict[int, int] = {}  # pipe from the call -> where it echoes
-        backs: dict[int, int] = {}  # pipe from the call -> pipe back to the runtime
+        tee_loop(control)
+    finally:
+        os._exit(0)
+
+
+def tee_loop(control: socket.socket) -> None:
+    """For each capture the runtime hands over (per stream: the pipe from the call, the
+    pipe back to the runtime, and the runtime's original descriptor) on `control`, copy
+    the pipe to the original and back to the runtime until its writers are gone; return
+    once the runtime closed `control` and every pipe has ended (closing `control`).
+    Run by the runtime's own tee process, or by a thread of the local forkserver's
+    supervisor (proxy.py), one per runtime."""
+    targets: dict[int, int] = {}  # pipe from the call -> where it echoes
+    backs: dict[int, int] = {}  # pipe from the call -> pipe back to the runtime
+    try:
         listening = True
         while targets or listening:
-            watched = list(targets) + ([control.fileno()] if listening else [])
-            ready, _, _ = select.select(watched, [], [])
-            for fd in ready:
+            poller = select.poll()  # not select(): a supervisor's descriptors pass 1024
+            for fd in list(targets) + ([control.fileno()] if listening else []):
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll():
                 if fd == control.fileno():
                     try:
                         streams, fds, _, _ = socket.recv_fds(control, 16, 8)
@@ -118,10 +133,13 @@ def _tee(control: socket.socket) -> None:
                         continue
                     except OSError:
                         streams, fds = b"", []
-                    if not streams:
+                    n = len(streams)
+                    if not streams or len(fds) != 3 * n:
+                        for extra in fds:
+                            with contextlib.suppress(OSError):
+                                os.close(extra)
                         listening = False
                         continue
-                    n = len(streams)
                     for i in range(n):
                         targets[fds[i]] = fds[2 * n + i]
                         backs[fds[i]] = fds[n + i]
@@ -145,7 +163,10 @@ def _tee(control: socket.socket) -> None:
                     with contextlib.suppress(OSError):
                         os.close(backs.pop(fd))  # the runtime is gone: echo on regardless
     finally:
-        os._exit(0)
+        for fd in [*targets, *targets.values(), *backs.values()]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        control.close()
 
 
 class _TeeProcess:
@@ -184,7 +205,25 @@ class _TeeProcess:
         _reap(self.pid)
 
 
+class _SharedTee(_TeeProcess):
+    """The local forkserver's supervisor as this runtime's tee (proxy.py): the same
+    hand-over on a socket it gave us; no process of ours to fork or reap."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.pid = 0
+
+    def close(self) -> None:
+        self.control.close()
+
+
 _tee_process: _TeeProcess | None = None
+
+
+def use_shared_tee(control: socket.socket) -> None:
+    """Hand captures to the tee at the other end of `control` instead of forking one."""
+    global _tee_process
+    _tee_process = _SharedTee(control)
 
 
 def _handed_to_tee(redirects: list[_Redirect]) -> None:
@@ -248,7 +287,14 @@ class _Reader:
         self._lock = threading.Lock()
         self._added: list[_Capture] = []
         self._dropped: list[_Capture] = []
-        self._thread = start_thread(self._run, "podfn-capture")
+        # Not threading.Thread: its start() waits until the new thread runs, and on a
+        # busy machine the scheduler takes its time (up to a millisecond and more of a
+        # cold call's latency); nothing here needs to wait for that.
+        previous = threading.stack_size(_STACK_BYTES)
+        try:
+            _thread.start_new_thread(self._run, ())
+        finally:
+            threading.stack_size(previous)
 
     def add(self, capture: _Capture) -> None:
         with self._lock:

@@ -29,14 +29,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.rows import dict_row
-
+from podfn_runtime.proxy import ProxyConnection, ProxyError, ProxyUnavailable
 from podfn_runtime.queries import protocol
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("podfn.runtime")
 
@@ -48,9 +50,24 @@ FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 CONNECT_TIMEOUT = 10  # seconds; libpq's own limit for one connection attempt
 
-# Errors that mean "the connection or the server is in trouble", worth a new
-# connection. Anything else (a constraint, a bad value) would fail again.
-_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def _transient() -> tuple[type[Exception], ...]:
+    """Errors that mean "the connection or the server is in trouble", worth a new
+    connection. Anything else (a constraint, a bad value) would fail again.
+
+    psycopg is imported when the runtime first connects, not before: a cold call on
+    the local forkserver never connects (its supervisor does, proxy.py), and the
+    forkserver's children are cheaper to fork from an image without it."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is None:
+        return (ProxyUnavailable,)
+    return (psycopg.OperationalError, psycopg.InterfaceError, ProxyUnavailable)
+
+
+def _final() -> tuple[type[Exception], ...]:
+    psycopg = sys.modules.get("psycopg")
+    return (ProxyError,) if psycopg is None else (psycopg.Error, ProxyError)
 
 # For each transition, the attempt states (podfn_attempts.state) that say it
 # already happened for this attempt.
@@ -79,6 +96,9 @@ class DatabaseUnavailable(RuntimeDatabaseError):
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
     """One connection as the runtime uses it (no retries)."""
+    import psycopg
+    from psycopg.rows import dict_row
+
     return psycopg.connect(url, autocommit=True, row_factory=dict_row,
                            application_name="podfn-runtime",
                            connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
@@ -87,7 +107,8 @@ def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
 class RuntimeDatabase:
     def __init__(self, url: str, secret: str, *,
                  retry_seconds: float = DEFAULT_RETRY_SECONDS,
-                 connection: psycopg.Connection[dict[str, Any]] | None = None) -> None:
+                 connection: psycopg.Connection[dict[str, Any]] | None = None,
+                 proxy: ProxyConnection | None = None) -> None:
         self._url = url
         self._secret = secret
         self._retry_seconds = retry_seconds
@@ -95,16 +116,31 @@ class RuntimeDatabase:
         self._lock = threading.Lock()  # the progress thread shares the connection
         # `connection`: made ahead by the local forkserver's spare child, for this URL.
         self._conn: psycopg.Connection[dict[str, Any]] | None = connection
+        # `proxy`: the local forkserver's supervisor runs the statements (proxy.py);
+        # if it goes away, the runtime connects by itself.
+        self._proxy = proxy
         self._retrying(lambda _tries: None, "connect")
 
     def _connect(self) -> None:
+        if self._proxy is not None and not self._proxy.closed:
+            return
+        self._proxy = None
         if self._conn is not None and not self._conn.closed:
             return
         self._conn = connect(self._url)
 
+    def _execute(self, name: str, params: dict[str, Any], *,
+                 binary: bool = False) -> dict[str, Any] | None:
+        if self._proxy is not None:
+            return self._proxy.execute(name, params, binary)
+        assert self._conn is not None
+        return self._conn.execute(self._queries[name], params, binary=binary).fetchone()
+
     def _drop(self) -> None:
+        if self._proxy is not None:
+            return  # a proxy that is gone closed itself; one in trouble is asked again
         if self._conn is not None:
-            with contextlib.suppress(psycopg.Error):
+            with contextlib.suppress(*_final()):
                 self._conn.close()
             self._conn = None
 
@@ -119,10 +155,10 @@ class RuntimeDatabase:
                 try:
                     self._connect()
                     return action(tries)
-                except _TRANSIENT as exc:
+                except _transient() as exc:
                     self._drop()
                     error: Exception = exc
-                except psycopg.Error as exc:
+                except _final() as exc:
                     raise RuntimeDatabaseError(f"{what} failed: {exc}") from exc
             now = time.monotonic()
             deadline = deadline if deadline is not None else now + self._retry_seconds
@@ -155,9 +191,7 @@ class RuntimeDatabase:
         params = {"secret": self._secret, **params}
 
         def run(tries: int) -> dict[str, Any] | None:
-            assert self._conn is not None
-            row = self._conn.execute(self._queries[name], params,
-                                     binary=name in _PAYLOAD_READS).fetchone()
+            row = self._execute(name, params, binary=name in _PAYLOAD_READS)
             if row is not None and "written" in row:  # append_output, yield_item
                 return row if row["written"] else None
             if row is None and tries > 1 and name in _LANDED:
@@ -205,17 +239,19 @@ class RuntimeDatabase:
 
     def _landed(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
         """After a lost reply: what the transition returned, if it did land for this attempt."""
-        assert self._conn is not None
         key = {"id": params["id"], "attempt": params["attempt"], "secret": params["secret"]}
-        record = self._conn.execute(self._queries["record"], key).fetchone()
+        record = self._execute("record", key)
         if record is None or record["attempt_state"] not in _LANDED[name]:
             return None
         log.info("%s of call %s attempt %s had landed before the connection was lost",
                  name, params["id"], params["attempt"])
         if name == "claim":
-            return self._conn.execute(self._queries["claimed"], key, binary=True).fetchone()
+            return self._execute("claimed", key, binary=True)
         return {"id": record["id"], "attempt": record["attempt"], "state": record["call_state"]}
 
     def close(self) -> None:
         with self._lock:
+            if self._proxy is not None:
+                self._proxy.close()
+                self._proxy = None
             self._drop()

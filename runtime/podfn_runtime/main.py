@@ -398,6 +398,7 @@ def _log_apart() -> None:
 
 
 _preconnected: list[Any] = []
+_proxied: list[Any] = []
 
 
 def use_connection(connection: Any) -> None:
@@ -406,10 +407,19 @@ def use_connection(connection: Any) -> None:
     _preconnected[:] = [connection]
 
 
+def use_proxy(proxy: Any) -> None:
+    """The local forkserver's supervisor runs this runtime's statements (proxy.py): `main`
+    connects to nothing (the supervisor is its tee too, capture.use_shared_tee)."""
+    _proxied[:] = [proxy]
+
+
 def _connect_with_tee(url: str, secret: str, retry_seconds: float) -> RuntimeDatabase:
     """The runtime's connection, made on a thread while this one forks the output tee:
     the connection mostly waits for Postgres to start a backend, the fork is CPU, and a
     cold call waits for both before it runs."""
+    if _proxied:
+        capture.start_tee()  # (none to fork when the supervisor is the tee)
+        return RuntimeDatabase(url, secret, retry_seconds=retry_seconds, proxy=_proxied.pop())
     if _preconnected:
         connection = _preconnected.pop()
         capture.start_tee()
@@ -430,7 +440,25 @@ def _connect_with_tee(url: str, secret: str, retry_seconds: float) -> RuntimeDat
     return made[0]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _from_environment() -> argparse.Namespace | None:
+    """The options as `main` would parse them from no flags at all, without building
+    the parser (a millisecond of a forked cold call's CPU); None if a value is not
+    well-formed, so that the parser reports it."""
+    env = os.environ
+    try:
+        attempt = env.get("PODFN_ATTEMPT")
+        return argparse.Namespace(
+            call_id=env.get("PODFN_CALL_ID"),
+            attempt=None if attempt is None else int(attempt),
+            database_url=env.get("PODFN_RUNTIME_DATABASE_URL"),
+            max_result_bytes=int(env.get("PODFN_MAX_RESULT_BYTES") or DEFAULT_MAX_RESULT_BYTES),
+            write_retry_seconds=float(env.get("PODFN_RUNTIME_WRITE_RETRY_SECONDS")
+                                      or DEFAULT_RETRY_SECONDS))
+    except ValueError:
+        return None
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m podfn_runtime",
         description="Run one attempt of a podfn call and record its outcome in Postgres.",
@@ -454,7 +482,13 @@ def main(argv: list[str] | None = None) -> int:
              f"{EXIT_DISRUPTED} (default: $PODFN_RUNTIME_WRITE_RETRY_SECONDS or "
              f"{DEFAULT_RETRY_SECONDS:g})",
     )
-    ns = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = _from_environment() if argv == [] else None
+    if ns is None:
+        ns = _parser().parse_args(argv)
     _log_apart()
     # A standing worker (docs/warm-workers.md) has a name and a secret of its own
     # instead of an attempt's; its secret leaves the environment at once, so what
@@ -469,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                  ("--database-url", ns.database_url), ("PODFN_ATTEMPT_SECRET", secret)))
     missing = [flag for flag, value in required if value in (None, "")]
     if missing:
-        parser.error("missing " + ", ".join(missing) + " (or PODFN_CALL_ID, PODFN_ATTEMPT, "
+        _parser().error("missing " + ", ".join(missing) + " (or PODFN_CALL_ID, PODFN_ATTEMPT, "
                      "PODFN_RUNTIME_DATABASE_URL in the environment; the controller sets "
                      "them, with PODFN_ATTEMPT_SECRET, for each attempt)")
     reaper.become_subreaper()

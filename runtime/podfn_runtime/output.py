@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from podfn_runtime.capture import start_thread
@@ -75,8 +75,18 @@ class Output:
         self._pending: list[tuple[str, int, list[str]]] = []
         self._offset = 0
         self._capped = False
+        self._on_first: Callable[[], None] | None = None
+
+    def when_written(self, hook: Callable[[], None] | None) -> None:
+        """Call `hook` (once) when the call first writes something (None: never)."""
+        with self._lock:
+            self._on_first = hook
 
     def add(self, stream: str, text: str) -> None:
+        with self._lock:
+            hook, self._on_first = self._on_first, None
+        if hook is not None:
+            hook()
         with self._lock:
             self._tails[stream].add(text)
             if self._capped or not text:
@@ -156,14 +166,29 @@ class OutputWriter:
 
     @contextmanager
     def periodically(self) -> Iterator[None]:
-        """Flush every FLUSH_SECONDS during the block (on the runtime's one flusher
-        thread: a thread started and joined per call cost more than a trivial call)."""
-        flusher = _the_flusher()
-        flusher.follow(self)
+        """Flush every FLUSH_SECONDS during the block, from the call's first output on
+        (a call that writes nothing, as most short ones, starts no thread), on the
+        runtime's one flusher thread (a thread started and joined per call cost more
+        than a trivial call)."""
+        lock = threading.Lock()  # the reader thread's first write against the block's end
+        followed: list[_Flusher] = []
+        ended = False
+
+        def start() -> None:
+            with lock:
+                if not followed and not ended:
+                    followed.append(_the_flusher())
+                    followed[0].follow(self)
+
+        self._output.when_written(start)
         try:
             yield
         finally:
-            flusher.follow(None)
+            self._output.when_written(None)
+            with lock:
+                ended = True
+                for flusher in followed:
+                    flusher.follow(None)
 
 
 class _Flusher:

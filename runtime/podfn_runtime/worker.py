@@ -40,9 +40,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from podfn_runtime import termination
 from podfn_runtime.capture import start_thread
@@ -58,6 +56,9 @@ from podfn_runtime.main import (
     run_claimed,
     run_only,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger("podfn.runtime")
 
@@ -89,6 +90,8 @@ class Waker:
     standing worker on podfn_retired too (the controller retired a worker)."""
 
     def __init__(self, url: str, channels: tuple[str, ...] = ("podfn_queued",)) -> None:
+        import psycopg  # (imported when needed: database._transient says why)
+
         self._conn: psycopg.Connection[Any] | None = None
         try:
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
@@ -105,6 +108,8 @@ class Waker:
         if self._conn is None:
             time.sleep(seconds)
             return
+        import psycopg
+
         try:
             for _ in self._conn.notifies(timeout=seconds, stop_after=1):
                 pass
@@ -115,6 +120,8 @@ class Waker:
 
     def close(self) -> None:
         if self._conn is not None:
+            import psycopg
+
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()
             self._conn = None

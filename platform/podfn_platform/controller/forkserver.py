@@ -29,16 +29,29 @@ own and keeps every property of the plain launcher:
 The zygote never connects to Postgres (a child must not inherit a
 connection) and is single-threaded when it forks (it checks).
 
+The supervisor (podfn_runtime/proxy.py): a cold attempt (one call, not a
+warm or standing worker) never connects to Postgres. The zygote forks, once,
+a supervisor process that holds a few connections as the runtime role and
+runs each child's protocol statements over a socket of the child's own, and
+is the child's output tee too; before the child exists, the zygote hands the
+supervisor the other end of that socket bound to the child's call and
+attempt, and the supervisor forwards nothing else (only protocol statements,
+only for that call and attempt, each still needing the attempt's secret). A
+cold call so costs no Postgres backend, no authentication and no tee fork.
+The supervisor leaves the zygote's session and signals and dies with the
+zygote; if it dies, its children connect by themselves and the next cold
+attempt starts another. psycopg is not imported in the zygote until a child
+needs a connection of its own (a smaller image forks faster).
+
 A spare: after each attempt it forks, the zygote forks the next attempt's
-process ahead of time. The spare leaves the zygote's session and signals,
-connects to Postgres as the runtime role (every attempt gets the same URL;
-the attempt's secret comes later, with the request) and waits on a socket.
-It forks its output tee too (capture.py). The next request with that URL
-goes to it: the output descriptor over
-SCM_RIGHTS, then the request, and the spare runs it exactly as a freshly
-forked child would, with the connection it made. A cold call so waits for
-neither a fork nor a new Postgres backend. A spare that dies waiting is
-reaped quietly and the next request forks afresh.
+process ahead of time. The spare leaves the zygote's session and signals
+and waits on a socket (without a supervisor, it first connects to Postgres
+as the runtime role, the URL every attempt gets, and forks its output tee,
+capture.py; the attempt's secret comes later, with the request). The next
+request with that URL goes to it: the output descriptor (and its sockets to
+the supervisor) over SCM_RIGHTS, then the request, and the spare runs it
+exactly as a freshly forked child would. A cold call so waits for no fork.
+A spare that dies waiting is reaped quietly and the next request forks afresh.
 
 Protocol (one JSON object per line): the controller writes
 `{"id", "env", "log", "memory"}` on the zygote's stdin; the zygote answers
@@ -73,6 +86,8 @@ from collections.abc import Callable
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+SUPERVISOR_NAME = b"podfn-supervis"  # the 15 bytes a process name holds
 
 
 def _libc() -> Any:
@@ -98,21 +113,24 @@ def _leave_zygote(zygote_pid: int, libc: Any) -> None:
 
 
 def _run_spare(sock: socket.socket, url: str, zygote_pid: int, libc: Any,
-               keep_fds: list[int]) -> None:
-    """In a child forked ahead of its request: connect to Postgres as the runtime role
-    (the URL every attempt gets), then wait for the request and run it. The connection
-    is this child's own, made after the fork; it serves one attempt, like any other."""
+               keep_fds: list[int], supervised: bool) -> None:
+    """In a child forked ahead of its request: wait for the request and run it. Without
+    a supervisor, connect to Postgres as the runtime role (the URL every attempt gets)
+    and fork the output tee first; the connection is this child's own, made after the
+    fork; it serves one attempt, like any other."""
     try:
         _leave_zygote(zygote_pid, libc)
         from podfn_runtime import capture, database
         from podfn_runtime import main as runtime_main
 
-        try:
-            connection = database.connect(url)
-        except Exception:  # the runtime connects (and retries) by itself
-            connection = None
-        capture.start_tee()  # its output tee too, while nothing waits for it
-        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        connection = None
+        if not supervised:
+            try:
+                connection = database.connect(url)
+            except Exception:  # the runtime connects (and retries) by itself
+                connection = None
+            capture.start_tee()  # its output tee too, while nothing waits for it
+        _, fds, _, _ = socket.recv_fds(sock, 16, 3)
         if not fds:
             os._exit(0)  # the zygote is done with us
         chunks = []
@@ -121,20 +139,42 @@ def _run_spare(sock: socket.socket, url: str, zygote_pid: int, libc: Any,
         sock.close()
         request = json.loads(b"".join(chunks))
         keep = capture.tee_descriptors()
-        if connection is not None:
+        if connection is not None and len(fds) == 1:
             runtime_main.use_connection(connection)
             keep.append(connection.pgconn.socket)
-        _run_child(request, fds[0], zygote_pid, libc, keep_fds, left=True, keep_open=keep)
+        proxy = (fds[1], fds[2]) if len(fds) == 3 else None
+        _run_child(request, fds[0], zygote_pid, libc, keep_fds, left=True, keep_open=keep,
+                   proxy=proxy)
     finally:
         os._exit(1)
 
 
+def _run_supervisor(control: socket.socket, url: str, zygote_pid: int, libc: Any) -> None:
+    """The supervisor process (podfn_runtime/proxy.py): our code only, no call's."""
+    try:
+        _leave_zygote(zygote_pid, libc)
+        libc.prctl(_PR_SET_NAME, SUPERVISOR_NAME)  # for ps, top and the tests
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)  # fd 2 stays the controller's stderr, for its warnings
+        keep = control.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 16)
+        from podfn_runtime.proxy import Supervisor
+
+        Supervisor(url, control).run()
+    finally:
+        os._exit(0)
+
+
 def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
                keep_fds: list[int], *, left: bool = False,
-               keep_open: list[int] | None = None) -> None:
+               keep_open: list[int] | None = None,
+               proxy: tuple[int, int] | None = None) -> None:
     """In the forked child: become the attempt's process, run the runtime, never return.
     `left`: _leave_zygote was done already (a spare); `keep_open`: descriptors of its
-    own to keep (its connection)."""
+    own to keep (its connection); `proxy`: its sockets to the supervisor (statements,
+    tee)."""
     code = 1
     try:
         if not left:
@@ -152,7 +192,7 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
                 with contextlib.suppress(OSError):
                     os.close(fd)
         low = 3
-        for fd in sorted(keep_open or []):
+        for fd in sorted([*(keep_open or []), *(proxy or ())]):
             os.closerange(low, fd)
             low = fd + 1
         os.closerange(low, 256)
@@ -171,6 +211,13 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
         os.environ.update(request["env"])
         sys.argv = [sys.argv[0]]
         from podfn_runtime.main import main
+        if proxy is not None:
+            from podfn_runtime import capture
+            from podfn_runtime import main as runtime_main
+            from podfn_runtime.proxy import ProxyConnection
+
+            runtime_main.use_proxy(ProxyConnection(socket.socket(fileno=proxy[0])))
+            capture.use_shared_tee(socket.socket(fileno=proxy[1]))
 
         try:
             code = main([])
@@ -202,6 +249,15 @@ class _Spare:
         self.url = url
 
 
+class _Supervisor:
+    """The process that runs protocol statements and tees output for cold attempts."""
+
+    def __init__(self, pid: int, control: socket.socket, url: str) -> None:
+        self.pid = pid
+        self.control = control
+        self.url = url
+
+
 class Zygote:
     def __init__(self) -> None:
         self.libc = _libc()
@@ -209,6 +265,9 @@ class Zygote:
         # The next attempt's process, forked and connected to Postgres while the
         # zygote waits: a cold call does not wait for a fork and a new backend.
         self.spare: _Spare | None = None
+        # Started with the first cold attempt: it holds the runtime role's connections
+        # for every cold attempt (podfn_runtime/proxy.py).
+        self.supervisor: _Supervisor | None = None
         self.out = os.fdopen(os.dup(1), "wb")
         self.stdin_fd = 0
         self.buffer = b""
@@ -218,7 +277,9 @@ class Zygote:
 
     def serve(self) -> None:
         # Everything an attempt imports anyway, imported once here.
-        import podfn_runtime.main  # noqa: F401
+        import podfn_runtime.main
+        import podfn_runtime.proxy
+        import podfn_runtime.worker  # noqa: F401
         from podfn_runtime import reaper
         from podfn_runtime.queries import protocol
 
@@ -278,18 +339,32 @@ class Zygote:
         except OSError as exc:
             _send(self.out, {"id": request["id"], "error": f"cannot open the output: {exc}"})
             return
-        url = (request.get("env") or {}).get("PODFN_RUNTIME_DATABASE_URL")
-        pid = self.hand_to_spare(request, output, url)
+        env = request.get("env") or {}
+        url = env.get("PODFN_RUNTIME_DATABASE_URL")
+        proxy = self.supervise(env, url)
+        if proxy is None and "psycopg" not in sys.modules:
+            # A runtime that connects by itself (a warm or standing worker): psycopg,
+            # left out of this image for the cold attempts' sake (a smaller image forks
+            # faster; they never connect), is imported once here for all later ones.
+            import psycopg.rows  # noqa: F401
+
+            gc.freeze()
+        pid = self.hand_to_spare(request, output, url, proxy)
         if pid is None:
             try:
                 pid = os.fork()
             except OSError as exc:
                 os.close(output)
+                for fd in proxy or ():
+                    os.close(fd)
                 _send(self.out, {"id": request["id"], "error": f"fork failed: {exc}"})
                 return
             if pid == 0:
-                _run_child(request, output, os.getppid(), self.libc, self.own_fds())
+                _run_child(request, output, os.getppid(), self.libc, self.own_fds(),
+                           proxy=proxy)
         os.close(output)
+        for fd in proxy or ():
+            os.close(fd)
         self.children.add(pid)
         _send(self.out, {"id": request["id"], "pid": pid})
         if url:
@@ -299,10 +374,57 @@ class Zygote:
         fds = [self.out.fileno(), self.wake_r, self.wake_w, self.stdin_fd]
         if self.spare is not None:
             fds.append(self.spare.sock.fileno())
+        if self.supervisor is not None:
+            fds.append(self.supervisor.control.fileno())
         return fds
 
+    def supervise(self, env: dict[str, str], url: str | None) -> tuple[int, int] | None:
+        """For a cold attempt (one call, not a warm or standing worker): its two sockets
+        to the supervisor (statements, tee), whose ends the supervisor got bound to its
+        call and attempt before the child can send anything; None: it connects by itself."""
+        call_id, attempt = env.get("PODFN_CALL_ID"), env.get("PODFN_ATTEMPT", "")
+        if not url or not call_id or not attempt.isdigit() or env.get("PODFN_WARM") \
+                or env.get("PODFN_WORKER"):
+            return None
+        supervisor = self.supervisor or self.start_supervisor(url)
+        if supervisor is None or supervisor.url != url:
+            return None
+        db_ours, db_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        tee_ours, tee_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            # With the secret, the supervisor claims the call while the child starts.
+            bind = {"id": call_id, "attempt": int(attempt),
+                    "secret": env.get("PODFN_ATTEMPT_SECRET")}
+            socket.send_fds(supervisor.control, [json.dumps(bind).encode()],
+                            [db_theirs.fileno(), tee_theirs.fileno()])
+        except OSError:  # it died: the next cold attempt starts another (reap() takes it)
+            db_ours.close()
+            tee_ours.close()
+            supervisor.control.close()
+            self.supervisor = None
+            return None
+        finally:
+            db_theirs.close()
+            tee_theirs.close()
+        return db_ours.detach(), tee_ours.detach()
+
+    def start_supervisor(self, url: str) -> _Supervisor | None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            ours.close()
+            _run_supervisor(theirs, url, os.getppid(), self.libc)
+        theirs.close()
+        self.supervisor = _Supervisor(pid, ours, url)
+        return self.supervisor
+
     def hand_to_spare(self, request: dict[str, Any], output: int,
-                      url: str | None) -> int | None:
+                      url: str | None, proxy: tuple[int, int] | None) -> int | None:
         """The spare's pid once it has the request; None if there is no fitting spare."""
         spare, self.spare = self.spare, None
         if spare is None:
@@ -310,7 +432,7 @@ class Zygote:
         try:
             if spare.url != url:
                 return None
-            socket.send_fds(spare.sock, [b"r"], [output])
+            socket.send_fds(spare.sock, [b"r"], [output, *(proxy or ())])
             spare.sock.sendall(json.dumps(request).encode())
             spare.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -331,7 +453,8 @@ class Zygote:
             return
         if pid == 0:
             ours.close()
-            _run_spare(theirs, url, os.getppid(), self.libc, self.own_fds())
+            supervised = self.supervisor is not None and self.supervisor.url == url
+            _run_spare(theirs, url, os.getppid(), self.libc, self.own_fds(), supervised)
         theirs.close()
         self.spare = _Spare(pid, ours, url)
 
@@ -350,6 +473,9 @@ class Zygote:
             elif self.spare is not None and pid == self.spare.pid:
                 self.spare.sock.close()  # it died waiting: the next request forks afresh
                 self.spare = None
+            elif self.supervisor is not None and pid == self.supervisor.pid:
+                self.supervisor.control.close()  # the next cold attempt starts another
+                self.supervisor = None
 
     def kill_orphans(self) -> None:
         """Kill the trees of processes re-parented to us: what dead attempts left running."""
@@ -360,13 +486,16 @@ class Zygote:
             # Our children alone, not a scan of all of /proc: this runs at every exit,
             # on the one thread that also forks the next attempts.
             spare = {self.spare.pid} if self.spare is not None else set()
+            if self.supervisor is not None:
+                spare.add(self.supervisor.pid)
             for pid in kids - self.children - spare:
                 reaper.kill_tree(pid, include_root=True)
             return
         me = os.getpid()
         for pid in reaper.descendants(me):
             if pid in self.children or reaper.parent_of(pid) != me or (
-                    self.spare is not None and pid == self.spare.pid):
+                    self.spare is not None and pid == self.spare.pid) or (
+                    self.supervisor is not None and pid == self.supervisor.pid):
                 continue
             reaper.kill_tree(pid, include_root=True)
 

@@ -25,6 +25,7 @@ start means the plain path: `python -m podfn_runtime` per attempt.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import ctypes.util
@@ -84,11 +85,19 @@ class OutputTail:
         self._buffer = bytearray()
         self._dropped = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._drain, daemon=True,
-                                        name=f"podfn-output-{fd}")
-        self._thread.start()
+        self._ended = threading.Event()
+        # Not threading.Thread: its start() waits until the new thread runs, which on a
+        # busy machine holds up the attempt's launch (the FIFO or pipe holds what the
+        # attempt writes meanwhile).
+        _thread.start_new_thread(self._drain, ())
 
     def _drain(self) -> None:
+        try:
+            self._read()
+        finally:
+            self._ended.set()
+
+    def _read(self) -> None:
         os.set_blocking(self._fd, False)
         with selectors.DefaultSelector() as sel:
             sel.register(self._fd, selectors.EVENT_READ)
@@ -116,7 +125,7 @@ class OutputTail:
         The runtime's tee process may still be copying a burst of output when the
         runtime exits (20 MiB took over 2 s on a loaded machine): its last words are
         the ones worth keeping, so wait for the end of the pipe, within reason."""
-        self._thread.join(wait)
+        self._ended.wait(wait)
         self._stop.set()  # a writer that outlived the attempt does not keep us reading
         data = bytes(self._buffer[-limit:])
         cut = self._dropped + len(self._buffer) > limit

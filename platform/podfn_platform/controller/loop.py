@@ -54,6 +54,11 @@ STANDING_BACKOFF_FIRST = 0.5
 STANDING_BACKOFF_MAX = 60.0
 # The most calls one turn claims (and mints credentials for ahead of the claim).
 MINT_AHEAD = 256
+# How often, at most, a turn asks Postgres which running calls moved on
+# (stop_moved_on) when nothing said one did: a cancel (NOTIFY podfn_cancelled)
+# or a transition of the controller's own asks at once; this bounds how long
+# an attempt that lingers past FINISHED_GRACE_SECONDS keeps its slot.
+MOVED_ON_SECONDS = 1.0
 
 
 def backoff_seconds(failures: int) -> float:
@@ -104,8 +109,20 @@ class Controller:
         # When keep_standing next looks at Postgres (monotonic): at once after a deploy,
         # an exit or a backoff's end, else once per sweep, so an idle turn costs nothing.
         self._standing_due_at = 0.0
+        # Whether the last look at standing workers may have left some wanted for lack
+        # of room (then an exit makes the next look due; see reconcile_exits).
+        self._standing_short = True
         # Live warm workers per pool, as track_workers last saw them.
         self.pool_workers: Counter[str] = Counter()
+        # The workers track_workers saw, for disrupt_orphans later in the same turn.
+        self._orphan_check: list[str] | None = None
+        # When stop_moved_on next asks Postgres (monotonic; 0: at the next turn).
+        self._moved_on_due_at = 0.0
+        # The earliest backoff's end among queued calls (epoch seconds), as last read,
+        # and whether something may have changed it since.
+        self._retry_at: float | None = None
+        self._retry_at_stale = True
+        self._retry_at_checked = 0.0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -139,6 +156,8 @@ class Controller:
                     failures += 1
                     self.database_errors += 1
                     self._full_reconcile = True
+                    self._moved_on_due_at = 0.0
+                    self._retry_at_stale = True
                     metrics.DATABASE_ERRORS.inc()
                     sleep = backoff_seconds(failures)
                     log.warning("database error in a controller turn (%d in a row): %s; "
@@ -163,10 +182,16 @@ class Controller:
     def _notified(self, channel: str, _payload: str) -> None:
         if channel == "podfn_deployed":
             self._standing_due_at = 0.0
+        elif channel == "podfn_cancelled":
+            self._moved_on_due_at = 0.0
+        elif channel == "podfn_queued":
+            self._retry_at_stale = True  # (a retry requeued with a backoff notifies too)
         self.wake.set()
 
     def _reconnected(self) -> None:
-        self._standing_due_at = 0.0  # a deploy's notification may have been lost
+        # A deploy's, a cancel's or a requeue's notification may have been lost.
+        self._standing_due_at = self._moved_on_due_at = 0.0
+        self._retry_at_stale = True
         self.wake.set()
 
     def _sleep_seconds(self) -> float:
@@ -174,9 +199,15 @@ class Controller:
         deadline = self.launcher.next_deadline()
         if deadline is not None:
             sleep = min(sleep, deadline)
-        row = self.db.one("next_retry_at")
-        if row and row["at"] is not None:
-            sleep = min(sleep, max(0.0, row["at"].timestamp() - time.time()))
+        now = time.monotonic()
+        if self._retry_at_stale or now >= self._retry_at_checked + self.settings.sweep_seconds:
+            # Only a requeue (notified), a transition of ours or a sweep changes it.
+            self._retry_at_stale = False  # (before the query: a NOTIFY meanwhile counts)
+            self._retry_at_checked = now
+            row = self.db.one("next_retry_at")
+            self._retry_at = row["at"].timestamp() if row and row["at"] is not None else None
+        if self._retry_at is not None:
+            sleep = min(sleep, max(0.0, self._retry_at - time.time()))
         if self._standing_due_at > 0.0:
             sleep = min(sleep, max(0.0, self._standing_due_at - time.monotonic()))
         return max(sleep, 0.01)
@@ -189,8 +220,10 @@ class Controller:
         self._full_reconcile = self._full_reconcile and not full
         self.reconcile_exits()
         idle_pools = self.track_workers()
-        self.stop_moved_on()
+        # Launching first: a queued call waits for no other round trip of the turn.
         self.launch_queued(idle_pools)
+        self.disrupt_orphans()
+        self.stop_moved_on()
         self.keep_standing()
         self.turns += 1
 
@@ -200,9 +233,13 @@ class Controller:
 
     def reconcile_exits(self) -> None:
         """Record every exit; one that a database error interrupts waits for the next turn."""
-        self._unrecorded += self.launcher.exits()
-        if self._unrecorded:
-            self._standing_due_at = 0.0  # a slot freed, or a standing worker to replace
+        new = self.launcher.exits()
+        self._unrecorded += new
+        # A worker to replace or forget, or a slot freed that a standing worker wanted: a
+        # look at the standing workers is due. A cold attempt's exit alone (most exits
+        # of a map) changes nothing there, so it costs no look (three statements).
+        if any(e.attempt.worker for e in new) or (new and self._standing_short):
+            self._standing_due_at = 0.0
         while self._unrecorded:
             exit_ = self._unrecorded[0]
             self.record(exit_)
@@ -241,6 +278,9 @@ class Controller:
                                        "stdout": None, "stderr": None})
         metrics.RECONCILE_RESULTS.labels(exit_.kind, row["state"] if row else "unchanged").inc()
         if row is not None:
+            # A call of ours moved (requeued with a backoff, timed out...): both are due.
+            self._retry_at_stale = True
+            self._moved_on_due_at = 0.0
             log.info("call %s attempt %d -> %s: %s", a.call_id, a.attempt, row["state"],
                      exit_.reason.splitlines()[0])
 
@@ -273,8 +313,9 @@ class Controller:
 
     def track_workers(self) -> list[str]:
         """Point each warm worker at the attempt it runs now (for its timeout, its
-        cancellation, its exit), disrupt attempts whose worker is gone, and return
-        the pools that have an idle worker (no cold launch for those this turn)."""
+        cancellation, its exit), and return the pools that have an idle worker (no
+        cold launch for those this turn)."""
+        self._orphan_check = None
         if not self.follows_workers:
             return []
         workers: dict[str, Attempt] = self.launcher.workers()  # type: ignore[attr-defined]
@@ -301,12 +342,20 @@ class Controller:
                     # A worker holding calls it has not started (prefetch) is not idle.
                     if row["pool"] is not None and not row["retired"] and not row["holding"]:
                         idle.add(row["pool"])
-        if not getattr(self.launcher, "workers_known", True):
-            return sorted(idle)  # (a restarted launcher may not have adopted them yet)
-        for row in self.db.all("orphaned_warm_attempts", {"workers": list(workers)}):
+        if getattr(self.launcher, "workers_known", True):
+            # (a restarted launcher may not have adopted them yet)
+            self._orphan_check = list(workers)
+        return sorted(idle)
+
+    def disrupt_orphans(self) -> None:
+        """Disrupt attempts whose warm worker is gone (of those track_workers saw this
+        turn): checked after the turn's launches, which it does not affect."""
+        workers, self._orphan_check = self._orphan_check, None
+        if workers is None:
+            return
+        for row in self.db.all("orphaned_warm_attempts", {"workers": workers}):
             self.record(Exit(Attempt(row["id"], row["attempt"], "", {}, ""), "disrupted",
                              f"the warm worker {row['worker']} running the attempt is gone"))
-        return sorted(idle)
 
     def keep_standing(self) -> None:
         """Keep `min_workers` standing workers for each deployed function's live version.
@@ -332,6 +381,9 @@ class Controller:
             log.info("retiring the standing worker %s (its version is no longer wanted)",
                      row["name"])
         room = self.settings.max_concurrency - len(self.launcher.active())
+        # Until a look finds room for every standing worker wanted, each exit makes
+        # the next look due (the slot it frees may be wanted).
+        self._standing_short = True
         if room <= 0:
             return  # room only comes back with an exit, which makes the next look due
         for want in self.db.all("standing_wanted"):
@@ -346,6 +398,7 @@ class Controller:
                 room -= 1
             if room <= 0:
                 return
+        self._standing_short = False
 
     def start_standing(self, want: dict[str, Any]) -> bool:
         """Start one standing worker for the live version `want`; whether it was launched."""
@@ -415,8 +468,10 @@ class Controller:
         hold its slot of `max_concurrency` for ever, so it is stopped.
         """
         active = {a.call_id: a for a in self.launcher.active()}
-        if not active:
+        now = time.monotonic()
+        if not active or now < self._moved_on_due_at:
             return
+        self._moved_on_due_at = now + MOVED_ON_SECONDS
         for row in self.db.all("call_states", {"ids": list(active)}):
             a = active[row["id"]]
             if a.worker:
@@ -456,36 +511,47 @@ class Controller:
             "token_hashes": [c.token_hash for c in minted]})
         if len(rows) == limit < room:
             self.wake.set()  # more may be queued: another turn now, not at the sweep
-        for row in rows:
-            credentials = minted[row["slot"] - 1]
-            problem = unprocessable(row)
-            if problem is not None:
-                self.reject(row, problem)
-                continue
-            attempt = dataclasses.replace(attempt_from(row), env=environment.runtime_environment(
-                call_id=row["id"], attempt=row["attempt"], credentials=credentials,
-                api_url=self.settings.runtime_api_url, spec=row["spec"]))
-            if self.follows_workers and row["spec"].get("max_calls_per_worker", 1) != 1:
-                attempt = dataclasses.replace(attempt, worker=f"{row['id']}/{row['attempt']}",
-                                              env={**attempt.env, "PODFN_WARM": "1"})
-                # The claim ranks only the oldest queued calls, so this pool's calls
-                # past its room may hide other calls queued behind them: the next turn
-                # counts this worker, skips the pool once full, and reaches those.
-                self.wake.set()
-            try:
-                with metrics.LAUNCH_SECONDS.time():
-                    ref = self.launcher.launch(attempt)
-            except Exception as exc:
-                metrics.LAUNCH_FAILURES.inc()
-                log.exception("launching call %s attempt %d failed", attempt.call_id,
-                              attempt.attempt)
-                self.record(Exit(attempt, "disrupted", f"could not launch the attempt: {exc}"))
-                continue
-            try:
-                self.db.all("set_attempt_ref", {"id": attempt.call_id,
-                                                "attempt": attempt.attempt, "ref": ref})
-            except DatabaseError as exc:  # the ref is for people; launch the other claims
-                log.warning("could not record call %s's ref %s: %s", attempt.call_id, ref, exc)
+        refs: list[tuple[str, int, str]] = []
+        try:
+            for row in rows:
+                self._launch_claimed(row, minted[row["slot"] - 1], refs)
+        finally:
+            if refs:
+                try:
+                    self.db.all("set_attempt_refs", {"ids": [r[0] for r in refs],
+                                                     "attempts": [r[1] for r in refs],
+                                                     "refs": [r[2] for r in refs]})
+                except DatabaseError as exc:  # the refs are for people
+                    log.warning("could not record the refs of %d launched calls: %s",
+                                len(refs), exc)
+
+    def _launch_claimed(self, row: dict[str, Any], credentials: environment.Credentials,
+                        refs: list[tuple[str, int, str]]) -> None:
+        """Launch one claimed call; its ref goes to `refs` (recorded once per turn)."""
+        problem = unprocessable(row)
+        if problem is not None:
+            self.reject(row, problem)
+            return
+        attempt = dataclasses.replace(attempt_from(row), env=environment.runtime_environment(
+            call_id=row["id"], attempt=row["attempt"], credentials=credentials,
+            api_url=self.settings.runtime_api_url, spec=row["spec"]))
+        if self.follows_workers and row["spec"].get("max_calls_per_worker", 1) != 1:
+            attempt = dataclasses.replace(attempt, worker=f"{row['id']}/{row['attempt']}",
+                                          env={**attempt.env, "PODFN_WARM": "1"})
+            # The claim ranks only the oldest queued calls, so this pool's calls
+            # past its room may hide other calls queued behind them: the next turn
+            # counts this worker, skips the pool once full, and reaches those.
+            self.wake.set()
+        try:
+            with metrics.LAUNCH_SECONDS.time():
+                ref = self.launcher.launch(attempt)
+        except Exception as exc:
+            metrics.LAUNCH_FAILURES.inc()
+            log.exception("launching call %s attempt %d failed", attempt.call_id,
+                          attempt.attempt)
+            self.record(Exit(attempt, "disrupted", f"could not launch the attempt: {exc}"))
+            return
+        refs.append((attempt.call_id, attempt.attempt, ref))
 
     def reject(self, row: dict[str, Any], problem: str) -> None:
         """Fail a claimed call the controller cannot launch; the reason names the fault."""
