@@ -24,8 +24,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 MEDIA_TYPE = "application/x-podfn-frames"
-_LENGTH = struct.Struct(">Q")
-PREFIX_BYTES = _LENGTH.size
+LENGTH = struct.Struct(">Q")
+_LENGTH = LENGTH
+PREFIX_BYTES = LENGTH.size
 
 
 class FramingError(ValueError):

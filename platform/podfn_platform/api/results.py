@@ -22,7 +22,7 @@ from podfn_platform.api import context
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Database, Row
 
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
 OCTETS = "application/octet-stream"
 
 
