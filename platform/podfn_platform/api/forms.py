@@ -48,8 +48,10 @@ WAIT = {"name": "wait", "in": "query", "required": False,
 
 
 PART_FIELDS = ("function", "args")
-# A framed body is read from the socket in steps of this size, each straight into its frame.
-READ_STEP = 1024 * 1024
+# A framed body is read in steps of this size, each straight into its frame: gunicorn
+# copies each step a few times in its buffers, which stay in the CPU's cache at this
+# size (a 100 MB body over a socket pair: ~30 ms in 256 KiB steps, ~90 ms in 1 MiB ones).
+READ_STEP = 256 * 1024
 
 
 class Request(flask.Request):
