@@ -344,8 +344,9 @@ def items(call_id: str) -> Response:
     found = output.read_items(call_id)
     if wants_frames():
         head, payloads = output.items_frames(found)
-        body = b"".join(frames.encode(head, payloads))
-        return Response(body, mimetype=results.FRAMES)
+        pieces = list(frames.encode(head, payloads))  # each payload as read, not joined
+        return Response(pieces, mimetype=results.FRAMES,
+                        headers={"Content-Length": str(sum(map(len, pieces)))})
     return jsonify(output.items_json(found))
 
 
