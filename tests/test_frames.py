@@ -54,6 +54,22 @@ def test_a_body_cut_short_is_not_taken_for_a_whole_one() -> None:
         frames.header(frames.decode([b"".join(frames.encode({}, []))[:-2] + b"]]"]))
 
 
+def test_a_framed_submission_is_the_parts_in_bounded_pieces_never_joined() -> None:
+    from podfn import http
+
+    big = os.urandom(http.SEND_STEP * 2 + 5)
+    parts = [("function", b"fn"), ("args", big), ("args", b""), ("args", b"small")]
+    headers, pieces = http._framed_submission({"function_name": "f"}, parts)
+    assert headers["Content-Type"] == frames.MEDIA_TYPE
+    assert int(headers["Content-Length"]) == sum(map(len, pieces))
+    assert max(map(len, pieces)) <= http.SEND_STEP
+    assert any(isinstance(p, memoryview) and p.obj is big for p in pieces)  # views, not copies
+    got = frames.decode(pieces)
+    assert frames.header(got) == {"meta": {"function_name": "f"},
+                                  "parts": ["function", "args", "args", "args"]}
+    assert [bytes(f) for f in got[1:]] == [blob for _, blob in parts]
+
+
 @pytest.fixture
 def api(api_only: str) -> str:
     """The API alone, in a thread (conftest's api_only)."""
