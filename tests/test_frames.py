@@ -169,6 +169,32 @@ def test_a_20_mb_result_is_streamed_in_chunks_never_held_whole(
     client.close()
 
 
+def test_a_result_of_just_over_a_mib_comes_with_the_query_that_finds_it(
+        api: str, db: Database, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = APIClient(api, TEST_TOKEN, timeout=120)
+    [call_id] = _submit(client, 1)
+    value = serialization.dumps(os.urandom(1024 * 1024))  # 1 MiB and its pickle framing
+    assert results.CHUNK_BYTES < len(value) <= results.INLINE_BYTES
+    _finish(db, runtime, call_id, value)
+    queries: list[str] = []
+    query_one, query_all = Database.one, Database.all
+
+    def spy_one(self: Database, name: str, params: Any = None, **kw: Any) -> Any:
+        queries.append(name)
+        return query_one(self, name, params, **kw)
+
+    def spy_all(self: Database, name: str, params: Any = None, **kw: Any) -> Any:
+        queries.append(name)
+        return query_all(self, name, params, **kw)
+
+    monkeypatch.setattr(Database, "one", spy_one)
+    monkeypatch.setattr(Database, "all", spy_all)
+    [call] = client.wait([call_id], 0)
+    assert bytes(call["result"]) == value
+    assert "finished_outcomes" in queries and "result_chunk" not in queries
+    client.close()
+
+
 @remote
 def echo(i: int, size: int) -> bytes:
     return bytes([i % 256]) * size

@@ -253,10 +253,10 @@ def wait_any() -> Response:
     body = contract.json_body(schemas.WaitBody)
     budget = max_bytes_arg()  # checked for JSON answers too, which carry no payload bytes
     if wants_frames():
-        # A payload up to one chunk comes with the query that finds the call (one
+        # A payload up to INLINE_BYTES comes with the query that finds the call (one
         # statement, not two); the larger ones are streamed chunk by chunk.
         rows = wait_finished(body.ids, wait_seconds(body.wait), query="finished_outcomes",
-                             params={"budget": max(budget, 1), "inline": results.CHUNK_BYTES,
+                             params={"budget": max(budget, 1), "inline": results.INLINE_BYTES,
                                      "inline_budget": INLINE_BUDGET_BYTES})
         return results.frames_response(rows, [summary(r, base64_result=False) for r in rows])
     rows = wait_finished(body.ids, wait_seconds(body.wait))
