@@ -5,6 +5,8 @@ of frames, each an unsigned 64-bit big-endian length followed by that many
 bytes. Frame 0 is a UTF-8 JSON object (for `POST /v1/calls/wait`: `{"calls":
 [...]}`); its fields name the frames that follow by index (`result_frame`,
 `error.pickle_frame`), and those frames come in increasing order, each once.
+A submission sent this way (`POST /v1/calls`, api/forms.py) has `{"meta":
+{...}, "parts": [...]}` in frame 0, naming each following frame's part.
 A frame may be empty. docs/api-contract.md describes it for other clients.
 
 Why not base64 inside JSON: it made every payload a third larger on the wire
