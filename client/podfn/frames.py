@@ -27,7 +27,6 @@ from typing import Any
 
 MEDIA_TYPE = "application/x-podfn-frames"
 LENGTH = struct.Struct(">Q")
-_LENGTH = LENGTH
 PREFIX_BYTES = LENGTH.size
 
 
@@ -37,7 +36,7 @@ class FramingError(ValueError):
 
 def prefix(length: int) -> bytes:
     """The length prefix of a frame of `length` bytes."""
-    return _LENGTH.pack(length)
+    return LENGTH.pack(length)
 
 
 def encode(header: dict[str, Any], payloads: Iterable[bytes]) -> Iterator[bytes]:
@@ -70,7 +69,7 @@ def decode(pieces: Iterable[bytes]) -> list[bytearray]:
                 data = data[need:]
                 if len(pending) < PREFIX_BYTES:
                     break
-                (length,) = _LENGTH.unpack(pending)
+                (length,) = LENGTH.unpack(pending)
                 pending.clear()
                 current, filled = bytearray(length), 0
                 view = memoryview(current)
