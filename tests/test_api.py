@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -17,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from attempts import UNARMED, Runtime
 from conftest import TEST_TOKEN, Refuser, ThreadedServer, platform_settings
+from podfn import frames
 from podfn_platform.api.app import create_app
 from podfn_platform.database import Database
 
@@ -116,6 +118,91 @@ def test_too_large_chunked_body_is_413(app_and_client: tuple[Any, FlaskClient]) 
                               headers={**AUTH, "Content-Type": "multipart/form-data; boundary=b"})
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+def framed_body(meta: Any, parts: list[tuple[str, bytes]]) -> bytes:
+    """A submission as the Python client sends it (api/forms.py): frames, no multipart."""
+    head = {"meta": meta, "parts": [field for field, _ in parts]}
+    return b"".join(frames.encode(head, [blob for _, blob in parts]))
+
+
+FRAMED = {**AUTH, "Content-Type": frames.MEDIA_TYPE}
+META = {"function_name": "f", "spec": {}, "client": CLIENT}
+
+
+def test_a_framed_submission_stores_each_argument_as_sent(client: FlaskClient,
+                                                          db: Database) -> None:
+    args = [os.urandom(300_000), b"", b"\x00" * 5]
+    body = framed_body(META, [("function", b"fn"), *(("args", a) for a in args)])
+    response = client.post("/v1/calls", data=body, headers={**FRAMED, "Idempotency-Key": "k1"})
+    assert response.status_code == 201, response.json
+    ids = [c["id"] for c in response.json["calls"]]
+    with db.transaction() as tx:
+        stored = [tx._conn.execute("SELECT args, function_digest FROM podfn_calls WHERE id = %s",
+                                   (i,)).fetchone() for i in ids]
+    assert [bytes(r["args"]) for r in stored] == args
+    assert {r["function_digest"] for r in stored} == {hashlib.sha256(b"fn").hexdigest()}
+    again = client.post("/v1/calls", data=body, headers={**FRAMED, "Idempotency-Key": "k1"})
+    assert again.status_code == 200 and [c["id"] for c in again.json["calls"]] == ids
+
+
+def _prefix(n: int) -> bytes:
+    return frames.prefix(n)
+
+
+GOOD = framed_body(META, [("function", b"fn"), ("args", b"a")])
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    (b"", 400, "body"),
+    (b"\x00\x00", 400, "body"),
+    (_prefix(5) + b"{nope", 400, "frame 0"),
+    (_prefix(2) + b"[]", 400, "body"),
+    (framed_body({"x": 1}, [])[:8] + b"", 400, "body"),
+    (b"".join(frames.encode({"meta": META, "parts": ["function", "other"]}, [b"f", b"a"])), 400,
+     "body"),
+    (GOOD[:-1], 400, "body"),  # the last frame announces a byte the body does not have
+    (GOOD + b"x", 400, "body"),  # bytes past the last frame
+    (GOOD[:-1 - frames.PREFIX_BYTES], 400, "body"),  # a frame the header names is missing
+    (_prefix(2**63) + b"{}", 400, "body"),  # a huge length prefix: no buffer made for it
+    (framed_body(META, [("args", b"a")]), 400, "function"),
+    (framed_body(META, [("function", b"f"), ("function", b"g"), ("args", b"a")]), 400,
+     "function"),
+    (framed_body(META, [("function", b"f")]), 400, "args"),
+    (framed_body({**META, "spec": {"cpu": "2 cores"}}, [("function", b"f"), ("args", b"a")]),
+     422, "spec.cpu"),
+    (framed_body({"function_name": "f", "spec": {}}, [("function", b"f"), ("args", b"a")]),
+     422, "meta.client"),
+])
+def test_bad_framed_submissions_are_refused_and_store_nothing(
+        refuser: Refuser, body: bytes, status: int, field: str) -> None:
+    response = refuser.client.post("/v1/calls", data=body, headers=FRAMED)
+    assert response.status_code == status, response.json
+    assert response.json["error"]["field"] == field
+    assert refuser.db.all("list_calls", {"state": None, "function": None, "limit": 10}) == []
+
+
+def test_a_framed_body_past_the_limit_is_413(app_and_client: tuple[Any, FlaskClient],
+                                             db: Database) -> None:
+    app, _ = app_and_client
+    big = framed_body(META, [("function", b"fn"), ("args", b"x" * (2 * 1024 * 1024))])
+
+    def pieces() -> Iterator[bytes]:  # chunked: no Content-Length to refuse it by
+        for at in range(0, len(big), 65536):
+            yield big[at:at + 65536]
+
+    def cut() -> Iterator[bytes]:  # chunked, and ends inside a frame
+        yield GOOD[:-1]
+
+    with ThreadedServer(app) as server:
+        for content in (big, pieces()):
+            response = httpx.post(f"{server.url}/v1/calls", content=content, headers=FRAMED)
+            assert response.status_code == 413
+            assert response.json()["error"]["code"] == "request_too_large"
+        response = httpx.post(f"{server.url}/v1/calls", content=cut(), headers=FRAMED)
+        assert response.status_code == 400
+        assert "ends inside frame 2" in response.json()["error"]["message"]
+    assert db.all("list_calls", {"state": None, "function": None, "limit": 10}) == []
 
 
 def test_auth_is_required(client: FlaskClient, db: Database) -> None:

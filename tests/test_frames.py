@@ -54,6 +54,22 @@ def test_a_body_cut_short_is_not_taken_for_a_whole_one() -> None:
         frames.header(frames.decode([b"".join(frames.encode({}, []))[:-2] + b"]]"]))
 
 
+def test_a_framed_submission_is_the_parts_in_bounded_pieces_never_joined() -> None:
+    from podfn import http
+
+    big = os.urandom(http.SEND_STEP * 2 + 5)
+    parts = [("function", b"fn"), ("args", big), ("args", b""), ("args", b"small")]
+    headers, pieces = http._framed_submission({"function_name": "f"}, parts)
+    assert headers["Content-Type"] == frames.MEDIA_TYPE
+    assert int(headers["Content-Length"]) == sum(map(len, pieces))
+    assert max(map(len, pieces)) <= http.SEND_STEP
+    assert any(isinstance(p, memoryview) and p.obj is big for p in pieces)  # views, not copies
+    got = frames.decode(pieces)
+    assert frames.header(got) == {"meta": {"function_name": "f"},
+                                  "parts": ["function", "args", "args", "args"]}
+    assert [bytes(f) for f in got[1:]] == [blob for _, blob in parts]
+
+
 @pytest.fixture
 def api(api_only: str) -> str:
     """The API alone, in a thread (conftest's api_only)."""
@@ -150,6 +166,32 @@ def test_a_20_mb_result_is_streamed_in_chunks_never_held_whole(
     assert held == [None]  # the row did not carry it
     assert len(reads) == len(big) // results.CHUNK_BYTES
     assert max(reads) == results.CHUNK_BYTES
+    client.close()
+
+
+def test_a_result_of_just_over_a_mib_comes_with_the_query_that_finds_it(
+        api: str, db: Database, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = APIClient(api, TEST_TOKEN, timeout=120)
+    [call_id] = _submit(client, 1)
+    value = serialization.dumps(os.urandom(1024 * 1024))  # 1 MiB and its pickle framing
+    assert results.CHUNK_BYTES < len(value) <= results.INLINE_BYTES
+    _finish(db, runtime, call_id, value)
+    queries: list[str] = []
+    query_one, query_all = Database.one, Database.all
+
+    def spy_one(self: Database, name: str, params: Any = None, **kw: Any) -> Any:
+        queries.append(name)
+        return query_one(self, name, params, **kw)
+
+    def spy_all(self: Database, name: str, params: Any = None, **kw: Any) -> Any:
+        queries.append(name)
+        return query_all(self, name, params, **kw)
+
+    monkeypatch.setattr(Database, "one", spy_one)
+    monkeypatch.setattr(Database, "all", spy_all)
+    [call] = client.wait([call_id], 0)
+    assert bytes(call["result"]) == value
+    assert "finished_outcomes" in queries and "result_chunk" not in queries
     client.close()
 
 

@@ -5,6 +5,8 @@ of frames, each an unsigned 64-bit big-endian length followed by that many
 bytes. Frame 0 is a UTF-8 JSON object (for `POST /v1/calls/wait`: `{"calls":
 [...]}`); its fields name the frames that follow by index (`result_frame`,
 `error.pickle_frame`), and those frames come in increasing order, each once.
+A submission sent this way (`POST /v1/calls`, api/forms.py) has `{"meta":
+{...}, "parts": [...]}` in frame 0, naming each following frame's part.
 A frame may be empty. docs/api-contract.md describes it for other clients.
 
 Why not base64 inside JSON: it made every payload a third larger on the wire
@@ -24,8 +26,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 MEDIA_TYPE = "application/x-podfn-frames"
-_LENGTH = struct.Struct(">Q")
-PREFIX_BYTES = _LENGTH.size
+LENGTH = struct.Struct(">Q")
+PREFIX_BYTES = LENGTH.size
 
 
 class FramingError(ValueError):
@@ -34,7 +36,7 @@ class FramingError(ValueError):
 
 def prefix(length: int) -> bytes:
     """The length prefix of a frame of `length` bytes."""
-    return _LENGTH.pack(length)
+    return LENGTH.pack(length)
 
 
 def encode(header: dict[str, Any], payloads: Iterable[bytes]) -> Iterator[bytes]:
@@ -67,7 +69,7 @@ def decode(pieces: Iterable[bytes]) -> list[bytearray]:
                 data = data[need:]
                 if len(pending) < PREFIX_BYTES:
                     break
-                (length,) = _LENGTH.unpack(pending)
+                (length,) = LENGTH.unpack(pending)
                 pending.clear()
                 current, filled = bytearray(length), 0
                 view = memoryview(current)

@@ -12,7 +12,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -30,6 +30,9 @@ _RETRIES = 4  # for requests that are safe to repeat
 # `wait` asks for finished calls with their payloads as raw bytes (podfn/frames.py); an
 # API that does not know the framing answers JSON, which is read as before.
 _WAIT_ACCEPT = f"{frames.MEDIA_TYPE}, application/json;q=0.5"
+# A submission's payloads are handed to httpx in pieces of at most this size (see
+# _framed_submission).
+SEND_STEP = 1024 * 1024
 
 
 class APIClient:
@@ -84,12 +87,11 @@ class APIClient:
 
     def _submit_once(self, path: str, meta: dict[str, Any],
                      parts: list[tuple[str, bytes]]) -> list[str]:
-        """POST a multipart submission; retried on transport errors and 5xx with one
+        """POST a framed submission; retried on transport errors and 5xx with one
         Idempotency-Key, so a retry can never create the calls twice."""
-        files = _files(parts)
-        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        headers, pieces = _framed_submission(meta, parts)
         body = self._idempotent(lambda: self._request(
-            "POST", path, data={"meta": json.dumps(meta)}, files=files, headers=headers))
+            "POST", path, content=pieces, headers=headers))
         return [c["id"] for c in body["calls"]]
 
     def submit(self, *, function_name: str, function: bytes, args: Sequence[bytes],
@@ -331,10 +333,14 @@ class AsyncAPIClient:
 
     async def _submit_once(self, path: str, meta: dict[str, Any],
                            parts: list[tuple[str, bytes]]) -> list[str]:
-        files = _files(parts)
-        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        headers, pieces = _framed_submission(meta, parts)
+
+        async def stream() -> AsyncIterator[bytes | memoryview]:
+            for piece in pieces:
+                yield piece
+
         body = await self._idempotent(lambda: self._request(
-            "POST", path, data={"meta": json.dumps(meta)}, files=files, headers=headers))
+            "POST", path, content=stream(), headers=headers))
         return [c["id"] for c in body["calls"]]
 
     async def submit(self, *, function_name: str, function: bytes, args: Sequence[bytes],
@@ -413,9 +419,29 @@ def _headers(token: str | None) -> dict[str, str]:
     return headers
 
 
-def _files(parts: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [(field, (f"{field}{i}", blob, "application/octet-stream"))
-            for i, (field, blob) in enumerate(parts)]
+def _framed_submission(meta: dict[str, Any], parts: list[tuple[str, bytes]],
+                       ) -> tuple[dict[str, str], list[bytes | memoryview]]:
+    """(headers, body pieces) of a submission as frames (api/forms.py): `meta` and the
+    parts' field names in the JSON header, then each part's bytes. The pieces are sent
+    one after another, never joined, and no boundary for the API to search for.
+
+    A payload goes in SEND_STEP views of itself: httpcore sends a piece with
+    `send()` in a loop that re-slices the rest of it after each partial send, a
+    copy of the rest every time; a 100 MB piece cost 1.6 s of copying that way.
+    """
+    head = json.dumps({"meta": meta, "parts": [field for field, _ in parts]}).encode()
+    pieces: list[bytes | memoryview] = [frames.prefix(len(head)) + head]
+    for _field, blob in parts:
+        pieces.append(frames.prefix(len(blob)))
+        if len(blob) <= SEND_STEP:
+            if blob:
+                pieces.append(blob)
+            continue
+        view = memoryview(blob)
+        pieces += [view[at:at + SEND_STEP] for at in range(0, len(blob), SEND_STEP)]
+    headers = {"Idempotency-Key": uuid.uuid4().hex, "Content-Type": frames.MEDIA_TYPE,
+               "Content-Length": str(sum(map(len, pieces)))}
+    return headers, pieces
 
 
 def _wait_request(ids: Sequence[str], wait: float, max_bytes: int | None) -> dict[str, Any]:

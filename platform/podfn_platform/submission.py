@@ -15,12 +15,15 @@ from typing import Any
 
 from podfn_platform.database import Transaction, jsonb
 
+# A payload as the API read it: bytes, or a request frame filled in place (api/forms.py).
+Payload = bytes | bytearray
 
-def digest(data: bytes) -> str:
+
+def digest(data: Payload) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def store_payload(tx: Transaction, data: bytes) -> str:
+def store_payload(tx: Transaction, data: Payload) -> str:
     key = digest(data)
     tx.all("insert_payload", {"digest": key, "data": data})
     return key
@@ -41,7 +44,7 @@ class NewCalls:
     by_deployer: bool = False
 
 
-def record_calls(tx: Transaction, calls: NewCalls, args: Sequence[bytes]) -> list[str]:
+def record_calls(tx: Transaction, calls: NewCalls, args: Sequence[Payload]) -> list[str]:
     """One queued call per element of `args`; their ids, in order."""
     rows: list[dict[str, Any]] = [{"id": uuid.uuid4().hex, "args": blob, "function_name": calls.function_name,
              "function_digest": calls.function_digest, "spec": jsonb(calls.spec),

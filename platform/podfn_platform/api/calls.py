@@ -253,10 +253,10 @@ def wait_any() -> Response:
     body = contract.json_body(schemas.WaitBody)
     budget = max_bytes_arg()  # checked for JSON answers too, which carry no payload bytes
     if wants_frames():
-        # A payload up to one chunk comes with the query that finds the call (one
+        # A payload up to INLINE_BYTES comes with the query that finds the call (one
         # statement, not two); the larger ones are streamed chunk by chunk.
         rows = wait_finished(body.ids, wait_seconds(body.wait), query="finished_outcomes",
-                             params={"budget": max(budget, 1), "inline": results.CHUNK_BYTES,
+                             params={"budget": max(budget, 1), "inline": results.INLINE_BYTES,
                                      "inline_budget": INLINE_BUDGET_BYTES})
         return results.frames_response(rows, [summary(r, base64_result=False) for r in rows])
     rows = wait_finished(body.ids, wait_seconds(body.wait))
@@ -344,8 +344,9 @@ def items(call_id: str) -> Response:
     found = output.read_items(call_id)
     if wants_frames():
         head, payloads = output.items_frames(found)
-        body = b"".join(frames.encode(head, payloads))
-        return Response(body, mimetype=results.FRAMES)
+        pieces = list(frames.encode(head, payloads))  # each payload as read, not joined
+        return Response(pieces, mimetype=results.FRAMES,
+                        headers={"Content-Length": str(sum(map(len, pieces)))})
     return jsonify(output.items_json(found))
 
 

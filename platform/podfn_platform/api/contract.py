@@ -34,7 +34,7 @@ from flask import Flask, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from podfn_platform.api import inputs, schemas
+from podfn_platform.api import forms, inputs, schemas
 from podfn_platform.api.errors import APIError
 
 M = TypeVar("M", bound=BaseModel)
@@ -179,7 +179,9 @@ def json_body(model: type[M]) -> M:
 
 
 def form_meta(model: type[M]) -> M:
-    """The multipart `meta` part (a JSON object) as `model`."""
+    """The `meta` (a JSON object) of a multipart or framed submission as `model`."""
+    if forms.is_framed():
+        return validate(model, forms.meta_json(), "meta")
     raw = request.form.get("meta")
     if raw is None and "meta" in request.files:
         raw = request.files["meta"].read().decode("utf-8", "replace")
