@@ -37,7 +37,12 @@ from memory import children, rss_kib
 
 from podfn.call import Call
 from podfn.http import APIClient
+from podfn.settings import Settings
+from podfn_platform import roles
+from podfn_platform.controller.environment import Credentials
 from podfn_platform.database import Database
+from podfn_platform.roles import runtime_database_url
+from podfn_runtime.database import RuntimeDatabase
 
 
 def _vm(pid: int, key: str) -> float:
@@ -103,12 +108,24 @@ def fig_result(mib: int) -> list[dict[str, Any]]:
                      if "podfn" in Path(f"/proc/{p}/cmdline").read_text(errors="replace"))
         [worker] = children(serve)
         call_id = _one_call(client)
-        with Database(db_url, name="podfn-bench-runtime") as db:
+        settings = Settings.from_env(database_url=db_url)
+        with Database(db_url, name="podfn-bench-controller") as db:
+            roles.ensure(db, roles.Roles.from_settings(settings))  # as `podfn dev` does
+            # As the controller launches, then as the runtime records: through the
+            # runtime protocol, with the attempt's own secret.
             claimed = db.all("claim_queued", {"limit": 1, **UNARMED})
             assert [r["id"] for r in claimed] == [call_id], "use a database of its own"
-            db.one("claim_attempt", {"id": call_id, "attempt": 1})
-            db.one("succeed", {"id": call_id, "attempt": 1, "result": payload,
-                               "result_json": None, "stdout": "", "stderr": ""})
+            minted = Credentials.mint()
+            db.all("arm_attempts", {"ids": [call_id], "attempts": [1],
+                                    "secret_hashes": [minted.secret_hash],
+                                    "token_hashes": [minted.token_hash]})
+        runtime = RuntimeDatabase(runtime_database_url(settings), minted.secret)
+        try:
+            assert runtime.transition("claim", id=call_id, attempt=1) is not None
+            assert runtime.transition("succeed", id=call_id, attempt=1, result=payload,
+                                      result_json=None, stdout="", stderr="") is not None
+        finally:
+            runtime.close()
         Call(call_id, client=client).info()  # the worker's pool and imports warm
         before = rss_kib(worker) / 1024
         start = time.perf_counter()
