@@ -1,10 +1,12 @@
 """Where one call's time goes: timestamps from the client and from the call's row.
 
-    python benchmarks/call_timeline.py {warm,cold} COUNT
+    python benchmarks/call_timeline.py {warm,cold} COUNT [--two-requests]
 
 Runs COUNT sequential identity calls through the embedded stack (DevStack,
 local launcher), cold (a process per call) or warm (`max_calls_per_worker=None`),
-and prints the p50 of each span: the client's submit request, the row's
+and prints the p50 of each span: the client's submit request (when `.remote`
+is two requests: a submit, then a wait; `--two-requests` forces that shape),
+the client's start -> the row's `created_at`, the row's
 `created_at` -> `launched_at` (controller launch, or a warm worker's claim),
 `launched_at` -> `started_at` (fork, connect, `claim`), `started_at` ->
 `finished_at` (the runtime's own time) and `finished_at` -> the client having
@@ -23,7 +25,7 @@ from pathlib import Path
 import psycopg
 
 from podfn import remote, serialization
-from podfn.call import Call
+from podfn.call import Call, outcome
 from podfn.settings import Settings
 from podfn_platform.dev import DevStack, free_port
 
@@ -44,12 +46,22 @@ def main() -> None:
         for i in range(3):  # warm: worker up, first call made
             fn.remote(i)
         prepared = fn._prepare()
+        # `.remote(x)`'s own path: one request that submits and waits (issue 12, third
+        # round), or, on a client from before it, a submit and then the result's wait.
+        one_request = hasattr(fn, "_submit_waiting") and "--two-requests" not in sys.argv
         timed = []
         for i in range(count):
+            blob = serialization.dumps(((i,), {}))
             started = time.time()
-            [call_id] = fn._submit([serialization.dumps(((i,), {}))], prepared)
-            submitted = time.time()
-            assert Call(call_id, client=fn.client).result() == i
+            if one_request:
+                submitted_calls = fn._submit_waiting([blob], prepared, wait=30.0)
+                call_id, submitted = submitted_calls.ids[0], float("nan")
+                [finished] = submitted_calls.finished
+                assert outcome(finished, fn.client) == i
+            else:
+                [call_id] = fn._submit([blob], prepared)
+                submitted = time.time()
+                assert Call(call_id, client=fn.client).result() == i
             timed.append((call_id, started, submitted, time.time()))
         spans: dict[str, list[float]] = {}
         with psycopg.connect(stack.database_url) as conn:
@@ -61,14 +73,18 @@ def main() -> None:
                 assert row is not None
                 created, launched, claimed, finished = (float(v) for v in row)
                 for name, value in (("submit request", submitted - started),
+                                    ("client -> row created", created - started),
                                     ("created -> launched", launched - created),
                                     ("launched -> claimed", claimed - launched),
                                     ("claimed -> recorded", finished - claimed),
                                     ("recorded -> client", done - finished),
                                     ("total", done - started)):
                     spans.setdefault(name, []).append(value)
+    print(f"{'one request' if one_request else 'submit, then wait'}; load average "
+          f"{os.getloadavg()[0]:.2f}")
     for name, values in spans.items():
-        print(f"{name:22s} p50 {statistics.median(values) * 1000:8.2f} ms")
+        if any(v == v for v in values):  # not all NaN (the one-request path has no submit span)
+            print(f"{name:22s} p50 {statistics.median(values) * 1000:8.2f} ms")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ from podfn.streaming import LogLine, follow_items, follow_lines
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 # One long-poll asks the server to hold at most this long; result() loops.
 _POLL_SECONDS = 30.0
+# What `.remote(x)`'s submission asks the API to wait in the same request (issue 12):
+# as long as one long-poll, then `result()` takes over.
+FIRST_WAIT_SECONDS = _POLL_SECONDS
 
 _clients: dict[tuple[str, str | None], APIClient] = {}
 _clients_lock = threading.Lock()

@@ -130,14 +130,23 @@ class Database:
         fresh connection (the pool drops the broken one on its return).
         """
         try:
-            with self.transaction() as tx:
-                return tx.all(name, params, binary=binary)
+            return self._alone(name, params, binary)
         except DatabaseUnavailable as exc:
             if name not in _READS:
                 raise
             log.info("read %s lost its connection (%s); trying once more", name, exc)
-        with self.transaction() as tx:
-            return tx.all(name, params, binary=binary)
+        return self._alone(name, params, binary)
+
+    def _alone(self, name: str, params: dict[str, Any] | None, binary: bool) -> list[Row]:
+        """One statement on an autocommit connection: a transaction of its own, without
+        the BEGIN and COMMIT round trips of `transaction()` (issue 12: two of the three
+        round trips a lone statement cost)."""
+        try:
+            with self._pool.connection() as conn:
+                cur = conn.execute(_QUERIES[name], params or {}, binary=binary)
+                return cur.fetchall() if cur.description else []  # type: ignore[return-value]
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise translate(exc) from exc
 
     def one(self, name: str, params: dict[str, Any] | None = None, *,
             binary: bool = False) -> Row | None:
