@@ -21,8 +21,8 @@ from podfn_platform.api import context, contract, forms, idempotency, output, re
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
 from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
-from podfn_platform.database import Row, Transaction
-from podfn_platform.submission import NewCalls, digest, record_calls, store_payload
+from podfn_platform.database import Row
+from podfn_platform.submission import NewCalls, digest, new_ids
 
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
 
@@ -117,17 +117,13 @@ def submit() -> tuple[Response, int]:
     args = forms.args_parts()
     calls = NewCalls(function_name, digest(function), validated, python, cloudpickle,
                      owner=principal().token_id)
-
-    def create(tx: Transaction) -> list[str]:
-        store_payload(tx, function)
-        return record_calls(tx, calls, args)
-
-    return create_calls(forms.fingerprint(meta, function, *args), create)
+    return create_calls(forms.fingerprint(meta, function, *args), calls, args,
+                        function=function)
 
 
-def create_calls(fingerprint: str,
-                 create: Callable[[Transaction], list[str]]) -> tuple[Response, int]:
-    """Run `create` once per Idempotency-Key (api/idempotency.py) and answer with the calls:
+def create_calls(fingerprint: str, calls: NewCalls, args: list[bytes], *,
+                 function: bytes | None = None) -> tuple[Response, int]:
+    """Record the calls once per Idempotency-Key (api/idempotency.py) and answer with them:
     201 when new, 200 when the key replays them.
 
     With `?wait=S` (issue 12: `.remote(x)` as one request), the answer comes once
@@ -137,17 +133,16 @@ def create_calls(fingerprint: str,
     unheard and the database is first read when one is announced.
     """
     seconds = submit_wait()
+    new = new_ids(len(args))
     if seconds is None:
-        ids, replayed = idempotency.create_once(context.db(), fingerprint, create)
+        ids, replayed = idempotency.create_once(context.db(), fingerprint, calls, args, new,
+                                                function=function)
         return created(ids, replayed)
     framed = wants_frames()
     with context.waiter().watching() as watch:
-        def armed(tx: Transaction) -> list[str]:
-            new = create(tx)
-            watch.add(new)
-            return new
-
-        ids, replayed = idempotency.create_once(context.db(), fingerprint, armed)
+        watch.add(new)
+        ids, replayed = idempotency.create_once(context.db(), fingerprint, calls, args, new,
+                                                function=function)
         if replayed:  # calls made by an earlier request: they may have finished already
             watch.add(ids)
         rows = watch.wait(seconds, finished_fetch(ids, framed=framed), looked=not replayed)

@@ -27,8 +27,8 @@ from podfn_platform.api.calls import (
 )
 from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
-from podfn_platform.database import Row, Transaction, jsonb
-from podfn_platform.submission import NewCalls, record_calls, store_payload
+from podfn_platform.database import Row, jsonb
+from podfn_platform.submission import NewCalls, new_ids, store_payload
 
 bp = Blueprint("functions", __name__, url_prefix="/v1/functions")
 
@@ -179,8 +179,7 @@ def submit(name: str) -> tuple[Response, int]:
     args = forms.args_parts()
     calls = _deployed_calls(live, spec, python=python, cloudpickle=cloudpickle,
                             result_format="pickle")
-    return create_calls(forms.fingerprint(name, live["version"], meta, *args),
-                        lambda tx: record_calls(tx, calls, args))
+    return create_calls(forms.fingerprint(name, live["version"], meta, *args), calls, args)
 
 
 def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
@@ -221,13 +220,11 @@ def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, 
                             cloudpickle=live["client_cloudpickle"], result_format="json")
 
     with context.waiter().watching() as watch:
-        def create(tx: Transaction) -> list[str]:
-            ids = record_calls(tx, calls, [payload])
-            watch.add(ids)  # before the commit: no finish goes unheard (calls.create_calls)
-            return ids
-
+        ids = new_ids(1)
+        watch.add(ids)  # before the call exists: no finish goes unheard (calls.create_calls)
         [call_id], replayed = idempotency.create_once(
-            context.db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), create)
+            context.db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), calls,
+            [payload], ids)
         if replayed:
             watch.add([call_id])
         rows = watch.wait(wait, finished_fetch([call_id], framed=False), looked=not replayed)
