@@ -49,6 +49,8 @@ def main() -> None:
         # `.remote(x)`'s own path: one request that submits and waits (issue 12, third
         # round), or, on a client from before it, a submit and then the result's wait.
         one_request = hasattr(fn, "_submit_waiting") and "--two-requests" not in sys.argv
+        api = _process_tree(stack._children[0].pid)  # `podfn serve`: gunicorn and its workers
+        api_cpu, client_cpu = _cpu_seconds(api), time.process_time()
         timed = []
         for i in range(count):
             blob = serialization.dumps(((i,), {}))
@@ -63,6 +65,7 @@ def main() -> None:
                 submitted = time.time()
                 assert Call(call_id, client=fn.client).result() == i
             timed.append((call_id, started, submitted, time.time()))
+        api_cpu, client_cpu = _cpu_seconds(api) - api_cpu, time.process_time() - client_cpu
         spans: dict[str, list[float]] = {}
         with psycopg.connect(stack.database_url) as conn:
             for call_id, started, submitted, done in timed:
@@ -85,6 +88,29 @@ def main() -> None:
     for name, values in spans.items():
         if any(v == v for v in values):  # not all NaN (the one-request path has no submit span)
             print(f"{name:22s} p50 {statistics.median(values) * 1000:8.2f} ms")
+    # CPU time does not grow with the machine's load as the spans do.
+    print(f"{'API CPU per call':22s}     {api_cpu / count * 1000:8.2f} ms")
+    print(f"{'client CPU per call':22s}     {client_cpu / count * 1000:8.2f} ms")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of `pids` (from /proc/PID/stat), in seconds."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
