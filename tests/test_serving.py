@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from podfn.settings import Settings
 from podfn_platform import gunicorn_conf
-from podfn_platform.gunicorn_conf import ACCESS_LOG_FORMAT, GRACEFUL_TIMEOUT, heartbeat_dir, options
-
-
-def test_heartbeats_go_to_memory_where_there_is_some(tmp_path: Path) -> None:
-    assert heartbeat_dir(tmp_path) == str(tmp_path)
-    assert heartbeat_dir(tmp_path / "absent") is None  # gunicorn's default then
+from podfn_platform.gunicorn_conf import ACCESS_LOG_FORMAT, GRACEFUL_TIMEOUT, options
 
 
 def test_workers_threads_and_graceful_shutdown_come_from_settings() -> None:
@@ -24,7 +18,6 @@ def test_workers_threads_and_graceful_shutdown_come_from_settings() -> None:
     assert opts["worker_class"] == "podfn_platform.worker.PodfnWorker"
     assert opts["graceful_timeout"] == GRACEFUL_TIMEOUT
     assert opts["timeout"] > 45  # a long-poll is never killed as a stuck worker
-    assert opts["worker_tmp_dir"] == heartbeat_dir()
 
 
 def test_access_log_is_one_json_object_per_request_whatever_the_path() -> None:

@@ -14,14 +14,11 @@ config module on its own, for running the API under a stock gunicorn:
   flight finish for up to `GRACEFUL_TIMEOUT` seconds, then exits; the chart's
   terminationGracePeriodSeconds is longer than that.
 - access log: one JSON object per request on stdout (PODFN_ACCESS_LOG=0: none).
-- heartbeat files in /dev/shm when it exists (`heartbeat_dir`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 from gunicorn.glogging import Logger, SafeAtoms
@@ -69,20 +66,7 @@ def options(settings: Settings) -> dict[str, Any]:
         "errorlog": "-",
         "loglevel": settings.log_level.lower(),
         "proc_name": "podfn-api",
-        "worker_tmp_dir": heartbeat_dir(),
     }
-
-
-def heartbeat_dir(shm: Path = Path("/dev/shm")) -> str | None:
-    """Where workers touch their heartbeat file: memory, where there is one.
-
-    A worker touches it at every turn of its event loop, several times per
-    request; on a disk's filesystem each touch is a journalled metadata write
-    that waits whenever the journal commits (other processes' fsyncs), which
-    showed as a quarter of the API worker's busy time in a profile of `.remote`
-    calls (issue 12). gunicorn's own documentation recommends /dev/shm.
-    """
-    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 # Module-level names are what gunicorn reads from a config module (a malformed
