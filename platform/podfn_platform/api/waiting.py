@@ -3,7 +3,8 @@
 One LISTEN connection per API process hears `podfn_final` (sent in the same
 transaction that finishes a call) and `podfn_output` (the runtime stored
 output or a generator's item, output.py) and wakes the requests waiting on
-that id.
+that id. It also hears `podfn_tokens` (a token was revoked), for the token
+cache of api/auth.py.
 Every wait re-reads the database after arming itself, so a result that landed
 before the wait began, or while the listening connection was down (the
 listener wakes everyone when it reconnects), is still seen.
@@ -24,6 +25,7 @@ T = TypeVar("T")
 
 # While the listener is disconnected, waits re-read this often instead.
 _DISCONNECTED_RECHECK = 1.0
+TOKENS_CHANNEL = "podfn_tokens"
 
 
 class FinishWaiter:
@@ -33,15 +35,25 @@ class FinishWaiter:
         self._waiting: dict[str, set[threading.Event]] = defaultdict(set)
         self._listener: Listener | None = None
         self._draining = False
+        self._on_tokens: list[Callable[[], None]] = []
 
     def _ensure_listening(self) -> Listener:
         with self._lock:
             if self._listener is None:
                 self._listener = Listener(
-                    self._db, ["podfn_final", "podfn_output"], on_notify=self._notified,
-                    on_reconnect=self._wake_all,
+                    self._db, ["podfn_final", "podfn_output", TOKENS_CHANNEL],
+                    on_notify=self._notified, on_reconnect=self._wake_all,
                 ).start()
             return self._listener
+
+    def listening(self) -> bool:
+        """Whether notifications are heard now (the listener is started if it was not)."""
+        return self._ensure_listening().connected.is_set()
+
+    def on_tokens_changed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when a token is revoked, and whenever the listener connects or
+        loses its connection (a revocation may have gone unheard)."""
+        self._on_tokens.append(callback)
 
     def close(self) -> None:
         with self._lock:
@@ -56,11 +68,17 @@ class FinishWaiter:
         self._wake_all()
 
     def _notified(self, channel: str, call_id: str) -> None:
+        if channel == TOKENS_CHANNEL:
+            for callback in self._on_tokens:
+                callback()
+            return
         with self._lock:
             for event in self._waiting.get(call_id, ()):
                 event.set()
 
     def _wake_all(self) -> None:
+        for callback in self._on_tokens:
+            callback()
         with self._lock:
             for events in self._waiting.values():
                 for event in events:

@@ -191,12 +191,17 @@ SELECT id, name, scopes, created_at, revoked_at FROM podfn_tokens ORDER BY creat
 
 -- name: revoke_token
 -- Only when `ref` names exactly one active token (an id and another token's
--- name could be equal): an ambiguous reference revokes nothing.
-UPDATE podfn_tokens SET revoked_at = now()
-WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL
-  AND (SELECT count(*) FROM podfn_tokens
-       WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL) = 1
-RETURNING id, name, scopes, created_at, revoked_at;
+-- name could be equal): an ambiguous reference revokes nothing. NOTIFY
+-- podfn_tokens empties every API process's token cache (api/auth.py).
+WITH revoked AS (
+    UPDATE podfn_tokens SET revoked_at = now()
+    WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL
+      AND (SELECT count(*) FROM podfn_tokens
+           WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL) = 1
+    RETURNING id, name, scopes, created_at, revoked_at
+)
+SELECT id, name, scopes, created_at, revoked_at, pg_notify('podfn_tokens', id) AS notified
+FROM revoked;
 
 -- name: active_tokens_named
 SELECT id, name FROM podfn_tokens
