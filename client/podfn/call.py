@@ -34,7 +34,7 @@ _clients_lock = threading.Lock()
 
 def default_client() -> APIClient:
     """The API client for the current settings (shared, thread-safe)."""
-    url, token = Settings.from_env().platform()
+    url, token = Settings.current().platform()
     with _clients_lock:
         client = _clients.get((url, token))
         if client is None:
