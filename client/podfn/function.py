@@ -68,7 +68,7 @@ class _Remote(Generic[P, R]):
         return len(prepared) if isinstance(prepared, bytes) else 0
 
     def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
-        return self._submit_waiting(arg_blobs, prepared).ids
+        raise NotImplementedError
 
     def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
                         wait: float | None = None, key: str | None = None) -> Submitted:
@@ -93,9 +93,9 @@ class _Remote(Generic[P, R]):
         """
         return _RemoteCall(self)
 
-    async def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
-                          prepared: Any) -> list[str]:
-        return (await self._submit_waiting_aio(client, arg_blobs, prepared)).ids
+    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
+                    prepared: Any) -> Awaitable[list[str]]:
+        raise NotImplementedError
 
     def _submit_waiting_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes], prepared: Any,
                             *, wait: float | None = None,
@@ -312,6 +312,15 @@ class Function(_Remote[P, R]):
     def _prepare(self) -> bytes:
         return serialization.dumps(self.fn)
 
+    def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
+        return self.client.submit(function_name=self.name, function=prepared, args=arg_blobs,
+                                  spec=self.hints, versions=serialization.client_versions())
+
+    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
+                    prepared: Any) -> Awaitable[list[str]]:
+        return client.submit(function_name=self.name, function=prepared, args=arg_blobs,
+                             spec=self.hints, versions=serialization.client_versions())
+
     def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
                         wait: float | None = None, key: str | None = None) -> Submitted:
         return self.client.submit_waiting(
@@ -352,6 +361,15 @@ class DeployedFunction(_Remote[..., Any]):
     def options(self, **hints: Any) -> DeployedFunction:
         return DeployedFunction(self.name, self._deployed_hints,
                                 overrides={**self.overrides, **hints}, client=self._client)
+
+    def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
+        return self.client.submit_deployed(self.name, args=arg_blobs, spec=self.overrides,
+                                           versions=serialization.client_versions())
+
+    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
+                    prepared: Any) -> Awaitable[list[str]]:
+        return client.submit_deployed(self.name, args=arg_blobs, spec=self.overrides,
+                                      versions=serialization.client_versions())
 
     def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
                         wait: float | None = None, key: str | None = None) -> Submitted:
