@@ -1,6 +1,6 @@
 """Where one call's time goes: timestamps from the client and from the call's row.
 
-    python benchmarks/call_timeline.py {warm,cold} COUNT [--two-requests]
+    python benchmarks/call_timeline.py {warm,cold} COUNT [--two-requests] [--pause MS]
 
 Runs COUNT sequential identity calls through the embedded stack (DevStack,
 local launcher), cold (a process per call) or warm (`max_calls_per_worker=None`),
@@ -11,6 +11,9 @@ the client's start -> the row's `created_at`, the row's
 `launched_at` -> `started_at` (fork, connect, `claim`), `started_at` ->
 `finished_at` (the runtime's own time) and `finished_at` -> the client having
 the result. All clocks are this machine's (`clock_timestamp()` in Postgres).
+`--pause MS` sleeps between calls (outside the timed spans), so that what one
+call sets off after it ends (a cold runtime's exit, the next spare's fork)
+does not run during the next call.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def identity(x: int) -> int:
 
 def main() -> None:
     kind, count = sys.argv[1], int(sys.argv[2])
+    pause = float(sys.argv[sys.argv.index("--pause") + 1]) / 1000 if "--pause" in sys.argv else 0.0
     hints = {"max_calls_per_worker": None, "idle_timeout": 600} if kind == "warm" else {}
     workdir = Path(tempfile.mkdtemp(prefix="podfn-timeline-"))
     os.chmod(workdir, 0o755)
@@ -53,6 +57,8 @@ def main() -> None:
         api_cpu, client_cpu = _cpu_seconds(api), time.process_time()
         timed = []
         for i in range(count):
+            if pause:
+                time.sleep(pause)  # let what the last call left behind settle first
             blob = serialization.dumps(((i,), {}))
             started = time.time()
             if one_request:
