@@ -129,8 +129,8 @@ def create_calls(fingerprint: str, calls: NewCalls, args: list[bytes], *,
     With `?wait=S` (issue 12: `.remote(x)` as one request), the answer comes once
     one of the calls finishes, or after S seconds, and `finished` holds those that
     did, with their payloads as frames when the client accepts them. The ids are
-    armed in the waiter before the calls' transaction commits, so no finish goes
-    unheard and the database is first read when one is announced.
+    made up front and armed in the waiter before the calls are recorded, so no
+    finish goes unheard and the database is first read when one is announced.
     """
     seconds = submit_wait()
     new = new_ids(len(args))
