@@ -1,14 +1,19 @@
 """Where one call's time goes: timestamps from the client and from the call's row.
 
-    python benchmarks/call_timeline.py {warm,cold} COUNT
+    python benchmarks/call_timeline.py {warm,cold} COUNT [--two-requests] [--pause MS]
 
 Runs COUNT sequential identity calls through the embedded stack (DevStack,
 local launcher), cold (a process per call) or warm (`max_calls_per_worker=None`),
-and prints the p50 of each span: the client's submit request, the row's
+and prints the p50 of each span: the client's submit request (when `.remote`
+is two requests: a submit, then a wait; `--two-requests` forces that shape),
+the client's start -> the row's `created_at`, the row's
 `created_at` -> `launched_at` (controller launch, or a warm worker's claim),
 `launched_at` -> `started_at` (fork, connect, `claim`), `started_at` ->
 `finished_at` (the runtime's own time) and `finished_at` -> the client having
 the result. All clocks are this machine's (`clock_timestamp()` in Postgres).
+`--pause MS` sleeps between calls (outside the timed spans), so that what one
+call sets off after it ends (a cold runtime's exit, the next spare's fork)
+does not run during the next call.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 from podfn import remote, serialization
-from podfn.call import Call
+from podfn.call import Call, outcome
 from podfn.settings import Settings
 from podfn_platform.dev import DevStack, free_port
 
@@ -34,6 +39,7 @@ def identity(x: int) -> int:
 
 def main() -> None:
     kind, count = sys.argv[1], int(sys.argv[2])
+    pause = float(sys.argv[sys.argv.index("--pause") + 1]) / 1000 if "--pause" in sys.argv else 0.0
     hints = {"max_calls_per_worker": None, "idle_timeout": 600} if kind == "warm" else {}
     workdir = Path(tempfile.mkdtemp(prefix="podfn-timeline-"))
     os.chmod(workdir, 0o755)
@@ -44,13 +50,28 @@ def main() -> None:
         for i in range(3):  # warm: worker up, first call made
             fn.remote(i)
         prepared = fn._prepare()
+        # `.remote(x)`'s own path: one request that submits and waits (issue 12, third
+        # round), or, on a client from before it, a submit and then the result's wait.
+        one_request = hasattr(fn, "_submit_waiting") and "--two-requests" not in sys.argv
+        api = _process_tree(stack._children[0].pid)  # `podfn serve`: gunicorn and its workers
+        api_cpu, client_cpu = _cpu_seconds(api), time.process_time()
         timed = []
         for i in range(count):
+            if pause:
+                time.sleep(pause)  # let what the last call left behind settle first
+            blob = serialization.dumps(((i,), {}))
             started = time.time()
-            [call_id] = fn._submit([serialization.dumps(((i,), {}))], prepared)
-            submitted = time.time()
-            assert Call(call_id, client=fn.client).result() == i
+            if one_request:
+                submitted_calls = fn._submit_waiting([blob], prepared, wait=30.0)
+                call_id, submitted = submitted_calls.ids[0], float("nan")
+                [finished] = submitted_calls.finished
+                assert outcome(finished, fn.client) == i
+            else:
+                [call_id] = fn._submit([blob], prepared)
+                submitted = time.time()
+                assert Call(call_id, client=fn.client).result() == i
             timed.append((call_id, started, submitted, time.time()))
+        api_cpu, client_cpu = _cpu_seconds(api) - api_cpu, time.process_time() - client_cpu
         spans: dict[str, list[float]] = {}
         with psycopg.connect(stack.database_url) as conn:
             for call_id, started, submitted, done in timed:
@@ -61,14 +82,41 @@ def main() -> None:
                 assert row is not None
                 created, launched, claimed, finished = (float(v) for v in row)
                 for name, value in (("submit request", submitted - started),
+                                    ("client -> row created", created - started),
                                     ("created -> launched", launched - created),
                                     ("launched -> claimed", claimed - launched),
                                     ("claimed -> recorded", finished - claimed),
                                     ("recorded -> client", done - finished),
                                     ("total", done - started)):
                     spans.setdefault(name, []).append(value)
+    print(f"{'one request' if one_request else 'submit, then wait'}; load average "
+          f"{os.getloadavg()[0]:.2f}")
     for name, values in spans.items():
-        print(f"{name:22s} p50 {statistics.median(values) * 1000:8.2f} ms")
+        if any(v == v for v in values):  # not all NaN (the one-request path has no submit span)
+            print(f"{name:22s} p50 {statistics.median(values) * 1000:8.2f} ms")
+    # CPU time does not grow with the machine's load as the spans do.
+    print(f"{'API CPU per call':22s}     {api_cpu / count * 1000:8.2f} ms")
+    print(f"{'client CPU per call':22s}     {client_cpu / count * 1000:8.2f} ms")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of `pids` (from /proc/PID/stat), in seconds."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,9 +12,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from conftest import TEST_TOKEN, ThreadedServer, platform_settings
+from conftest import TEST_TOKEN, ThreadedServer, platform_settings, wait_until
 from podfn_platform.api.app import create_app
-from podfn_platform.database import Database, is_read
+from podfn_platform.database import Database, is_read, lendable
 
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 META = json.dumps({"function_name": "f", "spec": {}, "client": {"python": "3.11",
@@ -73,3 +74,39 @@ def test_killed_api_connections_cost_no_request(api: str, database_url: str,
             with ThreadPoolExecutor(8) as pool:
                 statuses = list(pool.map(one, range(60)))
             assert [s for s in statuses if s >= 400] == []
+
+
+def _kill(postgres_url: str, database_url: str, application: str) -> int:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        return len(conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = %s",
+            (conninfo_to_dict(database_url)["dbname"], application)).fetchall())
+
+
+def test_a_connection_whose_backend_ended_is_not_lent(database_url: str,
+                                                      postgres_url: str) -> None:
+    """The check looks at the socket: a healthy connection passes without a round trip, an
+    ended one (its FATAL message waiting) is asked and refused."""
+    with psycopg.connect(database_url, autocommit=True, application_name="podfn-lend") as conn:
+        lendable(conn)
+        assert _kill(postgres_url, database_url, "podfn-lend") == 1
+        wait_until(lambda: select.select([conn.fileno()], [], [], 0)[0],
+                   what="the backend's FATAL message")
+        with pytest.raises(psycopg.OperationalError):
+            lendable(conn)
+
+
+def test_a_write_the_server_refused_by_ending_the_session_is_sent_again(
+        database_url: str, postgres_url: str) -> None:
+    """A backend killed an instant before its connection is lent (no check could see it):
+    the server answers the statement with 57P01, so it did not run, and it is sent again."""
+    db = Database(database_url, min_size=1, max_size=1, name="podfn-unchecked").open()
+    try:
+        db._pool._check = None  # lend without looking, as in the instant after a kill
+        db.all("notify_queued")
+        assert _kill(postgres_url, database_url, "podfn-unchecked") == 1
+        assert not is_read("SELECT pg_notify('podfn_queued', '')")
+        db.all("notify_queued")  # a write: before, this was a 503
+    finally:
+        db.close()

@@ -20,6 +20,18 @@ def test_each_read_sees_the_environment_of_that_moment() -> None:
     assert Settings.from_env({}).warm_pool_workers is None
 
 
+def test_current_reads_again_when_the_environment_changed(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PODFN_URL", "http://one:1")
+    first = Settings.current()
+    assert Settings.current() is first  # nothing changed: not read again
+    monkeypatch.setenv("PODFN_URL", "http://two:2")
+    assert Settings.current().url == "http://two:2"
+    monkeypatch.delenv("PODFN_URL")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))  # where the profile is looked for
+    assert Settings.current().profile == tmp_path / "podfn" / "profile.json"
+
+
 def test_overrides_win_over_the_environment() -> None:
     assert Settings.from_env({"PODFN_PORT": "9000"}, port=9100).port == 9100
 

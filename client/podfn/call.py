@@ -24,6 +24,9 @@ from podfn.streaming import LogLine, follow_items, follow_lines
 FINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled"})
 # One long-poll asks the server to hold at most this long; result() loops.
 _POLL_SECONDS = 30.0
+# What `.remote(x)`'s submission asks the API to wait in the same request (issue 12):
+# as long as one long-poll, then `result()` takes over.
+FIRST_WAIT_SECONDS = _POLL_SECONDS
 
 _clients: dict[tuple[str, str | None], APIClient] = {}
 _clients_lock = threading.Lock()
@@ -31,7 +34,7 @@ _clients_lock = threading.Lock()
 
 def default_client() -> APIClient:
     """The API client for the current settings (shared, thread-safe)."""
-    url, token = Settings.from_env().platform()
+    url, token = Settings.current().platform()
     with _clients_lock:
         client = _clients.get((url, token))
         if client is None:

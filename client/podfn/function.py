@@ -6,13 +6,14 @@ import contextlib
 import functools
 import logging
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from podfn import serialization, spec
-from podfn.call import Call, default_client, outcome
+from podfn.call import FIRST_WAIT_SECONDS, Call, default_client, outcome
 from podfn.errors import PodfnError
-from podfn.http import APIClient, AsyncAPIClient
+from podfn.http import APIClient, AsyncAPIClient, Submitted
 from podfn.interrupt import cancelling_on_interrupt
 from podfn.settings import Settings
 
@@ -69,6 +70,11 @@ class _Remote(Generic[P, R]):
     def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
         raise NotImplementedError
 
+    def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
+                        wait: float | None = None, key: str | None = None) -> Submitted:
+        """Submit, and with `wait`, wait in the same request (APIClient.submit_waiting)."""
+        raise NotImplementedError
+
     def _cancel_many(self, ids: list[str]) -> int:
         return int(self.client.cancel_many(ids=ids)["count"])
 
@@ -89,6 +95,11 @@ class _Remote(Generic[P, R]):
 
     def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
                     prepared: Any) -> Awaitable[list[str]]:
+        raise NotImplementedError
+
+    def _submit_waiting_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes], prepared: Any,
+                            *, wait: float | None = None,
+                            key: str | None = None) -> Awaitable[Submitted]:
         raise NotImplementedError
 
     def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -208,24 +219,61 @@ class _RemoteCall(Generic[P, R]):
         self._fn = fn
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        call = self._fn.spawn(*args, **kwargs)
-        with cancelling_on_interrupt(self._fn._cancel_many, [call.id]):
-            return call.result()  # type: ignore[no-any-return]
+        """Submit and wait in one request (issue 12); if the call takes longer than that
+        request waits, wait for it as `Call.result` does.
+
+        Ctrl-C during the first request, before the call's id is known, sends the
+        submission again with its Idempotency-Key and without waiting: that names
+        the call it made (or makes it), which is then cancelled.
+        """
+        fn = self._fn
+        blob, prepared = serialization.dumps((args, kwargs)), fn._prepare()
+        client, key = fn.client, uuid.uuid4().hex
+        try:
+            submitted = fn._submit_waiting([blob], prepared, wait=FIRST_WAIT_SECONDS, key=key)
+        except KeyboardInterrupt:
+            with cancelling_on_interrupt(fn._cancel_many,
+                                         _replayed_ids(fn, blob, prepared, key)):
+                raise
+        if submitted.finished:
+            return outcome(submitted.finished[0], client)  # type: ignore[no-any-return]
+        with cancelling_on_interrupt(fn._cancel_many, submitted.ids):
+            return Call(submitted.ids[0], client=fn._client).result()  # type: ignore[no-any-return]
 
     async def aio(self, *args: P.args, **kwargs: P.kwargs) -> R:
         import asyncio
 
         fn = self._fn
         blob, prepared = serialization.dumps((args, kwargs)), fn._prepare()
+        key = uuid.uuid4().hex
         async with AsyncAPIClient.like(fn.client) as client:
-            [call_id] = await fn._submit_aio(client, [blob], prepared)
             try:
-                return await Call(call_id, client=fn._client).result.aio(  # type: ignore[no-any-return]
+                submitted = await fn._submit_waiting_aio(client, [blob], prepared,
+                                                         wait=FIRST_WAIT_SECONDS, key=key)
+            except asyncio.CancelledError:  # before the id is known: learn it, as above
+                with contextlib.suppress(PodfnError):
+                    again = await fn._submit_waiting_aio(client, [blob], prepared, key=key)
+                    await client.cancel_many(ids=again.ids)
+                raise
+            try:
+                if submitted.finished:
+                    return outcome(await client.complete(submitted.finished[0]),  # type: ignore[no-any-return]
+                                   None)
+                return await Call(submitted.ids[0], client=fn._client).result.aio(  # type: ignore[no-any-return]
                     client=client)
             except asyncio.CancelledError:  # the awaiting task was cancelled (or Ctrl-C)
                 with contextlib.suppress(PodfnError):
-                    await client.cancel_many(ids=[call_id])
+                    await client.cancel_many(ids=submitted.ids)
                 raise
+
+
+def _replayed_ids(fn: _Remote[Any, Any], blob: bytes, prepared: Any, key: str) -> list[str]:
+    """The ids of the calls an interrupted submission made, from its replay (none if the
+    platform cannot be asked)."""
+    try:
+        return fn._submit_waiting([blob], prepared, key=key).ids
+    except PodfnError:
+        return []
 
 
 class Function(_Remote[P, R]):
@@ -273,6 +321,19 @@ class Function(_Remote[P, R]):
         return client.submit(function_name=self.name, function=prepared, args=arg_blobs,
                              spec=self.hints, versions=serialization.client_versions())
 
+    def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
+                        wait: float | None = None, key: str | None = None) -> Submitted:
+        return self.client.submit_waiting(
+            function_name=self.name, function=prepared, args=arg_blobs, spec=self.hints,
+            versions=serialization.client_versions(), wait=wait, key=key)
+
+    def _submit_waiting_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes], prepared: Any,
+                            *, wait: float | None = None,
+                            key: str | None = None) -> Awaitable[Submitted]:
+        return client.submit_waiting(
+            function_name=self.name, function=prepared, args=arg_blobs, spec=self.hints,
+            versions=serialization.client_versions(), wait=wait, key=key)
+
     def deploy(self) -> dict[str, Any]:
         """Register this function (pickled by value) under `deploy_name`: a new live
         version, unless code and hints equal the live version's (`unchanged` in the answer)."""
@@ -309,6 +370,19 @@ class DeployedFunction(_Remote[..., Any]):
                     prepared: Any) -> Awaitable[list[str]]:
         return client.submit_deployed(self.name, args=arg_blobs, spec=self.overrides,
                                       versions=serialization.client_versions())
+
+    def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
+                        wait: float | None = None, key: str | None = None) -> Submitted:
+        return self.client.submit_deployed_waiting(
+            self.name, args=arg_blobs, spec=self.overrides,
+            versions=serialization.client_versions(), wait=wait, key=key)
+
+    def _submit_waiting_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes], prepared: Any,
+                            *, wait: float | None = None,
+                            key: str | None = None) -> Awaitable[Submitted]:
+        return client.submit_deployed_waiting(
+            self.name, args=arg_blobs, spec=self.overrides,
+            versions=serialization.client_versions(), wait=wait, key=key)
 
 
 @overload

@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -85,28 +86,61 @@ class APIClient:
                 time.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _submit_once(self, path: str, meta: dict[str, Any],
-                     parts: list[tuple[str, bytes]]) -> list[str]:
+    def _submit_once(self, path: str, meta: dict[str, Any], parts: list[tuple[str, bytes]], *,
+                     wait: float | None = None, key: str | None = None) -> Submitted:
         """POST a framed submission; retried on transport errors and 5xx with one
-        Idempotency-Key, so a retry can never create the calls twice."""
-        headers, pieces = _framed_submission(meta, parts)
-        body = self._idempotent(lambda: self._request(
-            "POST", path, content=pieces, headers=headers))
-        return [c["id"] for c in body["calls"]]
+        Idempotency-Key, so a retry can never create the calls twice. With `wait`, the
+        same request waits for the calls (see `submit_waiting`)."""
+        import httpx
+
+        request = _submit_request(meta, parts, wait, key)
+        if wait is None:
+            body = self._idempotent(lambda: self._request("POST", path, **request))
+            return Submitted([c["id"] for c in body["calls"]], [])
+
+        def fetch() -> Submitted:
+            try:
+                with self._http.stream("POST", path, **request) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise _error_from(response)
+                    if _framed(response):
+                        return _submitted_frames(frames.decode(response.iter_bytes()))
+                    return _submitted_json(json.loads(response.read()))
+            except (httpx.TransportError, frames.FramingError) as exc:
+                raise _lost(self.url, path, exc) from exc
+        return self._idempotent(fetch)  # type: ignore[no-any-return]
 
     def submit(self, *, function_name: str, function: bytes, args: Sequence[bytes],
                spec: dict[str, Any], versions: dict[str, str]) -> list[str]:
         """Record one call per element of `args`, all running `function`; their ids."""
+        return self.submit_waiting(function_name=function_name, function=function, args=args,
+                                   spec=spec, versions=versions).ids
+
+    def submit_waiting(self, *, function_name: str, function: bytes, args: Sequence[bytes],
+                       spec: dict[str, Any], versions: dict[str, str],
+                       wait: float | None = None, key: str | None = None) -> Submitted:
+        """`submit`, and with `wait` in the same request: wait up to `wait` s for one of the
+        calls to finish (issue 12: `.remote(x)` is one round trip when it finishes in
+        time). `key` is the Idempotency-Key (a fresh one by default): the same key again
+        gives the same calls, which is how an interrupted caller learns their ids."""
         meta = {"function_name": function_name, "spec": spec, "client": versions}
         return self._submit_once("/v1/calls", meta,
-                                 [("function", function), *(("args", a) for a in args)])
+                                 [("function", function), *(("args", a) for a in args)],
+                                 wait=wait, key=key)
 
     def submit_deployed(self, name: str, *, args: Sequence[bytes], spec: dict[str, Any],
                         versions: dict[str, str]) -> list[str]:
         """Calls of a deployed function's live version, with hint overrides."""
+        return self.submit_deployed_waiting(name, args=args, spec=spec, versions=versions).ids
+
+    def submit_deployed_waiting(self, name: str, *, args: Sequence[bytes],
+                                spec: dict[str, Any], versions: dict[str, str],
+                                wait: float | None = None, key: str | None = None) -> Submitted:
+        """`submit_deployed`, waiting as `submit_waiting` does."""
         meta = {"spec": spec, "client": versions}
         return self._submit_once(f"/v1/functions/{quote(name, safe='')}/calls", meta,
-                                 [("args", a) for a in args])
+                                 [("args", a) for a in args], wait=wait, key=key)
 
     def deploy(self, *, name: str, function: bytes, spec: dict[str, Any],
                versions: dict[str, str]) -> dict[str, Any]:
@@ -332,28 +366,65 @@ class AsyncAPIClient:
         raise AssertionError("unreachable")
 
     async def _submit_once(self, path: str, meta: dict[str, Any],
-                           parts: list[tuple[str, bytes]]) -> list[str]:
-        headers, pieces = _framed_submission(meta, parts)
+                           parts: list[tuple[str, bytes]], *, wait: float | None = None,
+                           key: str | None = None) -> Submitted:
+        """As APIClient._submit_once, in the event loop (the body's pieces are streamed
+        anew on each try)."""
+        import httpx
 
-        async def stream() -> AsyncIterator[bytes | memoryview]:
+        request = _submit_request(meta, parts, wait, key)
+        pieces = request.pop("content")
+
+        async def stream() -> AsyncIterator[bytes]:
             for piece in pieces:
-                yield piece
+                yield piece  # (a memoryview: httpx sends any buffer, its hint says bytes)
 
-        body = await self._idempotent(lambda: self._request(
-            "POST", path, content=stream(), headers=headers))
-        return [c["id"] for c in body["calls"]]
+        if wait is None:
+            body = await self._idempotent(lambda: self._request(
+                "POST", path, content=stream(), **request))
+            return Submitted([c["id"] for c in body["calls"]], [])
+
+        async def fetch() -> Submitted:
+            try:
+                async with self._http.stream("POST", path, content=stream(),
+                                             **request) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _error_from(response)
+                    if _framed(response):
+                        chunks = [chunk async for chunk in response.aiter_bytes()]
+                        return _submitted_frames(frames.decode(chunks))
+                    return _submitted_json(json.loads(await response.aread()))
+            except (httpx.TransportError, frames.FramingError) as exc:
+                raise _lost(self.url, path, exc) from exc
+        return await self._idempotent(fetch)  # type: ignore[no-any-return]
 
     async def submit(self, *, function_name: str, function: bytes, args: Sequence[bytes],
                      spec: dict[str, Any], versions: dict[str, str]) -> list[str]:
+        return (await self.submit_waiting(function_name=function_name, function=function,
+                                          args=args, spec=spec, versions=versions)).ids
+
+    async def submit_waiting(self, *, function_name: str, function: bytes,
+                             args: Sequence[bytes], spec: dict[str, Any],
+                             versions: dict[str, str], wait: float | None = None,
+                             key: str | None = None) -> Submitted:
         meta = {"function_name": function_name, "spec": spec, "client": versions}
         return await self._submit_once("/v1/calls", meta,
-                                       [("function", function), *(("args", a) for a in args)])
+                                       [("function", function), *(("args", a) for a in args)],
+                                       wait=wait, key=key)
 
     async def submit_deployed(self, name: str, *, args: Sequence[bytes], spec: dict[str, Any],
                               versions: dict[str, str]) -> list[str]:
+        return (await self.submit_deployed_waiting(name, args=args, spec=spec,
+                                                   versions=versions)).ids
+
+    async def submit_deployed_waiting(self, name: str, *, args: Sequence[bytes],
+                                      spec: dict[str, Any], versions: dict[str, str],
+                                      wait: float | None = None,
+                                      key: str | None = None) -> Submitted:
         meta = {"spec": spec, "client": versions}
         return await self._submit_once(f"/v1/functions/{quote(name, safe='')}/calls", meta,
-                                       [("args", a) for a in args])
+                                       [("args", a) for a in args], wait=wait, key=key)
 
     async def wait(self, ids: Sequence[str], wait: float, *,
                    max_bytes: int | None = None) -> list[dict[str, Any]]:
@@ -444,6 +515,38 @@ def _framed_submission(meta: dict[str, Any], parts: list[tuple[str, bytes]],
     return headers, pieces
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """A submission's answer: the calls' ids, in order, and, when it waited, those that
+    finished meanwhile, as `wait` gives them (payloads as bytes)."""
+
+    ids: list[str]
+    finished: list[dict[str, Any]]
+
+
+def _submit_request(meta: dict[str, Any], parts: list[tuple[str, bytes]], wait: float | None,
+                    key: str | None) -> dict[str, Any]:
+    headers, pieces = _framed_submission(meta, parts)
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    request: dict[str, Any] = {"content": pieces, "headers": headers}
+    if wait is not None:
+        # An API from before `?wait=` ignores it and answers JSON without `finished`.
+        request["headers"]["Accept"] = _WAIT_ACCEPT
+        request["params"] = {"wait": wait}
+        request["timeout"] = wait + _WAIT_SLACK
+    return request
+
+
+def _submitted_frames(body: list[bytearray]) -> Submitted:
+    ids = [c["id"] for c in frames.header(body)["calls"]]
+    return Submitted(ids, _from_frames(body, key="finished"))
+
+
+def _submitted_json(body: dict[str, Any]) -> Submitted:
+    return Submitted([c["id"] for c in body["calls"]], _decoded(body.get("finished") or []))
+
+
 def _wait_request(ids: Sequence[str], wait: float, max_bytes: int | None) -> dict[str, Any]:
     return {"json": {"ids": list(ids), "wait": wait}, "headers": {"Accept": _WAIT_ACCEPT},
             "params": {} if max_bytes is None else {"max_bytes": max_bytes},
@@ -459,9 +562,10 @@ def _lost(url: str, path: str, exc: Exception) -> PlatformUnreachable:
                                f"({type(exc).__name__}: {exc})")
 
 
-def _from_frames(body: list[bytearray]) -> list[dict[str, Any]]:
-    """Finished calls from a framed `wait`, each payload frame put where JSON had it."""
-    calls: list[dict[str, Any]] = frames.header(body)["calls"]
+def _from_frames(body: list[bytearray], *, key: str = "calls") -> list[dict[str, Any]]:
+    """Finished calls from a framed `wait` (or submission: `key`), each payload frame put
+    where JSON had it."""
+    calls: list[dict[str, Any]] = frames.header(body)[key]
     try:
         for call in calls:
             if "result_frame" in call:

@@ -126,6 +126,21 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
+    @classmethod
+    def current(cls) -> Settings:
+        """`from_env()` of this process's environment, read again only when a variable it
+        depends on has changed: the client asks for the settings at every call it makes
+        (`podfn.call.default_client`), and reading ~50 variables each time was a tenth
+        of a trivial call's client CPU (issue 12)."""
+        key = tuple(item for item in os.environ.items()
+                    if item[0].startswith("PODFN_") or item[0] in _PROFILE_VARIABLES)
+        cached = _current.get(cls)
+        if cached is not None and cached[0] == key:
+            return cached[1]  # type: ignore[no-any-return]
+        settings = cls.from_env()
+        _current[cls] = (key, settings)
+        return settings
+
     def require_database_url(self) -> str:
         if not self.database_url:
             raise ConfigurationError(
@@ -154,6 +169,10 @@ class Settings:
 
 
 _hints: dict[type, dict[str, Any]] = {}
+# What `Settings.current` was read from, and what it read; the profile's default path
+# comes from these variables besides PODFN_* (platformdirs).
+_current: dict[type, tuple[tuple[tuple[str, str], ...], Any]] = {}
+_PROFILE_VARIABLES = frozenset({"HOME", "XDG_CONFIG_HOME"})
 
 
 def _type_hints(cls: type) -> dict[str, Any]:

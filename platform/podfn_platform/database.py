@@ -5,15 +5,20 @@ Everything the API and the controller say to Postgres goes through
 LISTEN for wake-ups, and psycopg's errors turned into podfn's own.
 
 The pool checks a connection before lending it (a backend killed by an
-administrator, a failover or an idle timeout is replaced, not handed out),
-and a read that still meets a dead connection is tried once more on a fresh
-one: reads are safe to repeat, writes are not retried here.
+administrator, a failover or an idle timeout is replaced, not handed out):
+by looking at its socket, where such an end has left its message or EOF,
+and only then with a round trip (`lendable`); a transaction of several
+statements asks the server itself first. A read that still meets a dead
+connection is tried once more on a fresh one: reads are safe to repeat; a
+lone write is tried again only when the server said it ended the session
+(57P01/57P02), which means the statement did not commit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -63,6 +68,31 @@ def jsonb(value: Any) -> Jsonb:
     return Jsonb(value)
 
 
+# The server ended the session (an administrator's pg_terminate_backend, a shutdown,
+# another backend's crash) and said so in place of the statement's answer: it did
+# not commit, so it may be sent again on another connection.
+_ENDED_UNCOMMITTED = frozenset({"57P01", "57P02"})
+
+
+def lendable(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check before lending `conn`, without a round trip for a healthy one.
+
+    An idle connection has nothing to read; one whose backend ended (killed,
+    restarted, timed out, failed over) has its FATAL message or EOF waiting, and
+    only then is the server asked (psycopg_pool's empty query), which fails on a
+    dead one. A backend killed an instant ago may not have written yet: its
+    connection is lent, and the statement meets the end as 57P01 (tried again,
+    `Database.all`) or inside a transaction (which asks first, `transaction`).
+    Issue 12: the empty query was one round trip of the two or three per request.
+    """
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    waiting = select.poll()
+    waiting.register(conn.fileno(), select.POLLIN)
+    if waiting.poll(0):
+        psycopg_pool.ConnectionPool.check_connection(conn)
+
+
 class Transaction:
     """Named queries run on one connection inside one transaction."""
 
@@ -93,7 +123,7 @@ class Database:
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, timeout=10.0,
             kwargs={"autocommit": True, "row_factory": dict_row, "application_name": name},
-            name=name, check=psycopg_pool.ConnectionPool.check_connection,
+            name=name, check=lendable,
         )
 
     def open(self, wait: bool = True) -> Database:
@@ -116,10 +146,25 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                yield Transaction(conn)  # type: ignore[arg-type]  # pool rows are dict_row
+            with self._asked() as conn, conn.transaction():
+                yield Transaction(conn)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             raise translate(exc) from exc
+
+    @contextmanager
+    def _asked(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection the server has just answered on: a transaction is not tried again,
+        so it does not start on a backend that was killed an instant ago."""
+        for attempt in (1, 2):
+            with self._pool.connection() as conn:
+                try:
+                    psycopg_pool.ConnectionPool.check_connection(conn)
+                except psycopg.OperationalError:
+                    if attempt == 2:
+                        raise
+                    continue  # broken: the pool drops it when it comes back
+                yield conn
+                return
 
     def all(self, name: str, params: dict[str, Any] | None = None, *,
             binary: bool = False) -> list[Row]:
@@ -130,14 +175,31 @@ class Database:
         fresh connection (the pool drops the broken one on its return).
         """
         try:
-            with self.transaction() as tx:
-                return tx.all(name, params, binary=binary)
+            return self._alone(name, params, binary)
         except DatabaseUnavailable as exc:
             if name not in _READS:
                 raise
             log.info("read %s lost its connection (%s); trying once more", name, exc)
-        with self.transaction() as tx:
-            return tx.all(name, params, binary=binary)
+        return self._alone(name, params, binary)
+
+    def _alone(self, name: str, params: dict[str, Any] | None, binary: bool) -> list[Row]:
+        """One statement on an autocommit connection: a transaction of its own, without
+        the BEGIN and COMMIT round trips of `transaction()` (issue 12: two of the three
+        round trips a lone statement cost)."""
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn:
+                    cur = conn.execute(_QUERIES[name], params or {}, binary=binary)
+                    return cur.fetchall() if cur.description else []
+            except psycopg.OperationalError as exc:
+                if attempt == 1 and exc.sqlstate in _ENDED_UNCOMMITTED:
+                    log.info("%s met a session the server ended (%s); sending it again",
+                             name, exc.sqlstate)
+                    continue
+                raise translate(exc) from exc
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                raise translate(exc) from exc
+        raise AssertionError("unreachable")
 
     def one(self, name: str, params: dict[str, Any] | None = None, *,
             binary: bool = False) -> Row | None:

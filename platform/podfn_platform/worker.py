@@ -12,9 +12,9 @@ things and keeps the rest of gthread (keep-alive, graceful stop, limits):
    refuse). A connection whose headers are not complete within
    PODFN_HEADER_TIMEOUT_SECONDS of its first byte being awaited is closed.
 2. Requests that wait by design (POST /v1/calls/wait, GET .../result?wait=,
-   POST .../invoke) run on their own pool of PODFN_LONGPOLL_THREADS threads,
-   so the PODFN_THREADS request threads always serve health checks, submits
-   and reads. A long-poll holds no database connection while it waits.
+   POST .../invoke, a submission with ?wait=) run on their own pool of
+   PODFN_LONGPOLL_THREADS threads, so the PODFN_THREADS request threads
+   always serve health checks, submits and reads. A long-poll holds no database connection while it waits.
 
 TLS is terminated in front of the API (the chart's ingress); a worker
 configured for TLS keeps gthread's own behaviour. It builds on the gthread
@@ -44,7 +44,13 @@ _LONG_POLL_PATHS = (
     ("GET", re.compile(r"^/v1/calls/[^/]+/result/?$")),
     ("POST", re.compile(r"^/v1/functions/[^/]+/invoke/?$")),
 )
+# Submissions wait only when asked to (`?wait=S`, issue 12: `.remote(x)` in one request).
+_WAITING_IF_ASKED = (
+    ("POST", re.compile(r"^/v1/calls/?$")),
+    ("POST", re.compile(r"^/v1/functions/[^/]+/calls/?$")),
+)
 _NO_WAIT = re.compile(r"(^|&)wait=0*(\.0*)?(&|$)")
+_WAIT = re.compile(r"(^|&)wait=")
 
 
 @dataclass
@@ -76,6 +82,9 @@ def is_long_poll(head: bytes) -> bool:
         if method == wanted and pattern.match(path):
             # An explicit wait=0 answers at once (invoke waits by default).
             return not _NO_WAIT.search(query)
+    for wanted, pattern in _WAITING_IF_ASKED:
+        if method == wanted and pattern.match(path):
+            return bool(_WAIT.search(query)) and not _NO_WAIT.search(query)
     return False
 
 

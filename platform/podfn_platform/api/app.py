@@ -60,7 +60,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     if settings.insecure_no_auth and settings.host not in LOOPBACK:
         raise ConfigurationError(
             f"PODFN_INSECURE_NO_AUTH is allowed only on a loopback address, not {settings.host}")
-    auth.install(app, db, root_token=settings.api_token, no_auth=settings.insecure_no_auth)
+    auth.install(app, db, root_token=settings.api_token, no_auth=settings.insecure_no_auth,
+                 waiter=waiter)
 
     @app.get("/openapi.json")
     @operation("This document", {200: {"description": "OpenAPI 3.1", "content": {

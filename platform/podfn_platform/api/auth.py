@@ -22,13 +22,16 @@ import functools
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 
 from podfn_platform.api.errors import APIError
+from podfn_platform.api.waiting import FinishWaiter
 from podfn_platform.database import Database
 
 SCOPES = ("submit", "invoke", "deploy", "read", "admin")
@@ -103,10 +106,68 @@ def principal_for(db: Database, root_token: str | None, secret: str) -> Principa
     nested = _call_token(db, secret) if secret.startswith(CALL_TOKEN_PREFIX) else None
     if nested is not None:
         return nested
-    row = db.one("token_by_hash", {"hash": hash_secret(secret)})
+    cache: TokenCache | None = current_app.extensions.get("podfn.token_cache")
+    if cache is None:
+        return _stored_token(db, hash_secret(secret))
+    return cache.lookup(db, hash_secret(secret))
+
+
+def _stored_token(db: Database, hashed: str) -> Principal | None:
+    row = db.one("token_by_hash", {"hash": hashed})
     if row is not None:
         return Principal(row["id"], row["name"], frozenset(row["scopes"]))
     return None
+
+
+# How long a stored token's identity is remembered per API process (see TokenCache).
+TOKEN_CACHE_SECONDS = 5.0
+_TOKEN_CACHE_ENTRIES = 10_000
+
+
+class TokenCache:
+    """Who a stored token is, by the hash of its secret, remembered for a few seconds:
+    a request with a token from the database costs no round trip for it (issue 12).
+
+    Revocation stays immediate: `revoke_token` sends NOTIFY podfn_tokens, which the
+    listener of every API process hears (api/waiting.py), and the cache is emptied;
+    the revoking process empties its own at once. A lookup that began before that
+    is not stored (the generation counter), and while the listener is down the
+    cache is neither read nor filled (it is emptied when the connection is lost
+    and again when it returns). What a revocation without the NOTIFY could leave
+    (an API from before it revoking during a rolling update) lasts at most
+    TOKEN_CACHE_SECONDS. Unknown secrets are never remembered (a token just made
+    works at once), nor are a running call's own tokens (they end with the attempt).
+    """
+
+    def __init__(self, live: Callable[[], bool], ttl: float = TOKEN_CACHE_SECONDS) -> None:
+        self._live = live
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._generation = 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._generation += 1
+
+    def lookup(self, db: Database, hashed: str) -> Principal | None:
+        if not self._live():
+            return _stored_token(db, hashed)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(hashed)
+            generation = self._generation
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = _stored_token(db, hashed)
+        if found is not None:
+            with self._lock:
+                if self._generation == generation:
+                    if len(self._entries) >= _TOKEN_CACHE_ENTRIES:
+                        self._entries.clear()
+                    self._entries[hashed] = (now + self._ttl, found)
+        return found
 
 
 def _call_token(db: Database, secret: str) -> Principal | None:
@@ -157,7 +218,12 @@ def check_calls_readable(db: Database, ids: list[str]) -> None:
         raise forbidden(("read",))
 
 
-def install(app: Flask, db: Database, *, root_token: str | None, no_auth: bool) -> None:
+def install(app: Flask, db: Database, *, root_token: str | None, no_auth: bool,
+            waiter: FinishWaiter | None = None) -> None:
+    if waiter is not None:
+        cache = app.extensions["podfn.token_cache"] = TokenCache(waiter.listening)
+        waiter.on_tokens_changed(cache.clear)
+
     @app.before_request
     def _authenticate() -> None:
         if request.path.startswith("/v1/"):

@@ -8,6 +8,7 @@ does).
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -20,8 +21,8 @@ from podfn_platform.api import context, contract, forms, idempotency, output, re
 from podfn_platform.api.auth import check_calls_readable, forbidden, principal, requires
 from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
-from podfn_platform.database import Row, Transaction
-from podfn_platform.submission import NewCalls, digest, record_calls, store_payload
+from podfn_platform.database import Row
+from podfn_platform.submission import NewCalls, Payload, digest, new_ids
 
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
 
@@ -46,6 +47,9 @@ STATES = schemas.STATES
 # many bytes of them per response; any other is fetched from .../result.
 INLINE_RESULT_BYTES = 64 * 1024
 INLINE_BUDGET_BYTES = 4 * 1024 * 1024
+# A view that answers JSON or, when asked, frames (podfn/frames.py): its document says both.
+FRAMED = {200: {results.FRAMES: {"schema": {"type": "string", "format": "binary"}}}}
+FRAMED_CREATED = {status: FRAMED[200] for status in (200, 201)}
 
 
 def describe(row: Row) -> dict[str, Any]:
@@ -101,7 +105,8 @@ CALL_LINKS = {status: contract.links(
             409: "The Idempotency-Key was used with a different request", 413: None, 422: None,
             **dict.fromkeys(COMMON)},
            form=forms.SUBMIT_FORM, form_required=("meta", "function", "args"),
-           query=(forms.IDEMPOTENCY,), links=CALL_LINKS)
+           query=(forms.IDEMPOTENCY, forms.SUBMIT_WAIT), links=CALL_LINKS,
+           more_content=FRAMED_CREATED)
 def submit() -> tuple[Response, int]:
     parsed = contract.form_meta(schemas.SubmitMeta)
     meta = parsed.model_dump(mode="json", exclude_none=True)
@@ -112,20 +117,72 @@ def submit() -> tuple[Response, int]:
     args = forms.args_parts()
     calls = NewCalls(function_name, digest(function), validated, python, cloudpickle,
                      owner=principal().token_id)
-
-    def create(tx: Transaction) -> list[str]:
-        store_payload(tx, function)
-        return record_calls(tx, calls, args)
-
-    fingerprint = forms.fingerprint(meta, function, *args)
-    ids, replayed = idempotency.create_once(context.db(), fingerprint, create)
-    return created(ids, replayed)
+    return create_calls(forms.fingerprint(meta, function, *args), calls, args,
+                        function=function)
 
 
-def created(ids: list[str], replayed: bool) -> tuple[Response, int]:
-    """201 with new calls, 200 with the calls an Idempotency-Key already made."""
-    body = {"calls": [{"id": i} for i in ids], "replayed": replayed}
-    return jsonify(body), 200 if replayed else 201
+def create_calls(fingerprint: str, calls: NewCalls, args: list[Payload], *,
+                 function: Payload | None = None) -> tuple[Response, int]:
+    """Record the calls once per Idempotency-Key (api/idempotency.py) and answer with them:
+    201 when new, 200 when the key replays them.
+
+    With `?wait=S` (issue 12: `.remote(x)` as one request), the answer comes once
+    one of the calls finishes, or after S seconds, and `finished` holds those that
+    did, with their payloads as frames when the client accepts them. The ids are
+    made up front and armed in the waiter before the calls are recorded, so no
+    finish goes unheard and the database is first read when one is announced.
+    """
+    seconds = submit_wait()
+    new = new_ids(len(args))
+    if seconds is None:
+        ids, replayed = idempotency.create_once(context.db(), fingerprint, calls, args, new,
+                                                function=function)
+        return created(ids, replayed)
+    framed = wants_frames()
+    with context.waiter().watching() as watch:
+        watch.add(new)
+        ids, replayed = idempotency.create_once(context.db(), fingerprint, calls, args, new,
+                                                function=function)
+        if replayed:  # calls made by an earlier request: they may have finished already
+            watch.add(ids)
+        rows = watch.wait(seconds, finished_fetch(ids, framed=framed), looked=not replayed)
+    return created(ids, replayed, rows, framed=framed)
+
+
+def created(ids: list[str], replayed: bool, finished: list[Row] | None = None, *,
+            framed: bool = False) -> tuple[Response, int]:
+    """201 with new calls, 200 with the calls an Idempotency-Key already made; after a
+    `wait`, with the `finished` ones (as `wait` answers them)."""
+    body: dict[str, Any] = {"calls": [{"id": i} for i in ids], "replayed": replayed}
+    status = 200 if replayed else 201
+    if finished is None:
+        return jsonify(body), status
+    if framed:
+        outcomes = [summary(r, base64_result=False) for r in finished]
+        return results.frames_response(finished, outcomes, header=body, key="finished"), status
+    body["finished"] = [summary(r) for r in finished]
+    return jsonify(body), status
+
+
+def submit_wait() -> float | None:
+    """The submission's `wait` query parameter in seconds (capped), or None if absent."""
+    value = request.args.get("wait")
+    return None if value is None else wait_seconds(value)
+
+
+def finished_fetch(ids: list[str], *, framed: bool,
+                   budget: int | None = None) -> Callable[[], list[Row]]:
+    """A read of the finished calls among `ids`: with their payloads for a framed answer
+    (up to results.INLINE_BYTES each in the same query, `budget` bytes in all, at
+    least one), else with small results only (the JSON answer's base64)."""
+    db = context.db()
+    if framed:
+        budget = results.FRAMES_BUDGET_BYTES if budget is None else budget
+        params = {"ids": ids, "budget": max(budget, 1), "inline": results.INLINE_BYTES,
+                  "inline_budget": INLINE_BUDGET_BYTES}
+        return lambda: db.all("finished_outcomes", params, binary=True)
+    params = {"ids": ids, "inline": INLINE_RESULT_BYTES, "budget": INLINE_BUDGET_BYTES}
+    return lambda: db.all("finished_calls", params, binary=True)
 
 
 def _call_or_404(call_id: str) -> Row:
@@ -159,23 +216,30 @@ def wait_seconds(value: Any) -> float:
     return min(seconds, float(current_app.config["PODFN_MAX_WAIT"]))
 
 
-def wait_finished(ids: list[str], seconds: float, *, query: str = "finished_calls",
-                  params: dict[str, Any] | None = None) -> list[Row]:
+def wait_finished(ids: list[str], seconds: float, *, framed: bool = False,
+                  budget: int | None = None) -> list[Row]:
+    """The finished calls among `ids` (403 unless readable, 404 for an unknown id), waiting
+    up to `seconds` for one. Armed before the first read, so that read is the only one
+    until a finish (or a lost listener) is announced."""
     db = context.db()
-    params = {"ids": ids, "inline": INLINE_RESULT_BYTES, "budget": INLINE_BUDGET_BYTES,
-              **(params or {})}
-    rows = db.all(query, params, binary=True)
-    if rows or seconds == 0:
+    fetch = finished_fetch(ids, framed=framed, budget=budget)
+    if seconds == 0:
+        rows = fetch()
         check_calls_readable(db, ids)
         return rows
-    check_calls_readable(db, ids)
-    known = {r["id"] for r in db.all("existing_ids", {"ids": ids})}
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise APIError(404, "not_found", f"no call with id {unknown[0]!r}"
-                       + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
-                       ids=unknown[:20])
-    return context.waiter().wait(ids, seconds, lambda: db.all(query, params, binary=True))
+    with context.waiter().watching() as watch:
+        watch.add(ids)
+        rows = fetch()
+        check_calls_readable(db, ids)
+        if rows:
+            return rows
+        known = {r["id"] for r in db.all("existing_ids", {"ids": ids})}
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise APIError(404, "not_found", f"no call with id {unknown[0]!r}"
+                           + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+                           ids=unknown[:20])
+        return watch.wait(seconds, fetch, looked=True)
 
 
 @bp.get("/<call_id:call_id>/result")
@@ -220,7 +284,6 @@ MAX_BYTES = {"name": "max_bytes", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 0, "maximum": MAX_BYTES_ARG},
              "description": "framed answers only: payload bytes to carry (plus at most one "
                             f"payload; default and cap {results.FRAMES_BUDGET_BYTES})"}
-FRAMED = {200: {results.FRAMES: {"schema": {"type": "string", "format": "binary"}}}}
 
 
 def wants_frames() -> bool:
@@ -255,9 +318,7 @@ def wait_any() -> Response:
     if wants_frames():
         # A payload up to INLINE_BYTES comes with the query that finds the call (one
         # statement, not two); the larger ones are streamed chunk by chunk.
-        rows = wait_finished(body.ids, wait_seconds(body.wait), query="finished_outcomes",
-                             params={"budget": max(budget, 1), "inline": results.INLINE_BYTES,
-                                     "inline_budget": INLINE_BUDGET_BYTES})
+        rows = wait_finished(body.ids, wait_seconds(body.wait), framed=True, budget=budget)
         return results.frames_response(rows, [summary(r, base64_result=False) for r in rows])
     rows = wait_finished(body.ids, wait_seconds(body.wait))
     return jsonify({"calls": [summary(r) for r in rows]})

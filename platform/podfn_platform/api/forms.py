@@ -42,6 +42,12 @@ IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                "schema": {"type": "string", "minLength": 1, "maxLength": 200,
                           "pattern": r"^[!-~]+$"},
                "description": "the same key with the same body returns the original calls"}
+SUBMIT_WAIT = {"name": "wait", "in": "query", "required": False,
+               "schema": {"type": "number", "minimum": 0},
+               "description": "seconds to wait (capped by the server) for one of the calls to "
+                              "finish: the answer then lists in `finished` those that did, as "
+                              "`POST /v1/calls/wait` would (with Accept: "
+                              "application/x-podfn-frames, as frames)"}
 WAIT = {"name": "wait", "in": "query", "required": False,
         "schema": {"type": "number", "minimum": 0},
         "description": "seconds to wait for the call to finish (capped by the server)"}

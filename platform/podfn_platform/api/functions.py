@@ -18,16 +18,17 @@ from podfn_platform.api import context, contract, forms, idempotency, inputs, re
 from podfn_platform.api.auth import principal, requires
 from podfn_platform.api.calls import (
     CALL_LINKS,
-    created,
+    FRAMED_CREATED,
+    create_calls,
     describe,
+    finished_fetch,
     summary,
-    wait_finished,
     wait_seconds,
 )
 from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
-from podfn_platform.database import Row, Transaction, jsonb
-from podfn_platform.submission import NewCalls, record_calls, store_payload
+from podfn_platform.database import Row, jsonb
+from podfn_platform.submission import NewCalls, new_ids, store_payload
 
 bp = Blueprint("functions", __name__, url_prefix="/v1/functions")
 
@@ -165,7 +166,8 @@ def _deployed_calls(live: Row, spec: dict[str, Any], *, python: str, cloudpickle
             409: "The Idempotency-Key was used with a different request", 413: None,
             422: None, **dict.fromkeys(COMMON)},
            form=forms.DEPLOYED_CALLS_FORM, form_required=("meta", "args"),
-           query=(forms.IDEMPOTENCY,), links=CALL_LINKS)
+           query=(forms.IDEMPOTENCY, forms.SUBMIT_WAIT), links=CALL_LINKS,
+           more_content=FRAMED_CREATED)
 def submit(name: str) -> tuple[Response, int]:
     """Calls of the live version with pickled arguments (Python's `Function.lookup`)."""
     parsed = contract.form_meta(schemas.DeployedCallsMeta)
@@ -177,10 +179,7 @@ def submit(name: str) -> tuple[Response, int]:
     args = forms.args_parts()
     calls = _deployed_calls(live, spec, python=python, cloudpickle=cloudpickle,
                             result_format="pickle")
-    fingerprint = forms.fingerprint(name, live["version"], meta, *args)
-    ids, replayed = idempotency.create_once(context.db(), fingerprint,
-                                            lambda tx: record_calls(tx, calls, args))
-    return created(ids, replayed)
+    return create_calls(forms.fingerprint(name, live["version"], meta, *args), calls, args)
 
 
 def _invoke_body() -> tuple[list[Any], dict[str, Any]]:
@@ -220,12 +219,15 @@ def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, 
     calls = _deployed_calls(live, live["spec"], python=live["client_python"],
                             cloudpickle=live["client_cloudpickle"], result_format="json")
 
-    def create(tx: Transaction) -> list[str]:
-        return record_calls(tx, calls, [payload])
-
-    [call_id], _ = idempotency.create_once(
-        context.db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), create)
-    rows = wait_finished([call_id], wait)
+    with context.waiter().watching() as watch:
+        ids = new_ids(1)
+        watch.add(ids)  # before the call exists: no finish goes unheard (calls.create_calls)
+        [call_id], replayed = idempotency.create_once(
+            context.db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), calls,
+            [payload], ids)
+        if replayed:
+            watch.add([call_id])
+        rows = watch.wait(wait, finished_fetch([call_id], framed=False), looked=not replayed)
     if rows:
         return invocation(rows[0], name), 200
     location = url_for("calls.result", call_id=call_id)

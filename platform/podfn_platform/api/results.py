@@ -90,13 +90,15 @@ FRAMES = frames.MEDIA_TYPE
 FRAMES_BUDGET_BYTES = 64 * 1024 * 1024
 
 
-def frames_response(rows: list[Row], summaries: list[dict[str, Any]]) -> Response:
+def frames_response(rows: list[Row], summaries: list[dict[str, Any]], *,
+                    header: dict[str, Any] | None = None, key: str = "calls") -> Response:
     """200: the finished calls as the JSON header (the `wait` summaries, with
     `result_frame` and `error.pickle_frame` naming their payloads), then each payload
     as a frame: one already in the row as it is, any other streamed from its column
     CHUNK_BYTES at a time. The body's length is known up front (Content-Length), so a
     response cut short (a payload deleted meanwhile, the API stopping) is seen as such
-    by the client, which asks again."""
+    by the client, which asks again. `header` holds more fields for frame 0, beside the
+    summaries under `key` (a submission's own `calls` and `finished`)."""
     db = context.db()
     payloads: list[tuple[str, str, int, bytes | None]] = []
     for row, out in zip(rows, summaries, strict=True):
@@ -109,7 +111,7 @@ def frames_response(rows: list[Row], summaries: list[dict[str, Any]]) -> Respons
             payloads.append(("error_chunk", row["id"], row["error_pickle_size"],
                              row.get("error_pickle")))
             out["error"]["pickle_frame"] = len(payloads)
-    head = json.dumps({"calls": summaries}).encode()
+    head = json.dumps({**(header or {}), key: summaries}).encode()
     length = frames.PREFIX_BYTES * (1 + len(payloads)) + len(head) \
         + sum(size for _q, _i, size, _b in payloads)
 

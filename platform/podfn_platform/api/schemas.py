@@ -312,6 +312,9 @@ class CallId(Model):
 class CallsCreated(Model):
     calls: list[CallId]
     replayed: bool
+    finished: list[Outcome] | None = Field(
+        default=None, description="with `wait`: the calls that finished meanwhile, as "
+                                  "`POST /v1/calls/wait` answers them")
 
 
 class CallList(Model):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 
 from podfn_platform.api import context, contract, schemas
 from podfn_platform.api.auth import create_token, requires
@@ -54,6 +54,9 @@ def list_tokens() -> Response:
            {200: schemas.Token, 404: None, 409: None, **dict.fromkeys(COMMON)})
 def revoke(ref: str) -> Response:
     row = context.db().one("revoke_token", {"ref": ref})
+    cache = current_app.extensions.get("podfn.token_cache")
+    if row is not None and cache is not None:
+        cache.clear()  # here at once; other processes when they hear the NOTIFY
     if row is None:
         matches = context.db().all("active_tokens_named", {"ref": ref})
         if len(matches) > 1:

@@ -3,7 +3,8 @@
 One LISTEN connection per API process hears `podfn_final` (sent in the same
 transaction that finishes a call) and `podfn_output` (the runtime stored
 output or a generator's item, output.py) and wakes the requests waiting on
-that id.
+that id. It also hears `podfn_tokens` (a token was revoked), for the token
+cache of api/auth.py.
 Every wait re-reads the database after arming itself, so a result that landed
 before the wait began, or while the listening connection was down (the
 listener wakes everyone when it reconnects), is still seen.
@@ -14,7 +15,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 from podfn_platform.database import Database, Listener
@@ -23,6 +25,7 @@ T = TypeVar("T")
 
 # While the listener is disconnected, waits re-read this often instead.
 _DISCONNECTED_RECHECK = 1.0
+TOKENS_CHANNEL = "podfn_tokens"
 
 
 class FinishWaiter:
@@ -32,15 +35,25 @@ class FinishWaiter:
         self._waiting: dict[str, set[threading.Event]] = defaultdict(set)
         self._listener: Listener | None = None
         self._draining = False
+        self._on_tokens: list[Callable[[], None]] = []
 
     def _ensure_listening(self) -> Listener:
         with self._lock:
             if self._listener is None:
                 self._listener = Listener(
-                    self._db, ["podfn_final", "podfn_output"], on_notify=self._notified,
-                    on_reconnect=self._wake_all,
+                    self._db, ["podfn_final", "podfn_output", TOKENS_CHANNEL],
+                    on_notify=self._notified, on_reconnect=self._wake_all,
                 ).start()
             return self._listener
+
+    def listening(self) -> bool:
+        """Whether notifications are heard now (the listener is started if it was not)."""
+        return self._ensure_listening().connected.is_set()
+
+    def on_tokens_changed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when a token is revoked, and whenever the listener connects or
+        loses its connection (a revocation may have gone unheard)."""
+        self._on_tokens.append(callback)
 
     def close(self) -> None:
         with self._lock:
@@ -55,11 +68,17 @@ class FinishWaiter:
         self._wake_all()
 
     def _notified(self, channel: str, call_id: str) -> None:
+        if channel == TOKENS_CHANNEL:
+            for callback in self._on_tokens:
+                callback()
+            return
         with self._lock:
             for event in self._waiting.get(call_id, ()):
                 event.set()
 
     def _wake_all(self) -> None:
+        for callback in self._on_tokens:
+            callback()
         with self._lock:
             for events in self._waiting.values():
                 for event in events:
@@ -67,27 +86,70 @@ class FinishWaiter:
 
     def wait(self, ids: Sequence[str], timeout: float, fetch: Callable[[], list[T]]) -> list[T]:
         """`fetch()` as soon as it returns something, or after `timeout` seconds."""
-        listener = self._ensure_listening()
-        event = threading.Event()
-        with self._lock:
-            for call_id in ids:
-                self._waiting[call_id].add(event)
+        with self.watching() as watch:
+            watch.add(ids)
+            return watch.wait(timeout, fetch)
+
+    @contextmanager
+    def watching(self) -> Iterator[Watch]:
+        """A wait whose ids are added as they become known: a submission adds the ids of
+        the calls it creates before its transaction commits, so no finish can come
+        before the wait is armed and its first look at the database can be skipped."""
+        watch = Watch(self, self._ensure_listening())
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                event.clear()
+            yield watch
+        finally:
+            watch.close()
+
+
+class Watch:
+    """Some calls one request waits for (FinishWaiter.watching)."""
+
+    def __init__(self, waiter: FinishWaiter, listener: Listener) -> None:
+        self._waiter = waiter
+        self._listener = listener
+        self._event = threading.Event()
+        self._ids: list[str] = []
+
+    def add(self, ids: Sequence[str]) -> None:
+        waiter = self._waiter
+        with waiter._lock:
+            for call_id in ids:
+                waiter._waiting[call_id].add(self._event)
+        self._ids.extend(ids)
+
+    def wait(self, timeout: float, fetch: Callable[[], list[T]], *,
+             looked: bool = False) -> list[T]:
+        """`fetch()` as soon as it returns something, or after `timeout` seconds.
+
+        `looked`: nothing can have finished unseen since the ids were added (the
+        caller fetched after adding them, or added them before their rows were
+        committed), so the first fetch waits for a wake-up. That is safe with the
+        listener down too: it wakes every registered wait when it reconnects.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if looked:
+                looked = False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._waiter._draining:
+                    return fetch()
+            else:
+                self._event.clear()
                 rows = fetch()
                 remaining = deadline - time.monotonic()
-                if rows or remaining <= 0 or self._draining:
+                if rows or remaining <= 0 or self._waiter._draining:
                     return rows
-                if not listener.connected.is_set():
-                    remaining = min(remaining, _DISCONNECTED_RECHECK)
-                event.wait(remaining)
-        finally:
-            with self._lock:
-                for call_id in ids:
-                    events = self._waiting.get(call_id)
-                    if events is not None:
-                        events.discard(event)
-                        if not events:
-                            del self._waiting[call_id]
+            if not self._listener.connected.is_set():
+                remaining = min(remaining, _DISCONNECTED_RECHECK)
+            self._event.wait(remaining)
+
+    def close(self) -> None:
+        waiter = self._waiter
+        with waiter._lock:
+            for call_id in self._ids:
+                events = waiter._waiting.get(call_id)
+                if events is not None:
+                    events.discard(self._event)
+                    if not events:
+                        del waiter._waiting[call_id]

@@ -16,6 +16,39 @@ VALUES (%(id)s, %(function_name)s, %(function_digest)s, %(args)s, %(spec)s,
 -- name: notify_queued
 SELECT pg_notify('podfn_queued', '');
 
+-- name: submit_one
+-- One call, with its Idempotency-Key (if any), its function's payload (if given)
+-- and the controller's wake-up, in one statement: one round trip where a
+-- transaction took seven (issue 12, third round). When the key is taken,
+-- nothing is written and `created` is false: the caller reads what the key made.
+-- A duplicate in flight blocks on the key's unique index until it commits, as in
+-- the transaction.
+WITH claimed AS (
+    INSERT INTO podfn_idempotency (owner, key, request_hash, call_ids)
+    SELECT %(owner)s, %(key)s::text, %(request_hash)s, ARRAY[%(id)s::text]
+    WHERE %(key)s::text IS NOT NULL
+    ON CONFLICT (owner, key) DO NOTHING
+    RETURNING 1
+), go AS (
+    SELECT %(key)s::text IS NULL OR EXISTS (SELECT FROM claimed) AS ok
+), payload AS (
+    INSERT INTO podfn_payloads (digest, data)
+    SELECT %(function_digest)s, %(function)s::bytea
+    WHERE %(function)s::bytea IS NOT NULL AND (SELECT ok FROM go)
+    ON CONFLICT (digest) DO NOTHING
+), made AS (
+    INSERT INTO podfn_calls (id, function_name, function_digest, args, spec,
+                             client_python, client_cloudpickle, owner, function_version,
+                             result_format, by_deployer)
+    SELECT %(id)s::text, %(function_name)s, %(function_digest)s, %(args)s, %(spec)s,
+           %(client_python)s, %(client_cloudpickle)s, %(call_owner)s, %(function_version)s,
+           %(result_format)s, %(by_deployer)s
+    WHERE (SELECT ok FROM go)
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM made) AS created,
+       CASE WHEN EXISTS (SELECT FROM made) THEN pg_notify('podfn_queued', '') END AS notified;
+
 -- name: get_call
 SELECT id, function_name, function_version, owner, state, attempt, user_failures,
        disruptions, reason, spec,
@@ -164,12 +197,17 @@ SELECT id, name, scopes, created_at, revoked_at FROM podfn_tokens ORDER BY creat
 
 -- name: revoke_token
 -- Only when `ref` names exactly one active token (an id and another token's
--- name could be equal): an ambiguous reference revokes nothing.
-UPDATE podfn_tokens SET revoked_at = now()
-WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL
-  AND (SELECT count(*) FROM podfn_tokens
-       WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL) = 1
-RETURNING id, name, scopes, created_at, revoked_at;
+-- name could be equal): an ambiguous reference revokes nothing. NOTIFY
+-- podfn_tokens empties every API process's token cache (api/auth.py).
+WITH revoked AS (
+    UPDATE podfn_tokens SET revoked_at = now()
+    WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL
+      AND (SELECT count(*) FROM podfn_tokens
+           WHERE (id = %(ref)s OR name = %(ref)s) AND revoked_at IS NULL) = 1
+    RETURNING id, name, scopes, created_at, revoked_at
+)
+SELECT id, name, scopes, created_at, revoked_at, pg_notify('podfn_tokens', id) AS notified
+FROM revoked;
 
 -- name: active_tokens_named
 SELECT id, name FROM podfn_tokens
@@ -221,16 +259,14 @@ SELECT version, spec, deployed_at, deployed_by FROM podfn_function_versions
 WHERE name = %(name)s ORDER BY version;
 
 -- name: claim_idempotency_key
+-- With the ids the calls will have (made up front): no second statement to record them.
 INSERT INTO podfn_idempotency (owner, key, request_hash, call_ids)
-VALUES (%(owner)s, %(key)s, %(request_hash)s, '{}')
+VALUES (%(owner)s, %(key)s, %(request_hash)s, %(call_ids)s)
 ON CONFLICT (owner, key) DO NOTHING
 RETURNING key;
 
 -- name: get_idempotency_key
 SELECT request_hash, call_ids FROM podfn_idempotency WHERE owner = %(owner)s AND key = %(key)s;
-
--- name: set_idempotency_calls
-UPDATE podfn_idempotency SET call_ids = %(call_ids)s WHERE owner = %(owner)s AND key = %(key)s;
 
 -- name: call_owners
 SELECT id, owner FROM podfn_calls WHERE id = ANY(%(ids)s);
