@@ -142,7 +142,7 @@ def watch_replay(sim: Sim, kube: KubeClient, settings: Settings, n: int) -> tupl
     lau = launcher(kube, settings)
     for a in todo:
         lau._active[a.key] = a
-    lau.watcher._store.put(lau.watcher._key, str(rv0))  # resume from before the creates
+    lau.watcher._store.put(lau.watcher.key(), str(rv0))  # resume from before the creates
     seen = 0
     done = threading.Event()
     handle = lau._on_event
