@@ -67,6 +67,22 @@ def creates(cluster: Cluster) -> int:
     return cluster.sim.faults.requests_seen("create", "pods")
 
 
+def controller_starter(cluster: Cluster, database_url: str, log: Path,
+                       **extra: str) -> Callable[[], subprocess.Popen[bytes]]:
+    """Starts `podfn controller` processes on the stand-in, all logging to `log` (tests
+    that kill a controller and start the next)."""
+    env = {**os.environ, "PODFN_DATABASE_URL": database_url, "PODFN_LAUNCHER": "kubernetes",
+           "PODFN_NAMESPACE": NS, "KUBECONFIG": str(cluster.kubeconfig),
+           "PODFN_SWEEP_SECONDS": "0.5", "PODFN_RECONCILE_SECONDS": "1",
+           "PODFN_WATCH_TIMEOUT_SECONDS": "5", **extra}
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("ab") as sink:
+            return subprocess.Popen([sys.executable, "-m", "podfn", "controller"], env=env,
+                                    stdout=sink, stderr=subprocess.STDOUT)
+    return start
+
+
 def test_a_map_starts_at_most_max_concurrency_pods(
         cluster: Cluster, make_platform: Callable[..., Platform]) -> None:
     p = make_platform(max_concurrency=3)
@@ -186,15 +202,7 @@ def test_controller_restart_adopts_busy_and_idle_warm_pods(
         return os.environ["PODFN_CALL_ID"]
 
     log = tmp_path / "controller.log"
-    env = {**os.environ, "PODFN_DATABASE_URL": database_url, "PODFN_LAUNCHER": "kubernetes",
-           "PODFN_NAMESPACE": NS, "KUBECONFIG": str(cluster.kubeconfig),
-           "PODFN_SWEEP_SECONDS": "0.5", "PODFN_RECONCILE_SECONDS": "1",
-           "PODFN_WATCH_TIMEOUT_SECONDS": "5", "PODFN_MAX_CONCURRENCY": "2"}
-
-    def start() -> subprocess.Popen[bytes]:
-        with log.open("ab") as sink:
-            return subprocess.Popen([sys.executable, "-m", "podfn", "controller"], env=env,
-                                    stdout=sink, stderr=subprocess.STDOUT)
+    start = controller_starter(cluster, database_url, log, PODFN_MAX_CONCURRENCY="2")
 
     controller = start()
     try:
@@ -234,16 +242,8 @@ def test_a_warm_pod_lost_while_no_controller_ran_requeues_its_call(
                 time.sleep(0.02)
         return os.environ["PODFN_ATTEMPT"]
 
-    env = {**os.environ, "PODFN_DATABASE_URL": database_url, "PODFN_LAUNCHER": "kubernetes",
-           "PODFN_NAMESPACE": NS, "KUBECONFIG": str(cluster.kubeconfig),
-           "PODFN_SWEEP_SECONDS": "0.5", "PODFN_RECONCILE_SECONDS": "1",
-           "PODFN_WATCH_TIMEOUT_SECONDS": "5"}
     log = tmp_path / "controller.log"
-
-    def start() -> subprocess.Popen[bytes]:
-        with log.open("ab") as sink:
-            return subprocess.Popen([sys.executable, "-m", "podfn", "controller"], env=env,
-                                    stdout=sink, stderr=subprocess.STDOUT)
+    start = controller_starter(cluster, database_url, log)
 
     controller = start()
     try:
@@ -308,16 +308,8 @@ def test_a_restarted_controller_adopts_standing_pods(
         tmp_path: Path) -> None:
     """A standing pod outlives its controller: the next controller takes it as the
     function's standing worker instead of starting a second one, and it serves calls."""
-    env = {**os.environ, "PODFN_DATABASE_URL": database_url, "PODFN_LAUNCHER": "kubernetes",
-           "PODFN_NAMESPACE": NS, "KUBECONFIG": str(cluster.kubeconfig),
-           "PODFN_SWEEP_SECONDS": "0.5", "PODFN_RECONCILE_SECONDS": "1",
-           "PODFN_WATCH_TIMEOUT_SECONDS": "5"}
     log = tmp_path / "controller.log"
-
-    def start() -> subprocess.Popen[bytes]:
-        with log.open("ab") as sink:
-            return subprocess.Popen([sys.executable, "-m", "podfn", "controller"], env=env,
-                                    stdout=sink, stderr=subprocess.STDOUT)
+    start = controller_starter(cluster, database_url, log)
 
     def standing_pods() -> list[str]:
         return [p["metadata"]["name"] for p in cluster.pods()
