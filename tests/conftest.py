@@ -310,12 +310,21 @@ def api_only(database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -
     app.extensions["podfn.waiter"].close()
 
 
+@contextmanager
+def local_platform(database_url: str, runtime_database_url: str, db: Database,
+                   monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> Iterator[Platform]:
+    """API + controller with the local launcher on this test's database; `overrides`
+    are settings (e.g. max_concurrency=2)."""
+    wake = threading.Event()
+    launcher = LocalLauncher(runtime_database_url, on_exit=wake.set)
+    with running_platform(platform_settings(database_url, **overrides), db, launcher, wake,
+                          monkeypatch) as running:
+        yield running
+
+
 @pytest.fixture
 def platform(database_url: str, runtime_database_url: str, db: Database,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
     """The embedded default: API + controller with the local launcher, on this test's database."""
-    wake = threading.Event()
-    launcher = LocalLauncher(runtime_database_url, on_exit=wake.set)
-    with running_platform(platform_settings(database_url), db, launcher, wake,
-                          monkeypatch) as running:
+    with local_platform(database_url, runtime_database_url, db, monkeypatch) as running:
         yield running

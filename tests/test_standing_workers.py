@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,10 +18,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 import podfn
-from conftest import Platform, platform_settings, running_platform, wait_until
+from conftest import Platform, local_platform, wait_until
 from podfn import remote
 from podfn.http import APIClient
-from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.database import Database
 
 pytestmark = pytest.mark.e2e
@@ -165,10 +163,8 @@ def test_a_standing_worker_that_dies_is_replaced(platform: Platform) -> None:
 def two_slots(database_url: str, runtime_database_url: str, db: Database,
               monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
     """The embedded platform with PODFN_MAX_CONCURRENCY=2."""
-    wake = threading.Event()
-    launcher = LocalLauncher(runtime_database_url, on_exit=wake.set)
-    with running_platform(platform_settings(database_url, max_concurrency=2), db, launcher,
-                          wake, monkeypatch) as running:
+    with local_platform(database_url, runtime_database_url, db, monkeypatch,
+                        max_concurrency=2) as running:
         yield running
 
 

@@ -11,7 +11,6 @@ import hashlib
 import os
 import secrets
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,10 +20,9 @@ import pytest
 from test_warm_protocol import WARM, ran_once, submit
 
 from attempts import UNARMED, Runtime
-from conftest import Platform, platform_settings, running_platform, wait_until
+from conftest import Platform, local_platform, wait_until
 from podfn import remote
 from podfn.errors import CallTimeout
-from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.database import Database
 from podfn_runtime.database import RuntimeDatabase
 
@@ -196,10 +194,8 @@ def test_the_controller_follows_the_call_a_worker_started_not_the_ones_it_holds(
 @pytest.fixture
 def one_worker(database_url: str, runtime_database_url: str, db: Database,
                monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
-    wake = threading.Event()
-    launcher = LocalLauncher(runtime_database_url, on_exit=wake.set)
-    with running_platform(platform_settings(database_url, warm_pool_workers=1), db, launcher,
-                          wake, monkeypatch) as running:
+    with local_platform(database_url, runtime_database_url, db, monkeypatch,
+                        warm_pool_workers=1) as running:
         yield running
 
 
