@@ -43,7 +43,7 @@ from podfn_runtime import reaper
 
 # How long the end of the capture waits for what is still in a pipe; only a
 # process that kept the descriptor open after the call (and survived the
-# reaper) makes the reader wait this long.
+# reaper) makes it wait this long.
 _DRAIN_SECONDS = 2.0
 _READ_SIZE = 64 * 1024
 _STACK_BYTES = 256 * 1024
@@ -69,15 +69,22 @@ def _write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
-    """A daemon thread with a small stack: under a `memory` hint (RLIMIT_AS) every
-    thread's default 8 MiB stack counts, and the call's own threads need the room."""
+@contextmanager
+def _small_stack() -> Iterator[None]:
+    """Threads started in the block get a small stack: under a `memory` hint (RLIMIT_AS)
+    every thread's default 8 MiB stack counts, and the call's own threads need the room."""
     previous = threading.stack_size(_STACK_BYTES)
     try:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
+        yield
     finally:
         threading.stack_size(previous)
+
+
+def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """A daemon thread with a small stack (`_small_stack`)."""
+    with _small_stack():
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
     return thread
 
 
@@ -290,11 +297,8 @@ class _Reader:
         # Not threading.Thread: its start() waits until the new thread runs, and on a
         # busy machine the scheduler takes its time (up to a millisecond and more of a
         # cold call's latency); nothing here needs to wait for that.
-        previous = threading.stack_size(_STACK_BYTES)
-        try:
+        with _small_stack():
             _thread.start_new_thread(self._run, ())
-        finally:
-            threading.stack_size(previous)
 
     def add(self, capture: _Capture) -> None:
         with self._lock:

@@ -113,7 +113,7 @@ class RuntimeDatabase:
         self._secret = secret
         self._retry_seconds = retry_seconds
         self._queries = protocol()
-        self._lock = threading.Lock()  # the progress thread shares the connection
+        self._lock = threading.Lock()  # the output flusher, recorder and SIGTERM writer share it
         # `connection`: made ahead by the local forkserver's spare child, for this URL.
         self._conn: psycopg.Connection[dict[str, Any]] | None = connection
         # `proxy`: the local forkserver's supervisor runs the statements (proxy.py);

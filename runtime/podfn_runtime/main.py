@@ -241,8 +241,24 @@ def run_attempt(db: RuntimeDatabase, call_id: str, attempt: int,
 
 def run_claimed(db: RuntimeDatabase, claimed: dict[str, Any],
                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
-    """Run a call this runtime holds (`claim`, or a warm worker's `next`); record its outcome."""
-    return run_then_next(db, claimed, max_result_bytes, None)[0]
+    """Run a call this runtime holds (`claim`, or a standing worker's `next_standing`);
+    record its outcome: a failure with `fail`, a success with its usage in one round trip
+    (`succeed_next` asking for no next call)."""
+    call_id, attempt = claimed["id"], claimed["attempt"]
+    log.info("running call %s attempt %d", call_id, attempt)
+    ran = run_only(db, claimed, max_result_bytes)
+    if isinstance(ran.outcome, Failure):
+        row = record_failure(db, ran)
+    else:
+        # The usage rides along, recorded before the outcome spends the secret.
+        used = ran.used
+        row = db.transition("succeed_next", id=call_id, attempt=attempt,
+                            result=ran.outcome.pickled, result_json=ran.outcome.json,
+                            **ran.columns, peak_bytes=used.peak_bytes,
+                            cpu_seconds=used.cpu_seconds, wall_seconds=used.wall_seconds,
+                            secret_hash=None)
+    log_recorded(call_id, attempt, row)
+    return EXIT_RECORDED
 
 
 class FunctionCache:
@@ -296,11 +312,8 @@ def run_only(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int
     mismatch = version_mismatch(claimed["client_python"], claimed["client_cloudpickle"])
     output = Output()
     function = claimed["function"]
-    if functions is not None:
-        verified = functions.verified(function, claimed["function_digest"])
-    else:
-        verified = hashlib.sha256(function).hexdigest() == claimed["function_digest"]
-    if not verified:
+    functions = functions or FunctionCache()  # (a fresh one hashes and loads once)
+    if not functions.verified(function, claimed["function_digest"]):
         why = (f"the function payload does not match its digest "
                f"({hashlib.sha256(function).hexdigest()} is not "
                f"{claimed['function_digest']}); it was not loaded")
@@ -310,12 +323,11 @@ def run_only(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int
     else:
         writer = OutputWriter(db, call_id, attempt, output)
         on_item = items.ItemWriter(db, call_id, attempt, max_result_bytes)
-        load = functions.load if functions is not None else cloudpickle.loads
         with capture_fds(output), writer.periodically(), \
                 termination.recording(_on_sigterm(writer)):
             try:
                 outcome = execute(function, claimed["args"], claimed["spec"],
-                                  claimed["result_format"], on_item, load)
+                                  claimed["result_format"], on_item, functions.load)
             finally:
                 # The call is over: what it started must not outlive it (or see its
                 # result written), nor keep the captured descriptors open.
@@ -329,9 +341,11 @@ def run_only(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int
     return Ran(claimed, outcome, columns, meter.read())
 
 
-def record_failure(db: RuntimeDatabase, ran: Ran, failure: Failure) -> dict[str, Any] | None:
-    """Usage, then `fail` (which spends the secret): two statements, signed with the
-    secret in use (`use_secret`)."""
+def record_failure(db: RuntimeDatabase, ran: Ran) -> dict[str, Any] | None:
+    """Usage, then `fail` (which spends the secret) for a run that failed: two
+    statements, signed with the secret in use (`use_secret`)."""
+    failure = ran.outcome
+    assert isinstance(failure, Failure)
     call_id, attempt = ran.claimed["id"], ran.claimed["attempt"]
     usage.record(db, ran.used, call_id, attempt)
     if failure.error_traceback:
@@ -356,31 +370,6 @@ def log_recorded(call_id: str, attempt: int, row: dict[str, Any] | None) -> None
     else:
         log.info("call %s attempt %d recorded: %s", call_id, attempt, row["state"])
 
-
-def run_then_next(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int,
-                  next_secret_hash: str | None) -> tuple[int, dict[str, Any] | None]:
-    """`run_claimed`; with `next_secret_hash` (a standing worker's or an older warm
-    loop's), a success is recorded and the pool's next call asked for in the same
-    round trip (`succeed_next`, migration 0011). The exit code, and `next`'s answer
-    when there was one (None: ask again)."""
-    call_id, attempt = claimed["id"], claimed["attempt"]
-    log.info("running call %s attempt %d", call_id, attempt)
-    ran = run_only(db, claimed, max_result_bytes)
-    handed: dict[str, Any] | None = None
-    if isinstance(ran.outcome, Failure):
-        row = record_failure(db, ran, ran.outcome)
-    else:
-        # The usage rides along, recorded before the outcome spends the secret.
-        used = ran.used
-        row = db.transition("succeed_next", id=call_id, attempt=attempt,
-                            result=ran.outcome.pickled, result_json=ran.outcome.json,
-                            **ran.columns, peak_bytes=used.peak_bytes,
-                            cpu_seconds=used.cpu_seconds, wall_seconds=used.wall_seconds,
-                            secret_hash=next_secret_hash)
-        if row is not None and row.get("verdict") is not None:
-            handed = row  # absent after a lost reply (database.py): the caller asks again
-    log_recorded(call_id, attempt, row)
-    return EXIT_RECORDED, handed
 
 
 def _log_apart() -> None:

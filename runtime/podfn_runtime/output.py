@@ -199,7 +199,7 @@ class _Flusher:
         self._lock = threading.Lock()  # held while flushing: `follow` waits for it
         self._writer: OutputWriter | None = None
         self._changed = threading.Event()
-        self._thread = start_thread(self._run, "podfn-output")
+        start_thread(self._run, "podfn-output")
 
     def follow(self, writer: OutputWriter | None) -> None:
         """Flush `writer` from now on (None: nothing); returns once no flush of the

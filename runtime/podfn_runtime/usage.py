@@ -59,11 +59,6 @@ class Meter:
                      max(time.monotonic() - self._wall, 0.0))
 
 
-def report(db: _Transitions, meter: Meter, call_id: str, attempt: int) -> None:
-    """Record the attempt's usage so far (`record`)."""
-    record(db, meter.read(), call_id, attempt)
-
-
 def record(db: _Transitions, used: Usage, call_id: str, attempt: int) -> None:
     """Record the attempt's usage; a failure to do so is logged, never the call's failure.
 

@@ -287,8 +287,7 @@ class Recorder:
         if not direct:
             self.succeeded(held, ran)
             return self.claim(chain, secret_hashes)
-        rows = self._succeed_many([], [(held, ran)], (chain, secret_hashes))
-        return [row for row in rows if row["kind"] == "next"]
+        return self._write([], [(held, ran)], (chain, secret_hashes))
 
     def drain(self) -> None:
         """Until every outcome (and claim) handed over is written."""
@@ -307,8 +306,7 @@ class Recorder:
         if idle:
             # Nothing to write first (an idle worker asking again): no hand-over to
             # the thread. Only this thread hands it work, so it stays idle meanwhile.
-            return self._db.rows("next_many", id=chain.row["id"], attempt=chain.row["attempt"],
-                                 secret=chain.secret, secret_hashes=secret_hashes)
+            return self._write([], [], (chain, secret_hashes))
         self.ask(chain, secret_hashes)
         return self.answer()
 
@@ -551,7 +549,7 @@ class _Pipeline:
             return ran
         self._recorder.ended(current)
         self._recorder.drain()  # the outcomes before it first, in order
-        log_recorded(row["id"], row["attempt"], record_failure(self._db, ran, ran.outcome))
+        log_recorded(row["id"], row["attempt"], record_failure(self._db, ran))
         return None
 
 
