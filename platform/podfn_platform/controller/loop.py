@@ -200,7 +200,12 @@ class Controller:
         if deadline is not None:
             sleep = min(sleep, deadline)
         now = time.monotonic()
-        if self._retry_at_stale or now >= self._retry_at_checked + self.settings.sweep_seconds:
+        # A time that has passed was a call's that is due now: once the turn it woke has
+        # launched it, the next one is another's (without a look, every turn would be
+        # 10 ms after the last until the sweep).
+        passed = self._retry_at is not None and self._retry_at <= time.time()
+        if self._retry_at_stale or passed or \
+                now >= self._retry_at_checked + self.settings.sweep_seconds:
             # Only a requeue (notified), a transition of ours or a sweep changes it.
             self._retry_at_stale = False  # (before the query: a NOTIFY meanwhile counts)
             self._retry_at_checked = now
