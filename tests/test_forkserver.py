@@ -9,13 +9,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import TEST_TOKEN, Platform, ThreadedServer, platform_settings, running_platform
+from conftest import (
+    TEST_TOKEN,
+    Platform,
+    ThreadedServer,
+    platform_settings,
+    running_platform,
+)
+from conftest import wait_until as wait_for  # (the name other test modules import)
 from podfn import remote
 from podfn.errors import CallFailed
 from podfn.settings import Settings
@@ -26,14 +33,6 @@ from podfn_platform.database import Database
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(sys.platform != "linux", reason="the forkserver is Linux-only")]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):  # no event to wait on: another process's state
-        assert time.monotonic() < deadline, f"timed out waiting for {what or predicate}"
-        time.sleep(0.02)
-    return value
 
 
 def gone(pid: int) -> bool:

@@ -25,7 +25,7 @@ R = TypeVar("R")
 # Calls per submit request in `map`: big enough to amortise HTTP, small enough
 # that one request stays well under the API's size limit for small arguments.
 MAP_BATCH = 256
-# Room left in a request for the framing (frames or multipart) and the `meta` part.
+# Room left in a request for each frame's length prefix and frame 0 (`meta`).
 _PART_OVERHEAD = 256
 _REQUEST_SLACK = 64 * 1024
 # Ids one `wait` may name (the API's limit per request); a bigger map waits on the

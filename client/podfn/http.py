@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 # call the connection dead.
 _WAIT_SLACK = 15.0
 _RETRIES = 4  # for requests that are safe to repeat
-# `wait` asks for finished calls with their payloads as raw bytes (podfn/frames.py); an
-# API that does not know the framing answers JSON, which is read as before.
+# `wait` and a waiting submission ask for finished calls with their payloads as raw
+# bytes (podfn/frames.py); an API that does not know the framing answers JSON, which is
+# read as before.
 _WAIT_ACCEPT = f"{frames.MEDIA_TYPE}, application/json;q=0.5"
 # A submission's payloads are handed to httpx in pieces of at most this size (see
 # _framed_submission).

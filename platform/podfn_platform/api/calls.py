@@ -43,8 +43,10 @@ def _converter(state: BlueprintSetupState) -> None:
     state.app.url_map.converters["call_id"] = CallIdConverter
 
 STATES = schemas.STATES
-# `wait` carries a pickled result along only if it is this small, and only this
-# many bytes of them per response; any other is fetched from .../result.
+# A JSON `wait` carries a pickled result along (base64) only if it is this small, and
+# only this many bytes of them per response; any other is fetched from .../result.
+# INLINE_BUDGET_BYTES also caps the payload bytes a framed answer takes from the rows
+# that find the calls; the rest are streamed in chunks.
 INLINE_RESULT_BYTES = 64 * 1024
 INLINE_BUDGET_BYTES = 4 * 1024 * 1024
 # A view that answers JSON or, when asked, frames (podfn/frames.py): its document says both.

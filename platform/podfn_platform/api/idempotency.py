@@ -3,8 +3,8 @@
 The key is claimed in the same transaction (for a single call, the same
 statement) that records the calls. A concurrent duplicate blocks on the key's
 unique index until the first commits, then finds it: exactly one set of calls
-is ever created. The same
-key with a different body is refused (422). Keys are per token.
+is ever created. The same key with a different body is refused (409). Keys are
+per token.
 """
 
 from __future__ import annotations

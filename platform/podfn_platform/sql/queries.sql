@@ -168,11 +168,8 @@ WHERE state IN ('launching', 'running');
 -- name: next_retry_at
 SELECT min(not_before) AS at FROM podfn_calls WHERE state = 'queued';
 
--- name: set_attempt_ref
-UPDATE podfn_attempts SET ref = %(ref)s WHERE call_id = %(id)s AND attempt = %(attempt)s;
-
 -- name: set_attempt_refs
--- set_attempt_ref for every attempt a controller turn launched, in one round trip.
+-- The ref (pod or process) of every attempt a controller turn launched, in one round trip.
 UPDATE podfn_attempts a SET ref = r.ref
 FROM unnest(%(ids)s::text[], %(attempts)s::int[], %(refs)s::text[]) AS r(id, attempt, ref)
 WHERE a.call_id = r.id AND a.attempt = r.attempt;
