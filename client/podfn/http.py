@@ -511,7 +511,7 @@ def _framed_submission(meta: dict[str, Any], parts: list[tuple[str, bytes]],
             continue
         view = memoryview(blob)
         pieces += [view[at:at + SEND_STEP] for at in range(0, len(blob), SEND_STEP)]
-    headers = {"Idempotency-Key": uuid.uuid4().hex, "Content-Type": frames.MEDIA_TYPE,
+    headers = {"Content-Type": frames.MEDIA_TYPE,
                "Content-Length": str(sum(map(len, pieces)))}
     return headers, pieces
 
@@ -528,8 +528,7 @@ class Submitted:
 def _submit_request(meta: dict[str, Any], parts: list[tuple[str, bytes]], wait: float | None,
                     key: str | None) -> dict[str, Any]:
     headers, pieces = _framed_submission(meta, parts)
-    if key is not None:
-        headers["Idempotency-Key"] = key
+    headers["Idempotency-Key"] = key or uuid.uuid4().hex
     request: dict[str, Any] = {"content": pieces, "headers": headers}
     if wait is not None:
         # An API from before `?wait=` ignores it and answers JSON without `finished`.
