@@ -9,6 +9,7 @@ import pytest
 
 import podfn.function
 from podfn import remote, serialization
+from podfn.http import Submitted
 
 
 def double(x: int) -> int:
@@ -22,14 +23,14 @@ class FinishedAtOnce:
         self.results: dict[str, bytes] = {}
         self.waits = 0
 
-    def submit(self, *, args: list[bytes], **_: Any) -> list[str]:
+    def submit_waiting(self, *, args: list[bytes], **_: Any) -> Submitted:
         ids = []
         for blob in args:
             (x,), _kwargs = serialization.loads(blob)
             call_id = f"c{len(self.results)}"
             self.results[call_id] = serialization.dumps(2 * x)
             ids.append(call_id)
-        return ids
+        return Submitted(ids, [])
 
     def wait(self, ids: Sequence[str], wait: float) -> list[dict[str, Any]]:
         self.waits += 1

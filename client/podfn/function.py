@@ -68,11 +68,13 @@ class _Remote(Generic[P, R]):
         return len(prepared) if isinstance(prepared, bytes) else 0
 
     def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
-        raise NotImplementedError
+        return self._submit_waiting(arg_blobs, prepared).ids
 
     def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
                         wait: float | None = None, key: str | None = None) -> Submitted:
-        """Submit, and with `wait`, wait in the same request (APIClient.submit_waiting)."""
+        """Submit, and with `wait`, wait in the same request (APIClient.submit_waiting).
+        The one submission each kind of remote function defines (with its `_aio` twin);
+        a plain submit is this without `wait`."""
         raise NotImplementedError
 
     def _cancel_many(self, ids: list[str]) -> int:
@@ -93,9 +95,9 @@ class _Remote(Generic[P, R]):
         """
         return _RemoteCall(self)
 
-    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
-                    prepared: Any) -> Awaitable[list[str]]:
-        raise NotImplementedError
+    async def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
+                          prepared: Any) -> list[str]:
+        return (await self._submit_waiting_aio(client, arg_blobs, prepared)).ids
 
     def _submit_waiting_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes], prepared: Any,
                             *, wait: float | None = None,
@@ -312,15 +314,6 @@ class Function(_Remote[P, R]):
     def _prepare(self) -> bytes:
         return serialization.dumps(self.fn)
 
-    def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
-        return self.client.submit(function_name=self.name, function=prepared, args=arg_blobs,
-                                  spec=self.hints, versions=serialization.client_versions())
-
-    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
-                    prepared: Any) -> Awaitable[list[str]]:
-        return client.submit(function_name=self.name, function=prepared, args=arg_blobs,
-                             spec=self.hints, versions=serialization.client_versions())
-
     def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
                         wait: float | None = None, key: str | None = None) -> Submitted:
         return self.client.submit_waiting(
@@ -361,15 +354,6 @@ class DeployedFunction(_Remote[..., Any]):
     def options(self, **hints: Any) -> DeployedFunction:
         return DeployedFunction(self.name, self._deployed_hints,
                                 overrides={**self.overrides, **hints}, client=self._client)
-
-    def _submit(self, arg_blobs: list[bytes], prepared: Any) -> list[str]:
-        return self.client.submit_deployed(self.name, args=arg_blobs, spec=self.overrides,
-                                           versions=serialization.client_versions())
-
-    def _submit_aio(self, client: AsyncAPIClient, arg_blobs: list[bytes],
-                    prepared: Any) -> Awaitable[list[str]]:
-        return client.submit_deployed(self.name, args=arg_blobs, spec=self.overrides,
-                                      versions=serialization.client_versions())
 
     def _submit_waiting(self, arg_blobs: list[bytes], prepared: Any, *,
                         wait: float | None = None, key: str | None = None) -> Submitted:
