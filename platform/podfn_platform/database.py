@@ -168,33 +168,26 @@ class Database:
 
     def all(self, name: str, params: dict[str, Any] | None = None, *,
             binary: bool = False) -> list[Row]:
-        """Run one named statement in its own transaction; all its rows (`binary`: as
+        """Run one named statement on an autocommit connection, a transaction of its own
+        without the BEGIN and COMMIT round trips of `transaction()` (issue 12: two of the
+        three round trips a lone statement cost); all its rows (`binary`: as
         Transaction.all).
 
-        A read that fails because its connection died is run once more on a
-        fresh connection (the pool drops the broken one on its return).
+        Sent once more, on another connection (the pool drops the broken one when it
+        comes back), when it cannot take effect twice: any statement the server refused
+        by ending its session (57P01 and kin: it did not run), and a read whose
+        connection died in any way (it changes nothing). Never more than twice.
         """
-        try:
-            return self._alone(name, params, binary)
-        except DatabaseUnavailable as exc:
-            if name not in _READS:
-                raise
-            log.info("read %s lost its connection (%s); trying once more", name, exc)
-        return self._alone(name, params, binary)
-
-    def _alone(self, name: str, params: dict[str, Any] | None, binary: bool) -> list[Row]:
-        """One statement on an autocommit connection: a transaction of its own, without
-        the BEGIN and COMMIT round trips of `transaction()` (issue 12: two of the three
-        round trips a lone statement cost)."""
         for attempt in (1, 2):
             try:
                 with self._pool.connection() as conn:
                     cur = conn.execute(_QUERIES[name], params or {}, binary=binary)
                     return cur.fetchall() if cur.description else []
-            except psycopg.OperationalError as exc:
-                if attempt == 1 and exc.sqlstate in _ENDED_UNCOMMITTED:
-                    log.info("%s met a session the server ended (%s); sending it again",
-                             name, exc.sqlstate)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                sqlstate = getattr(exc, "sqlstate", None)
+                if attempt == 1 and (sqlstate in _ENDED_UNCOMMITTED or name in _READS):
+                    log.info("%s lost its session (%s); sending it again", name,
+                             sqlstate or exc)
                     continue
                 raise translate(exc) from exc
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
