@@ -18,9 +18,9 @@ does not run during the next call.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,8 +38,16 @@ def identity(x: int) -> int:
 
 
 def main() -> None:
-    kind, count = sys.argv[1], int(sys.argv[2])
-    pause = float(sys.argv[sys.argv.index("--pause") + 1]) / 1000 if "--pause" in sys.argv else 0.0
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("warm", "cold"))
+    parser.add_argument("count", type=int, help="sequential calls to time")
+    parser.add_argument("--two-requests", action="store_true",
+                        help="submit, then wait: the shape of `.remote` before issue 12")
+    parser.add_argument("--pause", type=float, default=0.0, metavar="MS",
+                        help="sleep between calls, outside the timed spans")
+    args = parser.parse_args()
+    kind, count, pause = args.kind, args.count, args.pause / 1000
     hints = {"max_calls_per_worker": None, "idle_timeout": 600} if kind == "warm" else {}
     workdir = Path(tempfile.mkdtemp(prefix="podfn-timeline-"))
     os.chmod(workdir, 0o755)
@@ -52,7 +60,7 @@ def main() -> None:
         prepared = fn._prepare()
         # `.remote(x)`'s own path: one request that submits and waits (issue 12, third
         # round), or, on a client from before it, a submit and then the result's wait.
-        one_request = hasattr(fn, "_submit_waiting") and "--two-requests" not in sys.argv
+        one_request = hasattr(fn, "_submit_waiting") and not args.two_requests
         api = _process_tree(stack._children[0].pid)  # `podfn serve`: gunicorn and its workers
         api_cpu, client_cpu = _cpu_seconds(api), time.process_time()
         timed = []

@@ -15,9 +15,9 @@ Prints milliseconds of CPU per call for each group, and the wall time.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -117,8 +117,14 @@ def _descendants(root: int, parents: dict[int, int]) -> set[int]:
 
 
 def main() -> None:
-    kind, count = sys.argv[1], int(sys.argv[2])
-    repeats = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("cold", "warm"))
+    parser.add_argument("count", type=int, help="calls per map")
+    parser.add_argument("repeats", type=int, nargs="?", default=1,
+                        help="maps to measure (default 1); the median is printed")
+    args = parser.parse_args()
+    kind, count, repeats = args.kind, args.count, args.repeats
     hints = {"max_calls_per_worker": None, "idle_timeout": 600} if kind == "warm" else {}
     workdir = Path(tempfile.mkdtemp(prefix="podfn-cpu-"))
     os.chmod(workdir, 0o755)

@@ -13,6 +13,7 @@ Every peer is warmed before timing (workers started, first call made).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -124,7 +125,14 @@ PEERS = {
 
 
 def main() -> None:
-    peer, kind, count, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("peer", choices=sorted(PEERS))
+    parser.add_argument("kind", choices=("call", "map"))
+    parser.add_argument("count", type=int, help="calls (call), or calls per map (map)")
+    parser.add_argument("repeats", type=int, help="maps to time (map; ignored by call)")
+    args = parser.parse_args()
+    peer, kind, count, repeats = args.peer, args.kind, args.count, args.repeats
     times: list[float] = []
     with PEERS[peer]() as (one, many):
         for i in range(3):  # warm: workers up, first call made

@@ -10,8 +10,8 @@ the server's backend a statement).
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import time
 
 import psycopg_pool
@@ -20,9 +20,14 @@ from podfn_platform.database import Database
 
 
 def main() -> None:
-    url = sys.argv[1]
-    checkouts = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url", metavar="DATABASE_URL", help="a Postgres to connect to")
+    parser.add_argument("checkouts", type=int, nargs="?", default=2000,
+                        help="checkouts per round (default 2000)")
+    parser.add_argument("rounds", type=int, nargs="?", default=5, help="rounds (default 5)")
+    args = parser.parse_args()
+    url, checkouts, rounds = args.url, args.checkouts, args.rounds
     found: dict[str, list[tuple[float, float]]] = {"empty query": [], "socket look": []}
     for _ in range(rounds):
         for label in found:

@@ -15,6 +15,7 @@ Prints one line per row.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -65,6 +66,9 @@ def alive(pid: int) -> bool:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="podfn-runtime-faults-"))
     os.chmod(workdir, 0o755)
     os.environ["PODFN_PROFILE"] = str(workdir / "profile.json")
