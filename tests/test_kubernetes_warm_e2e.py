@@ -64,7 +64,7 @@ def attempts(db: Database, ids: list[str]) -> list[dict[str, Any]]:
 
 
 def creates(cluster: Cluster) -> int:
-    return cluster.sim.faults.requests_seen("create", "pods")
+    return int(cluster.sim.faults.requests_seen("create", "pods"))
 
 
 def controller_starter(cluster: Cluster, database_url: str, log: Path,
@@ -323,7 +323,7 @@ def test_a_restarted_controller_adopts_standing_pods(
         with db.connect(name="podfn-test") as conn:
             wait_until(lambda: conn.execute(
                 "SELECT count(*) AS n FROM podfn_workers WHERE ref = %s",
-                (pod,)).fetchone()["n"] == 1, 30, "the standing worker to record its pod")
+                (pod,)).fetchall() == [{"n": 1}], 30, "the standing worker to record its pod")
         controller.send_signal(signal.SIGKILL)
         controller.wait(10)
         controller = start()
