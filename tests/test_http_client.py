@@ -9,7 +9,7 @@ from flask import Flask, jsonify, request
 
 from conftest import ThreadedServer
 from podfn.errors import NotAuthorized, NotFound, PlatformError
-from podfn.http import APIClient
+from podfn.http import APIClient, AsyncAPIClient
 
 
 @pytest.fixture
@@ -67,3 +67,38 @@ def test_client_errors_are_not_retried_and_map_to_podfn_errors(
             client.get_call("bad")
     assert info.value.status == 422
     assert seen == ["/v1/calls/gone", "/v1/calls/secret", "/v1/calls/bad"]
+
+
+def test_clients_share_one_tls_context_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building httpx's TLS context loads the CA bundle (~20 ms); `.aio` makes a client
+    per operation, so it must not build one each time."""
+    import asyncio
+
+    import httpx
+
+    from podfn import http
+
+    built: list[object] = []
+    original = httpx.create_ssl_context
+
+    def counted(*args: object, **kwargs: object) -> object:
+        built.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counted)
+    http._tls.cache_clear()
+    monkeypatch.setenv("SSL_CERT_FILE", "")  # httpx's default CA bundle, whatever the machine
+
+    async def three() -> list[AsyncAPIClient]:
+        clients = [AsyncAPIClient("https://podfn.example", "t") for _ in range(3)]
+        for client in clients:
+            await client.__aexit__()
+        return clients
+
+    with APIClient("https://podfn.example", "t") as sync:
+        asyncs = asyncio.run(three())
+    assert len(built) == 1
+    contexts = {id(c._http._transport._pool._ssl_context)  # type: ignore[attr-defined]
+                for c in [sync, *asyncs]}
+    assert contexts == {id(http._tls())}
+    http._tls.cache_clear()
