@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -147,8 +148,17 @@ def schemathesis_command(url: str, *, seed: int | None, examples: int) -> list[s
     return command
 
 
+def schemathesis_env() -> dict[str, str]:
+    """The environment for the schemathesis CLI: our hooks (tests/schemathesis_frames.py)
+    make bodies for the framed submissions."""
+    tests = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_frames", "PYTHONPATH": path}
+
+
 def test_schemathesis_finds_no_failures(app: Flask, tmp_path: Path) -> None:
     with ThreadedServer(app) as server:
         run = subprocess.run(schemathesis_command(server.url, seed=15, examples=8),
-                             capture_output=True, text=True, cwd=tmp_path, timeout=110)
+                             capture_output=True, text=True, cwd=tmp_path, timeout=110,
+                             env=schemathesis_env())
     assert run.returncode == 0, run.stdout[-8000:] + run.stderr[-2000:]

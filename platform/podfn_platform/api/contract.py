@@ -34,6 +34,7 @@ from flask import Flask, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from podfn import frames
 from podfn_platform.api import forms, inputs, schemas
 from podfn_platform.api.errors import APIError
 
@@ -236,10 +237,19 @@ def _request_body(op: Operation) -> dict[str, Any] | None:
         properties = {name: _ref(s) if isinstance(s, type) else s for name, s in op.form.items()}
         encoding = {name: {"contentType": "application/json"}
                     for name, s in op.form.items() if isinstance(s, type)}
-        return {"required": True, "content": {"multipart/form-data": {
+        content: dict[str, Any] = {"multipart/form-data": {
             "schema": {"type": "object", "required": list(op.form_required),
                        "properties": properties},
-            "encoding": encoding}}}
+            "encoding": encoding}}
+        # The Python client's framing of the same fields (api/forms.py): documented so
+        # that clients in other languages may use it and the fuzzer sends it.
+        content[frames.MEDIA_TYPE] = {"schema": {"type": "string", "format": "binary"}}
+        return {"required": True, "content": content,
+                "description": "The fields as multipart/form-data, or as "
+                               f"{frames.MEDIA_TYPE}: length-prefixed frames (an 8-byte "
+                               "big-endian length, then the bytes), frame 0 a JSON object "
+                               '{"meta": {...}, "parts": [field, ...]} naming each '
+                               "following frame's field."}
     return None
 
 
