@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from podfn import frames
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # call the connection dead.
 _WAIT_SLACK = 15.0
 _RETRIES = 4  # for requests that are safe to repeat
+T = TypeVar("T")
 # `wait` and a waiting submission ask for finished calls with their payloads as raw
 # bytes (podfn/frames.py); an API that does not know the framing answers JSON, which is
 # read as before.
@@ -96,22 +97,29 @@ class APIClient:
         """POST a framed submission; retried on transport errors and 5xx with one
         Idempotency-Key, so a retry can never create the calls twice. With `wait`, the
         same request waits for the calls (see `submit_waiting`)."""
-        import httpx
-
         request = _submit_request(meta, parts, wait, key)
         if wait is None:
             body = self._idempotent(lambda: self._request("POST", path, **request))
             return Submitted([c["id"] for c in body["calls"]], [])
+        return self._post_streamed(path, request, _submitted_frames, _submitted_json)
 
-        def fetch() -> Submitted:
+    def _post_streamed(self, path: str, request: dict[str, Any],
+                       from_frames: Callable[[list[bytearray]], T],
+                       from_json: Callable[[Any], T]) -> T:
+        """POST and read the answer as it streams in: frames (filled in place) or JSON,
+        each made into what the caller wants; retried as `_idempotent` says (the
+        request must be safe to send again: a wait, or a submission with its key)."""
+        import httpx
+
+        def fetch() -> T:
             try:
                 with self._http.stream("POST", path, **request) as response:
                     if response.status_code >= 400:
                         response.read()
                         raise _error_from(response)
                     if _framed(response):
-                        return _submitted_frames(frames.decode(response.iter_bytes()))
-                    return _submitted_json(json.loads(response.read()))
+                        return from_frames(frames.decode(response.iter_bytes()))
+                    return from_json(json.loads(response.read()))
             except (httpx.TransportError, frames.FramingError) as exc:
                 raise _lost(self.url, path, exc) from exc
         return self._idempotent(fetch)  # type: ignore[no-any-return]
@@ -201,22 +209,8 @@ class APIClient:
         `max_bytes` of payloads allow (the server's cap by default; at least one); the
         others come in a later call. From an API that answers JSON, only small results
         come along, any other is fetched with `result_bytes`."""
-        import httpx
-
-        request = _wait_request(ids, wait, max_bytes)
-
-        def fetch() -> list[dict[str, Any]]:
-            try:
-                with self._http.stream("POST", "/v1/calls/wait", **request) as response:
-                    if response.status_code >= 400:
-                        response.read()
-                        raise _error_from(response)
-                    if _framed(response):
-                        return _from_frames(frames.decode(response.iter_bytes()))
-                    return _decoded(json.loads(response.read())["calls"])
-            except (httpx.TransportError, frames.FramingError) as exc:
-                raise _lost(self.url, "/v1/calls/wait", exc) from exc
-        return self._idempotent(fetch)  # type: ignore[no-any-return]
+        return self._post_streamed("/v1/calls/wait", _wait_request(ids, wait, max_bytes),
+                                   _from_frames, _calls_json)
 
     def _download(self, path: str) -> tuple[str, bytes]:
         """GET a streamed body whole: (content type, bytes). A body cut short (the API
@@ -375,31 +369,37 @@ class AsyncAPIClient:
                            key: str | None = None) -> Submitted:
         """As APIClient._submit_once, in the event loop (the body's pieces are streamed
         anew on each try)."""
-        import httpx
-
         request = _submit_request(meta, parts, wait, key)
         pieces = request.pop("content")
 
-        async def stream() -> AsyncIterator[bytes]:
-            for piece in pieces:
-                yield piece  # (a memoryview: httpx sends any buffer, its hint says bytes)
+        def content() -> dict[str, Any]:  # the body's pieces streamed anew on each try
+            async def stream() -> AsyncIterator[bytes]:
+                for piece in pieces:
+                    yield piece  # (a memoryview: httpx sends any buffer, its hint says bytes)
+            return {**request, "content": stream()}
 
         if wait is None:
-            body = await self._idempotent(lambda: self._request(
-                "POST", path, content=stream(), **request))
+            body = await self._idempotent(lambda: self._request("POST", path, **content()))
             return Submitted([c["id"] for c in body["calls"]], [])
+        return await self._post_streamed(path, content, _submitted_frames, _submitted_json)
 
-        async def fetch() -> Submitted:
+    async def _post_streamed(self, path: str, request: Callable[[], dict[str, Any]],
+                             from_frames: Callable[[list[bytearray]], T],
+                             from_json: Callable[[Any], T]) -> T:
+        """As APIClient._post_streamed, in the event loop; `request` makes each try's
+        arguments (an async body cannot be read twice)."""
+        import httpx
+
+        async def fetch() -> T:
             try:
-                async with self._http.stream("POST", path, content=stream(),
-                                             **request) as response:
+                async with self._http.stream("POST", path, **request()) as response:
                     if response.status_code >= 400:
                         await response.aread()
                         raise _error_from(response)
                     if _framed(response):
-                        chunks = [chunk async for chunk in response.aiter_bytes()]
-                        return _submitted_frames(frames.decode(chunks))
-                    return _submitted_json(json.loads(await response.aread()))
+                        pieces = [piece async for piece in response.aiter_bytes()]
+                        return from_frames(frames.decode(pieces))
+                    return from_json(json.loads(await response.aread()))
             except (httpx.TransportError, frames.FramingError) as exc:
                 raise _lost(self.url, path, exc) from exc
         return await self._idempotent(fetch)  # type: ignore[no-any-return]
@@ -434,23 +434,9 @@ class AsyncAPIClient:
     async def wait(self, ids: Sequence[str], wait: float, *,
                    max_bytes: int | None = None) -> list[dict[str, Any]]:
         """As APIClient.wait, in the event loop."""
-        import httpx
-
         request = _wait_request(ids, wait, max_bytes)
-
-        async def fetch() -> list[dict[str, Any]]:
-            try:
-                async with self._http.stream("POST", "/v1/calls/wait", **request) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise _error_from(response)
-                    if _framed(response):
-                        pieces = [piece async for piece in response.aiter_bytes()]
-                        return _from_frames(frames.decode(pieces))
-                    return _decoded(json.loads(await response.aread())["calls"])
-            except (httpx.TransportError, frames.FramingError) as exc:
-                raise _lost(self.url, "/v1/calls/wait", exc) from exc
-        return await self._idempotent(fetch)  # type: ignore[no-any-return]
+        return await self._post_streamed("/v1/calls/wait", lambda: request, _from_frames,
+                                         _calls_json)
 
     async def _download(self, path: str) -> bytes:
         """As APIClient._download, in the event loop: the whole streamed body."""
@@ -590,6 +576,11 @@ def _from_frames(body: list[bytearray], *, key: str = "calls") -> list[dict[str,
     except (IndexError, TypeError) as exc:
         raise frames.FramingError(f"the header names a frame the body lacks: {exc}") from None
     return calls
+
+
+def _calls_json(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A JSON `wait` answer's calls, payloads decoded."""
+    return _decoded(body["calls"])
 
 
 def _decoded(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
