@@ -135,20 +135,33 @@ def create_calls(fingerprint: str, calls: NewCalls, args: list[Payload], *,
     finish goes unheard and the database is first read when one is announced.
     """
     seconds = submit_wait()
-    new = new_ids(len(args))
     if seconds is None:
-        ids, replayed = idempotency.create_once(context.db(), fingerprint, calls, args, new,
-                                                function=function)
+        ids, replayed = idempotency.create_once(context.db(), fingerprint, calls, args,
+                                                new_ids(len(args)), function=function)
         return created(ids, replayed)
     framed = wants_frames()
+    ids, replayed, rows = create_and_wait(fingerprint, calls, args, seconds, framed=framed,
+                                          function=function)
+    return created(ids, replayed, rows, framed=framed)
+
+
+def create_and_wait(fingerprint: str, calls: NewCalls, args: list[Payload], seconds: float, *,
+                    framed: bool, function: Payload | None = None
+                    ) -> tuple[list[str], bool, list[Row]]:
+    """Record the calls once per Idempotency-Key, then wait up to `seconds` for one of
+    them to finish: (ids, replayed, the finished ones as `finished_fetch` reads them).
+    The ids are made up front and armed in the waiter before the calls are recorded,
+    so no finish goes unheard; calls a key replays may have finished already, so
+    those are looked at first."""
+    new = new_ids(len(args))
     with context.waiter().watching() as watch:
         watch.add(new)
         ids, replayed = idempotency.create_once(context.db(), fingerprint, calls, args, new,
                                                 function=function)
-        if replayed:  # calls made by an earlier request: they may have finished already
+        if replayed:
             watch.add(ids)
         rows = watch.wait(seconds, finished_fetch(ids, framed=framed), looked=not replayed)
-    return created(ids, replayed, rows, framed=framed)
+    return ids, replayed, rows
 
 
 def created(ids: list[str], replayed: bool, finished: list[Row] | None = None, *,

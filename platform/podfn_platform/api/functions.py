@@ -14,21 +14,21 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from podfn import spec as call_spec
-from podfn_platform.api import context, contract, forms, idempotency, inputs, results, schemas
+from podfn_platform.api import context, contract, forms, inputs, results, schemas
 from podfn_platform.api.auth import principal, requires
 from podfn_platform.api.calls import (
     CALL_LINKS,
     FRAMED_CREATED,
+    create_and_wait,
     create_calls,
     describe,
-    finished_fetch,
     summary,
     wait_seconds,
 )
 from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row, jsonb
-from podfn_platform.submission import NewCalls, new_ids, store_payload
+from podfn_platform.submission import NewCalls, store_payload
 
 bp = Blueprint("functions", __name__, url_prefix="/v1/functions")
 
@@ -219,15 +219,9 @@ def invoke(name: str) -> tuple[Response, int, dict[str, str]] | tuple[Response, 
     calls = _deployed_calls(live, live["spec"], python=live["client_python"],
                             cloudpickle=live["client_cloudpickle"], result_format="json")
 
-    with context.waiter().watching() as watch:
-        ids = new_ids(1)
-        watch.add(ids)  # before the call exists: no finish goes unheard (calls.create_calls)
-        [call_id], replayed = idempotency.create_once(
-            context.db(), forms.fingerprint(name, {"args": args, "kwargs": kwargs}), calls,
-            [payload], ids)
-        if replayed:
-            watch.add([call_id])
-        rows = watch.wait(wait, finished_fetch([call_id], framed=False), looked=not replayed)
+    [call_id], _, rows = create_and_wait(
+        forms.fingerprint(name, {"args": args, "kwargs": kwargs}), calls, [payload], wait,
+        framed=False)
     if rows:
         return invocation(rows[0], name), 200
     location = url_for("calls.result", call_id=call_id)
