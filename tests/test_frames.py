@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from conftest import TEST_TOKEN, Platform
 from podfn import frames, remote, serialization
 from podfn.function import Function
 from podfn.http import APIClient
-from podfn_platform.api import results
+from podfn_platform.api import results, waiting
 from podfn_platform.database import Database
 
 PAYLOADS = [b"", b"\x00", b"".join(bytes([i]) for i in range(256)) * 3, os.urandom(70_000), b""]
@@ -245,4 +246,41 @@ def test_the_client_still_reads_an_api_that_answers_json(
     assert by_id[large].get("result") is None  # over 64 KiB: fetched on its own
     for call_id, value in values.items():
         assert Call(call_id, client=client).result(timeout=10) == serialization.loads(value)
+    client.close()
+
+
+def test_a_wait_lingers_for_the_calls_that_finish_meanwhile(
+        api: str, db: Database, runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the API and Postgres' notifications: a wait whose first look found one
+    call finished, told to linger, brings the one that finishes meanwhile too."""
+    lingering = threading.Event()
+    linger = waiting.Watch.linger
+
+    def noticed(self: waiting.Watch, rows: Any, seconds: float, fetch: Any) -> Any:
+        if seconds > 0:
+            lingering.set()
+        return linger(self, rows, seconds, fetch)
+
+    monkeypatch.setattr(waiting.Watch, "linger", noticed)
+    client = APIClient(api, TEST_TOKEN)
+    first, second = _submit(client, 2)
+    _finish(db, runtime, first, b"1")
+
+    def finish_second() -> None:
+        assert lingering.wait(30)
+        _finish(db, runtime, second, b"2")
+
+    finisher = threading.Thread(target=finish_second)
+    finisher.start()
+    try:
+        got = client.wait([first, second], 30, linger=1.0)
+    finally:
+        finisher.join()
+    assert sorted(bytes(c["result"]) for c in got) == [b"1", b"2"]
+    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {TEST_TOKEN}"}) as http:
+        for bad in ("-1", "1.5", "nan", "inf", "soon"):
+            answer = http.post("/v1/calls/wait", params={"linger": bad},
+                               json={"ids": [first], "wait": 0})
+            assert answer.status_code == 400, bad
+            assert answer.json()["error"]["field"] == "linger"
     client.close()

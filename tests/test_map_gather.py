@@ -22,6 +22,7 @@ class FinishedAtOnce:
     def __init__(self) -> None:
         self.results: dict[str, bytes] = {}
         self.waits = 0
+        self.lingers: set[float | None] = set()
 
     def submit_waiting(self, *, args: list[bytes], **_: Any) -> Submitted:
         ids = []
@@ -32,8 +33,9 @@ class FinishedAtOnce:
             ids.append(call_id)
         return Submitted(ids, [])
 
-    def wait(self, ids: Sequence[str], wait: float) -> list[dict[str, Any]]:
+    def wait(self, ids: Sequence[str], wait: float, **options: Any) -> list[dict[str, Any]]:
         self.waits += 1
+        self.lingers.add(options.get("linger"))
         return [{"id": i, "state": "succeeded", "result": self.results[i]} for i in ids[:7]]
 
 
@@ -49,4 +51,5 @@ def test_a_map_looks_up_its_client_once_per_request_not_once_per_result(
     fn = remote(double)
     assert list(fn.map(range(300))) == [2 * x for x in range(300)]
     assert client.waits == 43  # 7 results a wait
+    assert client.lingers == {podfn.function.GATHER_LINGER}  # calls finishing one by one
     assert len(lookups) == 2 + 1, "one per submit batch (256 calls) and one for the gather"

@@ -31,6 +31,11 @@ _REQUEST_SLACK = 64 * 1024
 # Ids one `wait` may name (the API's limit per request); a bigger map waits on the
 # earliest pending ones first.
 MAX_WAIT_IDS = 10_000
+# A map's wait asks the API to go on waiting this long (s) for more of its calls once
+# one has finished (until all have): calls that finish one by one (a process each)
+# then come several to a request. A cold map of 300 cost the API, its Postgres
+# backends and the client ~3.4 ms of CPU per call at one result per wait.
+GATHER_LINGER = 0.02
 
 
 def batches(blobs: Iterable[bytes], *, max_count: int, max_bytes: int) -> Iterator[list[bytes]]:
@@ -174,7 +179,7 @@ class _Remote(Generic[P, R]):
                 # raw bytes (podfn/frames.py), in whatever order they finished.
                 waiting_on = sorted(pending, key=position.__getitem__)[:MAX_WAIT_IDS]
                 with cancelling_on_interrupt(self._cancel_many, pending):
-                    finished = client.wait(waiting_on, 30.0)
+                    finished = client.wait(waiting_on, 30.0, linger=GATHER_LINGER)
                 for call in finished:
                     pending.discard(call["id"])
                     done[position[call["id"]]] = call

@@ -202,14 +202,17 @@ class APIClient:
     def get_call(self, call_id: str) -> dict[str, Any]:
         return dict(self._idempotent(lambda: self._request("GET", f"/v1/calls/{call_id}")))
 
-    def wait(self, ids: Sequence[str], wait: float, *,
-             max_bytes: int | None = None) -> list[dict[str, Any]]:
+    def wait(self, ids: Sequence[str], wait: float, *, max_bytes: int | None = None,
+             linger: float = 0.0) -> list[dict[str, Any]]:
         """Finished calls among `ids`, waiting up to `wait` s for one, with their pickled
         results (`result`) and exceptions (`error.pickle`) as bytes: as many as about
         `max_bytes` of payloads allow (the server's cap by default; at least one); the
         others come in a later call. From an API that answers JSON, only small results
-        come along, any other is fetched with `result_bytes`."""
-        return self._post_streamed("/v1/calls/wait", _wait_request(ids, wait, max_bytes),
+        come along, any other is fetched with `result_bytes`. `linger`: once one has
+        finished, the API waits up to that many seconds more for the others (an API
+        from before it ignores it)."""
+        return self._post_streamed("/v1/calls/wait",
+                                   _wait_request(ids, wait, max_bytes, linger),
                                    _from_frames, _calls_json)
 
     def _download(self, path: str) -> tuple[str, bytes]:
@@ -431,10 +434,10 @@ class AsyncAPIClient:
         return await self._submit_once(f"/v1/functions/{quote(name, safe='')}/calls", meta,
                                        [("args", a) for a in args], wait=wait, key=key)
 
-    async def wait(self, ids: Sequence[str], wait: float, *,
-                   max_bytes: int | None = None) -> list[dict[str, Any]]:
+    async def wait(self, ids: Sequence[str], wait: float, *, max_bytes: int | None = None,
+                   linger: float = 0.0) -> list[dict[str, Any]]:
         """As APIClient.wait, in the event loop."""
-        request = _wait_request(ids, wait, max_bytes)
+        request = _wait_request(ids, wait, max_bytes, linger)
         return await self._post_streamed("/v1/calls/wait", lambda: request, _from_frames,
                                          _calls_json)
 
@@ -547,10 +550,13 @@ def _submitted_json(body: dict[str, Any]) -> Submitted:
     return Submitted([c["id"] for c in body["calls"]], _decoded(body.get("finished") or []))
 
 
-def _wait_request(ids: Sequence[str], wait: float, max_bytes: int | None) -> dict[str, Any]:
+def _wait_request(ids: Sequence[str], wait: float, max_bytes: int | None,
+                  linger: float = 0.0) -> dict[str, Any]:
+    params: dict[str, Any] = {} if max_bytes is None else {"max_bytes": max_bytes}
+    if linger > 0:
+        params["linger"] = linger
     return {"json": {"ids": list(ids), "wait": wait}, "headers": {"Accept": _WAIT_ACCEPT},
-            "params": {} if max_bytes is None else {"max_bytes": max_bytes},
-            "timeout": wait + _WAIT_SLACK}
+            "params": params, "timeout": wait + linger + _WAIT_SLACK}
 
 
 def _framed(response: httpx.Response) -> bool:

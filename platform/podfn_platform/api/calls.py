@@ -8,6 +8,7 @@ does).
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -232,10 +233,11 @@ def wait_seconds(value: Any) -> float:
 
 
 def wait_finished(ids: list[str], seconds: float, *, framed: bool = False,
-                  budget: int | None = None) -> list[Row]:
+                  budget: int | None = None, linger: float = 0.0) -> list[Row]:
     """The finished calls among `ids` (403 unless readable, 404 for an unknown id), waiting
-    up to `seconds` for one. Armed before the first read, so that read is the only one
-    until a finish (or a lost listener) is announced."""
+    up to `seconds` for one, then up to `linger` more for others (Watch.linger). Armed
+    before the first read, so that read is the only one until a finish (or a lost
+    listener) is announced."""
     db = context.db()
     fetch = finished_fetch(ids, framed=framed, budget=budget)
     if seconds == 0:
@@ -247,14 +249,14 @@ def wait_finished(ids: list[str], seconds: float, *, framed: bool = False,
         rows = fetch()
         check_calls_readable(db, ids)
         if rows:
-            return rows
+            return watch.linger(rows, min(linger, seconds), fetch)
         known = {r["id"] for r in db.all("existing_ids", {"ids": ids})}
         unknown = [i for i in ids if i not in known]
         if unknown:
             raise APIError(404, "not_found", f"no call with id {unknown[0]!r}"
                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
                            ids=unknown[:20])
-        return watch.wait(seconds, fetch, looked=True)
+        return watch.wait(seconds, fetch, looked=True, linger=linger)
 
 
 @bp.get("/<call_id:call_id>/result")
@@ -295,6 +297,12 @@ def error(call_id: str) -> Response:
 # the finished calls with their payloads as raw bytes (results.frames_response), as many
 # as `max_bytes` allows, instead of JSON with small results in base64.
 MAX_BYTES_ARG = 2**62
+MAX_LINGER = 1.0
+LINGER = {"name": "linger", "in": "query", "required": False,
+          "schema": {"type": "number", "minimum": 0, "maximum": MAX_LINGER},
+          "description": "seconds to go on waiting, once a call has finished, for the others "
+                         "(until all are finished or the time is up; default 0): calls that "
+                         "finish one by one then come several to an answer"}
 MAX_BYTES = {"name": "max_bytes", "in": "query", "required": False,
              "schema": {"type": "integer", "minimum": 0, "maximum": MAX_BYTES_ARG},
              "description": "framed answers only: payload bytes to carry (plus at most one "
@@ -304,6 +312,21 @@ MAX_BYTES = {"name": "max_bytes", "in": "query", "required": False,
 def wants_frames() -> bool:
     best = request.accept_mimetypes.best_match(["application/json", results.FRAMES])
     return best == results.FRAMES
+
+
+def linger_arg() -> float:
+    value = request.args.get("linger")
+    if value is None:
+        return 0.0
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0 <= number <= MAX_LINGER:  # (NaN and the infinities fail this too)
+        raise APIError(400, "invalid_field",
+                       f"linger must be a number of seconds from 0 to {MAX_LINGER}, not "
+                       f"{value!r}", field="linger")
+    return number
 
 
 def max_bytes_arg() -> int:
@@ -326,16 +349,18 @@ def max_bytes_arg() -> int:
 @operation("Wait until any of the calls finishes; the finished ones with outcomes (as JSON, "
            "or with Accept: application/x-podfn-frames as a JSON header and raw payloads)",
            {200: schemas.Outcomes, 404: None, 422: None, **dict.fromkeys(COMMON)},
-           body=schemas.WaitBody, query=(MAX_BYTES,), more_content=FRAMED)
+           body=schemas.WaitBody, query=(MAX_BYTES, LINGER), more_content=FRAMED)
 def wait_any() -> Response:
     body = contract.json_body(schemas.WaitBody)
     budget = max_bytes_arg()  # checked for JSON answers too, which carry no payload bytes
+    linger = linger_arg()
     if wants_frames():
         # A payload up to INLINE_BYTES comes with the query that finds the call (one
         # statement, not two); the larger ones are streamed chunk by chunk.
-        rows = wait_finished(body.ids, wait_seconds(body.wait), framed=True, budget=budget)
+        rows = wait_finished(body.ids, wait_seconds(body.wait), framed=True, budget=budget,
+                             linger=linger)
         return results.frames_response(rows, [summary(r, base64_result=False) for r in rows])
-    rows = wait_finished(body.ids, wait_seconds(body.wait))
+    rows = wait_finished(body.ids, wait_seconds(body.wait), linger=linger)
     return jsonify({"calls": [summary(r) for r in rows]})
 
 

@@ -32,7 +32,7 @@ class FinishWaiter:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._lock = threading.Lock()
-        self._waiting: dict[str, set[threading.Event]] = defaultdict(set)
+        self._waiting: dict[str, set[Watch]] = defaultdict(set)
         self._listener: Listener | None = None
         self._draining = False
         self._on_tokens: list[Callable[[], None]] = []
@@ -73,16 +73,17 @@ class FinishWaiter:
                 callback()
             return
         with self._lock:
-            for event in self._waiting.get(call_id, ()):
-                event.set()
+            for watch in self._waiting.get(call_id, ()):
+                watch.heard.add(call_id)
+                watch.event.set()
 
     def _wake_all(self) -> None:
         for callback in self._on_tokens:
             callback()
         with self._lock:
-            for events in self._waiting.values():
-                for event in events:
-                    event.set()
+            for watches in self._waiting.values():
+                for watch in watches:
+                    watch.event.set()
 
     def wait(self, ids: Sequence[str], timeout: float, fetch: Callable[[], list[T]]) -> list[T]:
         """`fetch()` as soon as it returns something, or after `timeout` seconds."""
@@ -108,24 +109,30 @@ class Watch:
     def __init__(self, waiter: FinishWaiter, listener: Listener) -> None:
         self._waiter = waiter
         self._listener = listener
-        self._event = threading.Event()
+        self.event = threading.Event()
+        self.heard: set[str] = set()  # ids announced finished (under the waiter's lock)
         self._ids: list[str] = []
 
     def add(self, ids: Sequence[str]) -> None:
         waiter = self._waiter
         with waiter._lock:
             for call_id in ids:
-                waiter._waiting[call_id].add(self._event)
+                waiter._waiting[call_id].add(self)
         self._ids.extend(ids)
 
     def wait(self, timeout: float, fetch: Callable[[], list[T]], *,
-             looked: bool = False) -> list[T]:
+             looked: bool = False, linger: float = 0.0) -> list[T]:
         """`fetch()` as soon as it returns something, or after `timeout` seconds.
 
         `looked`: nothing can have finished unseen since the ids were added (the
         caller fetched after adding them, or added them before their rows were
         committed), so the first fetch waits for a wake-up. That is safe with the
         listener down too: it wakes every registered wait when it reconnects.
+
+        `linger`: once something has finished, wait up to that many seconds more
+        (within `timeout`) for the others, unless every id is announced finished
+        sooner, and fetch again: a map whose calls finish one by one gets them
+        several to a request instead of one.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -135,21 +142,47 @@ class Watch:
                 if remaining <= 0 or self._waiter._draining:
                     return fetch()
             else:
-                self._event.clear()
+                self.event.clear()
+                with self._waiter._lock:
+                    self.heard.clear()  # from here on: what finished after this look began
                 rows = fetch()
                 remaining = deadline - time.monotonic()
-                if rows or remaining <= 0 or self._waiter._draining:
+                if rows:
+                    return self.linger(rows, min(linger, remaining), fetch)
+                if remaining <= 0 or self._waiter._draining:
                     return rows
             if not self._listener.connected.is_set():
                 remaining = min(remaining, _DISCONNECTED_RECHECK)
-            self._event.wait(remaining)
+            self.event.wait(remaining)
+
+    def linger(self, rows: list[T], seconds: float, fetch: Callable[[], list[T]]) -> list[T]:
+        """`rows` (what a look found finished), or, if others of the ids are announced
+        finished within `seconds`, a new look once all are or the time is up."""
+        missing = len(self._ids) - len(rows)  # not found finished by that look
+        if seconds <= 0 or missing <= 0:
+            return rows
+        settle = time.monotonic() + seconds
+        heard = 0
+        while not self._waiter._draining:
+            self.event.clear()
+            with self._waiter._lock:
+                heard = len(self.heard)
+            if heard >= missing:  # (a call both found and heard counts twice: stops sooner)
+                break
+            remaining = settle - time.monotonic()
+            if remaining <= 0:
+                break
+            self.event.wait(remaining)
+        if heard == 0:
+            return rows  # nothing more was announced: the first look stands
+        return fetch() or rows
 
     def close(self) -> None:
         waiter = self._waiter
         with waiter._lock:
             for call_id in self._ids:
-                events = waiter._waiting.get(call_id)
-                if events is not None:
-                    events.discard(self._event)
-                    if not events:
+                watches = waiter._waiting.get(call_id)
+                if watches is not None:
+                    watches.discard(self)
+                    if not watches:
                         del waiter._waiting[call_id]
