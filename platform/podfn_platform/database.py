@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 
 from podfn.errors import DatabaseError, DatabaseUnavailable
 from podfn_runtime import queries as named_queries
+from podfn_runtime.database import execute
 
 log = logging.getLogger("podfn.database")
 
@@ -103,7 +104,7 @@ class Transaction:
             binary: bool = False) -> list[Row]:
         """`binary` asks Postgres for binary results: bytea arrives as its bytes, not
         as hex text twice its size that Postgres encodes and psycopg decodes."""
-        cur = self._conn.execute(_QUERIES[name], params or {}, binary=binary)
+        cur = execute(self._conn, _QUERIES[name], params or {}, binary=binary)
         return cur.fetchall() if cur.description else []
 
     def one(self, name: str, params: dict[str, Any] | None = None, *,
@@ -189,7 +190,7 @@ class Database:
         for attempt in (1, 2):
             try:
                 with self._pool.connection() as conn:
-                    cur = conn.execute(_QUERIES[name], params or {}, binary=binary)
+                    cur = execute(conn, _QUERIES[name], params or {}, binary=binary)
                     return cur.fetchall() if cur.description else []
             except psycopg.OperationalError as exc:
                 if attempt == 1 and exc.sqlstate in _ENDED_UNCOMMITTED:

@@ -86,6 +86,50 @@ _LANDED = {
 _PAYLOAD_READS = frozenset({"claim", "claimed", "next", "next_many", "succeed_many"})
 
 
+# A statement whose parameters carry more payload bytes than this is sent with libpq
+# in blocking mode (`execute`). In its usual nonblocking mode, libpq sends what the
+# socket takes (a few hundred KiB) and then moves the whole unsent rest of its buffer
+# to the front (pqSendSome's memmove), once per socket-full: quadratic in the size. A
+# 100 MB argument or result cost the sender ~1.4 s of CPU that way, and the statement
+# took three times as long (issue 12, fourth round); at 1 MB it makes no difference.
+LARGE_PARAMS_BYTES = 1 << 20
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def payload_bytes(params: dict[str, Any] | None) -> int:
+    """The bytes of the binary values (and arrays of them) among `params`."""
+    total = 0
+    for value in (params or {}).values():
+        if isinstance(value, _BYTES):
+            total += len(value)
+        elif isinstance(value, (list, tuple)):
+            total += sum(len(v) for v in value if isinstance(v, _BYTES))
+    return total
+
+
+def execute(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any] | None, *,
+            binary: bool = False) -> psycopg.Cursor[Any]:
+    """`conn.execute`, with a statement that carries large payloads sent in one go.
+
+    In blocking mode libpq sends the whole message before it returns (with the GIL
+    released, and reading what the server says meanwhile, as it does anyway), and
+    moves its buffer once; the answer is then awaited as usual. The connection is
+    back in nonblocking mode before it is used again, or closed if that fails (it is
+    never left blocking for a statement that did not ask for it).
+    """
+    if payload_bytes(params) <= LARGE_PARAMS_BYTES:
+        return conn.execute(statement, params, binary=binary)
+    pgconn = conn.pgconn
+    pgconn.nonblocking = 0
+    try:
+        return conn.execute(statement, params, binary=binary)
+    finally:
+        try:
+            pgconn.nonblocking = 1
+        except Exception:  # a broken connection: never reused half-configured
+            conn.close()
+
+
 class RuntimeDatabaseError(Exception):
     """The runtime could not write to Postgres, and retrying would not help."""
 
@@ -134,7 +178,7 @@ class RuntimeDatabase:
         if self._proxy is not None:
             return self._proxy.execute(name, params, binary)
         assert self._conn is not None
-        return self._conn.execute(self._queries[name], params, binary=binary).fetchone()
+        return execute(self._conn, self._queries[name], params, binary=binary).fetchone()
 
     def _drop(self) -> None:
         if self._proxy is not None:
@@ -210,8 +254,8 @@ class RuntimeDatabase:
         def run(tries: int) -> list[dict[str, Any]]:
             assert self._conn is not None
             params.setdefault("secret", self._secret)
-            found = self._conn.execute(self._queries[name], params,
-                                       binary=name in _PAYLOAD_READS).fetchall()
+            found = execute(self._conn, self._queries[name], params,
+                            binary=name in _PAYLOAD_READS).fetchall()
             if tries > 1 and name == "succeed_many":
                 found += self._landed_many(params, found)
             return found
