@@ -97,3 +97,31 @@ def test_a_connection_that_cannot_be_made_nonblocking_again_is_closed(
     blob = os.urandom(LARGE_PARAMS_BYTES + 1)
     execute(broken, "SELECT %(b)s::bytea", {"b": blob})  # type: ignore[arg-type]
     assert conn.closed
+
+
+def test_the_async_variant_sends_blocking_and_restores(database_url: str) -> None:
+    import asyncio
+
+    from podfn_runtime.database import execute_async
+
+    async def main() -> tuple[list[int], int, bytes]:
+        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+        modes: list[int] = []
+        real = conn.execute
+
+        async def spy(*args: Any, **kwargs: Any) -> Any:
+            modes.append(conn.pgconn.nonblocking)
+            return await real(*args, **kwargs)
+
+        conn.execute = spy  # type: ignore[method-assign]
+        blob = os.urandom(LARGE_PARAMS_BYTES + 1)
+        cur = await execute_async(conn, "SELECT %(b)s::bytea", {"b": blob}, binary=True)
+        [(back,)] = await cur.fetchall()
+        await execute_async(conn, "SELECT 1", {})
+        after = conn.pgconn.nonblocking
+        await conn.close()
+        return modes, after, bytes(back)
+
+    modes, after, back = asyncio.run(main())
+    assert modes == [0, 1] and after == 1
+    assert len(back) == LARGE_PARAMS_BYTES + 1

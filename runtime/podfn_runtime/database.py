@@ -130,6 +130,25 @@ def execute(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any
             conn.close()
 
 
+async def execute_async(conn: psycopg.AsyncConnection[Any], statement: str,
+                        params: dict[str, Any] | None, *,
+                        binary: bool = False) -> psycopg.AsyncCursor[Any]:
+    """`execute` for an asyncio connection (the local forkserver's supervisor, proxy.py).
+    Sending a large statement then holds up the event loop until Postgres has read it,
+    as the nonblocking sends' copying did for longer."""
+    if payload_bytes(params) <= LARGE_PARAMS_BYTES:
+        return await conn.execute(statement, params, binary=binary)
+    pgconn = conn.pgconn
+    pgconn.nonblocking = 0
+    try:
+        return await conn.execute(statement, params, binary=binary)
+    finally:
+        try:
+            pgconn.nonblocking = 1
+        except Exception:  # a broken connection: never reused half-configured
+            await conn.close()
+
+
 class RuntimeDatabaseError(Exception):
     """The runtime could not write to Postgres, and retrying would not help."""
 
