@@ -125,3 +125,30 @@ def test_the_async_variant_sends_blocking_and_restores(database_url: str) -> Non
     modes, after, back = asyncio.run(main())
     assert modes == [0, 1] and after == 1
     assert len(back) == LARGE_PARAMS_BYTES + 1
+
+
+def test_the_platform_pool_sends_large_statements_whole(
+        db: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+    from collections.abc import Iterator
+
+    from podfn_platform import database as platform_db
+
+    seen: list[int] = []
+    real = platform_db.sent_whole
+
+    @contextlib.contextmanager
+    def spy(conn: Any) -> Iterator[None]:
+        with real(conn):
+            seen.append(conn.pgconn.nonblocking)
+            yield
+
+    monkeypatch.setattr(platform_db, "sent_whole", spy)
+    blob = os.urandom(LARGE_PARAMS_BYTES + 1)
+    with db.transaction() as tx:
+        assert isinstance(tx._conn, platform_db.PayloadConnection)
+        [row] = tx._conn.execute("SELECT %(b)s::bytea AS b", {"b": blob}, binary=True).fetchall()
+        assert bytes(row["b"]) == blob
+        assert tx._conn.pgconn.nonblocking == 1
+        tx._conn.execute("SELECT %s::bytea", (b"small",))
+    assert seen == [0]

@@ -32,6 +32,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from podfn_runtime.proxy import ProxyConnection, ProxyError, ProxyUnavailable
@@ -96,10 +97,12 @@ LARGE_PARAMS_BYTES = 1 << 20
 _BYTES = (bytes, bytearray, memoryview)
 
 
-def payload_bytes(params: dict[str, Any] | None) -> int:
-    """The bytes of the binary values (and arrays of them) among `params`."""
+def payload_bytes(params: Any) -> int:
+    """The bytes of the binary values (and arrays of them) among `params` (a mapping or
+    a sequence, as psycopg takes them)."""
+    values = params.values() if isinstance(params, dict) else params or ()
     total = 0
-    for value in (params or {}).values():
+    for value in values:
         if isinstance(value, _BYTES):
             total += len(value)
         elif isinstance(value, (list, tuple)):
@@ -107,27 +110,32 @@ def payload_bytes(params: dict[str, Any] | None) -> int:
     return total
 
 
-def execute(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any] | None, *,
-            binary: bool = False) -> psycopg.Cursor[Any]:
-    """`conn.execute`, with a statement that carries large payloads sent in one go.
-
-    In blocking mode libpq sends the whole message before it returns (with the GIL
-    released, and reading what the server says meanwhile, as it does anyway), and
-    moves its buffer once; the answer is then awaited as usual. The connection is
-    back in nonblocking mode before it is used again, or closed if that fails (it is
-    never left blocking for a statement that did not ask for it).
-    """
-    if payload_bytes(params) <= LARGE_PARAMS_BYTES:
-        return conn.execute(statement, params, binary=binary)
+@contextlib.contextmanager
+def sent_whole(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """libpq in blocking mode for the statement run inside: it sends the whole message
+    before it returns (with the GIL released, and reading what the server says
+    meanwhile, as it does anyway) and moves its buffer once; the answer is then awaited
+    as usual. The connection is nonblocking again afterwards, or closed if that fails
+    (it is never left blocking for a statement that did not ask for it)."""
     pgconn = conn.pgconn
     pgconn.nonblocking = 0
     try:
-        return conn.execute(statement, params, binary=binary)
+        yield
     finally:
         try:
             pgconn.nonblocking = 1
         except Exception:  # a broken connection: never reused half-configured
             conn.close()
+
+
+def execute(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any] | None, *,
+            binary: bool = False) -> psycopg.Cursor[Any]:
+    """`conn.execute`, with a statement that carries large payloads sent whole
+    (`sent_whole`)."""
+    if payload_bytes(params) <= LARGE_PARAMS_BYTES:
+        return conn.execute(statement, params, binary=binary)
+    with sent_whole(conn):
+        return conn.execute(statement, params, binary=binary)
 
 
 async def execute_async(conn: psycopg.AsyncConnection[Any], statement: str,
