@@ -27,13 +27,12 @@ from typing import Any
 import psycopg
 import psycopg_pool
 from psycopg import sql
-from psycopg.abc import Params
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from podfn.errors import DatabaseError, DatabaseUnavailable
 from podfn_runtime import queries as named_queries
-from podfn_runtime.database import LARGE_PARAMS_BYTES, payload_bytes, sent_whole
+from podfn_runtime.sending import PayloadConnection
 
 log = logging.getLogger("podfn.database")
 
@@ -93,20 +92,6 @@ def lendable(conn: psycopg.Connection[Any]) -> None:
     waiting.register(conn.fileno(), select.POLLIN)
     if waiting.poll(0):
         psycopg_pool.ConnectionPool.check_connection(conn)
-
-
-class PayloadConnection(psycopg.Connection[Row]):
-    """The pool's connections: a statement whose parameters carry over
-    LARGE_PARAMS_BYTES of payload is sent with libpq in blocking mode
-    (podfn_runtime.database says why: nonblocking, a 100 MB argument cost the API
-    ~1.2 s of CPU in libpq's buffer moves)."""
-
-    def execute(self, query: Any, params: Params | None = None, *,
-                prepare: bool | None = None, binary: bool = False) -> psycopg.Cursor[Row]:
-        if payload_bytes(params) <= LARGE_PARAMS_BYTES:
-            return super().execute(query, params, prepare=prepare, binary=binary)
-        with sent_whole(self):
-            return super().execute(query, params, prepare=prepare, binary=binary)
 
 
 class Transaction:

@@ -32,7 +32,6 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from podfn_runtime.proxy import ProxyConnection, ProxyError, ProxyUnavailable
@@ -87,78 +86,6 @@ _LANDED = {
 _PAYLOAD_READS = frozenset({"claim", "claimed", "next", "next_many", "succeed_many"})
 
 
-# A statement whose parameters carry more payload bytes than this is sent with libpq
-# in blocking mode (`execute`). In its usual nonblocking mode, libpq sends what the
-# socket takes (a few hundred KiB) and then moves the whole unsent rest of its buffer
-# to the front (pqSendSome's memmove), once per socket-full: quadratic in the size. A
-# 100 MB argument or result cost the sender ~1.4 s of CPU that way, and the statement
-# took three times as long (issue 12, fourth round); at 1 MB it makes no difference.
-LARGE_PARAMS_BYTES = 1 << 20
-_BYTES = (bytes, bytearray, memoryview)
-
-
-def payload_bytes(params: Any) -> int:
-    """The bytes of the binary values (and arrays of them) among `params` (a mapping or
-    a sequence, as psycopg takes them)."""
-    values = params.values() if isinstance(params, dict) else params or ()
-    total = 0
-    for value in values:
-        if isinstance(value, _BYTES):
-            total += len(value)
-        elif isinstance(value, (list, tuple)):
-            total += sum(len(v) for v in value if isinstance(v, _BYTES))
-    return total
-
-
-@contextlib.contextmanager
-def sent_whole(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """libpq in blocking mode for the statement run inside: it sends the whole message
-    before it returns (with the GIL released, and reading what the server says
-    meanwhile, as it does anyway) and moves its buffer once; the answer is then awaited
-    as usual. The connection is nonblocking again afterwards, or closed if that fails
-    (it is never left blocking for a statement that did not ask for it). A signal's
-    Python handler (the runtime's SIGTERM) runs once the send returns: as long as
-    Postgres takes to read the message, ~1 s for 100 MB here."""
-    pgconn = conn.pgconn
-    pgconn.nonblocking = 0
-    try:
-        yield
-    finally:
-        try:
-            pgconn.nonblocking = 1
-        except Exception:  # a broken connection: never reused half-configured
-            conn.close()
-
-
-def execute(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any] | None, *,
-            binary: bool = False) -> psycopg.Cursor[Any]:
-    """`conn.execute`, with a statement that carries large payloads sent whole
-    (`sent_whole`)."""
-    if payload_bytes(params) <= LARGE_PARAMS_BYTES:
-        return conn.execute(statement, params, binary=binary)
-    with sent_whole(conn):
-        return conn.execute(statement, params, binary=binary)
-
-
-async def execute_async(conn: psycopg.AsyncConnection[Any], statement: str,
-                        params: dict[str, Any] | None, *,
-                        binary: bool = False) -> psycopg.AsyncCursor[Any]:
-    """`execute` for an asyncio connection (the local forkserver's supervisor, proxy.py).
-    Sending a large statement then holds up the event loop until Postgres has read it,
-    as the nonblocking sends' copying did for longer."""
-    if payload_bytes(params) <= LARGE_PARAMS_BYTES:
-        return await conn.execute(statement, params, binary=binary)
-    pgconn = conn.pgconn
-    pgconn.nonblocking = 0
-    try:
-        return await conn.execute(statement, params, binary=binary)
-    finally:
-        try:
-            pgconn.nonblocking = 1
-        except Exception:  # a broken connection: never reused half-configured
-            await conn.close()
-
-
 class RuntimeDatabaseError(Exception):
     """The runtime could not write to Postgres, and retrying would not help."""
 
@@ -169,12 +96,13 @@ class DatabaseUnavailable(RuntimeDatabaseError):
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
     """One connection as the runtime uses it (no retries)."""
-    import psycopg
     from psycopg.rows import dict_row
 
-    return psycopg.connect(url, autocommit=True, row_factory=dict_row,
-                           application_name="podfn-runtime",
-                           connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
+    from podfn_runtime.sending import PayloadConnection  # large payloads sent whole
+
+    return PayloadConnection.connect(url, autocommit=True, row_factory=dict_row,
+                                     application_name="podfn-runtime",
+                                     connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
 
 
 class RuntimeDatabase:
@@ -207,7 +135,7 @@ class RuntimeDatabase:
         if self._proxy is not None:
             return self._proxy.execute(name, params, binary)
         assert self._conn is not None
-        return execute(self._conn, self._queries[name], params, binary=binary).fetchone()
+        return self._conn.execute(self._queries[name], params, binary=binary).fetchone()
 
     def _drop(self) -> None:
         if self._proxy is not None:
@@ -283,8 +211,8 @@ class RuntimeDatabase:
         def run(tries: int) -> list[dict[str, Any]]:
             assert self._conn is not None
             params.setdefault("secret", self._secret)
-            found = execute(self._conn, self._queries[name], params,
-                            binary=name in _PAYLOAD_READS).fetchall()
+            found = self._conn.execute(self._queries[name], params,
+                                       binary=name in _PAYLOAD_READS).fetchall()
             if tries > 1 and name == "succeed_many":
                 found += self._landed_many(params, found)
             return found

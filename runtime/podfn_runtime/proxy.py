@@ -257,7 +257,7 @@ class Supervisor:
                        binary: bool) -> dict[str, Any] | None:
         import psycopg
 
-        from podfn_runtime.database import execute_async  # (it imports this module)
+        from podfn_runtime.sending import execute_async
 
         assert self._idle is not None
         conn = await self._connection()
