@@ -146,6 +146,31 @@ def test_a_framed_submission_stores_each_argument_as_sent(client: FlaskClient,
     assert again.status_code == 200 and [c["id"] for c in again.json["calls"]] == ids
 
 
+def test_a_framed_payload_hashed_as_it_is_read_fingerprints_as_multipart_does(
+        client: FlaskClient, db: Database) -> None:
+    """The digests taken while the frames are read (forms._read_frame) are the payloads'
+    own: the same request as multipart replays the framed one's calls, a one-byte
+    change is a different request, and the function is stored under its sha256."""
+    args = [os.urandom(300_000), b"b", os.urandom(70_000)]  # multipart: under 500 KB
+    function = os.urandom(5000)
+    body = framed_body(META, [("function", function), *(("args", a) for a in args)])
+    first = client.post("/v1/calls", data=body, headers={**FRAMED, "Idempotency-Key": "k2"})
+    assert first.status_code == 201, first.json
+    ids = [c["id"] for c in first.json["calls"]]
+    same = submit(client, meta=META, function=function, args=args,
+                  headers={**AUTH, "Idempotency-Key": "k2"})
+    assert same.status_code == 200 and [c["id"] for c in same.json["calls"]] == ids
+    changed = [args[0][:-1] + bytes([args[0][-1] ^ 1]), *args[1:]]
+    other = client.post("/v1/calls", headers={**FRAMED, "Idempotency-Key": "k2"},
+                        data=framed_body(META, [("function", function),
+                                                *(("args", a) for a in changed)]))
+    assert other.status_code == 409 and other.json["error"]["code"] == "idempotency_key_reused"
+    with db.transaction() as tx:
+        row = tx._conn.execute("SELECT function_digest FROM podfn_calls WHERE id = %s",
+                               (ids[0],)).fetchone()
+    assert row["function_digest"] == hashlib.sha256(function).hexdigest()
+
+
 def _prefix(n: int) -> bytes:
     return frames.prefix(n)
 

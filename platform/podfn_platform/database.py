@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 
 from podfn.errors import DatabaseError, DatabaseUnavailable
 from podfn_runtime import queries as named_queries
+from podfn_runtime.sending import PayloadConnection
 
 log = logging.getLogger("podfn.database")
 
@@ -122,6 +123,7 @@ class Database:
         self.url = url
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, timeout=10.0,
+            connection_class=PayloadConnection,
             kwargs={"autocommit": True, "row_factory": dict_row, "application_name": name},
             name=name, check=lendable,
         )

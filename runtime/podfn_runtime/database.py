@@ -96,12 +96,13 @@ class DatabaseUnavailable(RuntimeDatabaseError):
 
 def connect(url: str) -> psycopg.Connection[dict[str, Any]]:
     """One connection as the runtime uses it (no retries)."""
-    import psycopg
     from psycopg.rows import dict_row
 
-    return psycopg.connect(url, autocommit=True, row_factory=dict_row,
-                           application_name="podfn-runtime",
-                           connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
+    from podfn_runtime.sending import PayloadConnection  # large payloads sent whole
+
+    return PayloadConnection.connect(url, autocommit=True, row_factory=dict_row,
+                                     application_name="podfn-runtime",
+                                     connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
 
 
 class RuntimeDatabase:

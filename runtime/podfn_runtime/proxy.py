@@ -257,10 +257,12 @@ class Supervisor:
                        binary: bool) -> dict[str, Any] | None:
         import psycopg
 
+        from podfn_runtime.sending import execute_async
+
         assert self._idle is not None
         conn = await self._connection()
         try:
-            cursor = await conn.execute(self._queries[name], params, binary=binary)
+            cursor = await execute_async(conn, self._queries[name], params, binary=binary)
             row: dict[str, Any] | None = await cursor.fetchone()
         except (psycopg.OperationalError, psycopg.InterfaceError):
             self._made -= 1

@@ -23,7 +23,7 @@ from podfn_platform.api.auth import check_calls_readable, forbidden, principal, 
 from podfn_platform.api.contract import COMMON, operation
 from podfn_platform.api.errors import APIError
 from podfn_platform.database import Row
-from podfn_platform.submission import NewCalls, Payload, digest, new_ids
+from podfn_platform.submission import NewCalls, Payload, new_ids
 
 bp = Blueprint("calls", __name__, url_prefix="/v1/calls")
 
@@ -118,8 +118,8 @@ def submit() -> tuple[Response, int]:
     validated = call_spec.validate(forms.spec(parsed.spec))
     function = forms.function_part()
     args = forms.args_parts()
-    calls = NewCalls(function_name, digest(function), validated, python, cloudpickle,
-                     owner=principal().token_id)
+    calls = NewCalls(function_name, forms.payload_digest(function), validated, python,
+                     cloudpickle, owner=principal().token_id)
     return create_calls(forms.fingerprint(meta, function, *args), calls, args,
                         function=function)
 
