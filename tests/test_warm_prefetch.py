@@ -104,6 +104,45 @@ def test_a_worker_claims_several_calls_each_with_its_own_secret(
     assert all(found[i]["started_at"] is not None for i in rest)
 
 
+def test_a_batch_of_outcomes_keeps_each_calls_own_values(
+        db: Database, runtime_database_url: str) -> None:
+    """The arrays go to Postgres as one JSON document and the results as one binary
+    parameter (database.py, `_pack`): each outcome must get its own result, output
+    and usage back out of them, whatever their sizes, and NaN usage stores NULL."""
+    rt = Runtime(db, runtime_database_url)
+    first, a, b, c, d = submit(db, abs, n=5)
+    ran_once(db, rt, first)
+    _, held = next_many(rt, first, 1, 16)
+    results = [b"\x00" * 3, None, b"", bytes(range(256)) * 9]
+    rdb = RuntimeDatabase(rt.url, "unused")
+    try:
+        rows = rdb.rows("succeed_many", ids=[a, b, c, d], attempts=[1] * 4,
+                        secrets=[held[i] for i in (a, b, c, d)], results=results,
+                        results_json=[None, '"\\u00e9 \u00e9"', None, None],
+                        stdouts=["out a", "", "\u00e9\n", ""], stderrs=["", "err b", "", ""],
+                        peak_bytes=[1, 2, 3, 1 << 40], cpu_seconds=[0.5, float("nan"), 0.25, 1.0],
+                        wall_seconds=[float("inf"), 0.125, 0.0, 2.0], start_ids=[a],
+                        start_attempts=[1], start_secrets=[held[a]], next_id=None,
+                        next_attempt=None, next_secret=None, next_hashes=None)
+    finally:
+        rdb.close()
+    assert [(r["kind"], r["id"]) for r in rows] == [("succeeded", i) for i in (a, b, c, d)]
+    with db.connect(name="podfn-test") as conn:
+        calls = {r["id"]: r for r in conn.execute(
+            "SELECT id, result, result_json, stdout, stderr FROM podfn_calls "
+            "WHERE id = ANY(%s)", ([a, b, c, d],)).fetchall()}
+    assert [None if calls[i]["result"] is None else bytes(calls[i]["result"])
+            for i in (a, b, c, d)] == results
+    assert [calls[i]["result_json"] for i in (a, b, c, d)] == [None, '"\\u00e9 \u00e9"', None,
+                                                                None]
+    assert [(calls[i]["stdout"], calls[i]["stderr"]) for i in (a, b, c, d)] == [
+        ("out a", ""), ("", "err b"), ("\u00e9\n", ""), ("", "")]
+    found = attempts(db, [a, b, c, d])
+    assert [found[i]["peak_bytes"] for i in (a, b, c, d)] == [1, 2, 3, 1 << 40]
+    assert [found[i]["cpu_seconds"] for i in (a, b, c, d)] == [0.5, None, 0.25, 1.0]
+    assert [found[i]["wall_seconds"] for i in (a, b, c, d)] == [None, 0.125, 0.0, 2.0]
+
+
 def test_a_claim_keeps_the_call_budget(db: Database, runtime_database_url: str) -> None:
     rt = Runtime(db, runtime_database_url)
     first, *_ = submit(db, abs, n=10, spec={**WARM, "max_calls_per_worker": 4})
