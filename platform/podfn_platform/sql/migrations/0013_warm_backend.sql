@@ -6,13 +6,26 @@
 --    worker's share; it now asks whether anything is queued (2 rows), and counts
 --    only as far as the share can reach (want * (busy workers + 1)), which gives
 --    the same share.
--- `podfn_runtime_v1.succeed_many` checked each outcome's secret with
---    `attempt_holds`, a SECURITY DEFINER function with a pinned search_path that
---    Postgres cannot inline: a function call (and a GUC save and restore) per
---    outcome. The same checks are written into the statement.
--- Both read in proportion to the pool's queue at every claim (so a map of N calls
--- cost O(N^2) in all): the claim updates the calls it picked by their row
+-- `podfn_runtime_v1.succeed_many` answers its `succeeded` rows in the order of
+--    the outcomes given (0012's order was the plan's).
+-- Both read podfn_attempts whole at every statement once a table had grown past
+--    what it held when a session first ran them: PL/pgSQL keeps a statement's
+--    generic plan for the session, and a plan made while podfn_attempts was a
+--    few pages hash-joined the outcomes (and the start marks) against a scan of
+--    the whole table. In a warm map every record statement then read every
+--    attempt ever made (12,000 attempts: ~700 buffers, twice per statement), so
+--    each map on a fresh stack ran slower than the one before it. Every
+--    statement here looks rows up by key, so these functions plan with sequential
+--    scans, hash and merge joins disabled (succeed_many's body moves to
+--    podfn_record_outcomes, which carries the settings, so the protocol function
+--    keeps its pinned configuration).
+-- The claim read in proportion to the pool's queue at every claim (so a map of N
+-- calls cost O(N^2) in all): it now updates the calls it picked by their row
 -- addresses, and the `yield` check has an index of queued calls by age.
+--
+-- Not done: writing attempt_holds' checks into succeed_many's statement (a
+-- function call per outcome saved) let the planner, with statistics of a young
+-- table cached in the session's plan, read podfn_attempts whole at every record.
 
 -- Queued calls by age, whatever their pool: a claim asks whether a call of another
 -- pool has waited longer than the pool's next one (`yield`). With only
@@ -24,7 +37,9 @@ CREATE OR REPLACE FUNCTION podfn_claim_calls(p_id text, p_attempt integer, p_sec
 RETURNS TABLE (verdict text, ordinal integer, id text, attempt integer, function bytea,
                function_digest text, args bytea, spec jsonb, client_python text,
                client_cloudpickle text, result_format text)
-LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp
+    -- Lookups by key, always (the header says why).
+    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 #variable_conflict use_column
 DECLARE
     cur record;
@@ -158,7 +173,9 @@ BEGIN
     END IF;
 END $$;
 
-CREATE OR REPLACE FUNCTION podfn_runtime_v1.succeed_many(
+-- succeed_many's body (0012's, answering in the order given), run under the
+-- planner settings above; succeed_many calls it.
+CREATE FUNCTION podfn_record_outcomes(
     p_ids text[], p_attempts integer[], p_secrets text[], p_results bytea[],
     p_results_json text[], p_stdouts text[], p_stderrs text[], p_peak_bytes bigint[],
     p_cpu_seconds float8[], p_wall_seconds float8[],
@@ -167,37 +184,44 @@ CREATE OR REPLACE FUNCTION podfn_runtime_v1.succeed_many(
 RETURNS TABLE (kind text, state text, verdict text, ordinal integer, id text, attempt integer,
                function bytea, function_digest text, args bytea, spec jsonb,
                client_python text, client_cloudpickle text, result_format text)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp
+    -- Lookups by key, always (the header says why).
+    SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 #variable_conflict use_column
 DECLARE
     r record;
+    marked_worker text;
+    marked_state text;
     last integer := coalesce(cardinality(p_ids), 0);
 BEGIN
     -- Start marks first: a call started and finished since the last statement has
     -- both here, and its clock starts before its outcome lands. A held call that
     -- was cancelled is marked too, unless its outcome is here (the worker is past
     -- it): the controller then stops the worker that runs it, as for any cancel.
+    -- One statement per mark (a trivial map's record statements carry one mark at
+    -- most), each an update by key: 0012's join of the marks against
+    -- podfn_attempts was planned, with a young table's statistics, as a scan of
+    -- every attempt a worker ever made.
     FOR r IN
-        WITH s AS (
-            SELECT s.id, s.attempt, s.secret
-            FROM unnest(p_start_ids, p_start_attempts, p_start_secrets) AS s(id, attempt, secret)
-        ), m AS (
-            UPDATE podfn_attempts a SET started_at = clock_timestamp()
-            FROM s
-            WHERE a.call_id = s.id AND a.attempt = s.attempt AND a.started_at IS NULL
-              AND a.worker IS NOT NULL AND a.secret_hash IS NOT NULL AND s.secret IS NOT NULL
-              AND a.secret_hash = encode(sha256(convert_to(s.secret, 'UTF8')), 'hex')
-              AND (a.finished_at IS NULL
-                   OR (a.state = 'cancelled' AND NOT (s.id = ANY(coalesce(p_ids, '{}')))))
-            RETURNING a.call_id, a.attempt, a.worker, a.state
-        ), c AS (
-            UPDATE podfn_calls c SET started_at = clock_timestamp()
-            FROM m WHERE c.id = m.call_id AND c.attempt = m.attempt AND c.state = 'running'
-        )
-        SELECT DISTINCT m.worker FROM m JOIN podfn_calls x ON x.id = m.call_id
-        WHERE m.state = 'cancelled' OR jsonb_typeof(x.spec->'timeout') = 'number'
+        SELECT s.id AS s_id, s.attempt AS s_attempt, s.secret AS s_secret
+        FROM unnest(p_start_ids, p_start_attempts, p_start_secrets) AS s(id, attempt, secret)
+        WHERE s.secret IS NOT NULL
     LOOP
-        PERFORM pg_notify('podfn_warm', r.worker);
+        UPDATE podfn_attempts a SET started_at = clock_timestamp()
+        WHERE a.call_id = r.s_id AND a.attempt = r.s_attempt AND a.started_at IS NULL
+          AND a.worker IS NOT NULL AND a.secret_hash IS NOT NULL
+          AND a.secret_hash = encode(sha256(convert_to(r.s_secret, 'UTF8')), 'hex')
+          AND (a.finished_at IS NULL
+               OR (a.state = 'cancelled' AND NOT (r.s_id = ANY(coalesce(p_ids, '{}')))))
+        RETURNING a.worker, a.state INTO marked_worker, marked_state;
+        CONTINUE WHEN NOT FOUND;
+        UPDATE podfn_calls c SET started_at = clock_timestamp()
+        WHERE c.id = r.s_id AND c.attempt = r.s_attempt AND c.state = 'running';
+        IF marked_state = 'cancelled'
+           OR EXISTS (SELECT 1 FROM podfn_calls x
+                      WHERE x.id = r.s_id AND jsonb_typeof(x.spec->'timeout') = 'number') THEN
+            PERFORM pg_notify('podfn_warm', marked_worker);  -- (one per worker: NOTIFY folds)
+        END IF;
     END LOOP;
     -- The outcomes: `succeed` and `usage` for each, set-wise, each guarded by its
     -- own attempt's live secret. A held call that started and ended since the last
@@ -216,12 +240,7 @@ BEGIN
                 AS i(id, attempt, secret, result, result_json, stdout, stderr, peak_bytes,
                      cpu_seconds, wall_seconds, n)
             JOIN podfn_attempts h ON h.call_id = i.id AND h.attempt = i.attempt
-            -- attempt_holds, inlined: a SECURITY DEFINER function with its own
-            -- search_path is called (not inlined) once per outcome. The call's own
-            -- attempt (attempt_holds' c.attempt = p_attempt) is checked by the
-            -- UPDATE of podfn_calls below, which matches c.attempt = i.attempt only.
-            WHERE h.finished_at IS NULL AND h.secret_hash IS NOT NULL AND i.secret IS NOT NULL
-              AND h.secret_hash = encode(sha256(convert_to(i.secret, 'UTF8')), 'hex')
+            WHERE podfn_runtime_v1.attempt_holds(i.id, i.attempt, i.secret)
         ), c AS (
             UPDATE podfn_calls c
             SET state = 'succeeded', result = i.result, result_json = i.result_json,
@@ -263,3 +282,27 @@ BEGIN
                                last > 0) n;
     END IF;
 END $$;
+
+REVOKE ALL ON FUNCTION podfn_record_outcomes(text[], integer[], text[], bytea[], text[], text[],
+                                             text[], bigint[], float8[], float8[], text[],
+                                             integer[], text[], text, integer, text, text[])
+    FROM PUBLIC;
+
+-- The protocol function keeps its signature, its answer and its pinned search_path
+-- (tests/test_roles.py); it hands over to the function above.
+CREATE OR REPLACE FUNCTION podfn_runtime_v1.succeed_many(
+    p_ids text[], p_attempts integer[], p_secrets text[], p_results bytea[],
+    p_results_json text[], p_stdouts text[], p_stderrs text[], p_peak_bytes bigint[],
+    p_cpu_seconds float8[], p_wall_seconds float8[],
+    p_start_ids text[], p_start_attempts integer[], p_start_secrets text[],
+    p_next_id text, p_next_attempt integer, p_next_secret text, p_next_hashes text[])
+RETURNS TABLE (kind text, state text, verdict text, ordinal integer, id text, attempt integer,
+               function bytea, function_digest text, args bytea, spec jsonb,
+               client_python text, client_cloudpickle text, result_format text)
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+SELECT * FROM podfn_record_outcomes(p_ids, p_attempts, p_secrets, p_results, p_results_json,
+                                    p_stdouts, p_stderrs, p_peak_bytes, p_cpu_seconds,
+                                    p_wall_seconds, p_start_ids, p_start_attempts,
+                                    p_start_secrets, p_next_id, p_next_attempt, p_next_secret,
+                                    p_next_hashes)
+$$;
