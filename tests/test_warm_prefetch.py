@@ -143,6 +143,27 @@ def test_a_batch_of_outcomes_keeps_each_calls_own_values(
     assert [found[i]["wall_seconds"] for i in (a, b, c, d)] == [None, 0.125, 0.0, 2.0]
 
 
+def test_a_claim_of_several_yields_to_an_older_call_of_another_pool(
+        db: Database, runtime_database_url: str) -> None:
+    """`next_many` answers `yield` as `next` does (migration 0013 looks the older call
+    up through an index of queued calls by age), and claims once nothing older waits."""
+    rt = Runtime(db, runtime_database_url)
+    first, *mine = submit(db, abs, n=4)
+    ran_once(db, rt, first)
+    [other] = submit(db, round)
+    with db.connect(name="podfn-test") as conn:
+        conn.execute("UPDATE podfn_calls SET created_at = clock_timestamp() - interval '1 minute'"
+                     " WHERE id = %s", (other,))
+    rows, _ = next_many(rt, first, 1, 4)
+    assert [r["verdict"] for r in rows] == ["yield"], "the older call of another pool goes first"
+    with db.connect(name="podfn-test") as conn:
+        conn.execute("UPDATE podfn_calls SET created_at = clock_timestamp() + interval '1 minute'"
+                     " WHERE id = %s", (other,))
+    rows, _ = next_many(rt, first, 1, 4)
+    assert [(r["verdict"], r["id"]) for r in rows] == [("claimed", i) for i in mine]
+    assert attempts(db, [other]) == {}, "the other pool's call stays queued"
+
+
 def test_a_claim_keeps_the_call_budget(db: Database, runtime_database_url: str) -> None:
     rt = Runtime(db, runtime_database_url)
     first, *_ = submit(db, abs, n=10, spec={**WARM, "max_calls_per_worker": 4})
