@@ -32,6 +32,14 @@
 -- podfn_calls_queued_by_pool (pool first) that question read every queued call.
 CREATE INDEX podfn_calls_queued_by_age ON podfn_calls (created_at) WHERE state = 'queued';
 
+-- The attempt each warm worker started last, which the controller asks at every
+-- turn (warm.sql, worker_attempts): it ordered all of a worker's attempts by
+-- their start to take the newest, so a turn read every call the worker had ever
+-- run (2,900 rows per worker after a map of 12,000 on four workers).
+CREATE INDEX podfn_attempts_started_by_worker
+    ON podfn_attempts (worker, started_at DESC, attempt DESC)
+    WHERE worker IS NOT NULL AND started_at IS NOT NULL;
+
 CREATE OR REPLACE FUNCTION podfn_claim_calls(p_id text, p_attempt integer, p_secret text,
                                   p_secret_hashes text[], p_chained boolean)
 RETURNS TABLE (verdict text, ordinal integer, id text, attempt integer, function bytea,
