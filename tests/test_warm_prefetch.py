@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 from test_warm_protocol import WARM, ran_once, submit
 
 from attempts import UNARMED, Runtime
@@ -24,7 +26,8 @@ from conftest import Platform, local_platform, wait_until
 from podfn import remote
 from podfn.errors import CallTimeout
 from podfn_platform.database import Database
-from podfn_runtime.database import RuntimeDatabase
+from podfn_runtime.database import RuntimeDatabase, _pack
+from podfn_runtime.queries import protocol
 
 
 def _fresh(k: int) -> list[tuple[str, str]]:
@@ -102,6 +105,113 @@ def test_a_worker_claims_several_calls_each_with_its_own_secret(
     # The outcomes came without start marks: each start is dated from its wall time.
     found = attempts(db, rest)
     assert all(found[i]["started_at"] is not None for i in rest)
+
+
+def test_a_batch_of_outcomes_keeps_each_calls_own_values(
+        db: Database, runtime_database_url: str) -> None:
+    """The arrays go to Postgres as one JSON document and the results as one binary
+    parameter (database.py, `_pack`): each outcome must get its own result, output
+    and usage back out of them, whatever their sizes, and NaN usage stores NULL."""
+    rt = Runtime(db, runtime_database_url)
+    first, a, b, c, d = submit(db, abs, n=5)
+    ran_once(db, rt, first)
+    _, held = next_many(rt, first, 1, 16)
+    results = [b"\x00" * 3, None, b"", bytes(range(256)) * 9]
+    rdb = RuntimeDatabase(rt.url, "unused")
+    try:
+        rows = rdb.rows("succeed_many", ids=[a, b, c, d], attempts=[1] * 4,
+                        secrets=[held[i] for i in (a, b, c, d)], results=results,
+                        results_json=[None, '"\\u00e9 \u00e9"', None, None],
+                        stdouts=["out a", "", "\u00e9\n", ""], stderrs=["", "err b", "", ""],
+                        peak_bytes=[1, 2, 3, 1 << 40], cpu_seconds=[0.5, float("nan"), 0.25, 1.0],
+                        wall_seconds=[float("inf"), 0.125, 0.0, 2.0], start_ids=[a],
+                        start_attempts=[1], start_secrets=[held[a]], next_id=None,
+                        next_attempt=None, next_secret=None, next_hashes=None)
+    finally:
+        rdb.close()
+    assert [(r["kind"], r["id"]) for r in rows] == [("succeeded", i) for i in (a, b, c, d)]
+    with db.connect(name="podfn-test") as conn:
+        calls = {r["id"]: r for r in conn.execute(
+            "SELECT id, result, result_json, stdout, stderr FROM podfn_calls "
+            "WHERE id = ANY(%s)", ([a, b, c, d],)).fetchall()}
+    assert [None if calls[i]["result"] is None else bytes(calls[i]["result"])
+            for i in (a, b, c, d)] == results
+    assert [calls[i]["result_json"] for i in (a, b, c, d)] == [None, '"\\u00e9 \u00e9"', None,
+                                                                None]
+    assert [(calls[i]["stdout"], calls[i]["stderr"]) for i in (a, b, c, d)] == [
+        ("out a", ""), ("", "err b"), ("\u00e9\n", ""), ("", "")]
+    found = attempts(db, [a, b, c, d])
+    assert [found[i]["peak_bytes"] for i in (a, b, c, d)] == [1, 2, 3, 1 << 40]
+    assert [found[i]["cpu_seconds"] for i in (a, b, c, d)] == [0.5, None, 0.25, 1.0]
+    assert [found[i]["wall_seconds"] for i in (a, b, c, d)] == [None, 0.125, 0.0, 2.0]
+
+
+def test_a_claim_of_several_yields_to_an_older_call_of_another_pool(
+        db: Database, runtime_database_url: str) -> None:
+    """`next_many` answers `yield` as `next` does (migration 0013 looks the older call
+    up through an index of queued calls by age), and claims once nothing older waits."""
+    rt = Runtime(db, runtime_database_url)
+    first, *mine = submit(db, abs, n=4)
+    ran_once(db, rt, first)
+    [other] = submit(db, round)
+    with db.connect(name="podfn-test") as conn:
+        conn.execute("UPDATE podfn_calls SET created_at = clock_timestamp() - interval '1 minute'"
+                     " WHERE id = %s", (other,))
+    rows, _ = next_many(rt, first, 1, 4)
+    assert [r["verdict"] for r in rows] == ["yield"], "the older call of another pool goes first"
+    with db.connect(name="podfn-test") as conn:
+        conn.execute("UPDATE podfn_calls SET created_at = clock_timestamp() + interval '1 minute'"
+                     " WHERE id = %s", (other,))
+    rows, _ = next_many(rt, first, 1, 4)
+    assert [(r["verdict"], r["id"]) for r in rows] == [("claimed", i) for i in mine]
+    assert attempts(db, [other]) == {}, "the other pool's call stays queued"
+
+
+def test_a_workers_statements_look_rows_up_by_key_whatever_the_statistics(
+        db: Database, runtime_database_url: str, database_url: str) -> None:
+    """A session keeps a statement's plan; one made while the tables were young read
+    podfn_attempts whole at every record (migration 0012: a hash join of the outcomes,
+    and of the start marks, over a sequential scan). Migration 0013 plans by key.
+    The plans a session runs are shown by auto_explain, as notices of that session."""
+    rt = Runtime(db, runtime_database_url)
+    first, *rest = submit(db, abs, n=41)
+    ran_once(db, rt, first)
+    plans: list[str] = []
+    statements = protocol()
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.Error:
+            pytest.skip("this Postgres has no auto_explain")
+        for name, value in {"log_min_duration": "0", "log_nested_statements": "on",
+                            "log_level": "notice"}.items():
+            conn.execute(f"SET auto_explain.{name} = '{value}'")
+        conn.execute("SET client_min_messages = notice")
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        fresh = _fresh(4)
+        rows = conn.execute(statements["next_many"], _pack("next_many", {
+            "id": first, "attempt": 1, "secret": rt.secrets[(first, 1)],
+            "secret_hashes": [h for _, h in fresh]}), binary=True).fetchall()
+        claimed = 0
+        while rows and rows[0]["verdict"] == "claimed":  # enough statements for a generic plan
+            held = [(r["id"], fresh[r["ordinal"] - 1][0]) for r in rows]
+            claimed += len(held)
+            fresh = _fresh(4)
+            n = len(held)
+            rows = conn.execute(statements["succeed_many"], _pack("succeed_many", {
+                "ids": [i for i, _ in held], "attempts": [1] * n,
+                "secrets": [s for _, s in held], "results": [b"r"] * n,
+                "results_json": [None] * n, "stdouts": [""] * n, "stderrs": [""] * n,
+                "peak_bytes": [1] * n, "cpu_seconds": [0.1] * n, "wall_seconds": [0.1] * n,
+                "start_ids": [i for i, _ in held[:2]], "start_attempts": [1, 1][:n],
+                "start_secrets": [s for _, s in held[:2]], "next_id": held[0][0],
+                "next_attempt": 1, "next_secret": held[0][1],
+                "next_hashes": [h for _, h in fresh]}), binary=True).fetchall()
+            rows = [r for r in rows if r["kind"] == "next"]
+    assert claimed == len(rest)
+    assert any("podfn_attempts_pkey" in plan for plan in plans)
+    scans = [plan for plan in plans if "Seq Scan on podfn_" in plan]
+    assert scans == [], "a warm worker's statement read a table whole"
 
 
 def test_a_claim_keeps_the_call_budget(db: Database, runtime_database_url: str) -> None:

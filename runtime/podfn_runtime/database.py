@@ -27,7 +27,9 @@ arrived.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import random
 import sys
 import threading
@@ -84,6 +86,43 @@ _LANDED = {
 # (a raw 100 MB SELECT: 3x faster; 1 MB: 5x). The other statements return a few
 # small columns, which gain nothing from it.
 _PAYLOAD_READS = frozenset({"claim", "claimed", "next", "next_many", "succeed_many"})
+
+
+def _finite(values: list[float]) -> list[float | None]:
+    """JSON has no NaN or infinity; the protocol function stores NULL for them anyway."""
+    return [v if v is not None and math.isfinite(v) else None for v in values]
+
+
+def _pack(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a statement of protocol.sql takes, from the lists a caller gives.
+
+    `succeed_many` and `next_many` take their arrays as one JSON document, and
+    `succeed_many` its pickled results as one binary parameter (an [offset, length]
+    of it per outcome, or null): psycopg dumps a list element by element in Python
+    (~30 us per outcome at a batch of 10, against ~2 us for this), and the statement
+    unpacks them in Postgres (protocol.sql)."""
+    if name == "next_many":
+        return {**params, "secret_hashes": json.dumps(params["secret_hashes"])}
+    if name != "succeed_many":
+        return params
+    places: list[list[int] | None] = []
+    blobs: list[bytes] = []
+    offset = 0
+    for result in params["results"]:
+        if result is None:
+            places.append(None)
+            continue
+        places.append([offset, len(result)])
+        blobs.append(result)
+        offset += len(result)
+    batch = {key: params[key] for key in (
+        "ids", "attempts", "secrets", "results_json", "stdouts", "stderrs", "peak_bytes",
+        "start_ids", "start_attempts", "start_secrets", "next_id", "next_attempt",
+        "next_secret", "next_hashes")}
+    batch["results"] = places
+    batch["cpu_seconds"] = _finite(params["cpu_seconds"])
+    batch["wall_seconds"] = _finite(params["wall_seconds"])
+    return {"batch": json.dumps(batch, ensure_ascii=False), "results": b"".join(blobs)}
 
 
 class RuntimeDatabaseError(Exception):
@@ -207,11 +246,11 @@ class RuntimeDatabase:
         `next_many`, `succeed_many`), retried like `transition`. After a lost reply to
         `succeed_many`, each outcome missing from the answer is looked up with `record`
         (its secret is in `secrets`), so one that had landed is not taken for stale."""
+        packed = _pack(name, {"secret": self._secret, **params})
 
         def run(tries: int) -> list[dict[str, Any]]:
             assert self._conn is not None
-            params.setdefault("secret", self._secret)
-            found = self._conn.execute(self._queries[name], params,
+            found = self._conn.execute(self._queries[name], packed,
                                        binary=name in _PAYLOAD_READS).fetchall()
             if tries > 1 and name == "succeed_many":
                 found += self._landed_many(params, found)

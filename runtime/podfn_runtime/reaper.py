@@ -71,7 +71,10 @@ def _parents() -> dict[int, int]:
 
 def children() -> set[int] | None:
     """This process's live children (any of its threads may have forked them), or
-    None where the kernel does not list them (CONFIG_PROC_CHILDREN unset)."""
+    None where the kernel does not list them (CONFIG_PROC_CHILDREN unset).
+
+    Read with os.open/os.read: a warm worker asks after every call, and a Python
+    file object per thread cost twice as much as the reads themselves."""
     kids: set[int] = set()
     try:
         tasks = os.listdir(f"{_PROC}/self/task")
@@ -79,13 +82,22 @@ def children() -> set[int] | None:
         return None
     for task in tasks:
         try:
-            with open(f"{_PROC}/self/task/{task}/children", "rb") as fh:
-                kids.update(int(pid) for pid in fh.read().split())
+            fd = os.open(f"{_PROC}/self/task/{task}/children", os.O_RDONLY)
         except FileNotFoundError:
             if os.path.exists(f"{_PROC}/self/task/{task}"):
                 return None  # the thread lives on: the kernel has no children file
+            continue
         except OSError:
             return None
+        try:
+            listed = b""
+            while chunk := os.read(fd, 4096):
+                listed += chunk
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        kids.update(int(pid) for pid in listed.split())
     return kids
 
 

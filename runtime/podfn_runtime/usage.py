@@ -27,17 +27,19 @@ class _Transitions(Protocol):
     def try_once(self, name: str, **params: object) -> object: ...
 
 
-def _cpu() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _cpu(me: resource.struct_rusage, children: resource.struct_rusage) -> float:
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _peak_bytes() -> int:
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def _peak_bytes(me: resource.struct_rusage, children: resource.struct_rusage) -> int:
     unit = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
-    return max(me, children) * unit
+    return max(me.ru_maxrss, children.ru_maxrss) * unit
+
+
+def _rusage() -> tuple[resource.struct_rusage, resource.struct_rusage]:
+    """This process's and its children's usage: one getrusage each (a warm worker
+    reads them twice per call)."""
+    return resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,12 @@ class Meter:
     """Started when the attempt starts; `read()` is what it used so far."""
 
     def __init__(self) -> None:
-        self._cpu = _cpu()
+        self._cpu = _cpu(*_rusage())
         self._wall = time.monotonic()
 
     def read(self) -> Usage:
-        return Usage(_peak_bytes(), max(_cpu() - self._cpu, 0.0),
+        used = _rusage()
+        return Usage(_peak_bytes(*used), max(_cpu(*used) - self._cpu, 0.0),
                      max(time.monotonic() - self._wall, 0.0))
 
 

@@ -22,11 +22,21 @@ SELECT w.worker, cur.call_id AS id, cur.attempt,
            AS running_seconds
 FROM unnest(%(workers)s::text[], %(ids)s::text[], %(attempts)s::int[]) AS w(worker, id, attempt)
 LEFT JOIN LATERAL (
-    SELECT a.call_id, a.attempt, a.launched_at, a.started_at, a.finished_at
-    FROM podfn_attempts a
-    WHERE (a.worker = w.worker AND a.started_at IS NOT NULL)
-       OR (a.call_id = w.id AND a.attempt = w.attempt)
-    ORDER BY coalesce(a.started_at, a.launched_at) DESC, a.attempt DESC
+    -- The later of two rows: the last attempt the worker started (the newest
+    -- entry of podfn_attempts_started_by_worker, migration 0013: one index
+    -- probe, where ordering all of a worker's attempts read every call it ever
+    -- ran, at every turn) and the attempt it was launched for.
+    SELECT x.call_id, x.attempt, x.launched_at, x.started_at, x.finished_at
+    FROM ((SELECT a.call_id, a.attempt, a.launched_at, a.started_at, a.finished_at
+           FROM podfn_attempts a
+           WHERE a.worker = w.worker AND a.started_at IS NOT NULL
+           ORDER BY a.started_at DESC, a.attempt DESC
+           LIMIT 1)
+          UNION ALL
+          SELECT a.call_id, a.attempt, a.launched_at, a.started_at, a.finished_at
+          FROM podfn_attempts a
+          WHERE a.call_id = w.id AND a.attempt = w.attempt) x
+    ORDER BY coalesce(x.started_at, x.launched_at) DESC, x.attempt DESC
     LIMIT 1
 ) cur ON true
 LEFT JOIN podfn_calls c ON c.id = cur.call_id
