@@ -160,8 +160,16 @@ def _run_supervisor(control: socket.socket, url: str, zygote_pid: int, libc: Any
         keep = control.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 16)
+        import logging
+
         from podfn_runtime.proxy import Supervisor
 
+        # Its warnings go to stderr as before, not to the handler the zygote built for
+        # attempts (podfn_runtime.main.prepare_log), whose descriptor is closed here.
+        runtime_log = logging.getLogger("podfn.runtime")
+        runtime_log.handlers.clear()
+        runtime_log.propagate = True
+        runtime_log.setLevel(logging.NOTSET)
         Supervisor(url, control).run()
     finally:
         os._exit(0)
@@ -191,8 +199,11 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
             if fd > 2:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        from podfn_runtime import main as runtime_main
+
         low = 3
-        for fd in sorted([*(keep_open or []), *(proxy or ())]):
+        for fd in sorted([*(keep_open or []), *(proxy or ()),
+                          *runtime_main.prepared_log_descriptors()]):
             os.closerange(low, fd)
             low = fd + 1
         os.closerange(low, 256)
@@ -212,7 +223,6 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
         from podfn_runtime.main import main
         if proxy is not None:
             from podfn_runtime import capture
-            from podfn_runtime import main as runtime_main
             from podfn_runtime.proxy import ProxyConnection
 
             runtime_main.use_proxy(ProxyConnection(socket.socket(fileno=proxy[0])))
@@ -326,13 +336,14 @@ class Zygote:
         # Everything an attempt imports anyway, imported once here.
         import podfn_runtime.main
         import podfn_runtime.proxy
-        import podfn_runtime.worker  # noqa: F401
+        import podfn_runtime.worker
         from podfn_runtime import reaper
         from podfn_runtime.queries import protocol
 
         reaper.become_subreaper()
         protocol()
         _rehearse()
+        podfn_runtime.main.prepare_log()
         # Nothing of ours writes to fd 1 but the protocol; keep prints off it.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
