@@ -325,6 +325,11 @@ class Zygote:
         # Started with the first cold attempt: it holds the runtime role's connections
         # for every cold attempt (podfn_runtime/proxy.py).
         self.supervisor: _Supervisor | None = None
+        # A supervised child's call and attempt, and those the supervisor says are
+        # recorded (their exits go to the controller marked so: it sends no `fail`).
+        self.bound: dict[int, tuple[str, int]] = {}
+        self.recorded: set[tuple[str, int]] = set()
+        self.sel = selectors.DefaultSelector()
         self.out = os.fdopen(os.dup(1), "wb")
         self.stdin_fd = 0
         self.buffer = b""
@@ -354,13 +359,15 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w)
         gc.freeze()  # children share the imported modules' pages
         _send(self.out, {"ready": os.getpid()})
-        sel = selectors.DefaultSelector()
+        sel = self.sel
         sel.register(self.stdin_fd, selectors.EVENT_READ, "stdin")
         sel.register(self.wake_r, selectors.EVENT_READ, "signal")
         try:
             while True:
                 for key, _ in sel.select():
-                    if key.data == "signal":
+                    if key.data == "supervisor":
+                        self.read_notices()
+                    elif key.data == "signal":
                         got = b""
                         with contextlib.suppress(BlockingIOError):
                             got = os.read(self.wake_r, 512)
@@ -425,6 +432,8 @@ class Zygote:
         for fd in proxy or ():
             os.close(fd)
         self.children.add(pid)
+        if proxy is not None:
+            self.bound[pid] = (env["PODFN_CALL_ID"], int(env["PODFN_ATTEMPT"]))
         _send(self.out, {"id": request["id"], "pid": pid})
         if url:
             self.fork_spare(url)
@@ -459,8 +468,7 @@ class Zygote:
         except OSError:  # it died: the next cold attempt starts another (reap() takes it)
             db_ours.close()
             tee_ours.close()
-            supervisor.control.close()
-            self.supervisor = None
+            self.drop_supervisor()
             return None
         finally:
             db_theirs.close()
@@ -480,7 +488,38 @@ class Zygote:
             _run_supervisor(theirs, url, os.getppid(), self.libc)
         theirs.close()
         self.supervisor = _Supervisor(pid, ours, url)
+        self.sel.register(ours.fileno(), selectors.EVENT_READ, "supervisor")
         return self.supervisor
+
+    def drop_supervisor(self) -> None:
+        """The supervisor is gone (or unreachable): the next cold attempt starts another."""
+        supervisor, self.supervisor = self.supervisor, None
+        if supervisor is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(supervisor.control.fileno())
+            supervisor.control.close()
+
+    def read_notices(self) -> None:
+        """Take the supervisor's notices: `{"recorded": [call, attempt]}` for each cold
+        attempt whose outcome it saw recorded (proxy.py). It sends one before it
+        answers the child, so a child's notice is here before the child can exit."""
+        supervisor = self.supervisor
+        if supervisor is None:
+            return
+        while True:
+            try:
+                data = supervisor.control.recv(4096, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # it is gone: reap() collects it
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(supervisor.control.fileno())
+                return
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                call_id, attempt = json.loads(data)["recorded"]
+                self.recorded.add((str(call_id), int(attempt)))
 
     def hand_to_spare(self, request: dict[str, Any], output: int,
                       url: str | None, proxy: tuple[int, int] | None) -> int | None:
@@ -527,14 +566,22 @@ class Zygote:
                 return
             if pid in self.children:
                 self.children.discard(pid)
-                _send(self.out, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+                message: dict[str, Any] = {"exit": pid,
+                                           "status": os.waitstatus_to_exitcode(status)}
+                bound = self.bound.pop(pid, None)
+                if bound is not None:
+                    self.read_notices()
+                    if bound in self.recorded:
+                        self.recorded.discard(bound)
+                        message["recorded"] = True
+                _send(self.out, message)
                 self.kill_orphans()
             elif self.spare is not None and pid == self.spare.pid:
                 self.spare.sock.close()  # it died waiting: the next request forks afresh
                 self.spare = None
             elif self.supervisor is not None and pid == self.supervisor.pid:
-                self.supervisor.control.close()  # the next cold attempt starts another
-                self.supervisor = None
+                self.read_notices()  # what it said before it died still holds
+                self.drop_supervisor()
 
     def kill_orphans(self) -> None:
         """Kill the trees of processes re-parented to us: what dead attempts left running."""
@@ -578,6 +625,7 @@ class ForkServerError(Exception):
 
 
 ExitCallback = Callable[[int | None], None]  # exit status as Popen.returncode; None: lost
+Callbacks = tuple[ExitCallback, Callable[[], None] | None]
 
 
 class ForkServer:
@@ -589,8 +637,8 @@ class ForkServer:
         self._start_timeout = start_timeout
         self._lock = threading.Lock()
         self._next_id = 0
-        self._pending: dict[int, tuple[threading.Event, dict[str, Any], ExitCallback]] = {}
-        self._callbacks: dict[int, ExitCallback] = {}
+        self._pending: dict[int, tuple[threading.Event, dict[str, Any], Callbacks]] = {}
+        self._callbacks: dict[int, Callbacks] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._ready = threading.Event()
@@ -620,8 +668,11 @@ class ForkServer:
         return self
 
     def spawn(self, env: dict[str, str], log: str, memory: int | None,
-              on_exit: ExitCallback, timeout: float = 30.0) -> int:
-        """Fork a child for one attempt; its pid. `on_exit` gets its status later."""
+              on_exit: ExitCallback, timeout: float = 30.0,
+              on_recorded: Callable[[], None] | None = None) -> int:
+        """Fork a child for one attempt; its pid. `on_exit` gets its status later;
+        `on_recorded` is called just before it when the forkserver's supervisor saw the
+        attempt record its outcome."""
         done = threading.Event()
         reply: dict[str, Any] = {}
         with self._lock:
@@ -629,7 +680,7 @@ class ForkServer:
                 raise ForkServerError("the forkserver is not running")
             self._next_id += 1
             rid = self._next_id
-            self._pending[rid] = (done, reply, on_exit)
+            self._pending[rid] = (done, reply, (on_exit, on_recorded))
             line = json.dumps({"id": rid, "env": env, "log": log, "memory": memory}) + "\n"
             try:
                 self._proc.stdin.write(line.encode())
@@ -664,9 +715,12 @@ class ForkServer:
                     entry[0].set()
             elif "exit" in message:
                 with self._lock:
-                    callback = self._callbacks.pop(int(message["exit"]), None)
-                if callback is not None:
-                    callback(int(message["status"]))
+                    callbacks = self._callbacks.pop(int(message["exit"]), None)
+                if callbacks is not None:
+                    on_exit, on_recorded = callbacks
+                    if message.get("recorded") and on_recorded is not None:
+                        on_recorded()
+                    on_exit(int(message["status"]))
         # EOF: the zygote is gone, and (PDEATHSIG) every child with it.
         with self._lock:
             self.alive = False
@@ -675,8 +729,8 @@ class ForkServer:
         self._ready.set()
         for done, _, _ in pending.values():
             done.set()
-        for callback in lost.values():
-            callback(None)
+        for on_exit, _ in lost.values():
+            on_exit(None)
 
     def close(self, timeout: float = 10.0) -> None:
         """End the zygote; it kills every child still running."""
