@@ -297,21 +297,15 @@ def _rehearse() -> None:
     cloudpickle.loads(outcome.pickled)
 
 
-class _Spare:
-    """A child forked ahead of the next request (see Zygote.spawn)."""
+class _Helper:
+    """A child of the zygote that is not an attempt (yet), and the zygote's socket to it:
+    the spare, forked ahead of the next request (Zygote.fork_spare), or the supervisor,
+    which runs protocol statements and tees output for cold attempts (proxy.py). Each
+    serves the runtime database `url`."""
 
     def __init__(self, pid: int, sock: socket.socket, url: str) -> None:
         self.pid = pid
         self.sock = sock
-        self.url = url
-
-
-class _Supervisor:
-    """The process that runs protocol statements and tees output for cold attempts."""
-
-    def __init__(self, pid: int, control: socket.socket, url: str) -> None:
-        self.pid = pid
-        self.control = control
         self.url = url
 
 
@@ -321,10 +315,10 @@ class Zygote:
         self.children: set[int] = set()
         # The next attempt's process, forked and connected to Postgres while the
         # zygote waits: a cold call does not wait for a fork and a new backend.
-        self.spare: _Spare | None = None
+        self.spare: _Helper | None = None
         # Started with the first cold attempt: it holds the runtime role's connections
         # for every cold attempt (podfn_runtime/proxy.py).
-        self.supervisor: _Supervisor | None = None
+        self.supervisor: _Helper | None = None
         # A supervised child's call and attempt, and those the supervisor says are
         # recorded (their exits go to the controller marked so: it sends no `fail`).
         self.bound: dict[int, tuple[str, int]] = {}
@@ -391,10 +385,12 @@ class Zygote:
         while b"\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\n", 1)
             if line.strip():
-                self.spawn(json.loads(line))
+                self.spawn(json.loads(line), line)
         return True
 
-    def spawn(self, request: dict[str, Any]) -> None:
+    def spawn(self, request: dict[str, Any], raw: bytes = b"") -> None:
+        """Start the attempt `request` (`raw`: the line it was read from, handed to a
+        spare as it is rather than encoded again)."""
         if threading.active_count() != 1:
             _send(self.out, {"id": request["id"],
                              "error": "the forkserver is not single-threaded"})
@@ -415,7 +411,7 @@ class Zygote:
             import psycopg.rows  # noqa: F401
 
             gc.freeze()
-        pid = self.hand_to_spare(request, output, url, proxy)
+        pid = self.hand_to_spare(raw or json.dumps(request).encode(), output, url, proxy)
         if pid is None:
             try:
                 pid = os.fork()
@@ -443,7 +439,7 @@ class Zygote:
         if self.spare is not None:
             fds.append(self.spare.sock.fileno())
         if self.supervisor is not None:
-            fds.append(self.supervisor.control.fileno())
+            fds.append(self.supervisor.sock.fileno())
         return fds
 
     def supervise(self, env: dict[str, str], url: str | None) -> tuple[int, int] | None:
@@ -463,7 +459,7 @@ class Zygote:
             # With the secret, the supervisor claims the call while the child starts.
             bind = {"id": call_id, "attempt": int(attempt),
                     "secret": env.get("PODFN_ATTEMPT_SECRET")}
-            socket.send_fds(supervisor.control, [json.dumps(bind).encode()],
+            socket.send_fds(supervisor.sock, [json.dumps(bind).encode()],
                             [db_theirs.fileno(), tee_theirs.fileno()])
         except OSError:  # it died: the next cold attempt starts another (reap() takes it)
             db_ours.close()
@@ -475,7 +471,7 @@ class Zygote:
             tee_theirs.close()
         return db_ours.detach(), tee_ours.detach()
 
-    def start_supervisor(self, url: str) -> _Supervisor | None:
+    def start_supervisor(self, url: str) -> _Helper | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
@@ -487,7 +483,7 @@ class Zygote:
             ours.close()
             _run_supervisor(theirs, url, os.getppid(), self.libc)
         theirs.close()
-        self.supervisor = _Supervisor(pid, ours, url)
+        self.supervisor = _Helper(pid, ours, url)
         self.sel.register(ours.fileno(), selectors.EVENT_READ, "supervisor")
         return self.supervisor
 
@@ -496,8 +492,8 @@ class Zygote:
         supervisor, self.supervisor = self.supervisor, None
         if supervisor is not None:
             with contextlib.suppress(KeyError, ValueError):
-                self.sel.unregister(supervisor.control.fileno())
-            supervisor.control.close()
+                self.sel.unregister(supervisor.sock.fileno())
+            supervisor.sock.close()
 
     def read_notices(self) -> None:
         """Take the supervisor's notices: `{"recorded": [call, attempt]}` for each cold
@@ -508,20 +504,20 @@ class Zygote:
             return
         while True:
             try:
-                data = supervisor.control.recv(4096, socket.MSG_DONTWAIT)
+                data = supervisor.sock.recv(4096, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 data = b""
             if not data:  # it is gone: reap() collects it
                 with contextlib.suppress(KeyError, ValueError):
-                    self.sel.unregister(supervisor.control.fileno())
+                    self.sel.unregister(supervisor.sock.fileno())
                 return
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 call_id, attempt = json.loads(data)["recorded"]
                 self.recorded.add((str(call_id), int(attempt)))
 
-    def hand_to_spare(self, request: dict[str, Any], output: int,
+    def hand_to_spare(self, request: bytes, output: int,
                       url: str | None, proxy: tuple[int, int] | None) -> int | None:
         """The spare's pid once it has the request; None if there is no fitting spare."""
         spare, self.spare = self.spare, None
@@ -531,7 +527,7 @@ class Zygote:
             if spare.url != url:
                 return None
             socket.send_fds(spare.sock, [b"r"], [output, *(proxy or ())])
-            spare.sock.sendall(json.dumps(request).encode())
+            spare.sock.sendall(request)
             spare.sock.shutdown(socket.SHUT_WR)
         except OSError:
             return None  # it died meanwhile: reap() collects it
@@ -554,7 +550,7 @@ class Zygote:
             supervised = self.supervisor is not None and self.supervisor.url == url
             _run_spare(theirs, url, os.getppid(), self.libc, self.own_fds(), supervised)
         theirs.close()
-        self.spare = _Spare(pid, ours, url)
+        self.spare = _Helper(pid, ours, url)
 
     def reap(self) -> None:
         while self.children:
