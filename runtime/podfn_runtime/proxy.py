@@ -227,10 +227,14 @@ class Supervisor:
                 for fd in fds:
                     os.close(fd)
                 return
-            secret = message.get("secret")
-            task = loop.create_task(self._serve(
-                socket.socket(fileno=db_fd), str(message["id"]), int(message["attempt"]),
-                secret if isinstance(secret, str) else None))
+            secret = message.get("secret") if isinstance(message.get("secret"), str) else None
+            call_id, attempt = str(message["id"]), int(message["attempt"])
+            # The claim ahead starts first, and on this turn of the loop: the child's
+            # start and everything below overlap its round trip, which a call waits for.
+            ahead = None if secret is None else loop.create_task(self._execute(
+                "claim", {"id": call_id, "attempt": attempt, "secret": secret}, True))
+            task = loop.create_task(self._serve(socket.socket(fileno=db_fd), call_id, attempt,
+                                                secret, ahead))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             # A thread per child, as its own tee process would be: one child that
@@ -290,7 +294,8 @@ class Supervisor:
             self._control.send(json.dumps({"recorded": [call_id, attempt]}).encode())
 
     async def _serve(self, sock: socket.socket, call_id: str, attempt: int,
-                     secret: str | None) -> None:
+                     secret: str | None,
+                     ahead: asyncio.Future[dict[str, Any] | None] | None = None) -> None:
         """Answer one child's requests until it closes its socket.
 
         With the attempt's `secret` (the forkserver has it from the controller), the
@@ -301,8 +306,8 @@ class Supervisor:
         import psycopg
 
         mine = {"id": call_id, "attempt": attempt, "secret": secret}
-        ahead = (asyncio.ensure_future(self._execute("claim", mine, True))
-                 if secret is not None else None)
+        if ahead is None and secret is not None:
+            ahead = asyncio.ensure_future(self._execute("claim", mine, True))
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         first = True
         try:
