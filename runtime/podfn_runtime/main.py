@@ -434,12 +434,27 @@ def use_proxy(proxy: Any) -> None:
     _proxied[:] = [proxy]
 
 
+def _ahead_of_claim() -> None:
+    """A cold call on the local forkserver waits for its claim, which the supervisor
+    started before this process had its request (proxy.py). Meanwhile it does what
+    its run would do first: start the capture's reader thread, and build and format
+    (without writing it) a log record like the one that says it runs, whose first
+    formatting in a forked process copies pages of the zygote's: work the call would
+    otherwise wait for after the claim."""
+    capture.start_reader()
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, "running call %s attempt %d",
+                            ("", 0), None)
+    for handler in log.handlers:
+        handler.format(record)
+
+
 def _connect_with_tee(url: str, secret: str, retry_seconds: float) -> RuntimeDatabase:
     """The runtime's connection, made on a thread while this one forks the output tee:
     the connection mostly waits for Postgres to start a backend, the fork is CPU, and a
     cold call waits for both before it runs."""
     if _proxied:
         capture.start_tee()  # (none to fork when the supervisor is the tee)
+        _ahead_of_claim()
         return RuntimeDatabase(url, secret, retry_seconds=retry_seconds, proxy=_proxied.pop())
     if _preconnected:
         connection = _preconnected.pop()
