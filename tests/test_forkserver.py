@@ -28,6 +28,7 @@ from podfn.errors import CallFailed
 from podfn.settings import Settings
 from podfn_platform.api.app import create_app
 from podfn_platform.controller.forkserver import SUPERVISOR_NAME, ForkServer, ForkServerError
+from podfn_platform.controller.launcher import Exit
 from podfn_platform.controller.local import LocalLauncher
 from podfn_platform.database import Database
 
@@ -148,6 +149,45 @@ def test_a_dead_forkserver_disrupts_its_attempts_and_is_replaced(platform: Platf
     assert "forkserver" in info["attempts"][0]["reason"]
     new = launcher_of(platform).forkserver
     assert new is not None and new.pid != old.pid
+
+
+def test_only_an_exit_the_supervisor_saw_recorded_spares_the_controller_its_fail(
+        platform: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    launcher = launcher_of(platform)
+    seen: list[Exit] = []
+    exits = launcher.exits
+
+    def spy() -> list[Exit]:
+        got = exits()
+        seen.extend(got)
+        return got
+
+    monkeypatch.setattr(launcher, "exits", spy)
+
+    @remote(retries=0)
+    def quit_early() -> None:
+        os._exit(0)  # exit code 0, nothing recorded: only the controller can fail it
+
+    @remote(retries=0)
+    def boom() -> None:
+        raise ValueError("boom")  # the runtime records this failure itself
+
+    def exit_of(call_id: str) -> Exit:
+        return wait_for(lambda: next((e for e in seen if e.attempt.call_id == call_id), None),
+                        what=f"the exit of {call_id}")
+
+    ok = remote(os.getpid).spawn()
+    ok.result(timeout=30)
+    assert exit_of(ok.id).recorded
+    failed = boom.spawn()
+    with pytest.raises(ValueError, match="boom"):
+        failed.result(timeout=30)
+    assert exit_of(failed.id).recorded
+    early = quit_early.spawn()
+    with pytest.raises(CallFailed) as info:
+        early.result(timeout=30)
+    assert not exit_of(early.id).recorded
+    assert "the runtime exited without recording a result" in (info.value.reason or "")
 
 
 def supervisors(zygote: int) -> list[int]:

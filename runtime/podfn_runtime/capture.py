@@ -377,6 +377,12 @@ def _the_reader() -> _Reader:
     return _reader
 
 
+def start_reader() -> None:
+    """Start the reader thread ahead of the first capture (main.py does it for a cold
+    call on the local forkserver while the call's claim is on its way)."""
+    _the_reader()
+
+
 def _flush_python_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

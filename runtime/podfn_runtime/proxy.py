@@ -49,6 +49,10 @@ log = logging.getLogger("podfn.runtime")
 # are not forwarded: a warm attempt connects by itself.
 FORWARDED = frozenset({"claim", "claimed", "record", "succeed", "fail", "usage",
                        "append_output", "yield_item", "succeed_next"})
+# The statements that record an attempt's outcome: once one of them returns a row for
+# the child's call and attempt, nothing the controller could send for that attempt
+# when its process ends would change anything (see Supervisor._recorded).
+RECORDING = frozenset({"succeed", "succeed_next", "fail"})
 # Connections the supervisor keeps; each child's statement waits for a free one.
 CONNECTIONS = 2 * (os.cpu_count() or 1)
 _HEADER = struct.Struct(">I")
@@ -223,10 +227,14 @@ class Supervisor:
                 for fd in fds:
                     os.close(fd)
                 return
-            secret = message.get("secret")
-            task = loop.create_task(self._serve(
-                socket.socket(fileno=db_fd), str(message["id"]), int(message["attempt"]),
-                secret if isinstance(secret, str) else None))
+            secret = message.get("secret") if isinstance(message.get("secret"), str) else None
+            call_id, attempt = str(message["id"]), int(message["attempt"])
+            # The claim ahead starts first, and on this turn of the loop: the child's
+            # start and everything below overlap its round trip, which a call waits for.
+            ahead = None if secret is None else loop.create_task(self._execute(
+                "claim", {"id": call_id, "attempt": attempt, "secret": secret}, True))
+            task = loop.create_task(self._serve(socket.socket(fileno=db_fd), call_id, attempt,
+                                                secret, ahead))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             # A thread per child, as its own tee process would be: one child that
@@ -278,8 +286,18 @@ class Supervisor:
         self._idle.put_nowait(conn)
         return row
 
+    def _recorded(self, call_id: str, attempt: int) -> None:
+        """Tell the forkserver, before the child has the reply (so before it can exit),
+        that this attempt's outcome is recorded: the controller then sends no `fail`
+        for its clean exit, a statement that could only match nothing (a round trip and
+        a PL/pgSQL call per cold call). Best effort: a notice that cannot be sent at
+        once is dropped, and the controller sends its (harmless) `fail` as before."""
+        with contextlib.suppress(OSError):
+            self._control.send(json.dumps({"recorded": [call_id, attempt]}).encode())
+
     async def _serve(self, sock: socket.socket, call_id: str, attempt: int,
-                     secret: str | None) -> None:
+                     secret: str | None,
+                     ahead: asyncio.Future[dict[str, Any] | None] | None = None) -> None:
         """Answer one child's requests until it closes its socket.
 
         With the attempt's `secret` (the forkserver has it from the controller), the
@@ -290,8 +308,8 @@ class Supervisor:
         import psycopg
 
         mine = {"id": call_id, "attempt": attempt, "secret": secret}
-        ahead = (asyncio.ensure_future(self._execute("claim", mine, True))
-                 if secret is not None else None)
+        if ahead is None and secret is not None:
+            ahead = asyncio.ensure_future(self._execute("claim", mine, True))
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         first = True
         try:
@@ -332,6 +350,8 @@ class Supervisor:
                     try:
                         row = await self._execute(str(name), params, bool(header.get("bin")))
                         reply = {}
+                        if row is not None and name in RECORDING:
+                            self._recorded(call_id, attempt)
                     except (psycopg.OperationalError, psycopg.InterfaceError, OSError) as exc:
                         reply = {"error": str(exc) or type(exc).__name__, "transient": True}
                     except psycopg.Error as exc:

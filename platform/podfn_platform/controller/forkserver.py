@@ -160,8 +160,16 @@ def _run_supervisor(control: socket.socket, url: str, zygote_pid: int, libc: Any
         keep = control.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 16)
+        import logging
+
         from podfn_runtime.proxy import Supervisor
 
+        # Its warnings go to stderr as before, not to the handler the zygote built for
+        # attempts (podfn_runtime.main.prepare_log), whose descriptor is closed here.
+        runtime_log = logging.getLogger("podfn.runtime")
+        runtime_log.handlers.clear()
+        runtime_log.propagate = True
+        runtime_log.setLevel(logging.NOTSET)
         Supervisor(url, control).run()
     finally:
         os._exit(0)
@@ -191,8 +199,11 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
             if fd > 2:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        from podfn_runtime import main as runtime_main
+
         low = 3
-        for fd in sorted([*(keep_open or []), *(proxy or ())]):
+        for fd in sorted([*(keep_open or []), *(proxy or ()),
+                          *runtime_main.prepared_log_descriptors()]):
             os.closerange(low, fd)
             low = fd + 1
         os.closerange(low, 256)
@@ -207,13 +218,11 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
         setattr(sys, "__stdin__", stdin)  # noqa: B010
         setattr(sys, "__stdout__", stdout)  # noqa: B010
         setattr(sys, "__stderr__", stderr)  # noqa: B010
-        os.environ.clear()
-        os.environ.update(request["env"])
+        _replace_environment(request["env"])
         sys.argv = [sys.argv[0]]
         from podfn_runtime.main import main
         if proxy is not None:
             from podfn_runtime import capture
-            from podfn_runtime import main as runtime_main
             from podfn_runtime.proxy import ProxyConnection
 
             runtime_main.use_proxy(ProxyConnection(socket.socket(fileno=proxy[0])))
@@ -240,21 +249,63 @@ def _run_child(request: dict[str, Any], output: int, zygote_pid: int, libc: Any,
         os._exit(code)
 
 
-class _Spare:
-    """A child forked ahead of the next request (see Zygote.spawn)."""
+def _replace_environment(env: dict[str, str]) -> None:
+    """Make os.environ exactly `env`, touching only what differs: most of an attempt's
+    variables are the zygote's own (the launcher's base environment), and a putenv
+    and an unsetenv per variable for all of them was a fifth of a millisecond of
+    every cold call."""
+    for key in [key for key in os.environ if key not in env]:
+        del os.environ[key]
+    for key, value in env.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _rehearse() -> None:
+    """Once, in the zygote: what every attempt would otherwise do for the first time in
+    its own process. A forked child inherits caches and loaded modules, but not work
+    it has to redo: the module a client's payload imports to rebuild its code objects
+    (podfn_runtime.sources, ~0.4 ms per call when each child imported it), the codec
+    and error-handler lookups of its streams, OpenSSL's first digest, and the first
+    unpickling and pickling of a function and its result. Nothing here touches a
+    descriptor, a database or the environment."""
+    import codecs
+    import hashlib
+    import logging
+
+    import cloudpickle
+
+    import podfn_runtime.sources  # noqa: F401
+    from podfn_runtime import main as runtime_main
+
+    for name in ("utf-8", "ascii", "latin-1"):
+        codecs.lookup(name)
+    for handler in ("strict", "replace", "backslashreplace", "surrogateescape"):
+        codecs.lookup_error(handler)
+    codecs.getincrementaldecoder("utf-8")(errors="replace").decode(b"podfn")
+    hashlib.sha256(b"podfn").hexdigest()
+    record = logging.LogRecord("podfn.runtime", logging.INFO, __file__, 0, "%s %d",
+                               ("call", 1), None)
+    logging.Formatter("%(asctime)s podfn-runtime %(levelname)s %(message)s").format(record)
+    outcome = runtime_main.execute(cloudpickle.dumps(_identity),
+                                   cloudpickle.dumps(((1,), {})), {})
+    assert isinstance(outcome, runtime_main.Result) and outcome.pickled is not None
+    cloudpickle.loads(outcome.pickled)
+
+
+class _Helper:
+    """A child of the zygote that is not an attempt (yet), and the zygote's socket to it:
+    the spare, forked ahead of the next request (Zygote.fork_spare), or the supervisor,
+    which runs protocol statements and tees output for cold attempts (proxy.py). Each
+    serves the runtime database `url`."""
 
     def __init__(self, pid: int, sock: socket.socket, url: str) -> None:
         self.pid = pid
         self.sock = sock
-        self.url = url
-
-
-class _Supervisor:
-    """The process that runs protocol statements and tees output for cold attempts."""
-
-    def __init__(self, pid: int, control: socket.socket, url: str) -> None:
-        self.pid = pid
-        self.control = control
         self.url = url
 
 
@@ -264,10 +315,15 @@ class Zygote:
         self.children: set[int] = set()
         # The next attempt's process, forked and connected to Postgres while the
         # zygote waits: a cold call does not wait for a fork and a new backend.
-        self.spare: _Spare | None = None
+        self.spare: _Helper | None = None
         # Started with the first cold attempt: it holds the runtime role's connections
         # for every cold attempt (podfn_runtime/proxy.py).
-        self.supervisor: _Supervisor | None = None
+        self.supervisor: _Helper | None = None
+        # A supervised child's call and attempt, and those the supervisor says are
+        # recorded (their exits go to the controller marked so: it sends no `fail`).
+        self.bound: dict[int, tuple[str, int]] = {}
+        self.recorded: set[tuple[str, int]] = set()
+        self.sel = selectors.DefaultSelector()
         self.out = os.fdopen(os.dup(1), "wb")
         self.stdin_fd = 0
         self.buffer = b""
@@ -279,12 +335,14 @@ class Zygote:
         # Everything an attempt imports anyway, imported once here.
         import podfn_runtime.main
         import podfn_runtime.proxy
-        import podfn_runtime.worker  # noqa: F401
+        import podfn_runtime.worker
         from podfn_runtime import reaper
         from podfn_runtime.queries import protocol
 
         reaper.become_subreaper()
         protocol()
+        _rehearse()
+        podfn_runtime.main.prepare_log()
         # Nothing of ours writes to fd 1 but the protocol; keep prints off it.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
@@ -295,13 +353,15 @@ class Zygote:
         signal.set_wakeup_fd(self.wake_w)
         gc.freeze()  # children share the imported modules' pages
         _send(self.out, {"ready": os.getpid()})
-        sel = selectors.DefaultSelector()
+        sel = self.sel
         sel.register(self.stdin_fd, selectors.EVENT_READ, "stdin")
         sel.register(self.wake_r, selectors.EVENT_READ, "signal")
         try:
             while True:
                 for key, _ in sel.select():
-                    if key.data == "signal":
+                    if key.data == "supervisor":
+                        self.read_notices()
+                    elif key.data == "signal":
                         got = b""
                         with contextlib.suppress(BlockingIOError):
                             got = os.read(self.wake_r, 512)
@@ -325,10 +385,12 @@ class Zygote:
         while b"\n" in self.buffer:
             line, self.buffer = self.buffer.split(b"\n", 1)
             if line.strip():
-                self.spawn(json.loads(line))
+                self.spawn(json.loads(line), line)
         return True
 
-    def spawn(self, request: dict[str, Any]) -> None:
+    def spawn(self, request: dict[str, Any], raw: bytes = b"") -> None:
+        """Start the attempt `request` (`raw`: the line it was read from, handed to a
+        spare as it is rather than encoded again)."""
         if threading.active_count() != 1:
             _send(self.out, {"id": request["id"],
                              "error": "the forkserver is not single-threaded"})
@@ -349,7 +411,7 @@ class Zygote:
             import psycopg.rows  # noqa: F401
 
             gc.freeze()
-        pid = self.hand_to_spare(request, output, url, proxy)
+        pid = self.hand_to_spare(raw or json.dumps(request).encode(), output, url, proxy)
         if pid is None:
             try:
                 pid = os.fork()
@@ -366,6 +428,8 @@ class Zygote:
         for fd in proxy or ():
             os.close(fd)
         self.children.add(pid)
+        if proxy is not None:
+            self.bound[pid] = (env["PODFN_CALL_ID"], int(env["PODFN_ATTEMPT"]))
         _send(self.out, {"id": request["id"], "pid": pid})
         if url:
             self.fork_spare(url)
@@ -375,7 +439,7 @@ class Zygote:
         if self.spare is not None:
             fds.append(self.spare.sock.fileno())
         if self.supervisor is not None:
-            fds.append(self.supervisor.control.fileno())
+            fds.append(self.supervisor.sock.fileno())
         return fds
 
     def supervise(self, env: dict[str, str], url: str | None) -> tuple[int, int] | None:
@@ -395,20 +459,19 @@ class Zygote:
             # With the secret, the supervisor claims the call while the child starts.
             bind = {"id": call_id, "attempt": int(attempt),
                     "secret": env.get("PODFN_ATTEMPT_SECRET")}
-            socket.send_fds(supervisor.control, [json.dumps(bind).encode()],
+            socket.send_fds(supervisor.sock, [json.dumps(bind).encode()],
                             [db_theirs.fileno(), tee_theirs.fileno()])
         except OSError:  # it died: the next cold attempt starts another (reap() takes it)
             db_ours.close()
             tee_ours.close()
-            supervisor.control.close()
-            self.supervisor = None
+            self.drop_supervisor()
             return None
         finally:
             db_theirs.close()
             tee_theirs.close()
         return db_ours.detach(), tee_ours.detach()
 
-    def start_supervisor(self, url: str) -> _Supervisor | None:
+    def start_supervisor(self, url: str) -> _Helper | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
@@ -420,10 +483,41 @@ class Zygote:
             ours.close()
             _run_supervisor(theirs, url, os.getppid(), self.libc)
         theirs.close()
-        self.supervisor = _Supervisor(pid, ours, url)
+        self.supervisor = _Helper(pid, ours, url)
+        self.sel.register(ours.fileno(), selectors.EVENT_READ, "supervisor")
         return self.supervisor
 
-    def hand_to_spare(self, request: dict[str, Any], output: int,
+    def drop_supervisor(self) -> None:
+        """The supervisor is gone (or unreachable): the next cold attempt starts another."""
+        supervisor, self.supervisor = self.supervisor, None
+        if supervisor is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(supervisor.sock.fileno())
+            supervisor.sock.close()
+
+    def read_notices(self) -> None:
+        """Take the supervisor's notices: `{"recorded": [call, attempt]}` for each cold
+        attempt whose outcome it saw recorded (proxy.py). It sends one before it
+        answers the child, so a child's notice is here before the child can exit."""
+        supervisor = self.supervisor
+        if supervisor is None:
+            return
+        while True:
+            try:
+                data = supervisor.sock.recv(4096, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:  # it is gone: reap() collects it
+                with contextlib.suppress(KeyError, ValueError):
+                    self.sel.unregister(supervisor.sock.fileno())
+                return
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                call_id, attempt = json.loads(data)["recorded"]
+                self.recorded.add((str(call_id), int(attempt)))
+
+    def hand_to_spare(self, request: bytes, output: int,
                       url: str | None, proxy: tuple[int, int] | None) -> int | None:
         """The spare's pid once it has the request; None if there is no fitting spare."""
         spare, self.spare = self.spare, None
@@ -433,7 +527,7 @@ class Zygote:
             if spare.url != url:
                 return None
             socket.send_fds(spare.sock, [b"r"], [output, *(proxy or ())])
-            spare.sock.sendall(json.dumps(request).encode())
+            spare.sock.sendall(request)
             spare.sock.shutdown(socket.SHUT_WR)
         except OSError:
             return None  # it died meanwhile: reap() collects it
@@ -456,7 +550,7 @@ class Zygote:
             supervised = self.supervisor is not None and self.supervisor.url == url
             _run_spare(theirs, url, os.getppid(), self.libc, self.own_fds(), supervised)
         theirs.close()
-        self.spare = _Spare(pid, ours, url)
+        self.spare = _Helper(pid, ours, url)
 
     def reap(self) -> None:
         while self.children:
@@ -468,14 +562,22 @@ class Zygote:
                 return
             if pid in self.children:
                 self.children.discard(pid)
-                _send(self.out, {"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+                message: dict[str, Any] = {"exit": pid,
+                                           "status": os.waitstatus_to_exitcode(status)}
+                bound = self.bound.pop(pid, None)
+                if bound is not None:
+                    self.read_notices()
+                    if bound in self.recorded:
+                        self.recorded.discard(bound)
+                        message["recorded"] = True
+                _send(self.out, message)
                 self.kill_orphans()
             elif self.spare is not None and pid == self.spare.pid:
                 self.spare.sock.close()  # it died waiting: the next request forks afresh
                 self.spare = None
             elif self.supervisor is not None and pid == self.supervisor.pid:
-                self.supervisor.control.close()  # the next cold attempt starts another
-                self.supervisor = None
+                self.read_notices()  # what it said before it died still holds
+                self.drop_supervisor()
 
     def kill_orphans(self) -> None:
         """Kill the trees of processes re-parented to us: what dead attempts left running."""
@@ -519,6 +621,7 @@ class ForkServerError(Exception):
 
 
 ExitCallback = Callable[[int | None], None]  # exit status as Popen.returncode; None: lost
+Callbacks = tuple[ExitCallback, Callable[[], None] | None]
 
 
 class ForkServer:
@@ -530,8 +633,8 @@ class ForkServer:
         self._start_timeout = start_timeout
         self._lock = threading.Lock()
         self._next_id = 0
-        self._pending: dict[int, tuple[threading.Event, dict[str, Any], ExitCallback]] = {}
-        self._callbacks: dict[int, ExitCallback] = {}
+        self._pending: dict[int, tuple[threading.Event, dict[str, Any], Callbacks]] = {}
+        self._callbacks: dict[int, Callbacks] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._ready = threading.Event()
@@ -561,8 +664,11 @@ class ForkServer:
         return self
 
     def spawn(self, env: dict[str, str], log: str, memory: int | None,
-              on_exit: ExitCallback, timeout: float = 30.0) -> int:
-        """Fork a child for one attempt; its pid. `on_exit` gets its status later."""
+              on_exit: ExitCallback, timeout: float = 30.0,
+              on_recorded: Callable[[], None] | None = None) -> int:
+        """Fork a child for one attempt; its pid. `on_exit` gets its status later;
+        `on_recorded` is called just before it when the forkserver's supervisor saw the
+        attempt record its outcome."""
         done = threading.Event()
         reply: dict[str, Any] = {}
         with self._lock:
@@ -570,7 +676,7 @@ class ForkServer:
                 raise ForkServerError("the forkserver is not running")
             self._next_id += 1
             rid = self._next_id
-            self._pending[rid] = (done, reply, on_exit)
+            self._pending[rid] = (done, reply, (on_exit, on_recorded))
             line = json.dumps({"id": rid, "env": env, "log": log, "memory": memory}) + "\n"
             try:
                 self._proc.stdin.write(line.encode())
@@ -605,9 +711,12 @@ class ForkServer:
                     entry[0].set()
             elif "exit" in message:
                 with self._lock:
-                    callback = self._callbacks.pop(int(message["exit"]), None)
-                if callback is not None:
-                    callback(int(message["status"]))
+                    callbacks = self._callbacks.pop(int(message["exit"]), None)
+                if callbacks is not None:
+                    on_exit, on_recorded = callbacks
+                    if message.get("recorded") and on_recorded is not None:
+                        on_recorded()
+                    on_exit(int(message["status"]))
         # EOF: the zygote is gone, and (PDEATHSIG) every child with it.
         with self._lock:
             self.alive = False
@@ -616,8 +725,8 @@ class ForkServer:
         self._ready.set()
         for done, _, _ in pending.values():
             done.set()
-        for callback in lost.values():
-            callback(None)
+        for on_exit, _ in lost.values():
+            on_exit(None)
 
     def close(self, timeout: float = 10.0) -> None:
         """End the zygote; it kills every child still running."""

@@ -67,6 +67,10 @@ class Exit:
     reason: str
     exit_code: int | None = None
     delay: float = 0.0  # for "deferred": seconds before trying again
+    # The launcher saw the attempt's own runtime record its outcome (the local
+    # forkserver's supervisor forwarded it): no transition for this exit can change
+    # anything, so the controller sends none.
+    recorded: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in EXIT_KINDS:

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from podfn.settings import default_secrets_dir
@@ -140,6 +140,7 @@ class _Process:
     pid: int = 0                  # 0 until the process exists
     ended_by: str | None = None   # "timeout" or "stopped" when we killed it
     done: threading.Event = field(default_factory=threading.Event)
+    recorded: bool = False        # its runtime recorded the outcome (the forkserver says)
 
 
 class LocalLauncher:
@@ -264,7 +265,8 @@ class LocalLauncher:
         with self._lock:
             self._running[attempt.key] = proc
         try:
-            proc.pid = server.spawn(env, str(fifo), memory, lambda code: self._finish(proc, code))
+            proc.pid = server.spawn(env, str(fifo), memory, lambda code: self._finish(proc, code),
+                                    on_recorded=lambda: setattr(proc, "recorded", True))
         except BaseException:
             with self._lock:
                 self._running.pop(attempt.key, None)
@@ -306,6 +308,8 @@ class LocalLauncher:
                 exit_ = self._describe(proc, -signal.SIGKILL, output)
         else:
             exit_ = self._describe(proc, code, output)
+            if proc.recorded and exit_.kind == "exited":
+                exit_ = replace(exit_, recorded=True)
         with self._lock:
             # Under the key it was launched with (a warm worker's attempt moves on).
             for key in [k for k, p in self._running.items() if p is proc]:

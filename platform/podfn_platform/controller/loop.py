@@ -265,6 +265,9 @@ class Controller:
                              f"stopped at the timeout of call {exit_.attempt.call_id}")
             else:
                 exit_ = dataclasses.replace(exit_, attempt=current)
+        if exit_.recorded:
+            metrics.RECONCILE_RESULTS.labels(exit_.kind, "unchanged").inc()
+            return
         a = exit_.attempt
         params: dict[str, Any] = {"id": a.call_id, "attempt": a.attempt, "reason": exit_.reason,
                                   "exit_code": exit_.exit_code}
