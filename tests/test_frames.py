@@ -256,10 +256,10 @@ def test_a_wait_lingers_for_the_calls_that_finish_meanwhile(
     lingering = threading.Event()
     linger = waiting.Watch.linger
 
-    def noticed(self: waiting.Watch, rows: Any, seconds: float, fetch: Any) -> Any:
+    def noticed(self: waiting.Watch, rows: Any, seconds: float, *args: Any) -> Any:
         if seconds > 0:
             lingering.set()
-        return linger(self, rows, seconds, fetch)
+        return linger(self, rows, seconds, *args)
 
     monkeypatch.setattr(waiting.Watch, "linger", noticed)
     client = APIClient(api, TEST_TOKEN)

@@ -39,9 +39,9 @@ def spy(database_url: str) -> Iterator[Spy[Any]]:
         yield conn
 
 
-def test_payload_bytes_counts_binary_values_and_arrays_of_them() -> None:
+def test_payload_bytes_counts_binary_values_text_and_arrays_of_them() -> None:
     assert payload_bytes({"a": b"xy", "b": bytearray(3), "c": [b"1234", None, "text"],
-                          "d": "not bytes", "e": 7}) == 9
+                          "d": "some text", "e": 7}) == 22
     assert payload_bytes((b"abc", memoryview(b"de"))) == 5
     assert payload_bytes(None) == 0
 
@@ -142,3 +142,17 @@ def test_the_async_variant_sends_blocking_and_restores(database_url: str) -> Non
     modes, after, back = asyncio.run(main())
     assert modes == [0, 1] and after == 1
     assert len(back) == LARGE_PARAMS_BYTES + 1
+
+
+def test_a_batch_carrying_large_payloads_between_its_rows_is_sent_whole(
+        spy: Spy[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Transaction.many (a map's arguments): executemany is no `execute`, so it asks."""
+    from podfn_platform import database
+
+    monkeypatch.setitem(database._QUERIES, "test_echo", "SELECT octet_length(%(b)s::bytea)")
+    tx = database.Transaction(spy)
+    half = os.urandom(LARGE_PARAMS_BYTES // 2 + 1)
+    tx.many("test_echo", [{"b": half}, {"b": half}])
+    tx.many("test_echo", [{"b": b"small"}, {"b": half}])
+    assert spy.modes == [0, 1]
+    assert spy.pgconn.nonblocking == 1

@@ -21,7 +21,7 @@ class _Listening:
 
 
 def _watch(ids: list[str]) -> tuple[FinishWaiter, Watch]:
-    waiter = FinishWaiter(db=None)  # type: ignore[arg-type]  (never listens here)
+    waiter = FinishWaiter(db=None)  # type: ignore[arg-type]
     watch = Watch(waiter, _Listening())  # type: ignore[arg-type]
     watch.add(ids)
     return waiter, watch
@@ -51,14 +51,14 @@ def test_a_lingering_wait_looks_again_as_soon_as_every_other_call_is_announced()
     fetch, looks = _looks(["a"], ["a", "b", "c"], during=finish_the_others)
     # 600 s of linger: returning at all (pytest's timeout is 120 s) shows it did not wait
     # for the time to be up.
-    assert watch.wait(600, fetch, linger=600) == ["a", "b", "c"]
+    assert watch.wait(600, fetch, linger=600, id_of=str) == ["a", "b", "c"]
     assert looks == [0, 1]
 
 
 def test_a_lingering_wait_with_nothing_more_announced_answers_its_first_look() -> None:
     _, watch = _watch(["a", "b"])
     fetch, looks = _looks(["a"], ["a", "b"])
-    assert watch.wait(60, fetch, linger=0.05) == ["a"]
+    assert watch.wait(60, fetch, linger=0.05, id_of=str) == ["a"]
     assert looks == [0]
 
 
@@ -66,7 +66,7 @@ def test_a_lingering_wait_looks_again_when_its_time_is_up_if_more_was_announced(
     waiter, watch = _watch(["a", "b", "c"])
     fetch, looks = _looks(["a"], ["a", "b"],
                           during=lambda n: waiter._notified("podfn_final", "b") if n == 0 else None)
-    assert watch.wait(60, fetch, linger=0.05) == ["a", "b"]
+    assert watch.wait(60, fetch, linger=0.05, id_of=str) == ["a", "b"]
     assert looks == [0, 1]
 
 
@@ -81,12 +81,53 @@ def test_without_linger_a_wait_answers_its_first_look_that_found_something() -> 
 def test_a_wait_whose_calls_have_all_finished_does_not_linger() -> None:
     _, watch = _watch(["a", "b"])
     fetch, looks = _looks(["a", "b"])
-    assert watch.wait(600, fetch, linger=600) == ["a", "b"]
+    assert watch.wait(600, fetch, linger=600, id_of=str) == ["a", "b"]
     assert looks == [0]
 
 
 def test_a_draining_process_does_not_linger() -> None:
     waiter, watch = _watch(["a", "b"])
     fetch, looks = _looks(["a"], ["a", "b"], during=lambda n: waiter.drain() if n == 0 else None)
-    assert watch.wait(600, fetch, linger=600) == ["a"]
+    assert watch.wait(600, fetch, linger=600, id_of=str) == ["a"]
+    assert looks == [0]
+
+
+def test_a_running_calls_output_is_not_taken_for_its_finish() -> None:
+    """podfn_output wakes a wait (a call printed) but is no finish: the linger goes on."""
+    waiter, watch = _watch(["a", "b"])
+    fetch, looks = _looks(["a"], ["a", "b"],
+                          during=lambda n: waiter._notified("podfn_output", "b") if n == 0 else None)
+    assert watch.wait(60, fetch, linger=0.05, id_of=str) == ["a"]
+    assert looks == [0]
+
+
+def test_a_wait_for_the_same_id_twice_stops_lingering_when_it_is_announced() -> None:
+    waiter, watch = _watch(["a", "b", "b"])
+    fetch, looks = _looks(["a"], ["a", "b"],
+                          during=lambda n: waiter._notified("podfn_final", "b") if n == 0 else None)
+    assert watch.wait(600, fetch, linger=600, id_of=str) == ["a", "b"]
+    assert looks == [0, 1]
+
+
+def test_a_drain_while_lingering_ends_the_wait() -> None:
+    waiter, watch = _watch(["a", "b"])
+    drainer = threading.Timer(0.05, waiter.drain)  # once the linger has begun
+    fetch, looks = _looks(["a"], ["a", "b"], during=lambda n: drainer.start() if n == 0 else None)
+    try:
+        assert watch.wait(600, fetch, linger=600, id_of=str) == ["a"]
+    finally:
+        drainer.join()
+    assert looks == [0]
+
+
+def test_no_linger_while_the_listener_is_down() -> None:
+    waiter = FinishWaiter(db=None)  # type: ignore[arg-type]
+
+    class Down:
+        connected = threading.Event()
+
+    watch = Watch(waiter, Down())  # type: ignore[arg-type]
+    watch.add(["a", "b"])
+    fetch, looks = _looks(["a"], ["a", "b"])
+    assert watch.wait(600, fetch, linger=600, id_of=str) == ["a"]
     assert looks == [0]

@@ -21,7 +21,7 @@ import logging
 import select
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -32,7 +32,12 @@ from psycopg.types.json import Jsonb
 
 from podfn.errors import DatabaseError, DatabaseUnavailable
 from podfn_runtime import queries as named_queries
-from podfn_runtime.sending import PayloadConnection
+from podfn_runtime.sending import (
+    LARGE_PARAMS_BYTES,
+    PayloadConnection,
+    payload_bytes,
+    sent_whole,
+)
 
 log = logging.getLogger("podfn.database")
 
@@ -113,7 +118,11 @@ class Transaction:
         return rows[0] if rows else None
 
     def many(self, name: str, params: Sequence[dict[str, Any]]) -> None:
-        with self._conn.cursor() as cur:
+        """The statement once per parameter set (a map's arguments, say); sent whole, as
+        PayloadConnection.execute sends a large statement, when they carry over
+        LARGE_PARAMS_BYTES between them."""
+        whole = sum(map(payload_bytes, params)) > LARGE_PARAMS_BYTES
+        with sent_whole(self._conn) if whole else nullcontext(), self._conn.cursor() as cur:
             cur.executemany(_QUERIES[name], params)
 
 
@@ -185,6 +194,8 @@ class Database:
                 with self._pool.connection() as conn:
                     cur = conn.execute(_QUERIES[name], params or {}, binary=binary)
                     return cur.fetchall() if cur.description else []
+            except psycopg_pool.PoolTimeout as exc:  # (an OperationalError): no second wait
+                raise translate(exc) from exc
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 sqlstate = getattr(exc, "sqlstate", None)
                 if attempt == 1 and (sqlstate in _ENDED_UNCOMMITTED or name in _READS):
@@ -192,7 +203,7 @@ class Database:
                              sqlstate or exc)
                     continue
                 raise translate(exc) from exc
-            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            except psycopg.Error as exc:
                 raise translate(exc) from exc
         raise AssertionError("unreachable")
 

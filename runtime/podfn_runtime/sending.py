@@ -36,10 +36,10 @@ def payload_bytes(params: Any) -> int:
     values = params.values() if isinstance(params, dict) else params or ()
     total = 0
     for value in values:
-        if isinstance(value, _BYTES):
+        if isinstance(value, (*_BYTES, str)):  # (a str: an invoke's JSON result, say)
             total += len(value)
         elif isinstance(value, (list, tuple)):
-            total += sum(len(v) for v in value if isinstance(v, _BYTES))
+            total += sum(len(v) for v in value if isinstance(v, (*_BYTES, str)))
     return total
 
 
@@ -86,9 +86,12 @@ async def execute_async(conn: psycopg.AsyncConnection[Any], statement: str,
     pgconn = conn.pgconn
     pgconn.nonblocking = 0
     try:
-        return await conn.execute(statement, params, binary=binary)
+        cursor = await conn.execute(statement, params, binary=binary)
     finally:
         try:
             pgconn.nonblocking = 1
-        except Exception:  # a broken connection: never reused half-configured
+        except Exception as exc:  # a broken connection: never reused half-configured
             await conn.close()
+            raise psycopg.OperationalError(
+                f"could not make the connection nonblocking again: {exc}") from exc
+    return cursor

@@ -249,14 +249,18 @@ def wait_finished(ids: list[str], seconds: float, *, framed: bool = False,
         rows = fetch()
         check_calls_readable(db, ids)
         if rows:
-            return watch.linger(rows, min(linger, seconds), fetch)
+            return watch.linger(rows, min(linger, seconds), fetch, _call_id)
         known = {r["id"] for r in db.all("existing_ids", {"ids": ids})}
         unknown = [i for i in ids if i not in known]
         if unknown:
             raise APIError(404, "not_found", f"no call with id {unknown[0]!r}"
                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
                            ids=unknown[:20])
-        return watch.wait(seconds, fetch, looked=True, linger=linger)
+        return watch.wait(seconds, fetch, looked=True, linger=linger, id_of=_call_id)
+
+
+def _call_id(row: Row) -> str:
+    return str(row["id"])
 
 
 @bp.get("/<call_id:call_id>/result")

@@ -26,6 +26,7 @@ T = TypeVar("T")
 # While the listener is disconnected, waits re-read this often instead.
 _DISCONNECTED_RECHECK = 1.0
 TOKENS_CHANNEL = "podfn_tokens"
+FINAL_CHANNEL = "podfn_final"
 
 
 class FinishWaiter:
@@ -41,7 +42,7 @@ class FinishWaiter:
         with self._lock:
             if self._listener is None:
                 self._listener = Listener(
-                    self._db, ["podfn_final", "podfn_output", TOKENS_CHANNEL],
+                    self._db, [FINAL_CHANNEL, "podfn_output", TOKENS_CHANNEL],
                     on_notify=self._notified, on_reconnect=self._wake_all,
                 ).start()
             return self._listener
@@ -74,7 +75,8 @@ class FinishWaiter:
             return
         with self._lock:
             for watch in self._waiting.get(call_id, ()):
-                watch.heard.add(call_id)
+                if channel == FINAL_CHANNEL:  # (podfn_output: a running call printed)
+                    watch.heard.add(call_id)
                 watch.event.set()
 
     def _wake_all(self) -> None:
@@ -121,7 +123,8 @@ class Watch:
         self._ids.extend(ids)
 
     def wait(self, timeout: float, fetch: Callable[[], list[T]], *,
-             looked: bool = False, linger: float = 0.0) -> list[T]:
+             looked: bool = False, linger: float = 0.0,
+             id_of: Callable[[T], str] | None = None) -> list[T]:
         """`fetch()` as soon as it returns something, or after `timeout` seconds.
 
         `looked`: nothing can have finished unseen since the ids were added (the
@@ -129,10 +132,11 @@ class Watch:
         committed), so the first fetch waits for a wake-up. That is safe with the
         listener down too: it wakes every registered wait when it reconnects.
 
-        `linger`: once something has finished, wait up to that many seconds more
-        (within `timeout`) for the others, unless every id is announced finished
-        sooner, and fetch again: a map whose calls finish one by one gets them
-        several to a request instead of one.
+        `linger` (with `id_of`, a fetched row's call id): once something has
+        finished, wait up to that many seconds more (within `timeout`) for the
+        others, unless every other id is announced finished sooner, and fetch
+        again: a map whose calls finish one by one gets them several to a request
+        instead of one.
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -148,32 +152,34 @@ class Watch:
                 rows = fetch()
                 remaining = deadline - time.monotonic()
                 if rows:
-                    return self.linger(rows, min(linger, remaining), fetch)
+                    return self.linger(rows, min(linger, remaining), fetch, id_of)
                 if remaining <= 0 or self._waiter._draining:
                     return rows
             if not self._listener.connected.is_set():
                 remaining = min(remaining, _DISCONNECTED_RECHECK)
             self.event.wait(remaining)
 
-    def linger(self, rows: list[T], seconds: float, fetch: Callable[[], list[T]]) -> list[T]:
+    def linger(self, rows: list[T], seconds: float, fetch: Callable[[], list[T]],
+               id_of: Callable[[T], str] | None) -> list[T]:
         """`rows` (what a look found finished), or, if others of the ids are announced
-        finished within `seconds`, a new look once all are or the time is up."""
-        missing = len(self._ids) - len(rows)  # not found finished by that look
-        if seconds <= 0 or missing <= 0:
+        finished (podfn_final) within `seconds`, a new look once all of them are or the
+        time is up. Not while the listener is down: nothing could be announced."""
+        if id_of is None or seconds <= 0 or not self._listener.connected.is_set():
+            return rows
+        others = set(self._ids).difference(map(id_of, rows))
+        if not others:
             return rows
         settle = time.monotonic() + seconds
-        heard = 0
-        while not self._waiter._draining:
-            self.event.clear()
+        heard: set[str] = set()
+        while True:
+            self.event.clear()  # before the checks: a wake-up after them is kept
             with self._waiter._lock:
-                heard = len(self.heard)
-            if heard >= missing:  # (a call both found and heard counts twice: stops sooner)
-                break
+                heard = others & self.heard
             remaining = settle - time.monotonic()
-            if remaining <= 0:
+            if heard == others or remaining <= 0 or self._waiter._draining:
                 break
             self.event.wait(remaining)
-        if heard == 0:
+        if not heard:
             return rows  # nothing more was announced: the first look stands
         return fetch() or rows
 
