@@ -258,6 +258,8 @@ def test_a_wait_lingers_for_the_calls_that_finish_meanwhile(
 
     def noticed(self: waiting.Watch, rows: Any, seconds: float, *args: Any) -> Any:
         if seconds > 0:
+            # A fresh API's listener may still be connecting (no linger without it).
+            assert self._listener.connected.wait(30)
             lingering.set()
         return linger(self, rows, seconds, *args)
 
