@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from podfn import frames
 
 _CLIENT = {"python": _python_platform.python_version(), "cloudpickle": cloudpickle.__version__}
-_SPECS = st.sampled_from([{}, {"cpu": "1"}, {"memory": "64Mi", "timeout": 30}])
+_SPECS: st.SearchStrategy[dict[str, Any]] = st.sampled_from(
+    [{}, {"cpu": "1"}, {"memory": "64Mi", "timeout": 30}])
 _NAMES = st.from_regex(r"[a-z][a-z0-9_.]{0,15}", fullmatch=True)
 _PAYLOADS = st.lists(st.binary(min_size=1, max_size=48), min_size=1, max_size=3)
 Seed = tuple[str, dict[str, Any], bytes, list[bytes]]

@@ -86,7 +86,7 @@ def test_clients_share_one_tls_context_built_once(monkeypatch: pytest.MonkeyPatc
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(httpx, "create_ssl_context", counted)
-    http._tls.cache_clear()
+    http._tls_for.cache_clear()
     monkeypatch.setenv("SSL_CERT_FILE", "")  # httpx's default CA bundle, whatever the machine
 
     async def three() -> list[AsyncAPIClient]:
@@ -101,4 +101,9 @@ def test_clients_share_one_tls_context_built_once(monkeypatch: pytest.MonkeyPatc
     contexts = {id(c._http._transport._pool._ssl_context)  # type: ignore[attr-defined]
                 for c in [sync, *asyncs]}
     assert contexts == {id(http._tls())}
-    http._tls.cache_clear()
+    import certifi
+
+    first = http._tls()
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())  # a setting changed: a context of its own
+    assert http._tls() is not first and len(built) == 2
+    http._tls_for.cache_clear()

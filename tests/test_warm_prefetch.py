@@ -8,6 +8,7 @@ one worker per pool, so that worker holds the calls it claimed ahead.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -117,10 +118,11 @@ def test_a_batch_of_outcomes_keeps_each_calls_own_values(
     ran_once(db, rt, first)
     _, held = next_many(rt, first, 1, 16)
     results = [b"\x00" * 3, None, b"", bytes(range(256)) * 9]
+    given = [d, c, b, a]  # not the order the calls were made: answered in this order
     rdb = RuntimeDatabase(rt.url, "unused")
     try:
-        rows = rdb.rows("succeed_many", ids=[a, b, c, d], attempts=[1] * 4,
-                        secrets=[held[i] for i in (a, b, c, d)], results=results,
+        rows = rdb.rows("succeed_many", ids=given, attempts=[1] * 4,
+                        secrets=[held[i] for i in given], results=results,
                         results_json=[None, '"\\u00e9 \u00e9"', None, None],
                         stdouts=["out a", "", "\u00e9\n", ""], stderrs=["", "err b", "", ""],
                         peak_bytes=[1, 2, 3, 1 << 40], cpu_seconds=[0.5, float("nan"), 0.25, 1.0],
@@ -129,21 +131,21 @@ def test_a_batch_of_outcomes_keeps_each_calls_own_values(
                         next_attempt=None, next_secret=None, next_hashes=None)
     finally:
         rdb.close()
-    assert [(r["kind"], r["id"]) for r in rows] == [("succeeded", i) for i in (a, b, c, d)]
+    assert [(r["kind"], r["id"]) for r in rows] == [("succeeded", i) for i in given]
     with db.connect(name="podfn-test") as conn:
         calls = {r["id"]: r for r in conn.execute(
             "SELECT id, result, result_json, stdout, stderr FROM podfn_calls "
-            "WHERE id = ANY(%s)", ([a, b, c, d],)).fetchall()}
+            "WHERE id = ANY(%s)", (given,)).fetchall()}
     assert [None if calls[i]["result"] is None else bytes(calls[i]["result"])
-            for i in (a, b, c, d)] == results
-    assert [calls[i]["result_json"] for i in (a, b, c, d)] == [None, '"\\u00e9 \u00e9"', None,
+            for i in given] == results
+    assert [calls[i]["result_json"] for i in given] == [None, '"\\u00e9 \u00e9"', None,
                                                                 None]
-    assert [(calls[i]["stdout"], calls[i]["stderr"]) for i in (a, b, c, d)] == [
+    assert [(calls[i]["stdout"], calls[i]["stderr"]) for i in given] == [
         ("out a", ""), ("", "err b"), ("\u00e9\n", ""), ("", "")]
-    found = attempts(db, [a, b, c, d])
-    assert [found[i]["peak_bytes"] for i in (a, b, c, d)] == [1, 2, 3, 1 << 40]
-    assert [found[i]["cpu_seconds"] for i in (a, b, c, d)] == [0.5, None, 0.25, 1.0]
-    assert [found[i]["wall_seconds"] for i in (a, b, c, d)] == [None, 0.125, 0.0, 2.0]
+    found = attempts(db, given)
+    assert [found[i]["peak_bytes"] for i in given] == [1, 2, 3, 1 << 40]
+    assert [found[i]["cpu_seconds"] for i in given] == [0.5, None, 0.25, 1.0]
+    assert [found[i]["wall_seconds"] for i in given] == [None, 0.125, 0.0, 2.0]
 
 
 def test_a_claim_of_several_yields_to_an_older_call_of_another_pool(
@@ -383,3 +385,18 @@ def test_a_call_that_kills_its_worker_fails_alone(one_worker: Platform) -> None:
     assert sorted(r["state"] for r in rows) == ["failed"] + ["succeeded"] * 3
     crashed = next(r for r in rows if r["state"] == "failed")
     assert "code 3" in (crashed["reason"] or ""), "its own exit, not a disruption"
+
+
+def test_a_batch_never_carries_a_nul_to_postgres() -> None:
+    """Postgres' JSON has no NUL; its error would quote the batch around one, secrets
+    included: each NUL goes as U+FFFD (a secret so changed simply does not match)."""
+    params: dict[str, Any] = {
+        "ids": ["a"], "attempts": [1], "secrets": ["se\x00cret"], "results": [b"\x00"],
+        "results_json": [None], "stdouts": ["out\x00put"], "stderrs": [""], "peak_bytes": [1],
+        "cpu_seconds": [0.5], "wall_seconds": [1.0], "start_ids": [], "start_attempts": [],
+        "start_secrets": [], "next_id": None, "next_attempt": None, "next_secret": None,
+        "next_hashes": None}
+    packed = _pack("succeed_many", params)
+    assert "\\u0000" not in packed["batch"] and packed["results"] == b"\x00"
+    batch = json.loads(packed["batch"])
+    assert batch["secrets"] == ["se\ufffdcret"] and batch["stdouts"] == ["out\ufffdput"]

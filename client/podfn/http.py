@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -477,14 +478,19 @@ class AsyncAPIClient:
             "POST", "/v1/calls/cancel", json={"ids": list(ids)})))
 
 
-@functools.cache
 def _tls() -> ssl.SSLContext:
-    """httpx's default TLS settings (its CA bundle, SSL_CERT_FILE / SSL_CERT_DIR), built
-    once per process: building them is ~20 ms (loading the CA bundle), which each
-    `.aio` operation paid when its client built its own."""
+    """httpx's default TLS settings (its CA bundle, or SSL_CERT_FILE / SSL_CERT_DIR as
+    they are now), built once per process and setting: building them is ~20 ms
+    (loading the CA bundle), which each `.aio` operation paid when its client built
+    its own. httpcore sets the same ALPN protocols on it for each connection."""
+    return _tls_for(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.cache
+def _tls_for(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
     import httpx
 
-    return httpx.create_ssl_context()
+    return httpx.create_ssl_context()  # (it reads the two variables itself)
 
 
 def _headers(token: str | None) -> dict[str, str]:

@@ -89,8 +89,19 @@ _PAYLOAD_READS = frozenset({"claim", "claimed", "next", "next_many", "succeed_ma
 
 
 def _finite(values: list[float]) -> list[float | None]:
-    """JSON has no NaN or infinity; the protocol function stores NULL for them anyway."""
+    """JSON has no NaN or infinity: a warm success stores NULL for them (the one-call
+    path's `usage`, migration 0006, clamps them to 1e9 s instead)."""
     return [v if v is not None and math.isfinite(v) else None for v in values]
+
+
+def _text(value: Any) -> Any:
+    """A string without NUL (U+FFFD for each), others as they are: Postgres' JSON has no
+    NUL, and its error would quote the batch around it, secrets included."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    return value
 
 
 def _pack(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +133,11 @@ def _pack(name: str, params: dict[str, Any]) -> dict[str, Any]:
     batch["results"] = places
     batch["cpu_seconds"] = _finite(params["cpu_seconds"])
     batch["wall_seconds"] = _finite(params["wall_seconds"])
-    return {"batch": json.dumps(batch, ensure_ascii=False), "results": b"".join(blobs)}
+    document = json.dumps(batch, ensure_ascii=False)
+    if "\\u0000" in document:  # a NUL somewhere (rare): the strings without it
+        document = json.dumps({key: _text(value) for key, value in batch.items()},
+                              ensure_ascii=False)
+    return {"batch": document, "results": b"".join(blobs)}
 
 
 class RuntimeDatabaseError(Exception):

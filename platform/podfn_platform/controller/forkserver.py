@@ -515,7 +515,9 @@ class Zygote:
                 return
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 call_id, attempt = json.loads(data)["recorded"]
-                self.recorded.add((str(call_id), int(attempt)))
+                key = (str(call_id), int(attempt))
+                if key in self.bound.values():  # (a child already reaped: nothing to mark)
+                    self.recorded.add(key)
 
     def hand_to_spare(self, request: bytes, output: int,
                       url: str | None, proxy: tuple[int, int] | None) -> int | None:
