@@ -211,7 +211,12 @@ def _call_or_404(call_id: str) -> Row:
 
 @bp.get("/<call_id:call_id>")
 @requires("read", "submit", "invoke")
-@operation("A call and its attempts", {200: schemas.Call, 404: None, **dict.fromkeys(COMMON)})
+@operation("A call and its attempts",
+           {200: schemas.Call, 404: None,
+            # /v1/calls/wait and /v1/calls/cancel are routes of their own (POST): a GET
+            # there is answered 405 with Allow, not as a call id (CallIdConverter).
+            405: "`wait` and `cancel` name routes of their own, which take POST",
+            **dict.fromkeys(COMMON)})
 def get(call_id: str) -> Response:
     out = describe(_call_or_404(call_id))
     out["attempts"] = [
