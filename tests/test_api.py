@@ -171,6 +171,25 @@ def test_a_framed_payload_hashed_as_it_is_read_fingerprints_as_multipart_does(
     assert row["function_digest"] == hashlib.sha256(function).hexdigest()
 
 
+def test_a_framed_batchs_function_is_stored_under_the_digest_taken_while_reading(
+        client: FlaskClient, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not hashed a second time to be stored (submission.store_payload is given it)."""
+    from podfn_platform import submission
+
+    def refused(data: object) -> str:
+        raise AssertionError("the function was hashed again")
+
+    monkeypatch.setattr(submission, "digest", refused)
+    function = os.urandom(5000)
+    body = framed_body(META, [("function", function), ("args", b"a"), ("args", b"b")])
+    created = client.post("/v1/calls", data=body, headers=FRAMED)
+    assert created.status_code == 201, created.json
+    with db.transaction() as tx:
+        row = tx._conn.execute("SELECT data FROM podfn_payloads WHERE digest = %s",
+                               (hashlib.sha256(function).hexdigest(),)).fetchone()
+    assert row is not None and bytes(row["data"]) == function
+
+
 def _prefix(n: int) -> bytes:
     return frames.prefix(n)
 

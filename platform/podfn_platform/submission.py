@@ -24,8 +24,10 @@ def digest(data: Payload) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def store_payload(tx: Transaction, data: Payload) -> str:
-    key = digest(data)
+def store_payload(tx: Transaction, data: Payload, key: str | None = None) -> str:
+    """Store `data` under its content address, `key` when the caller has it already (a
+    framed body's payload is hashed while it is read: api/forms.py); that address."""
+    key = digest(data) if key is None else key
     tx.all("insert_payload", {"digest": key, "data": data})
     return key
 

@@ -77,7 +77,7 @@ def deploy() -> tuple[Response, int]:
     function = forms.function_part()
     with context.db().transaction() as tx:
         tx.all("lock_function_name", {"name": name})
-        key = store_payload(tx, function)
+        key = store_payload(tx, function, forms.payload_digest(function))
         live = tx.one("get_function", {"name": name})
         if live is not None and (live["function_digest"], live["spec"], live["client_python"],
                                  live["client_cloudpickle"]) == (key, validated, python,

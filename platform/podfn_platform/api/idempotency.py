@@ -59,8 +59,8 @@ def create_once(db: Database, request_hash: str, calls: NewCalls, args: list[Pay
         if idem is not None and tx.one("claim_idempotency_key",
                                        {**params, "call_ids": ids}) is None:
             return _replay(tx.one("get_idempotency_key", params), request_hash), True
-        if function is not None:
-            store_payload(tx, function)
+        if function is not None:  # (calls.function_digest is its digest: api/calls.py)
+            store_payload(tx, function, calls.function_digest)
         return record_calls(tx, calls, args, ids), False
 
 
