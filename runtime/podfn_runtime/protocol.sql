@@ -91,39 +91,22 @@ FROM podfn_runtime_v1.next_many(
 -- binary parameter (`results`), each outcome's [offset, length] in it or null
 -- (database.py, `_pack`): psycopg dumped 14 arrays element by element in Python,
 -- a quarter of a warm worker's CPU in a map of trivial calls. The arrays are
--- unpacked here, by the statement, in the order given.
-WITH b AS (SELECT %(batch)s::jsonb AS b, %(results)b::bytea AS r)
+-- unpacked here, by the statement, in the order given (jsonb_to_record makes a
+-- JSON array a Postgres array, null a NULL).
+WITH b AS (SELECT %(batch)s::jsonb AS b, %(results)b::bytea AS r),
+     p AS (SELECT p.* FROM b, jsonb_to_record(b.b) AS p(
+         ids text[], attempts integer[], secrets text[], results_json text[],
+         stdouts text[], stderrs text[], peak_bytes bigint[], cpu_seconds float8[],
+         wall_seconds float8[], start_ids text[], start_attempts integer[],
+         start_secrets text[], next_id text, next_attempt integer, next_secret text,
+         next_hashes text[]))
 SELECT f.kind, f.state, f.verdict, f.ordinal, f.id, f.attempt, f.function, f.function_digest,
        f.args, f.spec, f.client_python, f.client_cloudpickle, f.result_format
-FROM b, podfn_runtime_v1.succeed_many(
-    ARRAY(SELECT x::text FROM jsonb_array_elements_text(b.b->'ids')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::integer FROM jsonb_array_elements_text(b.b->'attempts')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::text FROM jsonb_array_elements_text(b.b->'secrets')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
+FROM b, p, podfn_runtime_v1.succeed_many(
+    p.ids, p.attempts, p.secrets,
     ARRAY(SELECT substring(b.r FROM (x->>0)::integer + 1 FOR (x->>1)::integer)
           FROM jsonb_array_elements(b.b->'results') WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::text FROM jsonb_array_elements_text(b.b->'results_json')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::text FROM jsonb_array_elements_text(b.b->'stdouts')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::text FROM jsonb_array_elements_text(b.b->'stderrs')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(b.b->'peak_bytes')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::float8 FROM jsonb_array_elements_text(b.b->'cpu_seconds')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::float8 FROM jsonb_array_elements_text(b.b->'wall_seconds')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::text FROM jsonb_array_elements_text(b.b->'start_ids')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::integer FROM jsonb_array_elements_text(b.b->'start_attempts')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    ARRAY(SELECT x::text FROM jsonb_array_elements_text(b.b->'start_secrets')
-          WITH ORDINALITY AS t(x, n) ORDER BY n),
-    b.b->>'next_id', (b.b->>'next_attempt')::integer, b.b->>'next_secret',
-    CASE WHEN jsonb_typeof(b.b->'next_hashes') = 'array' THEN
-        ARRAY(SELECT x FROM jsonb_array_elements_text(b.b->'next_hashes')
-              WITH ORDINALITY AS t(x, n) ORDER BY n) END) f;
+    p.results_json, p.stdouts, p.stderrs, p.peak_bytes, p.cpu_seconds, p.wall_seconds,
+    p.start_ids, p.start_attempts, p.start_secrets, p.next_id, p.next_attempt,
+    p.next_secret, p.next_hashes) f;
 
