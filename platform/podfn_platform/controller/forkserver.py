@@ -297,6 +297,25 @@ def _rehearse() -> None:
     cloudpickle.loads(outcome.pickled)
 
 
+def _fork_helper(kind: socket.SocketKind, url: str,
+                 run: Callable[[socket.socket], None]) -> _Helper | None:
+    """A child of the zygote that `run`s (and never returns) with its end of a socket
+    pair; the zygote's end in the _Helper. None if it cannot be forked."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, kind)
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        ours.close()
+        run(theirs)
+        os._exit(1)  # (run never returns)
+    theirs.close()
+    return _Helper(pid, ours, url)
+
+
 class _Helper:
     """A child of the zygote that is not an attempt (yet), and the zygote's socket to it:
     the spare, forked ahead of the next request (Zygote.fork_spare), or the supervisor,
@@ -472,19 +491,10 @@ class Zygote:
         return db_ours.detach(), tee_ours.detach()
 
     def start_supervisor(self, url: str) -> _Helper | None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            pid = os.fork()
-        except OSError:
-            ours.close()
-            theirs.close()
-            return None
-        if pid == 0:
-            ours.close()
-            _run_supervisor(theirs, url, os.getppid(), self.libc)
-        theirs.close()
-        self.supervisor = _Helper(pid, ours, url)
-        self.sel.register(ours.fileno(), selectors.EVENT_READ, "supervisor")
+        self.supervisor = _fork_helper(socket.SOCK_SEQPACKET, url, lambda theirs: _run_supervisor(
+            theirs, url, os.getppid(), self.libc))
+        if self.supervisor is not None:
+            self.sel.register(self.supervisor.sock.fileno(), selectors.EVENT_READ, "supervisor")
         return self.supervisor
 
     def drop_supervisor(self) -> None:
@@ -540,19 +550,9 @@ class Zygote:
     def fork_spare(self, url: str) -> None:
         if self.spare is not None:
             return
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            pid = os.fork()
-        except OSError:
-            ours.close()
-            theirs.close()
-            return
-        if pid == 0:
-            ours.close()
-            supervised = self.supervisor is not None and self.supervisor.url == url
-            _run_spare(theirs, url, os.getppid(), self.libc, self.own_fds(), supervised)
-        theirs.close()
-        self.spare = _Helper(pid, ours, url)
+        supervised = self.supervisor is not None and self.supervisor.url == url
+        self.spare = _fork_helper(socket.SOCK_STREAM, url, lambda theirs: _run_spare(
+            theirs, url, os.getppid(), self.libc, self.own_fds(), supervised))
 
     def reap(self) -> None:
         while self.children:
