@@ -22,48 +22,32 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpu_per_call import _cmdline, _descendants, _stat
+
 from podfn import remote
 from podfn.http import APIClient
 from podfn.settings import Settings
 from podfn_platform.dev import DevStack, free_port
-
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def identity(x: int) -> int:
     return x
 
 
-def _stat(pid: int) -> tuple[int, str, float] | None:
-    """(parent, name, CPU seconds) of `pid`, None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            text = f.read()
-        with open(f"/proc/{pid}/cmdline") as f:
-            cmdline = f.read().replace("\0", " ").strip()
-    except OSError:
-        return None
-    name, rest = text.split("(", 1)[1].rsplit(")", 1)
-    fields = rest.split()
-    label = cmdline if name != "postgres" else cmdline.split(" idle")[0]
-    return int(fields[1]), label[:70], (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def cpu_by_process(roots: list[int]) -> dict[int, tuple[str, float]]:
     """Every process under `roots` (the roots included): pid -> (label, CPU seconds)."""
-    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit()
-             if (s := _stat(int(p))) is not None}
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for pid, (parent, _, _) in stats.items():
-        children[parent].append(pid)
-    found: dict[int, tuple[str, float]] = {}
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid in stats and pid not in found:
-            found[pid] = stats[pid][1:]
-            todo += children[pid]
-    return found
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (got := _stat(int(entry))) is not None:
+            parents[int(entry)], cpu[int(entry)] = got[0], got[1]
+    mine = set(roots).union(*(_descendants(root, parents) for root in roots)) & cpu.keys()
+    return {pid: (_label(pid), cpu[pid]) for pid in mine}
+
+
+def _label(pid: int) -> str:
+    """Its command line; a Postgres backend's without its state (idle, ...)."""
+    cmdline = _cmdline(pid)
+    return (cmdline.split(" idle")[0] if cmdline.startswith("postgres:") else cmdline)[:70]
 
 
 def main() -> None:
