@@ -170,7 +170,6 @@ class Watch:
         if not others:
             return rows
         settle = time.monotonic() + seconds
-        heard: set[str] = set()
         while True:
             self.event.clear()  # before the checks: a wake-up after them is kept
             with self._waiter._lock:
