@@ -1,13 +1,15 @@
 """CPU per call of a warm map, by process: where the work of one call goes.
 
-    python benchmarks/warm_cpu.py [COUNT]
+    python benchmarks/warm_cpu.py [COUNT] [--sequential]
 
 Starts the embedded stack (DevStack, local launcher), warms a pool of the
 identity function with `max_calls_per_worker=None`, then reads utime + stime
 of every process of the stack from /proc/<pid>/stat (the client, the API,
 the controller, the forkserver and the workers it forked, and every
 Postgres backend) before and after one map of COUNT calls, and prints the
-difference per call, with the map's wall time and its HTTP requests. CPU
+difference per call, with the map's wall time and its HTTP requests
+(`--sequential`: COUNT `.remote` calls one after another instead, the
+shape of the warm call's p50). CPU
 time is what a loaded machine cannot hide: compare its rows across commits,
 not the wall time.
 """
@@ -55,7 +57,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("count", type=int, nargs="?", default=1000,
                         help="calls in the measured map (default 1000)")
-    count = parser.parse_args().count
+    parser.add_argument("--sequential", action="store_true",
+                        help="COUNT sequential `.remote` calls instead of one map")
+    args = parser.parse_args()
+    count = args.count
     workdir = Path(tempfile.mkdtemp(prefix="podfn-warm-cpu-"))
     os.chmod(workdir, 0o755)
     fn = remote(identity, max_calls_per_worker=None, idle_timeout=600)
@@ -78,14 +83,18 @@ def main() -> None:
                                  and stack._postgres.pid else [])
         before = cpu_by_process(roots)
         started = time.perf_counter()
-        assert list(fn.map(range(count))) == list(range(count))
+        if args.sequential:
+            assert [fn.remote(i) for i in range(count)] == list(range(count))
+        else:
+            assert list(fn.map(range(count))) == list(range(count))
         wall = time.perf_counter() - started
         time.sleep(0.3)  # let the last statements' CPU show in /proc
         after = cpu_by_process(roots)
     spent: collections.Counter[str] = collections.Counter()
     for pid, (label, cpu) in after.items():
         spent[label] += cpu - before.get(pid, (label, 0.0))[1]
-    print(f"map of {count}: {wall:.3f} s, {count / wall:.0f} calls/s, "
+    shape = f"{count} sequential calls" if args.sequential else f"map of {count}"
+    print(f"{shape}: {wall:.3f} s, {count / wall:.0f} calls/s, "
           f"requests {dict(requests)}, load {os.getloadavg()[0]:.1f}")
     for label, cpu in spent.most_common():
         if cpu > 0:

@@ -9,7 +9,9 @@ has not yet heard of `second`.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
+import pytest
 from test_warm_protocol import next_call, ran_once, submit
 
 from attempts import Runtime
@@ -151,3 +153,64 @@ def test_a_warm_pool_gets_at_most_warm_pool_workers_and_cold_calls_still_launch(
     assert set(cold) <= launched, "the cold calls queued behind the map are not held up"
     assert sum(state(db, i) == ("queued", 0) for i in warm) == 7
     assert c.pool_workers.most_common(1)[0][1] == 3
+
+
+def test_a_call_queued_alone_for_a_pool_with_a_live_worker_leaves_the_turn_for_later(
+        database_url: str, db: Database) -> None:
+    wake = threading.Event()
+    c = Controller(platform_settings(database_url), db, Launches(), wake)  # type: ignore[arg-type]
+    c.pool_workers["p1"] = 1
+    c._retry_at_stale = False
+    c._notified("podfn_queued", "fresh:p1")
+    assert not wake.is_set(), "the pool's own worker takes the call: no turn at once"
+    assert wake.wait(10), "a turn after WARM_QUEUED_GRACE, for a pool whose workers are busy"
+    wake.clear()
+    c._notified("podfn_queued", "fresh:p2")
+    assert wake.is_set(), "a pool without a live worker: a turn at once"
+    assert not c._retry_at_stale, "a new call has no backoff to look for"
+    wake.clear()
+    c._notified("podfn_queued", "")
+    assert wake.is_set() and not c._retry_at_stale, "a batch: a turn at once, no backoff"
+    c._notified("podfn_queued", "some-call-id")
+    assert c._retry_at_stale, "a requeue may come with a backoff"
+
+
+def test_a_turn_in_between_takes_the_place_of_the_deferred_one(
+        database_url: str, db: Database) -> None:
+    wake = threading.Event()
+    c = Controller(platform_settings(database_url), db, Launches(), wake)  # type: ignore[arg-type]
+    c.pool_workers["p1"] = 1
+    c._notified("podfn_queued", "fresh:p1")
+    timer = c._deferred_turn
+    assert timer is not None
+    c._notified("podfn_queued", "fresh:p1")
+    assert c._deferred_turn is timer, "one deferred turn for several calls"
+    c._cancel_deferred_turn()  # what the loop does before each turn
+    timer.join()
+    assert not wake.is_set() and c._deferred_turn is None
+
+
+def test_orphans_are_looked_for_when_the_workers_change(
+        database_url: str, db: Database, runtime_database_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, second, worker = claimed_second(db, runtime_database_url)
+    launcher = Recorder(worker)
+    c = controller(database_url, db, launcher)
+    looks: list[str] = []
+    real = db.all
+
+    def counted(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "orphaned_warm_attempts":
+            looks.append(name)
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(db, "all", counted)
+    for _ in range(3):
+        c.track_workers()
+        c.disrupt_orphans()
+    assert len(looks) == 1, "the same live workers: one look until the sweep"
+    assert state(db, second) == ("running", 1)
+    launcher.held = Attempt("", 0, "", {}, "")  # the worker left the launcher
+    c.track_workers()
+    c.disrupt_orphans()
+    assert len(looks) == 2
+    assert state(db, second) == ("queued", 1), "what the gone worker held is disrupted"

@@ -64,6 +64,16 @@ def work(mode: str, path: str = "") -> Any:
     return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
 
 
+@remote(max_calls_per_worker=None, idle_timeout=10, timeout=120)
+def held(mode: str, path: str = "") -> Any:
+    """`work`, with a timeout no test waits for."""
+    if mode == "hang" and not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(60)
+    return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
+
+
 def test_attempts_name_their_worker_and_share_its_ref(platform: Platform) -> None:
     calls = [pid_of.spawn(i) for i in range(3)]
     for c in calls:
@@ -116,6 +126,21 @@ def test_a_dead_worker_requeues_only_its_call_as_a_disruption(
     assert rows[(first_id, 1)]["state"] == "succeeded"
     assert rows[(hanging.id, 1)]["state"] == "disrupted"
     assert rows[(hanging.id, 1)]["worker"] == f"{first_id}/1"
+
+
+def test_a_call_for_a_busy_pool_gets_a_worker_of_its_own(
+        platform: Platform, tmp_path: Any) -> None:
+    """The controller leaves a call queued alone for a pool with a live worker to that
+    worker for a moment (WARM_QUEUED_GRACE); when the worker is busy, the turn after
+    it starts another one."""
+    pid, _, _ = held.remote("pid")
+    marker = tmp_path / "hang"
+    hanging = held.spawn("hang", str(marker))
+    wait_until(marker.exists, 20, "the warm worker to take the call")
+    other, _, _ = held.remote("pid")
+    assert other != pid
+    assert hanging.status() == "running", "the second call did not wait for the busy worker"
+    hanging.cancel()
 
 
 def test_a_warm_call_keeps_its_own_timeout(platform: Platform, tmp_path: Any) -> None:

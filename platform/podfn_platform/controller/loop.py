@@ -59,6 +59,17 @@ MINT_AHEAD = 256
 # or a transition of the controller's own asks at once; this bounds how long
 # an attempt that lingers past FINISHED_GRACE_SECONDS keeps its slot.
 MOVED_ON_SECONDS = 1.0
+# A call submitted alone announces its pool (`podfn_queued`, payload FRESH_PREFIX +
+# pool; a requeue sends its id, a batch nothing). When that pool had a live warm
+# worker at the last turn, the turn waits this long: the pool's workers LISTEN on
+# the same channel and an idle one claims the call within milliseconds (and asks
+# for a turn itself, `podfn_warm`, when it sees more queued than it took). The
+# late turn grows a pool whose workers are all busy. A turn for every call a warm
+# pool serves one at a time cost more CPU than the call (five statements,
+# benchmarks/notes.md, issue 12, fifth round); a worker's start (a pod's second or
+# more) dwarfs the wait.
+WARM_QUEUED_GRACE = 0.05
+FRESH_PREFIX = "fresh:"
 
 
 def backoff_seconds(failures: int) -> float:
@@ -118,6 +129,13 @@ class Controller:
         self._orphan_check: list[str] | None = None
         # When stop_moved_on next asks Postgres (monotonic; 0: at the next turn).
         self._moved_on_due_at = 0.0
+        # The workers disrupt_orphans last looked for, and when it looks again anyway
+        # (monotonic): orphans appear only when a worker leaves the launcher.
+        self._orphans_checked: frozenset[str] | None = None
+        self._orphans_due_at = 0.0
+        # The turn a call queued for a busy or idle warm pool asked for, not yet run.
+        self._deferred_turn: threading.Timer | None = None
+        self._deferred_lock = threading.Lock()
         # The earliest backoff's end among queued calls (epoch seconds), as last read,
         # and whether something may have changed it since.
         self._retry_at: float | None = None
@@ -147,6 +165,7 @@ class Controller:
                 try:
                     self.leader.check()
                     self.wake.clear()
+                    self._cancel_deferred_turn()  # this turn sees what it waited for
                     self.turn()
                     sleep = self._sleep_seconds()
                 except LeadershipLost:
@@ -172,6 +191,7 @@ class Controller:
         finally:
             self.is_active.clear()
             listener.stop()
+            self._cancel_deferred_turn()
             self.launcher.close()
             try:
                 self.reconcile_exits()
@@ -179,14 +199,38 @@ class Controller:
                 log.warning("could not hand back attempts on shutdown: %s", exc)
             self.leader.release()
 
-    def _notified(self, channel: str, _payload: str) -> None:
+    def _notified(self, channel: str, payload: str) -> None:
         if channel == "podfn_deployed":
             self._standing_due_at = 0.0
         elif channel == "podfn_cancelled":
             self._moved_on_due_at = 0.0
         elif channel == "podfn_queued":
-            self._retry_at_stale = True  # (a retry requeued with a backoff notifies too)
+            if payload.startswith(FRESH_PREFIX):
+                # (read from the listener's thread: a count being rebuilt reads as
+                # no worker, and the turn comes at once)
+                if self.pool_workers.get(payload[len(FRESH_PREFIX):]):
+                    self._defer_turn()
+                    return
+            elif payload:
+                # A requeue (its id): it may come with a backoff, which may be the next
+                # due. A new call has none.
+                self._retry_at_stale = True
         self.wake.set()
+
+    def _defer_turn(self) -> None:
+        """A turn WARM_QUEUED_GRACE from now, unless one is already asked for."""
+        with self._deferred_lock:
+            if self._deferred_turn is not None:
+                return
+            timer = self._deferred_turn = threading.Timer(WARM_QUEUED_GRACE, self.wake.set)
+            timer.daemon = True
+            timer.start()
+
+    def _cancel_deferred_turn(self) -> None:
+        with self._deferred_lock:
+            timer, self._deferred_turn = self._deferred_turn, None
+        if timer is not None:
+            timer.cancel()
 
     def _reconnected(self) -> None:
         # A deploy's, a cancel's or a requeue's notification may have been lost.
@@ -357,13 +401,24 @@ class Controller:
 
     def disrupt_orphans(self) -> None:
         """Disrupt attempts whose warm worker is gone (of those track_workers saw this
-        turn): checked after the turn's launches, which it does not affect."""
+        turn): checked after the turn's launches, which it does not affect.
+
+        Only a worker that leaves the launcher leaves orphans (every claim is made
+        by a live worker in its own name), so it asks Postgres when the workers
+        changed since it last did, and at every sweep in case a disruption was
+        refused meanwhile (or a restart's adoption raced), not at every turn."""
         workers, self._orphan_check = self._orphan_check, None
         if workers is None:
+            return
+        now, seen = time.monotonic(), frozenset(workers)
+        if seen == self._orphans_checked and now < self._orphans_due_at:
             return
         for row in self.db.all("orphaned_warm_attempts", {"workers": workers}):
             self.record(Exit(Attempt(row["id"], row["attempt"], "", {}, ""), "disrupted",
                              f"the warm worker {row['worker']} running the attempt is gone"))
+        # (after: a database error above leaves the look due)
+        self._orphans_checked = seen
+        self._orphans_due_at = now + self.settings.sweep_seconds
 
     def keep_standing(self) -> None:
         """Keep `min_workers` standing workers for each deployed function's live version.

@@ -44,10 +44,13 @@ WITH claimed AS (
            %(client_python)s, %(client_cloudpickle)s, %(call_owner)s, %(function_version)s,
            %(result_format)s, %(by_deployer)s
     WHERE (SELECT ok FROM go)
-    RETURNING id
+    RETURNING id, pool
 )
+-- The wake-up names the call's pool ('fresh:' + pool): the controller leaves a call
+-- of a warm pool with a live worker to that worker for a moment (controller/loop.py,
+-- WARM_QUEUED_GRACE).
 SELECT EXISTS (SELECT FROM made) AS created,
-       CASE WHEN EXISTS (SELECT FROM made) THEN pg_notify('podfn_queued', '') END AS notified;
+       (SELECT pg_notify('podfn_queued', 'fresh:' || pool) FROM made) AS notified;
 
 -- name: get_call
 SELECT id, function_name, function_version, owner, state, attempt, user_failures,
