@@ -12,9 +12,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -130,3 +132,99 @@ def test_health_submits_and_reads_answer_while_long_polls_and_slow_heads_are_hel
         finally:
             for sock in long_polls + slow:
                 sock.close()
+
+
+def _response(stream: Any) -> tuple[int, bytes]:
+    """One HTTP/1.1 response of known length off `stream`: (status, body)."""
+    status = int(stream.readline().split()[1])
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    return status, stream.read(length)
+
+
+def _framed_submission(args: bytes) -> bytes:
+    from podfn import frames
+
+    head = {"meta": json.loads(META), "parts": ["function", "args"]}
+    return b"".join(frames.encode(head, [b"fn", args]))
+
+
+def test_a_framed_body_read_off_the_socket_leaves_the_next_request_intact(
+        served: str) -> None:
+    """DirectBody: a framed submission and a request pipelined behind it in one write;
+    the body is read straight off the socket, the request after it is answered."""
+    body = _framed_submission(os.urandom(700_000))
+    request = (b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+               + TEST_TOKEN.encode() + b"\r\nContent-Type: application/x-podfn-frames\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+               + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    sock = raw(served, request)
+    with sock, sock.makefile("rb") as stream:
+        status, answer = _response(stream)
+        assert status == 201, answer
+        created = json.loads(answer)
+        status, answer = _response(stream)
+        assert status == 200 and json.loads(answer) == {"ok": True}
+    with httpx.Client(base_url=served, headers=AUTH, timeout=10) as http_:
+        call_id = created["calls"][0]["id"]
+        assert http_.get(f"/v1/calls/{call_id}").json()["state"] == "queued"
+
+
+def test_a_framed_body_cut_short_is_refused_and_the_connection_closed(served: str) -> None:
+    body = _framed_submission(os.urandom(200_000))
+    request = (b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+               + TEST_TOKEN.encode() + b"\r\nContent-Type: application/x-podfn-frames\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:150_000])
+    sock = raw(served, request)
+    with sock:
+        sock.shutdown(socket.SHUT_WR)  # the client is gone inside the body
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
+def test_direct_body_takes_the_read_ahead_up_to_its_end_and_the_socket_after_it() -> None:
+    from gunicorn.http.body import Body, LengthReader
+    from gunicorn.http.unreader import SocketUnreader
+
+    from podfn_platform.worker import DirectBody
+
+    body, after = os.urandom(300_000), b"GET /healthz HTTP/1.1\r\n\r\n"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        unreader = SocketUnreader(ours)
+        unreader.unread(body[:1000])  # read ahead with the request's head
+        reader = LengthReader(unreader, len(body))
+        sender = threading.Thread(target=theirs.sendall, args=(body[1000:] + after,))
+        sender.start()
+        direct = DirectBody(Body(reader))
+        got = bytearray(len(body) + 10)
+        view, filled = memoryview(got), 0
+        while n := direct.readinto(view[filled:filled + 65536]):
+            filled += n
+        sender.join()
+        assert got[:filled] == body
+        assert reader.length == 0 and direct.read(10) == b"", "nothing past the body"
+        assert unreader.read(len(after)) == after, "the next request is left to gunicorn"
+
+
+def test_direct_body_keeps_the_next_request_it_was_handed_with_the_head() -> None:
+    from gunicorn.http.body import Body, LengthReader
+    from gunicorn.http.unreader import SocketUnreader
+
+    from podfn_platform.worker import DirectBody
+
+    body, after = b"x" * 5000, b"GET /healthz HTTP/1.1\r\n\r\n"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        unreader = SocketUnreader(ours)
+        unreader.unread(body + after)  # all of it came with the head
+        reader = LengthReader(unreader, len(body))
+        direct = DirectBody(Body(reader))
+        assert direct.read(3000) + direct.read() == body
+        assert direct.read() == b"" and not direct.failed
+        assert unreader.read(len(after)) == after

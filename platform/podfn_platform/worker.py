@@ -15,6 +15,11 @@ things and keeps the rest of gthread (keep-alive, graceful stop, limits):
    POST .../invoke, a submission with ?wait=) run on their own pool of
    PODFN_LONGPOLL_THREADS threads, so the PODFN_THREADS request threads
    always serve health checks, submits and reads. A long-poll holds no database connection while it waits.
+3. A framed body (our payloads: a submission, a deploy, an output batch) of
+   known length is read straight off the socket into the buffers the view
+   gives (`DirectBody`): gunicorn's body reader passes every byte through
+   three buffers, which cost 3-5 ms of CPU per MB against 0.5 ms for
+   `recv_into` (benchmarks/notes.md, issue 12, fifth round).
 
 TLS is terminated in front of the API (the chart's ingress); a worker
 configured for TLS keeps gthread's own behaviour. It builds on the gthread
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import re
 import selectors
 import socket
@@ -34,6 +40,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from gunicorn.http.body import Body, LengthReader
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 # What a request's line and headers may hold in all (gunicorn's defaults:
@@ -51,6 +59,9 @@ _WAITING_IF_ASKED = (
 )
 _NO_WAIT = re.compile(r"(^|&)wait=0*(\.0*)?(&|$)")
 _WAIT = re.compile(r"(^|&)wait=")
+# The media type of framed bodies (podfn.frames.MEDIA_TYPE; the API reads them
+# with `readinto`, docs/api-contract.md).
+FRAMES_MEDIA_TYPE = "application/x-podfn-frames"
 
 
 @dataclass
@@ -86,6 +97,74 @@ def is_long_poll(head: bytes) -> bool:
         if method == wanted and pattern.match(path):
             return bool(_WAIT.search(query)) and not _NO_WAIT.search(query)
     return False
+
+
+class DirectBody:
+    """A request body of known length read with `recv_into` straight into the caller's
+    buffer. It first hands out what gunicorn read ahead with the request's head (up
+    to the body's end: what lies past it is the next request's, and stays with
+    gunicorn), and keeps gunicorn's own reader's count of what is left in step, so
+    that the connection's next request starts where it should. The request's
+    parser drains what the application left unread through `read`, as it does
+    gunicorn's body."""
+
+    def __init__(self, body: Body) -> None:
+        reader = body.reader
+        unreader = reader.unreader
+        ahead = unreader.buf.getvalue()
+        mine = ahead[:reader.length]
+        unreader.buf = io.BytesIO()
+        unreader.buf.write(ahead[len(mine):])
+        reader.length -= len(mine)
+        self._held = body.buf.getvalue() + mine  # (taken off its reader before now)
+        self._offset = 0
+        self._reader = reader
+        self._sock: socket.socket = unreader.sock
+        self.failed = False  # read by gunicorn's parser: the connection is not reused
+
+    @classmethod
+    def wrap(cls, req: Any) -> None:
+        """Give `req` a DirectBody if its body is framed and of known length."""
+        body = req.body
+        if not isinstance(body, Body) or not isinstance(body.reader, LengthReader) \
+                or type(body.reader.unreader) is not SocketUnreader:
+            return
+        kind = next((value for name, value in req.headers if name == "CONTENT-TYPE"), "")
+        if kind.split(";", 1)[0].strip().lower() == FRAMES_MEDIA_TYPE:
+            req.body = cls(body)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._offset < len(self._held):
+            n = min(len(view), len(self._held) - self._offset)
+            view[:n] = self._held[self._offset:self._offset + n]
+            self._offset += n
+            return n
+        want = min(len(view), self._reader.length)
+        if want <= 0:
+            return 0
+        try:
+            got = self._sock.recv_into(view, want)
+        except OSError:
+            self.failed = True
+            raise
+        if not got:  # the client went away inside the body
+            self.failed = True
+            return 0
+        self._reader.length -= got
+        return got
+
+    def read(self, size: int | None = None) -> bytes:
+        left = len(self._held) - self._offset + self._reader.length
+        size = left if size is None or size < 0 else min(size, left)
+        buffer = bytearray(size)
+        filled = 0
+        while filled < size:
+            got = self.readinto(memoryview(buffer)[filled:])
+            if not got:
+                break
+            filled += got
+        return bytes(buffer[:filled])
 
 
 class _Conn(TConn):  # type: ignore[misc]
@@ -168,6 +247,11 @@ class PodfnWorker(ThreadWorker):  # type: ignore[misc]
         future = pool.submit(self.handle, conn)
         future.add_done_callback(
             lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+
+    def handle_request(self, req: Any, conn: _Conn) -> bool:
+        if not self.cfg.is_ssl:
+            DirectBody.wrap(req)
+        return bool(super().handle_request(req, conn))
 
     def murder_pending(self) -> None:
         """gthread's expiry of idle connections, and of heads that took too long."""
