@@ -350,3 +350,16 @@ def test_controller_killed_takes_forked_children_with_it(database_url: str, db: 
         wait_for(lambda: gone(zygote), what="the forkserver to die with the controller")
         wait_for(lambda: gone(pid), what="the attempt to die with the controller")
     app.extensions["podfn.waiter"].close()
+
+
+def test_what_the_runtime_logs_before_an_attempt_reaches_the_forkservers_stderr() -> None:
+    """The zygote builds the runtime's log handler once (prepare_log); until an attempt
+    points it at its own stderr, a line the zygote or a waiting spare logs goes to the
+    zygote's stderr (the controller's), not to /dev/null."""
+    script = ("import logging\n"
+              "from podfn_runtime import main\n"
+              "main.prepare_log()\n"
+              "logging.getLogger('podfn.runtime').warning('a spare could not connect')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert "podfn-runtime WARNING a spare could not connect" in done.stderr, done.stderr

@@ -389,12 +389,14 @@ def _install_log(fd: int) -> logging.Logger:
 
 def prepare_log() -> int:
     """For the local forkserver's zygote: the runtime's logger and handler built once,
-    on a descriptor of their own (/dev/null until `_log_apart`, in a forked attempt,
-    points it at that attempt's stderr), at the default level. An attempt then only
+    on a descriptor of their own, at the default level. An attempt then only
     repoints a descriptor: building them, and `setLevel`, which walks every logger of
     the process, was ~0.3 ms of each cold call, most of it copying the zygote's pages.
-    The descriptor, which a forked attempt keeps open."""
-    fd = os.open(os.devnull, os.O_WRONLY)
+    Until `_log_apart` points it at a forked attempt's stderr, the descriptor is a
+    copy of this process's stderr (the controller's), so what the zygote or a spare
+    waiting for its attempt logs is seen, not lost. The descriptor, which a forked
+    attempt keeps open."""
+    fd = os.dup(2)
     _install_log(fd).setLevel("INFO")
     _prepared_log[:] = [fd]
     return fd
