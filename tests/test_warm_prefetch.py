@@ -112,7 +112,8 @@ def test_a_batch_of_outcomes_keeps_each_calls_own_values(
         db: Database, runtime_database_url: str) -> None:
     """The arrays go to Postgres as one JSON document and the results as one binary
     parameter (database.py, `_pack`): each outcome must get its own result, output
-    and usage back out of them, whatever their sizes, and NaN usage stores NULL."""
+    and usage back out of them, whatever their sizes; NaN usage stores NULL and an
+    infinity its bound, as the one-call path's `usage` does."""
     rt = Runtime(db, runtime_database_url)
     first, a, b, c, d = submit(db, abs, n=5)
     ran_once(db, rt, first)
@@ -125,7 +126,7 @@ def test_a_batch_of_outcomes_keeps_each_calls_own_values(
                         secrets=[held[i] for i in given], results=results,
                         results_json=[None, '"\\u00e9 \u00e9"', None, None],
                         stdouts=["out a", "", "\u00e9\n", ""], stderrs=["", "err b", "", ""],
-                        peak_bytes=[1, 2, 3, 1 << 40], cpu_seconds=[0.5, float("nan"), 0.25, 1.0],
+                        peak_bytes=[1, 2, 3, 1 << 40], cpu_seconds=[0.5, float("nan"), 0.25, -float("inf")],
                         wall_seconds=[float("inf"), 0.125, 0.0, 2.0], start_ids=[a],
                         start_attempts=[1], start_secrets=[held[a]], next_id=None,
                         next_attempt=None, next_secret=None, next_hashes=None)
@@ -144,8 +145,8 @@ def test_a_batch_of_outcomes_keeps_each_calls_own_values(
         ("out a", ""), ("", "err b"), ("\u00e9\n", ""), ("", "")]
     found = attempts(db, given)
     assert [found[i]["peak_bytes"] for i in given] == [1, 2, 3, 1 << 40]
-    assert [found[i]["cpu_seconds"] for i in given] == [0.5, None, 0.25, 1.0]
-    assert [found[i]["wall_seconds"] for i in given] == [None, 0.125, 0.0, 2.0]
+    assert [found[i]["cpu_seconds"] for i in given] == [0.5, None, 0.25, 0.0]
+    assert [found[i]["wall_seconds"] for i in given] == [1e9, 0.125, 0.0, 2.0]
 
 
 def test_a_claim_of_several_yields_to_an_older_call_of_another_pool(

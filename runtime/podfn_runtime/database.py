@@ -88,10 +88,17 @@ _LANDED = {
 _PAYLOAD_READS = frozenset({"claim", "claimed", "next", "next_many", "succeed_many"})
 
 
+# The most CPU or wall seconds Postgres stores (the protocol's functions clamp to it).
+_MAX_SECONDS = 1e9
+
+
 def _finite(values: list[float]) -> list[float | None]:
-    """JSON has no NaN or infinity: a warm success stores NULL for them (the one-call
-    path's `usage`, migration 0006, clamps them to 1e9 s instead)."""
-    return [v if v is not None and math.isfinite(v) else None for v in values]
+    """JSON has no NaN or infinity: NaN goes as NULL, an infinity as the bound Postgres
+    would clamp it to, so a warm success stores what the one-call path's `usage`
+    (migration 0006) stores for the same numbers."""
+    return [None if v is None or math.isnan(v)
+            else v if math.isfinite(v) else (_MAX_SECONDS if v > 0 else 0.0)
+            for v in values]
 
 
 def _text(value: Any) -> Any:
