@@ -54,8 +54,7 @@ def brief(i: int) -> int:
     return os.getpid()
 
 
-@remote(max_calls_per_worker=None, idle_timeout=10, timeout=2)
-def work(mode: str, path: str = "") -> Any:
+def _pid_or_hang(mode: str, path: str = "") -> Any:
     """'pid': this worker's pid; 'hang': note the pid in `path` once, then hang."""
     if mode == "hang" and not os.path.exists(path):
         with open(path, "w") as f:
@@ -64,14 +63,9 @@ def work(mode: str, path: str = "") -> Any:
     return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
 
 
-@remote(max_calls_per_worker=None, idle_timeout=10, timeout=120)
-def held(mode: str, path: str = "") -> Any:
-    """`work`, with a timeout no test waits for."""
-    if mode == "hang" and not os.path.exists(path):
-        with open(path, "w") as f:
-            f.write(str(os.getpid()))
-        time.sleep(60)
-    return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
+work = remote(max_calls_per_worker=None, idle_timeout=10, timeout=2)(_pid_or_hang)
+# The same, with a timeout no test waits for.
+held = remote(max_calls_per_worker=None, idle_timeout=10, timeout=120)(_pid_or_hang)
 
 
 def test_attempts_name_their_worker_and_share_its_ref(platform: Platform) -> None:
