@@ -16,6 +16,8 @@ from test_warm_protocol import next_call, ran_once, submit
 
 from attempts import Runtime
 from conftest import platform_settings
+from podfn.errors import DatabaseUnavailable
+from podfn_platform.controller import loop
 from podfn_platform.controller.launcher import Attempt, Exit
 from podfn_platform.controller.loop import Controller
 from podfn_platform.database import Database
@@ -156,7 +158,8 @@ def test_a_warm_pool_gets_at_most_warm_pool_workers_and_cold_calls_still_launch(
 
 
 def test_a_call_queued_alone_for_a_pool_with_a_live_worker_leaves_the_turn_for_later(
-        database_url: str, db: Database) -> None:
+        database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "WARM_QUEUED_GRACE", 1.0)  # long enough to see it pending
     wake = threading.Event()
     c = Controller(platform_settings(database_url), db, Launches(), wake)  # type: ignore[arg-type]
     c.pool_workers["p1"] = 1
@@ -165,6 +168,7 @@ def test_a_call_queued_alone_for_a_pool_with_a_live_worker_leaves_the_turn_for_l
     assert not wake.is_set(), "the pool's own worker takes the call: no turn at once"
     assert wake.wait(10), "a turn after WARM_QUEUED_GRACE, for a pool whose workers are busy"
     wake.clear()
+    c._cancel_deferred_turn()
     c._notified("podfn_queued", "fresh:p2")
     assert wake.is_set(), "a pool without a live worker: a turn at once"
     assert not c._retry_at_stale, "a new call has no backoff to look for"
@@ -176,7 +180,8 @@ def test_a_call_queued_alone_for_a_pool_with_a_live_worker_leaves_the_turn_for_l
 
 
 def test_a_turn_in_between_takes_the_place_of_the_deferred_one(
-        database_url: str, db: Database) -> None:
+        database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "WARM_QUEUED_GRACE", 10.0)
     wake = threading.Event()
     c = Controller(platform_settings(database_url), db, Launches(), wake)  # type: ignore[arg-type]
     c.pool_workers["p1"] = 1
@@ -190,27 +195,54 @@ def test_a_turn_in_between_takes_the_place_of_the_deferred_one(
     assert not wake.is_set() and c._deferred_turn is None
 
 
+def test_no_thread_for_the_deferred_turn_means_a_turn_at_once(
+        database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Timer, "start", refused)
+    wake = threading.Event()
+    c = Controller(platform_settings(database_url), db, Launches(), wake)  # type: ignore[arg-type]
+    c.pool_workers["p1"] = 1
+    c._notified("podfn_queued", "fresh:p1")
+    assert wake.is_set() and c._deferred_turn is None
+
+
 def test_orphans_are_looked_for_when_the_workers_change(
         database_url: str, db: Database, runtime_database_url: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     _, second, worker = claimed_second(db, runtime_database_url)
     launcher = Recorder(worker)
-    c = controller(database_url, db, launcher)
+    c = Controller(platform_settings(database_url, sweep_seconds=600), db,
+                   launcher, threading.Event())  # type: ignore[arg-type]
     looks: list[str] = []
     real = db.all
+    fail_next = [False]
 
     def counted(name: str, *args: Any, **kwargs: Any) -> Any:
         if name == "orphaned_warm_attempts":
             looks.append(name)
+            if fail_next[0]:
+                fail_next[0] = False
+                raise DatabaseUnavailable("the database went away")
         return real(name, *args, **kwargs)
     monkeypatch.setattr(db, "all", counted)
-    for _ in range(3):
+
+    def turn() -> None:
         c.track_workers()
         c.disrupt_orphans()
-    assert len(looks) == 1, "the same live workers: one look until the sweep"
+    turn()
+    c._orphans_due_at = 0.0  # the follow-up look after a change, done
+    turn()
+    turn()
+    assert len(looks) == 2, "the same live workers: no look until the sweep"
     assert state(db, second) == ("running", 1)
+    c._orphans_due_at = 0.0  # the sweep
+    fail_next[0] = True
+    with pytest.raises(DatabaseUnavailable):
+        turn()
+    turn()
+    assert len(looks) == 4, "a look a database error cut short is due again"
     launcher.held = Attempt("", 0, "", {}, "")  # the worker left the launcher
-    c.track_workers()
-    c.disrupt_orphans()
-    assert len(looks) == 2
+    turn()
+    assert len(looks) == 5
     assert state(db, second) == ("queued", 1), "what the gone worker held is disrupted"

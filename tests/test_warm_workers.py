@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Platform, wait_until
+from conftest import Platform, local_platform, wait_until
 from podfn import remote
 from podfn.errors import CallTimeout
 from podfn_platform.database import Database
@@ -123,18 +123,24 @@ def test_a_dead_worker_requeues_only_its_call_as_a_disruption(
 
 
 def test_a_call_for_a_busy_pool_gets_a_worker_of_its_own(
-        platform: Platform, tmp_path: Any) -> None:
+        database_url: str, runtime_database_url: str, db: Database,
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """The controller leaves a call queued alone for a pool with a live worker to that
     worker for a moment (WARM_QUEUED_GRACE); when the worker is busy, the turn after
-    it starts another one."""
-    pid, _, _ = held.remote("pid")
-    marker = tmp_path / "hang"
-    hanging = held.spawn("hang", str(marker))
-    wait_until(marker.exists, 20, "the warm worker to take the call")
-    other, _, _ = held.remote("pid")
-    assert other != pid
-    assert hanging.status() == "running", "the second call did not wait for the busy worker"
-    hanging.cancel()
+    it starts another one, long before the sweep would."""
+    with local_platform(database_url, runtime_database_url, db, monkeypatch,
+                        sweep_seconds=60.0):
+        pid, _, _ = held.remote("pid")
+        marker = tmp_path / "hang"
+        hanging = held.spawn("hang", str(marker))
+        wait_until(marker.exists, 20, "the warm worker to take the call")
+        started = time.monotonic()
+        other, _, _ = held.remote("pid")
+        took = time.monotonic() - started
+        assert other != pid
+        assert hanging.status() == "running", "the second call did not wait for the busy worker"
+        assert took < 30, f"the second call waited {took:.1f} s: for the sweep, not its turn"
+        hanging.cancel()
 
 
 def test_a_warm_call_keeps_its_own_timeout(platform: Platform, tmp_path: Any) -> None:

@@ -224,7 +224,11 @@ class Controller:
                 return
             timer = self._deferred_turn = threading.Timer(WARM_QUEUED_GRACE, self.wake.set)
             timer.daemon = True
-            timer.start()
+            try:
+                timer.start()
+            except RuntimeError:  # no thread to be had (a pids limit): a turn now
+                self._deferred_turn = None
+                self.wake.set()
 
     def _cancel_deferred_turn(self) -> None:
         with self._deferred_lock:
@@ -405,7 +409,8 @@ class Controller:
 
         Only a worker that leaves the launcher leaves orphans (every claim is made
         by a live worker in its own name), so it asks Postgres when the workers
-        changed since it last did, and at every sweep in case a disruption was
+        changed since it last did, once more MOVED_ON_SECONDS after that (a pod
+        stopping may still claim), and at every sweep in case a disruption was
         refused meanwhile (or a restart's adoption raced), not at every turn."""
         workers, self._orphan_check = self._orphan_check, None
         if workers is None:
@@ -416,9 +421,11 @@ class Controller:
         for row in self.db.all("orphaned_warm_attempts", {"workers": workers}):
             self.record(Exit(Attempt(row["id"], row["attempt"], "", {}, ""), "disrupted",
                              f"the warm worker {row['worker']} running the attempt is gone"))
-        # (after: a database error above leaves the look due)
+        # (after: a database error above leaves the look due). A worker that just left
+        # may still commit a claim (a pod in its grace period): one more look soon.
+        changed = seen != self._orphans_checked
         self._orphans_checked = seen
-        self._orphans_due_at = now + self.settings.sweep_seconds
+        self._orphans_due_at = now + (MOVED_ON_SECONDS if changed else self.settings.sweep_seconds)
 
     def keep_standing(self) -> None:
         """Keep `min_workers` standing workers for each deployed function's live version.
