@@ -195,6 +195,7 @@ def test_direct_body_takes_the_read_ahead_up_to_its_end_and_the_socket_after_it(
 
     body, after = os.urandom(300_000), b"GET /healthz HTTP/1.1\r\n\r\n"
     ours, theirs = socket.socketpair()
+    ours.settimeout(10)  # a wrong count fails here, not hangs
     with ours, theirs:
         unreader = SocketUnreader(ours)
         unreader.unread(body[:1000])  # read ahead with the request's head
@@ -220,6 +221,7 @@ def test_direct_body_keeps_the_next_request_it_was_handed_with_the_head() -> Non
 
     body, after = b"x" * 5000, b"GET /healthz HTTP/1.1\r\n\r\n"
     ours, theirs = socket.socketpair()
+    ours.settimeout(10)
     with ours, theirs:
         unreader = SocketUnreader(ours)
         unreader.unread(body + after)  # all of it came with the head
@@ -228,3 +230,78 @@ def test_direct_body_keeps_the_next_request_it_was_handed_with_the_head() -> Non
         assert direct.read(3000) + direct.read() == body
         assert direct.read() == b"" and not direct.failed
         assert unreader.read(len(after)) == after
+
+
+@pytest.mark.parametrize(("content_type", "extra", "direct"), [
+    ("application/x-podfn-frames", b"", True),
+    ("Application/X-Podfn-Frames; v=1", b"", True),
+    ("application/json", b"", False),
+    ("multipart/form-data; boundary=x", b"", False),
+    ("application/x-podfn-frames", b"Transfer-Encoding: chunked\r\n", False),
+])
+def test_which_requests_get_a_direct_body(content_type: str, extra: bytes,
+                                          direct: bool) -> None:
+    """As gunicorn parses them: framed bodies of known length only; and the request
+    behind one parses as it should once its body is read."""
+    from gunicorn.config import Config
+    from gunicorn.http.parser import RequestParser
+
+    from podfn_platform.worker import DirectBody
+
+    body = b"x" * 3000
+    if extra:
+        sized = f"{len(body):x}".encode() + b"\r\n" + body + b"\r\n0\r\n\r\n"
+    else:
+        sized, extra = body, b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+    raw_request = (b"POST /v1/calls HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                   + content_type.encode() + b"\r\n" + extra + b"\r\n" + sized
+                   + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    ours, theirs = socket.socketpair()
+    ours.settimeout(10)
+    with ours, theirs:
+        theirs.sendall(raw_request)
+        theirs.shutdown(socket.SHUT_WR)
+        parser = RequestParser(Config(), ours, ("127.0.0.1", 1))
+        request = next(parser)
+        DirectBody.wrap(request)
+        assert isinstance(request.body, DirectBody) is direct
+        assert request.body.read() == body
+        following = next(parser)
+        assert (following.method, following.path) == ("GET", "/healthz")
+
+
+def test_an_unread_framed_body_is_drained_and_the_next_request_answered(
+        served: str) -> None:
+    """A framed submission refused before its body is read (no token): gunicorn drains
+    the body through DirectBody.read, and the request pipelined behind it is answered."""
+    body = _framed_submission(os.urandom(20_000))
+    request = (b"POST /v1/calls HTTP/1.1\r\nHost: t\r\n"
+               b"Content-Type: application/x-podfn-frames\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+               + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    sock = raw(served, request)
+    with sock, sock.makefile("rb") as stream:
+        assert _response(stream)[0] == 401
+        status, answer = _response(stream)
+        assert status == 200 and json.loads(answer) == {"ok": True}
+
+
+def test_a_half_sent_head_pipelined_behind_a_request_holds_no_thread(served: str) -> None:
+    """The next request's bytes read ahead with the last one go through the event
+    loop's head reader: a half-sent head there is closed after
+    PODFN_HEADER_TIMEOUT_SECONDS, and holds none of the 4 request threads."""
+    held = [raw(served, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                        b"GET /healthz HTTP/1.1\r\nHost: t\r\n") for _ in range(8)]
+    try:
+        for sock in held:
+            with sock.makefile("rb") as stream:
+                assert _response(stream)[0] == 200
+        with httpx.Client(base_url=served, timeout=5) as http_:
+            for _ in range(3):
+                assert http_.get("/healthz").status_code == 200
+        for sock in held:
+            sock.settimeout(20)
+            assert sock.recv(1) == b"", "closed after the header timeout"
+    finally:
+        for sock in held:
+            sock.close()

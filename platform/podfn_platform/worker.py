@@ -3,7 +3,7 @@
 With stock gthread every connection holds one of the worker's request
 threads while its headers arrive and while its long-poll waits. So 16
 long-polls (workers x threads) or 10 sockets sending their headers a byte at
-a time made `/healthz` time out for everyone. This worker changes two
+a time made `/healthz` time out for everyone. This worker changes three
 things and keeps the rest of gthread (keep-alive, graceful stop, limits):
 
 1. Headers are read by the worker's event loop, without a thread: a
@@ -11,15 +11,17 @@ things and keeps the rest of gthread (keep-alive, graceful stop, limits):
    in (or it sent more than a request's headers may hold, for the parser to
    refuse). A connection whose headers are not complete within
    PODFN_HEADER_TIMEOUT_SECONDS of its first byte being awaited is closed.
+   A request that arrived with the one before it (pipelined, read ahead with
+   its body) goes through the same check, not straight to a thread.
 2. Requests that wait by design (POST /v1/calls/wait, GET .../result?wait=,
    POST .../invoke, a submission with ?wait=) run on their own pool of
    PODFN_LONGPOLL_THREADS threads, so the PODFN_THREADS request threads
    always serve health checks, submits and reads. A long-poll holds no database connection while it waits.
-3. A framed body (our payloads: a submission, a deploy, an output batch) of
-   known length is read straight off the socket into the buffers the view
-   gives (`DirectBody`): gunicorn's body reader passes every byte through
-   three buffers, which cost 3-5 ms of CPU per MB against 0.5 ms for
-   `recv_into` (benchmarks/notes.md, issue 12, fifth round).
+3. A framed body (our payloads: a submission, a deploy) of known length is
+   read straight off the socket into the buffers the view gives
+   (`DirectBody`): gunicorn's body reader passes every byte through three
+   buffers, which cost 3-5 ms of CPU per MB against 0.5 ms for `recv_into`
+   (benchmarks/notes.md, issue 12, fifth round).
 
 TLS is terminated in front of the API (the chart's ingress); a worker
 configured for TLS keeps gthread's own behaviour. It builds on the gthread
@@ -62,6 +64,8 @@ _WAIT = re.compile(r"(^|&)wait=")
 # The media type of framed bodies (podfn.frames.MEDIA_TYPE; the API reads them
 # with `readinto`, docs/api-contract.md).
 FRAMES_MEDIA_TYPE = "application/x-podfn-frames"
+# The most a DirectBody's `read` asks the socket for at once.
+READ_STEP = 1 << 20
 
 
 @dataclass
@@ -99,16 +103,17 @@ def is_long_poll(head: bytes) -> bool:
     return False
 
 
-class DirectBody:
+class DirectBody(io.RawIOBase):
     """A request body of known length read with `recv_into` straight into the caller's
     buffer. It first hands out what gunicorn read ahead with the request's head (up
     to the body's end: what lies past it is the next request's, and stays with
     gunicorn), and keeps gunicorn's own reader's count of what is left in step, so
     that the connection's next request starts where it should. The request's
     parser drains what the application left unread through `read`, as it does
-    gunicorn's body."""
+    gunicorn's body. A raw stream (`readline`, iteration: a whole `wsgi.input`)."""
 
     def __init__(self, body: Body) -> None:
+        super().__init__()
         reader = body.reader
         unreader = reader.unreader
         ahead = unreader.buf.getvalue()
@@ -133,6 +138,9 @@ class DirectBody:
         if kind.split(";", 1)[0].strip().lower() == FRAMES_MEDIA_TYPE:
             req.body = cls(body)
 
+    def readable(self) -> bool:
+        return True
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         if self._offset < len(self._held):
@@ -154,17 +162,19 @@ class DirectBody:
         self._reader.length -= got
         return got
 
-    def read(self, size: int | None = None) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to `size` bytes (all that is left: -1 or None), in steps of at most
+        READ_STEP: nothing is allocated for bytes that have not arrived."""
         left = len(self._held) - self._offset + self._reader.length
         size = left if size is None or size < 0 else min(size, left)
-        buffer = bytearray(size)
-        filled = 0
-        while filled < size:
-            got = self.readinto(memoryview(buffer)[filled:])
+        out = bytearray()
+        while len(out) < size:
+            step = bytearray(min(size - len(out), READ_STEP))
+            got = self.readinto(step)
             if not got:
                 break
-            filled += got
-        return bytes(buffer[:filled])
+            out += memoryview(step)[:got]
+        return bytes(out)
 
 
 class _Conn(TConn):  # type: ignore[misc]
@@ -233,6 +243,10 @@ class PodfnWorker(ThreadWorker):  # type: ignore[misc]
             self._drop_head_conn(conn)
             return
         conn.head += data
+        self._dispatch_if_whole(conn)
+
+    def _dispatch_if_whole(self, conn: _Conn) -> None:
+        """Hand the connection to a thread once its head is all in (or too large)."""
         head = bytes(conn.head)
         if b"\r\n\r\n" not in head.lstrip(b"\r\n") and len(head) <= MAX_HEAD_BYTES:
             return
@@ -247,6 +261,19 @@ class PodfnWorker(ThreadWorker):  # type: ignore[misc]
         future = pool.submit(self.handle, conn)
         future.add_done_callback(
             lambda fut: self.method_queue.defer(self.finish_request, conn, fut))
+
+    def enqueue_req(self, conn: _Conn) -> None:
+        """gthread's path for a kept-alive connection whose next request was read ahead
+        with the last one (pipelined, or behind a drained body): those bytes go
+        through the same head check as bytes off the socket (its timeout, the
+        long-poll pool), not straight to a request thread."""
+        if self.cfg.is_ssl or conn.parser is None:
+            super().enqueue_req(conn)
+            return
+        ahead = conn.parser.unreader.take_buffered()
+        self._await_head(conn)
+        conn.head += ahead
+        self._dispatch_if_whole(conn)
 
     def handle_request(self, req: Any, conn: _Conn) -> bool:
         if not self.cfg.is_ssl:
