@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_warm_workers import _pid_or_hang
 
 from conftest import Platform
 from podfn import remote
@@ -46,14 +47,7 @@ def other_pod_of(i: int) -> str:
     return str(os.getpid())
 
 
-@remote(max_calls_per_worker=None, idle_timeout=30, timeout=2)
-def work(mode: str, path: str = "") -> Any:
-    """'pid': this worker's pid; 'hang': note the pid in `path` once, then hang."""
-    if mode == "hang" and not os.path.exists(path):
-        with open(path, "w") as f:
-            f.write(str(os.getpid()))
-        time.sleep(60)
-    return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
+work = remote(max_calls_per_worker=None, idle_timeout=30, timeout=2)(_pid_or_hang)
 
 
 def attempts(db: Database, ids: list[str]) -> list[dict[str, Any]]:

@@ -55,10 +55,13 @@ def brief(i: int) -> int:
 
 
 def _pid_or_hang(mode: str, path: str = "") -> Any:
-    """'pid': this worker's pid; 'hang': note the pid in `path` once, then hang."""
+    """'pid': this worker's pid; 'hang': note the pid in `path` once, then hang. The
+    note appears whole (written aside, then renamed): a test that sees the file
+    reads the pid."""
     if mode == "hang" and not os.path.exists(path):
-        with open(path, "w") as f:
+        with open(path + ".part", "w") as f:
             f.write(str(os.getpid()))
+        os.replace(path + ".part", path)
         time.sleep(60)
     return (os.getpid(), os.environ.get("PODFN_CALL_ID"), os.environ.get("PODFN_ATTEMPT"))
 
