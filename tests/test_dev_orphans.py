@@ -77,6 +77,21 @@ def platform_processes(port: int, pgdata: Path, root: int | None = None) -> set[
     return found
 
 
+def _where(pid: int, name: str) -> str:
+    """What a process that should have died is doing: its state, and the kernel
+    function each of its threads waits in, with its children's command lines."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+        waits = sorted({(task / "wchan").read_text() or "running"
+                        for task in Path(f"/proc/{pid}/task").iterdir()})
+        children = [Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]
+    except OSError as exc:
+        return f"{name} {pid}: {exc}"
+    return f"{name} {pid} state {state}, threads in {waits}, children {children}"
+
+
 def start_dev(data_dir: Path, port: int, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PODFN_")}
     env["PODFN_PROFILE"] = str(tmp_path / "profile.json")
@@ -126,8 +141,14 @@ def test_a_new_run_stops_what_a_crashed_one_left(data_dir: Path, tmp_path: Path,
     dev.kill()
     dev.wait()
     postmaster = started["postgres"]
-    wait_for(lambda: gone(started["serve"]) and gone(started["controller"]), 60,
-             "API and controller to die with podfn dev")
+    try:
+        wait_for(lambda: gone(started["serve"]) and gone(started["controller"]), 60,
+                 "API and controller to die with podfn dev")
+    except AssertionError as exc:
+        # (seen once in a slow full run: say who stayed, and where its threads wait)
+        raise AssertionError(f"{exc}; still there: " + "; ".join(
+            _where(started[name], name) for name in ("serve", "controller")
+            if not gone(started[name]))) from None
     assert not gone(postmaster), "Postgres should have been left running by this crash"
 
     for name in list(os.environ):
