@@ -40,6 +40,12 @@ def _looks(*answers: list[str], during: Callable[[int], None] = lambda _: None
     return fetch, looks
 
 
+def _in_first_look(announce: Callable[[str, str], None], channel: str,
+                   call_id: str) -> Callable[[int], None]:
+    """A `during` for `_looks`: `call_id` announced on `channel` inside the first look."""
+    return lambda look: announce(channel, call_id) if look == 0 else None
+
+
 def test_a_lingering_wait_looks_again_as_soon_as_every_other_call_is_announced() -> None:
     waiter, watch = _watch(["a", "b", "c"])
 
@@ -65,7 +71,7 @@ def test_a_lingering_wait_with_nothing_more_announced_answers_its_first_look() -
 def test_a_lingering_wait_looks_again_when_its_time_is_up_if_more_was_announced() -> None:
     waiter, watch = _watch(["a", "b", "c"])
     fetch, looks = _looks(["a"], ["a", "b"],
-                          during=lambda n: waiter._notified("podfn_final", "b") if n == 0 else None)
+                          during=_in_first_look(waiter._notified, "podfn_final", "b"))
     assert watch.wait(60, fetch, linger=0.05, id_of=str) == ["a", "b"]
     assert looks == [0, 1]
 
@@ -73,7 +79,7 @@ def test_a_lingering_wait_looks_again_when_its_time_is_up_if_more_was_announced(
 def test_without_linger_a_wait_answers_its_first_look_that_found_something() -> None:
     waiter, watch = _watch(["a", "b"])
     fetch, looks = _looks(["a"], ["a", "b"],
-                          during=lambda n: waiter._notified("podfn_final", "b") if n == 0 else None)
+                          during=_in_first_look(waiter._notified, "podfn_final", "b"))
     assert watch.wait(60, fetch) == ["a"]
     assert looks == [0]
 
@@ -96,7 +102,7 @@ def test_a_running_calls_output_is_not_taken_for_its_finish() -> None:
     """podfn_output wakes a wait (a call printed) but is no finish: the linger goes on."""
     waiter, watch = _watch(["a", "b"])
     fetch, looks = _looks(["a"], ["a", "b"],
-                          during=lambda n: waiter._notified("podfn_output", "b") if n == 0 else None)
+                          during=_in_first_look(waiter._notified, "podfn_output", "b"))
     assert watch.wait(60, fetch, linger=0.05, id_of=str) == ["a"]
     assert looks == [0]
 
@@ -104,7 +110,7 @@ def test_a_running_calls_output_is_not_taken_for_its_finish() -> None:
 def test_a_wait_for_the_same_id_twice_stops_lingering_when_it_is_announced() -> None:
     waiter, watch = _watch(["a", "b", "b"])
     fetch, looks = _looks(["a"], ["a", "b"],
-                          during=lambda n: waiter._notified("podfn_final", "b") if n == 0 else None)
+                          during=_in_first_look(waiter._notified, "podfn_final", "b"))
     assert watch.wait(600, fetch, linger=600, id_of=str) == ["a", "b"]
     assert looks == [0, 1]
 

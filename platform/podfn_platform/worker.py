@@ -46,6 +46,8 @@ from gunicorn.http.body import Body, LengthReader
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from podfn import frames
+
 # What a request's line and headers may hold in all (gunicorn's defaults:
 # limit_request_line 4094 + limit_request_fields 100 x limit_request_field_size 8190).
 MAX_HEAD_BYTES = 4096 + 100 * 8192
@@ -61,9 +63,6 @@ _WAITING_IF_ASKED = (
 )
 _NO_WAIT = re.compile(r"(^|&)wait=0*(\.0*)?(&|$)")
 _WAIT = re.compile(r"(^|&)wait=")
-# The media type of framed bodies (podfn.frames.MEDIA_TYPE; the API reads them
-# with `readinto`, docs/api-contract.md).
-FRAMES_MEDIA_TYPE = "application/x-podfn-frames"
 # The most a DirectBody's `read` asks the socket for at once.
 READ_STEP = 1 << 20
 
@@ -135,7 +134,7 @@ class DirectBody(io.RawIOBase):
                 or type(body.reader.unreader) is not SocketUnreader:
             return
         kind = next((value for name, value in req.headers if name == "CONTENT-TYPE"), "")
-        if kind.split(";", 1)[0].strip().lower() == FRAMES_MEDIA_TYPE:
+        if kind.split(";", 1)[0].strip().lower() == frames.MEDIA_TYPE:
             req.body = cls(body)
 
     def readable(self) -> bool:

@@ -65,9 +65,9 @@ MOVED_ON_SECONDS = 1.0
 # the same channel and an idle one claims the call within milliseconds (and asks
 # for a turn itself, `podfn_warm`, when it sees more queued than it took). The
 # late turn grows a pool whose workers are all busy. A turn for every call a warm
-# pool serves one at a time cost more CPU than the call (five statements,
-# benchmarks/notes.md, issue 12, fifth round); a worker's start (a pod's second or
-# more) dwarfs the wait.
+# pool serves one at a time cost about as much CPU as the worker spent on the call
+# (five statements, 2.5 ms against 2.2-3.6 ms: benchmarks/notes.md, issue 12, fifth
+# round); a worker's start (a pod's second or more) dwarfs the wait.
 WARM_QUEUED_GRACE = 0.05
 FRESH_PREFIX = "fresh:"
 
