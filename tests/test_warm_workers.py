@@ -102,6 +102,28 @@ def test_pools_never_mix(platform: Platform) -> None:
     assert len(set(a)) == 1 and len(set(b)) == 1 and set(a).isdisjoint(b)
 
 
+@remote(max_calls_per_worker=None, idle_timeout=5)
+def chatty_pid(i: int) -> int:
+    import subprocess
+
+    print(f"call {i} says hello")
+    os.write(2, f"call {i} to fd 2\n".encode())
+    subprocess.run(["echo", f"call {i} from a child"], check=True)
+    return os.getpid()
+
+
+def test_each_warm_call_keeps_its_own_output(platform: Platform) -> None:
+    """A warm worker keeps its capture's pipes from call to call (capture.py): what
+    each call wrote is its own, none of the call before it or after it."""
+    calls = [chatty_pid.spawn(i) for i in range(12)]
+    pids = [call.result() for call in calls]
+    assert len(set(pids)) < len(pids), "the calls should share warm workers"
+    for i, call in enumerate(calls):
+        logs = call.logs()
+        assert logs.stdout == f"call {i} says hello\ncall {i} from a child\n", (i, logs)
+        assert logs.stderr == f"call {i} to fd 2\n", (i, logs)
+
+
 def test_a_map_with_no_budget_starts_few_workers(platform: Platform) -> None:
     pids = list(pid_of.map(range(60)))
     assert len(pids) == 60

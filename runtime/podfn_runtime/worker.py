@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import secrets
 import threading
@@ -227,8 +228,18 @@ class Recorder:
         self._answer: list[dict[str, Any]] | None = None
         self._writing = False
         self._closing = False
+        # When the thread, waiting, wakes by itself (inf: only when told; None: it is
+        # not waiting, and looks at everything before it waits again).
+        self._sleeping_until: float | None = None
         self._error: BaseException | None = None
         self._thread = start_thread(self._run, "podfn-recorder")
+
+    def _wake_by(self, moment: float) -> None:
+        """Under the lock: something is due at `moment`; wake the thread if it would
+        sleep past it. (Waking it at every start and outcome of a map's short calls,
+        to find nothing due for LINGER_SECONDS, cost as much CPU as the calls.)"""
+        if self._sleeping_until is not None and moment < self._sleeping_until:
+            self._cond.notify_all()
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -240,7 +251,7 @@ class Recorder:
         with self._cond:
             self._raise()
             self._running, self._running_since = held, time.monotonic()
-            self._cond.notify_all()
+            self._wake_by(self._running_since + LINGER_SECONDS)
 
     def start_now(self, held: Held) -> None:
         """`start`, with the mark written (and every outcome before it) before this
@@ -264,7 +275,8 @@ class Recorder:
                 self._done_since = time.monotonic()
             self._done.append((held, ran))
             self._pending_bytes += _size(ran)
-            self._cond.notify_all()
+            self._wake_by(self._done_since + LINGER_SECONDS if len(self._done) < PREFETCH
+                          else -math.inf)
             while self._pending_bytes > MAX_PENDING_BYTES and self._error is None:
                 self._cond.wait()
             self._raise()
@@ -358,12 +370,15 @@ class Recorder:
         while True:
             with self._cond:
                 while True:
-                    due = self._due(time.monotonic())
+                    now = time.monotonic()
+                    due = self._due(now)
                     if due == 0.0:
                         break
                     if due is None and self._closing:
                         return
+                    self._sleeping_until = math.inf if due is None else now + due
                     self._cond.wait(due)
+                    self._sleeping_until = None
                 now = time.monotonic()
                 starts: list[Held] = []
                 if self._running is not None and \
