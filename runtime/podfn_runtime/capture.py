@@ -36,6 +36,7 @@ from __future__ import annotations
 import _thread
 import codecs
 import contextlib
+import fcntl
 import os
 import select
 import selectors
@@ -107,6 +108,13 @@ def _identity(fd: int) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def _pipe_settings(fd: int) -> tuple[int, int]:
+    """What a call could change of a pipe it writes to, for the calls after it: its
+    status flags (O_NONBLOCK, O_ASYNC, O_DIRECT) and its size."""
+    size = getattr(fcntl, "F_GETPIPE_SZ", None)  # (Linux's)
+    return fcntl.fcntl(fd, fcntl.F_GETFL), -1 if size is None else fcntl.fcntl(fd, size)
+
+
 class _Stream:
     """Descriptor `fd`'s capture, kept from one call to the next: `write_end` is the
     pipe into the tee that `fd` points at during a call, `original` where `fd` points
@@ -122,13 +130,17 @@ class _Stream:
         os.set_blocking(self.back, False)
         self.ended = False  # `back` has ended (the tee is gone): the reader closes it
         self.identities = (_identity(self.original), _identity(self.write_end))
+        self.settings = _pipe_settings(self.write_end)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def intact(self) -> bool:
-        """Whether `fd` still points where it did and the pipe is still ours (a call
-        that closed or repointed descriptors, a forkserver child given its own log)."""
+        """Whether `fd` still points where it did and the pipe is still ours, as it
+        was made (a call that closed or repointed descriptors, or made the pipe
+        non-blocking, say through a child process that left its stdout so: the next
+        call would lose output; a forkserver child given its own log)."""
         try:
-            return (_identity(self.fd), _identity(self.write_end)) == self.identities
+            return ((_identity(self.fd), _identity(self.write_end)) == self.identities
+                    and _pipe_settings(self.write_end) == self.settings)
         except OSError:
             return False
 
@@ -265,10 +277,16 @@ class _TeeProcess:
                         [s.into_tee for s in streams] + [s.back_write for s in streams]
                         + [s.original for s in streams])
 
-    def fence(self, sequence: int, seconds: float) -> bool:
+    fences = 0  # fences sent on `control` so far: each answer names its fence
+
+    def fence(self, seconds: float) -> bool:
         """Ask the tee to copy on what is in the pipes now; whether it answered within
-        `seconds` (not: it is gone, or stuck writing to a log nobody reads)."""
-        tag = str(sequence).encode()
+        `seconds` (not: it is gone, or stuck writing to a log nobody reads). The
+        numbers never repeat on the socket, so the late answer to a fence that timed
+        out (the tee outlives the channel that gave up on it) is never taken for a
+        later one's."""
+        self.fences += 1
+        tag = str(self.fences).encode()
         try:
             self.control.send(_FENCE + tag)
         except OSError:
@@ -383,7 +401,6 @@ class _Channel:
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.sink: Sink | None = None
-        self.sequence = 0
         self.reader = reader
         self.streams = [_Stream(1, "stdout"), _Stream(2, "stderr")]
         try:
@@ -405,6 +422,8 @@ class _Channel:
 
     def begin(self, sink: Sink) -> None:
         with self.lock:
+            for s in self.streams:  # what came between calls (a stray writer) is dropped
+                s.decoder.decode(b"", final=True)
             self.sink = sink
         for s in self.streams:
             os.dup2(s.write_end, s.fd)
@@ -418,8 +437,7 @@ class _Channel:
                 os.dup2(s.original, s.fd)
             except OSError:  # the call closed our copy of the original
                 restored = False
-        self.sequence += 1
-        fenced = self.tee.fence(self.sequence, _DRAIN_SECONDS)
+        fenced = self.tee.fence(_DRAIN_SECONDS)
         with self.lock:
             for s in self.streams:
                 self.take(s)
