@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import time
@@ -170,6 +171,30 @@ def test_a_claim_of_several_yields_to_an_older_call_of_another_pool(
     assert attempts(db, [other]) == {}, "the other pool's call stays queued"
 
 
+def test_an_older_call_in_backoff_is_yielded_to_once_its_backoff_is_over(
+        db: Database, runtime_database_url: str) -> None:
+    """The `yield` check asks calls not held back by age and calls in backoff by the
+    end of their backoff (migration 0014): an older call of another pool whose
+    backoff is not over does not take the worker's place; once it is over, it does."""
+    rt = Runtime(db, runtime_database_url)
+    first, *mine = submit(db, abs, n=5)
+    ran_once(db, rt, first)
+    [other] = submit(db, round)
+
+    def backoff(until: str) -> None:
+        with db.connect(name="podfn-test") as conn:
+            conn.execute("UPDATE podfn_calls SET created_at = clock_timestamp() - "
+                         f"interval '1 minute', not_before = clock_timestamp() {until} "
+                         "WHERE id = %s", (other,))
+
+    backoff("- interval '1 second'")
+    rows, _ = next_many(rt, first, 1, 2)
+    assert [r["verdict"] for r in rows] == ["yield"], "its backoff is over: it goes first"
+    backoff("+ interval '1 hour'")
+    rows, _ = next_many(rt, first, 1, 2)
+    assert [(r["verdict"], r["id"]) for r in rows] == [("claimed", i) for i in mine[:2]]
+
+
 def test_a_workers_statements_look_rows_up_by_key_whatever_the_statistics(
         db: Database, runtime_database_url: str, database_url: str) -> None:
     """A session keeps a statement's plan; one made while the tables were young read
@@ -177,6 +202,14 @@ def test_a_workers_statements_look_rows_up_by_key_whatever_the_statistics(
     and of the start marks, over a sequential scan). Migration 0013 plans by key.
     The plans a session runs are shown by auto_explain, as notices of that session."""
     rt = Runtime(db, runtime_database_url)
+    # Older calls of another pool, in backoff, counted by ANALYZE while this pool has
+    # no queued call: a planner that trusts those statistics reads them all to find
+    # this pool's calls (migration 0014).
+    backlog = submit(db, round, n=300)
+    with db.connect(name="podfn-test") as conn:
+        conn.execute("UPDATE podfn_calls SET not_before = clock_timestamp() + interval '1 hour'"
+                     " WHERE id = ANY(%s)", (backlog,))
+        conn.execute("ANALYZE podfn_calls")
     first, *rest = submit(db, abs, n=41)
     ran_once(db, rt, first)
     plans: list[str] = []
@@ -215,6 +248,19 @@ def test_a_workers_statements_look_rows_up_by_key_whatever_the_statistics(
     assert any("podfn_attempts_pkey" in plan for plan in plans)
     scans = [plan for plan in plans if "Seq Scan on podfn_" in plan]
     assert scans == [], "a warm worker's statement read a table whole"
+    # The claimed calls are updated by address (or key), never found by reading the
+    # queue (podfn_calls_queued_by_age holds every pool's queued calls) and keeping
+    # those at the addresses: migration 0014.
+    by_queue = [plan for plan in plans if "ctid = ANY" in plan
+                and re.search(r"(using|Scan on) podfn_calls_queued_by", plan)]
+    assert by_queue == [], "a claim read the queue to find the calls it picked"
+    # Whether an older call of another pool may run now is asked of two indexes, not
+    # of every queued call, skipping those whose backoff is not over (0014 too).
+    skipping = [plan for plan in plans if "pool <>" in plan
+                and re.search(r"Filter: [^\n]*not_before <=", plan)]
+    assert skipping == [], "a claim read other pools' queued calls to skip those in backoff"
+    others = [plan for plan in plans if "pool =" in plan and "podfn_calls_unfinished" in plan]
+    assert others == [], "a claim read other pools' calls to find its own pool's"
 
 
 def test_a_claim_keeps_the_call_budget(db: Database, runtime_database_url: str) -> None:
