@@ -251,6 +251,8 @@ class _TeeProcess:
     """The tee, forked at the first capture and kept for every later one (a warm
     worker runs many calls): a fork and a reap per call cost more than the call."""
 
+    fences = 0  # fences sent on `control` so far: each answer names its fence
+
     def __init__(self) -> None:
         self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
@@ -276,8 +278,6 @@ class _TeeProcess:
         socket.send_fds(self.control, [bytes(s.fd for s in streams)],
                         [s.into_tee for s in streams] + [s.back_write for s in streams]
                         + [s.original for s in streams])
-
-    fences = 0  # fences sent on `control` so far: each answer names its fence
 
     def fence(self, seconds: float) -> bool:
         """Ask the tee to copy on what is in the pipes now; whether it answered within
