@@ -13,8 +13,9 @@
 -- podfn_calls_queued_by_age from its oldest entry, calls in backoff included,
 -- skipping each whose backoff was not over: with 20,000 calls of another pool
 -- in backoff (a ResourceQuota refusal defers calls this way) a claim took ~88 ms
--- instead of ~6 and a warm map of 1,000 twice as long (benchmarks/notes.md,
--- sixth round). It now asks two indexes: queued calls not held back, by
+-- instead of ~6 (auto_explain timing each node) and a warm map of 1,000 twice as
+-- long (benchmarks/backlog.py; benchmarks/notes.md, sixth round). It now asks
+-- two indexes: queued calls not held back, by
 -- age (which replaces podfn_calls_queued_by_age; nothing else used it), and
 -- queued calls in backoff, by the end of their backoff.
 --
