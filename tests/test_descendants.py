@@ -172,24 +172,47 @@ def test_a_chatty_call_leaves_no_file_and_a_bounded_tail(any_platform: Platform)
         call.result(timeout=60)
     reason = info.value.reason or ""
     assert reason.endswith("last words") and len(reason) < OUTPUT_TAIL_BYTES
-    # Other processes share the temp directory: look for anything named after this call.
-    tmp = Path(tempfile.gettempdir())
-    leftovers = [*tmp.glob(f"*{call.id}*"), *tmp.glob(f"podfn-output-*/*{call.id}*")]
+    # Other processes share these directories: look for anything named after this call.
+    from podfn_platform.controller import local
+
+    leftovers = [path for base in local._fifo_bases()
+                 for path in (*base.glob(f"*{call.id}*"), *base.glob(f"podfn-output-*/*{call.id}*"))]
     assert leftovers == []
 
 
 def test_the_fifo_directory_of_a_dead_controller_is_removed() -> None:
-    """FIFO names go as attempts start; a crashed controller's directory goes with the next one."""
+    """FIFO names go as attempts start; a crashed controller's directory goes with the next
+    one, wherever it was made (the memory file system, or the temporary directory)."""
     from podfn_platform.controller import local
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    left = Path(tempfile.mkdtemp(prefix=f"podfn-output-{dead.pid}-"))
-    os.mkfifo(left / "call-1")
+    bases = local._fifo_bases()
+    left = [Path(tempfile.mkdtemp(prefix=f"podfn-output-{dead.pid}-", dir=base))
+            for base in bases]
+    for directory in left:
+        os.mkfifo(directory / "call-1")
     mine = local._fifo_dir()
     try:
-        assert not left.exists()
+        assert not any(directory.exists() for directory in left)
         assert mine.exists() and mine.name.startswith(f"podfn-output-{os.getpid()}-")
+        assert mine.parent == bases[0]
     finally:
         shutil.rmtree(mine, ignore_errors=True)
-        shutil.rmtree(left, ignore_errors=True)
+        for directory in left:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_fifos_are_made_in_memory_when_linux_offers_it(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    from podfn_platform.controller import local
+
+    if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK | os.X_OK):
+        assert local._fifo_bases()[0] == Path("/dev/shm")
+    monkeypatch.setattr(local, "_MEMORY_FS", tmp_path / "absent")
+    assert local._fifo_bases() == [Path(tempfile.gettempdir())]
+    mine = local._fifo_dir()
+    try:
+        assert mine.parent == Path(tempfile.gettempdir())
+    finally:
+        shutil.rmtree(mine, ignore_errors=True)

@@ -452,6 +452,20 @@ class LocalLauncher:
 
 
 _FIFO_PREFIX = "podfn-output-"
+# Where FIFOs are made: a memory file system when there is one. A FIFO holds no
+# data on disk, but on ext4 each mkfifo allocates an inode, and the allocator
+# passes over the inodes deleted in the last seconds one by one: a cold map,
+# which makes and removes a FIFO per call, spent ~0.5-0.9 ms of the controller's
+# CPU per call there (issue 12, seventh round; benchmarks/notes.md).
+_MEMORY_FS = Path("/dev/shm")
+
+
+def _fifo_bases() -> list[Path]:
+    """Where this controller may make its FIFO directory, best first."""
+    bases = [Path(tempfile.gettempdir())]
+    if _MEMORY_FS.is_dir() and os.access(_MEMORY_FS, os.W_OK | os.X_OK):
+        bases.insert(0, _MEMORY_FS)
+    return bases
 
 
 def _fifo_dir() -> Path:
@@ -459,14 +473,23 @@ def _fifo_dir() -> Path:
 
     Named after the controller's pid: a directory whose pid is gone was left by
     a controller that crashed (FIFOs are removed one by one as attempts start,
-    but a crash between mkfifo and unlink could leave one).
+    but a crash between mkfifo and unlink could leave one). It is made on a
+    memory file system when there is one (_MEMORY_FS), else in the temporary
+    directory; both are searched for those left behind.
     """
-    base = Path(tempfile.gettempdir())
-    for old in base.glob(f"{_FIFO_PREFIX}*"):
-        pid = old.name.removeprefix(_FIFO_PREFIX).split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{_FIFO_PREFIX}{os.getpid()}-"))
+    bases = _fifo_bases()
+    for base in bases:
+        for old in base.glob(f"{_FIFO_PREFIX}*"):
+            pid = old.name.removeprefix(_FIFO_PREFIX).split("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+    for base in bases:
+        try:
+            return Path(tempfile.mkdtemp(prefix=f"{_FIFO_PREFIX}{os.getpid()}-", dir=base))
+        except OSError:
+            if base == bases[-1]:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _alive(pid: int) -> bool:
