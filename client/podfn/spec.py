@@ -62,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
     "max_calls_per_worker": 1,
     "idle_timeout": 60.0,
     "min_workers": 0,
+    # In a warm worker, each call in a process forked from the warmed worker:
+    # imports and the loaded function are kept, what a call changes in memory is not.
+    "fork_per_call": False,
 }
 
 # Hints whose None is a value of its own rather than "the default".
@@ -191,8 +194,9 @@ def validate(spec: dict[str, Any]) -> dict[str, Any]:
                                   minimum=0, allow_zero=False)
     out["min_workers"] = _number("min_workers", out["min_workers"], integer=True, minimum=0,
                                  allow_zero=True)
-    if not isinstance(out["cpu_limit"], bool):
-        raise InvalidSpec("cpu_limit", "must be true or false")
+    for key in ("cpu_limit", "fork_per_call"):
+        if not isinstance(out[key], bool):
+            raise InvalidSpec(key, "must be true or false")
     for key in ("image", "service_account", "gpu_vendor"):
         if out[key] is not None and (not isinstance(out[key], str) or not out[key].strip()):
             raise InvalidSpec(key, "must be a non-empty string")

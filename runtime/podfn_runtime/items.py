@@ -41,6 +41,16 @@ async def drain_async(generator: AsyncIterator[Any], on_item: OnItem) -> int:
     return count
 
 
+def pickled(index: int, item: Any, limit: int) -> bytes:
+    """Item `index` pickled, if the platform stores that much."""
+    data: bytes = cloudpickle.dumps(item)
+    if len(data) > limit:
+        raise ItemTooLarge(
+            f"item {index} is {len(data)} bytes pickled, more than the platform's limit "
+            f"of {limit} bytes (PODFN_MAX_RESULT_BYTES); yield something smaller")
+    return data
+
+
 class ItemWriter:
     """`on_item` for `execute`: pickle and store one item (retried like every write)."""
 
@@ -51,12 +61,15 @@ class ItemWriter:
         self._limit = limit
         self.stale = False
 
+    @property
+    def limit(self) -> int:
+        return self._limit
+
     def __call__(self, index: int, item: Any) -> None:
-        data = cloudpickle.dumps(item)
-        if len(data) > self._limit:
-            raise ItemTooLarge(
-                f"item {index} is {len(data)} bytes pickled, more than the platform's limit "
-                f"of {self._limit} bytes (PODFN_MAX_RESULT_BYTES); yield something smaller")
+        self.store(index, pickled(index, item, self._limit))
+
+    def store(self, index: int, data: bytes) -> None:
+        """Store item `index`, pickled already (a forked call's child pickles it)."""
         if self.stale:
             return
         written = self._db.transition("yield_item", id=self._call_id, attempt=self._attempt,

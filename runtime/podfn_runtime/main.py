@@ -303,9 +303,10 @@ class Ran:
 
 
 def run_only(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int,
-             functions: FunctionCache | None = None) -> Ran:
+             functions: FunctionCache | None = None, *, fork: bool = False) -> Ran:
     """Run a call this runtime holds, with its output captured and stored as it goes;
-    the outcome is for the caller to record (a warm worker records several at once)."""
+    the outcome is for the caller to record (a warm worker records several at once).
+    `fork`: in a child forked for the call (forked.py, the `fork_per_call` hint)."""
     call_id, attempt = claimed["id"], claimed["attempt"]
     log.debug("running call %s attempt %d", call_id, attempt)
     meter = usage.Meter()
@@ -326,8 +327,14 @@ def run_only(db: RuntimeDatabase, claimed: dict[str, Any], max_result_bytes: int
         with capture_fds(output), writer.periodically(), \
                 termination.recording(_on_sigterm(writer)):
             try:
-                outcome = execute(function, claimed["args"], claimed["spec"],
-                                  claimed["result_format"], on_item, functions.load)
+                if fork:
+                    from podfn_runtime.forked import execute_forked
+
+                    outcome = execute_forked(function, claimed["args"], claimed["spec"],
+                                             claimed["result_format"], on_item, functions.load)
+                else:
+                    outcome = execute(function, claimed["args"], claimed["spec"],
+                                      claimed["result_format"], on_item, functions.load)
             finally:
                 # The call is over: what it started must not outlive it (or see its
                 # result written), nor keep the captured descriptors open.

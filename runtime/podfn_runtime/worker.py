@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from podfn_runtime import termination
+from podfn_runtime import forked, termination
 from podfn_runtime.capture import start_thread
 from podfn_runtime.database import CONNECT_TIMEOUT, RuntimeDatabase
 from podfn_runtime.main import (
@@ -556,7 +556,8 @@ class _Pipeline:
         self._db.use_secret(current.secret)  # output and items of this call
         os.environ["PODFN_CALL_ID"] = row["id"]
         os.environ["PODFN_ATTEMPT"] = str(row["attempt"])
-        ran = run_only(self._db, row, self._max_result_bytes, self._functions)
+        ran = run_only(self._db, row, self._max_result_bytes, self._functions,
+                       fork=forked.wanted(row["spec"]))
         if first:
             for name in _FIRST_ATTEMPT_ONLY:
                 os.environ.pop(name, None)

@@ -184,6 +184,8 @@ class Spec(Request):
     max_calls_per_worker: int | None = _absent(ge=1, le=10**9)
     idle_timeout: int | float = _number(0.1, 86400)
     min_workers: int = _absent(ge=0, le=1000)
+    fork_per_call: bool = _absent(description="in a warm worker, run each call in a process "
+                                  "forked from the warmed worker (docs/warm-workers.md)")
 
 
 class Client(Request):
