@@ -2,7 +2,7 @@
 
     python benchmarks/peers.py PEER KIND COUNT REPEATS
 
-PEER: podfn, podfn-warm, ray, lithops, pool, python-c, python-c-imports.
+PEER: podfn, podfn-warm, podfn-fork, ray, lithops, pool, python-c, python-c-imports.
 KIND: `call` times COUNT sequential trivial calls (one value per call);
 `map` times REPEATS runs of a map over COUNT trivial calls (one value per run).
 
@@ -115,6 +115,9 @@ PEERS = {
     "podfn": podfn_peer,
     # Warm workers (docs/warm-workers.md): one process runs call after call.
     "podfn-warm": lambda: podfn_peer(max_calls_per_worker=None, idle_timeout=600),
+    # The same, each call in a process forked from the warm worker (`fork_per_call`).
+    "podfn-fork": lambda: podfn_peer(max_calls_per_worker=None, idle_timeout=600,
+                                     fork_per_call=True),
     "ray": ray_peer,
     "lithops": lithops_peer,
     "pool": pool_peer,

@@ -72,6 +72,7 @@ def installed(module: str) -> bool:
 PEER_LABELS = {
     "podfn": "podfn `f.remote` (embedded default: local launcher)",
     "podfn-warm": "podfn warm workers (`max_calls_per_worker=None`)",
+    "podfn-fork": "podfn warm workers, a process forked per call (`fork_per_call=True`)",
     "ray": "Ray, local, warm workers",
     "lithops": "Lithops localhost",
     "pool": "warm `ProcessPoolExecutor`",
