@@ -87,21 +87,26 @@ def test_a_forked_call_keeps_its_output_and_items(platform: Platform) -> None:
     assert logs.stdout == "hello from 2\n" and logs.stderr == "to fd 2\n", logs
 
 
-def _garbles(i: int) -> int:
-    """Write a frame header that promises an outcome, then bytes that are no pickle of
-    plain data, on every pipe this process may write to."""
+def _garbles(mode: str) -> int:
+    """On every pipe this process may write to: an outcome frame whose bytes are no
+    pickle of plain data ('outcome'), or an item frame with an index the database
+    cannot take ('item'); 'none': nothing, and the worker's pid."""
     import stat
     import struct
 
+    if mode == "none":
+        return os.getppid()
     evil = pickle.dumps(os.system)  # a class/function reference: refused when read
+    frame = (struct.pack(">cQ", b"o", len(evil)) + evil if mode == "outcome"
+             else struct.pack(">cQ", b"i", 9) + struct.pack(">Q", 2**40) + b"z")
     for fd in range(3, 64):
         try:
             if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                os.write(fd, struct.pack(">cQ", b"o", len(evil)) + evil)
+                os.write(fd, frame)
         except OSError:
             pass
     time.sleep(0.5)
-    return i
+    return 0
 
 
 garbles = remote(max_calls_per_worker=None, idle_timeout=10, fork_per_call=True)(_garbles)
@@ -109,10 +114,12 @@ garbles = remote(max_calls_per_worker=None, idle_timeout=10, fork_per_call=True)
 
 @pytest.mark.e2e
 def test_a_call_that_writes_on_its_pipe_fails_itself_only(platform: Platform) -> None:
-    with pytest.raises(CallFailed) as info:
-        garbles.remote(1)
-    assert "fork_per_call" in (info.value.reason or "")
-    assert forked.remote(5)[2] == 1  # the platform goes on
+    worker = garbles.remote("none")
+    for mode in ("outcome", "item"):
+        with pytest.raises(CallFailed) as info:
+            garbles.remote(mode)
+        assert "fork_per_call" in (info.value.reason or ""), info.value.reason
+    assert garbles.remote("none") == worker, "the worker should have lived on"
 
 
 def test_the_outcome_decoder_takes_plain_data_only() -> None:
@@ -126,3 +133,155 @@ def test_the_outcome_decoder_takes_plain_data_only() -> None:
         forked_module._decode(pickle.dumps({"kind": "result", "pickled": os.system}))
     with pytest.raises(ValueError):
         forked_module._decode(pickle.dumps({"kind": "result", "pickled": "not bytes"}))
+
+
+# The pipe's reading, in this process (no database): what a hostile or broken call can
+# send, and that the worker neither hangs, nor leaks, nor stores what it should not.
+
+class _Items:
+    """ItemWriter's part that forked.py uses."""
+
+    limit = 1 << 20
+
+    def __init__(self) -> None:
+        self.stored: list[int] = []
+
+    def store(self, index: int, data: bytes) -> None:
+        self.stored.append(index)
+
+
+def _pipe_fd() -> int:
+    """In the forked child: the descriptor its outcome goes back through."""
+    import sys
+
+    frame = sys._getframe()
+    while frame.f_code.co_name != "_child":
+        assert frame.f_back is not None
+        frame = frame.f_back
+    fd: int = frame.f_locals["write_fd"]
+    return fd
+
+
+def _partial_frame() -> int:
+    import struct
+    os.write(_pipe_fd(), struct.pack(">cQ", b"i", 100) + b"abc")
+    return 1
+
+
+def _item_out_of_order() -> int:
+    import struct
+    os.write(_pipe_fd(), struct.pack(">cQ", b"i", 9) + struct.pack(">Q", 2**40) + b"z")
+    return 1
+
+
+def _huge_frame() -> int:
+    import struct
+    os.write(_pipe_fd(), struct.pack(">cQ", b"o", 2**60))
+    return 1
+
+
+def _leaves_a_writer_behind() -> int:
+    """A grandchild goes on sending well-formed items after the call's process ended."""
+    import struct
+    fd = _pipe_fd()
+    if os.fork() == 0:
+        index = 0
+        while True:
+            try:
+                os.write(fd, struct.pack(">cQ", b"i", 9) + struct.pack(">Q", index) + b"z")
+            except OSError:
+                os._exit(0)
+            index += 1
+            time.sleep(0.001)
+    os._exit(3)
+
+
+def _stops_after_its_outcome() -> str:
+    import signal
+
+    from podfn_runtime import forked as forked_module
+    send = forked_module._send
+
+    def then_stop(fd: int, kind: bytes, payload: bytes) -> None:
+        send(fd, kind, payload)
+        if kind == b"o":
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    forked_module._send = then_stop
+    return "done"
+
+
+def _quits_quietly() -> None:
+    os._exit(0)
+
+
+def _killed() -> None:
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run_forked(fn: Any, spec: dict[str, Any] | None = None) -> tuple[Any, _Items]:
+    import cloudpickle
+
+    from podfn_runtime import forked as forked_module
+    from podfn_runtime import reaper
+
+    writer = _Items()
+    started = time.monotonic()
+    try:
+        outcome = forked_module.execute_forked(
+            cloudpickle.dumps(fn), cloudpickle.dumps(((), {})), spec or {}, "pickle",
+            writer, cloudpickle.loads)  # type: ignore[arg-type]
+    finally:
+        reaper.kill_descendants()
+    assert time.monotonic() - started < 10, "the worker waited too long"
+    return outcome, writer
+
+
+@pytest.mark.parametrize("fn, words", [
+    (_partial_frame, "in the middle of a frame"),
+    (_item_out_of_order, "sent item 1099511627776 where item 0 was due"),
+    (_huge_frame, "an outcome frame of 1152921504606846976 bytes"),
+    (_quits_quietly, "exited with code 0 without sending its outcome"),
+])
+def test_what_a_call_writes_on_its_pipe_fails_that_call(fn: Any, words: str) -> None:
+    outcome, writer = _run_forked(fn)
+    assert outcome.error_type == "podfn.ProcessGarbled" and words in outcome.reason, outcome
+    assert not outcome.retryable  # it would write the same again
+    assert writer.stored == []
+
+
+def test_a_writer_left_behind_does_not_hold_the_worker() -> None:
+    outcome, writer = _run_forked(_leaves_a_writer_behind)
+    assert outcome.error_type == "podfn.ProcessExited", outcome
+    assert "exited with code 3" in outcome.reason
+    assert writer.stored == list(range(len(writer.stored)))  # in order, then cut off
+
+
+def test_a_child_that_lingers_after_its_outcome_is_not_waited_for() -> None:
+    import cloudpickle
+
+    outcome, _ = _run_forked(_stops_after_its_outcome)
+    assert cloudpickle.loads(outcome.pickled) == "done"
+
+
+def test_a_killed_call_names_its_signal_and_the_memory_limit() -> None:
+    outcome, _ = _run_forked(_killed, {"memory": "256Mi"})
+    assert outcome.error_type == "podfn.ProcessExited" and outcome.retryable
+    assert "killed by SIGKILL" in outcome.reason and "memory='256Mi'" in outcome.reason
+
+
+def test_a_fork_that_fails_is_raised_and_leaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloudpickle
+
+    from podfn_runtime import forked as forked_module
+
+    def no_fork() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(BlockingIOError):
+        forked_module.execute_forked(cloudpickle.dumps(_killed), cloudpickle.dumps(((), {})),
+                                     {}, "pickle", _Items(), cloudpickle.loads)  # type: ignore[arg-type]
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -18,10 +18,14 @@ outcome is plain data (a dict of str, bytes, bool and None), decoded with an
 unpickler that refuses every class: a call that writes its own bytes on the
 pipe can at most fail itself.
 
-A child that ends without an outcome (os._exit, a signal, a crash in C) fails
-its call with its exit status as the reason, as a cold attempt's process would;
-the worker goes on to its next call. The worker is its children's subreaper
-(termination.py), so what a call started is still killed when the call ends.
+Every frame is checked before the worker acts on it (items in order and within
+the limit, an outcome no larger than one can be, nothing after it): what a
+call writes on the pipe fails that call (podfn.ProcessGarbled) and nothing
+else. A child that a signal or a non-zero exit ends without an outcome fails
+its call with that as the reason (podfn.ProcessExited), as a cold attempt's
+process would; the worker goes on to its next call. The worker is its
+children's subreaper (termination.py), so what a call started is still killed
+when the call ends.
 """
 
 from __future__ import annotations
@@ -34,21 +38,28 @@ import select
 import signal
 import struct
 import sys
+import time
+import traceback
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 from podfn_runtime import items
-from podfn_runtime.main import Failure, Result, execute
+from podfn_runtime.main import Failure, Result, execute, within_limit
 
 _ITEM = b"i"
 _OUTCOME = b"o"
 _HEADER = struct.Struct(">cQ")
 _INDEX = struct.Struct(">Q")
 _EXIT_NO_OUTCOME = 70  # EX_SOFTWARE: the child's own machinery failed
-# How often the worker looks whether a child that sent nothing yet has ended: a
-# process the call forked may hold the pipe open after the child is gone.
+# How often the worker looks whether the child has ended while the pipe is quiet
+# (a process the call forked may hold the pipe open after the child is gone), and
+# how long it takes what is in the pipe once the child is gone.
 _POLL_MS = 50
+_DRAIN_SECONDS = 0.5
+# Room in an outcome frame beyond the result limit: an error's type, message and
+# traceback as text.
+_TEXT_SLACK = 16 << 20
 
 
 def wanted(spec: dict[str, Any]) -> bool:
@@ -102,28 +113,41 @@ def _send(fd: int, kind: bytes, payload: bytes) -> None:
 
 
 def _child(read_fd: int, write_fd: int, function: bytes, args: bytes, spec: dict[str, Any],
-           result_format: str, item_limit: int, load: Callable[[bytes], Any]) -> None:
+           result_format: str, limit: int, load: Callable[[bytes], Any]) -> None:
     """In the forked child: run the call, send its items and outcome, exit. Never returns."""
     code = _EXIT_NO_OUTCOME
     try:
         os.close(read_fd)
         # The worker's SIGTERM handler writes through the worker's connection: not here.
+        # (SIGTERM was blocked across the fork; one that came meanwhile ends us now.)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        # Streams of our own: a thread of the worker's (one the function's import
+        # started) may have held the old ones' lock when we forked, and no thread of
+        # it is here to let go. Unbuffered, as the runtime's own are.
+        sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),  # noqa: SIM115
+                                      write_through=True)
+        sys.stderr = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False),  # noqa: SIM115
+                                      write_through=True, errors="backslashreplace")
 
         def on_item(index: int, item: Any) -> None:
-            _send(write_fd, _ITEM, _INDEX.pack(index) + items.pickled(index, item, item_limit))
+            _send(write_fd, _ITEM, _INDEX.pack(index) + items.pickled(index, item, limit))
 
-        outcome = execute(function, args, spec, result_format, on_item, load)
+        outcome = within_limit(execute(function, args, spec, result_format, on_item, load),
+                               limit)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
         _send(write_fd, _OUTCOME, _encode(outcome))
         code = 0
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            traceback.print_exc()  # to the call's captured stderr: why it has no outcome
     finally:
-        os._exit(code)  # (whatever was raised: the exit code says it)
+        os._exit(code)
 
 
-def _ended(status: int) -> Failure:
+def _ended(status: int, spec: dict[str, Any]) -> Failure:
     code = os.waitstatus_to_exitcode(status)
     if code >= 0:
         how = f"exited with code {code}"
@@ -132,19 +156,34 @@ def _ended(status: int) -> Failure:
             how = f"was killed by {signal.Signals(-code).name}"
         except ValueError:
             how = f"was killed by signal {-code}"
+        if -code == signal.SIGKILL and spec.get("memory"):
+            how += f" (what the kernel does past the memory limit, memory={spec['memory']!r})"
     reason = f"the call's process (fork_per_call) {how} before returning a result"
     return Failure(reason=reason, retryable=True, error_type="podfn.ProcessExited",
                    error_message=reason, error_traceback="", error_pickle=None)
 
 
+def _garbled(why: str) -> Failure:
+    reason = (f"the call's process (fork_per_call) {why}: the call wrote on, closed or "
+              "replaced the pipe its outcome comes back through")
+    return Failure(reason=reason, retryable=False, error_type="podfn.ProcessGarbled",
+                   error_message=reason, error_traceback="", error_pickle=None)
+
+
 class _Frames:
-    """Frames read from the child's pipe as they arrive."""
+    """Frames read from the child's pipe as they arrive, each checked before it is acted
+    on: items in order from 0 and within the limit, an outcome no larger than one can
+    be, nothing after it. Anything else is the call's own doing (_Garbled)."""
 
     def __init__(self, fd: int, writer: items.ItemWriter) -> None:
         self.fd = fd
         self.writer = writer
         self.buffer = bytearray()
         self.outcome: Result | Failure | None = None
+        self.next_index = 0
+        # An outcome holds at most a result within the limit, or an error's pickle
+        # within it and its text.
+        self.max_outcome = writer.limit + _TEXT_SLACK
 
     def read(self) -> bool:
         """Take what the pipe holds now; False at its end."""
@@ -154,43 +193,69 @@ class _Frames:
             return True
         if not chunk:
             return False
+        if self.outcome is not None:
+            raise _Garbled("sent more after its outcome")
         self.buffer += chunk
         while len(self.buffer) >= _HEADER.size and self.outcome is None:
             kind, length = _HEADER.unpack_from(self.buffer)
+            if kind == _ITEM and not _INDEX.size <= length <= _INDEX.size + self.writer.limit:
+                raise _Garbled(f"sent an item frame of {length} bytes")
+            if kind == _OUTCOME and length > self.max_outcome:
+                raise _Garbled(f"sent an outcome frame of {length} bytes")
+            if kind not in (_ITEM, _OUTCOME):
+                raise _Garbled(f"sent a frame of unknown kind {kind!r}")
             if len(self.buffer) < _HEADER.size + length:
                 break
             payload = bytes(self.buffer[_HEADER.size:_HEADER.size + length])
             del self.buffer[:_HEADER.size + length]
-            if kind == _ITEM and length >= _INDEX.size:
+            if kind == _ITEM:
                 (index,) = _INDEX.unpack_from(payload)
+                if index != self.next_index:
+                    raise _Garbled(f"sent item {index} where item {self.next_index} was due")
+                self.next_index += 1
                 self.writer.store(index, payload[_INDEX.size:])  # (its errors are ours)
-            elif kind == _OUTCOME:
+            else:
                 try:
                     self.outcome = _decode(payload)
                 except Exception as exc:
-                    raise _Garbled(f"its outcome could not be read ({exc})") from None
-            else:
-                raise _Garbled(f"a frame of unknown kind {kind!r}")
+                    raise _Garbled(f"sent an outcome that could not be read ({exc})") from None
+        if self.outcome is not None and self.buffer:
+            raise _Garbled("sent more after its outcome")
         return True
+
+
+def _reap(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return status
 
 
 def execute_forked(function: bytes, args: bytes, spec: dict[str, Any], result_format: str,
                    writer: items.ItemWriter, load: Callable[[bytes], Any]) -> Result | Failure:
-    """`main.execute`, in a child forked for this call; the worker stores its items."""
+    """`main.execute`, in a child forked for this call; the worker stores its items. A
+    fork that fails is the worker's fault, not the call's: it is raised."""
     with contextlib.suppress(Exception):
         load(function)  # once, here: every child then starts with it loaded
     for stream in (sys.stdout, sys.stderr):  # nothing of the worker's, written twice
         with contextlib.suppress(Exception):
             stream.flush()
     read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():
-        # Python 3.12+ warns of fork in a threaded process. The child runs only the
-        # call: it uses nothing the worker's other threads hold (the connection, the
-        # recorder, the output writer), and logging resets its locks after a fork.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        pid = os.fork()
-    if pid == 0:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork in a threaded process. The child runs only the
+            # call: it uses nothing the worker's other threads hold (the connection, the
+            # recorder, the output writer), makes streams of its own, and logging resets
+            # its locks after a fork.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        os.close(read_fd)
+        os.close(write_fd)
+        raise
+    if pid == 0:  # (it unblocks SIGTERM once its handler is the default)
         _child(read_fd, write_fd, function, args, spec, result_format, writer.limit, load)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     os.close(write_fd)
     frames = _Frames(read_fd, writer)
     status: int | None = None
@@ -198,32 +263,46 @@ def execute_forked(function: bytes, args: bytes, spec: dict[str, Any], result_fo
     poller.register(read_fd, select.POLLIN)
     try:
         os.set_blocking(read_fd, False)
+        gone_at: float | None = None
         while frames.outcome is None:
             ready = poller.poll(_POLL_MS)
             if ready and not frames.read():
-                break
-            if not ready:
+                break  # the pipe's end: nothing holds it any more
+            if status is None:
                 done, status_now = os.waitpid(pid, os.WNOHANG)
                 if done:
-                    status = status_now
-                    for _ in range(64):  # (bounded: what it forked may write on)
-                        if frames.outcome is not None or not poller.poll(0) \
-                                or not frames.read():
-                            break
-                    break
+                    status, gone_at = status_now, time.monotonic()
+            # The child is gone but something it started holds the pipe: take what is
+            # there, for a moment at most, then no more.
+            if gone_at is not None and (not ready or time.monotonic() - gone_at > _DRAIN_SECONDS):
+                break
     except BaseException as exc:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
         if status is None:
-            os.waitpid(pid, 0)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            status = _reap(pid)
         if not isinstance(exc, _Garbled):
             raise
-        reason = (f"the call's process (fork_per_call) wrote on the pipe its outcome comes "
-                  f"back through: {exc}")
-        return Failure(reason=reason, retryable=False, error_type="podfn.ProcessGarbled",
-                       error_message=reason, error_traceback="", error_pickle=None)
+        return _garbled(str(exc))
     finally:
         os.close(read_fd)
     if status is None:
-        _, status = os.waitpid(pid, 0)  # (a child that sent its outcome exits at once)
-    return frames.outcome if frames.outcome is not None else _ended(status)
+        # It sent its outcome (or closed the pipe) and has only to exit; one that stops
+        # or lingers instead is not waited for.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        status = _reap(pid)
+    if frames.outcome is not None:
+        return frames.outcome
+    if os.waitstatus_to_exitcode(status) < 0:
+        return _ended(status, spec)  # killed, perhaps while it sent: not the call's writing
+    if frames.buffer:
+        return _garbled(f"ended ({_exit_words(status)}) in the middle of a frame")
+    if os.waitstatus_to_exitcode(status) == 0:
+        return _garbled("exited with code 0 without sending its outcome")
+    return _ended(status, spec)
+
+
+def _exit_words(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"code {code}" if code >= 0 else f"signal {-code}"
