@@ -285,3 +285,86 @@ def test_a_fork_that_fails_is_raised_and_leaks_nothing(monkeypatch: pytest.Monke
         forked_module.execute_forked(cloudpickle.dumps(_killed), cloudpickle.dumps(((), {})),
                                      {}, "pickle", _Items(), cloudpickle.loads)  # type: ignore[arg-type]
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def _outcome_after_a_moment() -> str:
+    time.sleep(0.08)  # past the worker's first look at the pipe (50 ms)
+    return "late"
+
+
+def test_an_outcome_sent_just_before_the_exit_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child sends its outcome and exits between the worker's look at the pipe and
+    its look at the child (a thread of the worker holding the GIL can widen that gap):
+    the outcome is still read."""
+    import cloudpickle
+
+    real_waitpid = os.waitpid
+    looks: list[int] = []
+
+    def late_look(pid: int, options: int) -> tuple[int, int]:
+        looks.append(options)
+        if len(looks) == 1:
+            time.sleep(0.2)  # the child sends and exits meanwhile
+        return real_waitpid(pid, options)
+
+    monkeypatch.setattr(os, "waitpid", late_look)
+    outcome, _ = _run_forked(_outcome_after_a_moment)
+    assert cloudpickle.loads(outcome.pickled) == "late", outcome
+
+
+def _raises_a_long_message() -> None:
+    raise ValueError("x" * (6 << 20))
+
+
+def test_a_long_error_message_is_the_call_s_own_failure() -> None:
+    outcome, _ = _run_forked(_raises_a_long_message)
+    assert outcome.error_type == "builtins.ValueError" and outcome.retryable, outcome.reason[:200]
+    assert len(outcome.reason) < 2 << 20 and outcome.reason.endswith("characters]")
+
+
+def _closes_its_pipe() -> str:
+    os.close(_pipe_fd())
+    time.sleep(30)
+    return "never sent"
+
+
+def test_a_call_that_closes_its_pipe_is_not_taken_for_killed() -> None:
+    outcome, _ = _run_forked(_closes_its_pipe, {"memory": "1Gi"})
+    assert outcome.error_type == "podfn.ProcessGarbled", outcome
+    assert "closed the pipe" in outcome.reason and not outcome.retryable
+
+
+def _exits_mid_frame() -> None:
+    import struct
+    os.write(_pipe_fd(), struct.pack(">cQ", b"o", 1000) + b"abc")
+    os._exit(1)  # as another thread's os._exit, or a C library's exit(), would
+
+
+def test_an_exit_mid_frame_is_an_exit() -> None:
+    outcome, _ = _run_forked(_exits_mid_frame)
+    assert outcome.error_type == "podfn.ProcessExited" and outcome.retryable
+    assert "exited with code 1" in outcome.reason
+
+
+def _prints_through_a_buffered_stream() -> str:
+    import sys
+    held = getattr(sys, "_podfn_test_held")  # noqa: B009 - looked up when the call runs
+    held.write("through a buffered stream\n")
+    return "printed"
+
+
+def test_what_a_call_printed_through_a_buffered_stream_is_not_lost(
+        capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import in the worker may install a buffered sys.stdout and keep a reference to
+    it: what the call writes through it is flushed before the child exits."""
+    import io
+    import sys
+
+    import cloudpickle
+
+    buffered = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8")  # noqa: SIM115
+    monkeypatch.setattr(sys, "stdout", buffered)
+    monkeypatch.setattr(sys, "_podfn_test_held", buffered, raising=False)
+    outcome, _ = _run_forked(_prints_through_a_buffered_stream)
+    assert cloudpickle.loads(outcome.pickled) == "printed", outcome
+    assert "through a buffered stream" in capfd.readouterr().out

@@ -60,6 +60,7 @@ _DRAIN_SECONDS = 0.5
 # Room in an outcome frame beyond the result limit: an error's type, message and
 # traceback as text.
 _TEXT_SLACK = 16 << 20
+_TEXT_EACH = 1 << 20  # characters of each text field (UTF-8: up to 4 MiB each)
 
 
 def wanted(spec: dict[str, Any]) -> bool:
@@ -122,20 +123,17 @@ def _child(read_fd: int, write_fd: int, function: bytes, args: bytes, spec: dict
         # (SIGTERM was blocked across the fork; one that came meanwhile ends us now.)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        # Streams of our own: a thread of the worker's (one the function's import
-        # started) may have held the old ones' lock when we forked, and no thread of
-        # it is here to let go. Unbuffered, as the runtime's own are.
-        sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False),  # noqa: SIM115
-                                      write_through=True)
-        sys.stderr = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False),  # noqa: SIM115
-                                      write_through=True, errors="backslashreplace")
 
         def on_item(index: int, item: Any) -> None:
             _send(write_fd, _ITEM, _INDEX.pack(index) + items.pickled(index, item, limit))
 
-        outcome = within_limit(execute(function, args, spec, result_format, on_item, load),
-                               limit)
-        for stream in (sys.stdout, sys.stderr):
+        outcome = _trimmed(within_limit(
+            execute(function, args, spec, result_format, on_item, load), limit))
+        # The streams the call printed through, as in a plain warm worker (the
+        # runtime's are unbuffered; a buffered one the function's import installed
+        # would lose its last lines to os._exit).
+        for stream in {id(s): s for s in (sys.stdout, sys.stderr, sys.__stdout__,
+                                          sys.__stderr__) if s is not None}.values():
             with contextlib.suppress(Exception):
                 stream.flush()
         _send(write_fd, _OUTCOME, _encode(outcome))
@@ -145,6 +143,18 @@ def _child(read_fd: int, write_fd: int, function: bytes, args: bytes, spec: dict
             traceback.print_exc()  # to the call's captured stderr: why it has no outcome
     finally:
         os._exit(code)
+
+
+def _trimmed(outcome: Result | Failure) -> Result | Failure:
+    """A failure's text cut to what the outcome frame has room for (_TEXT_SLACK): an
+    exception's message comes back up to three times (reason, message, traceback)."""
+    if isinstance(outcome, Failure):
+        for name in ("reason", "error_message", "error_traceback"):
+            text = getattr(outcome, name)
+            if len(text) > _TEXT_EACH:
+                setattr(outcome, name, text[:_TEXT_EACH] + " [... cut: longer than "
+                        f"{_TEXT_EACH} characters]")
+    return outcome
 
 
 def _ended(status: int, spec: dict[str, Any]) -> Failure:
@@ -229,6 +239,21 @@ def _reap(pid: int) -> int:
     return status
 
 
+def _exit_soon(pid: int) -> int | None:
+    """The child's wait status once it exits, if it does within _DRAIN_SECONDS; else
+    None, and it is killed (and reaped)."""
+    deadline = time.monotonic() + _DRAIN_SECONDS
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.0005)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    return None
+
+
 def execute_forked(function: bytes, args: bytes, spec: dict[str, Any], result_format: str,
                    writer: items.ItemWriter, load: Callable[[bytes], Any]) -> Result | Failure:
     """`main.execute`, in a child forked for this call; the worker stores its items. A
@@ -244,8 +269,8 @@ def execute_forked(function: bytes, args: bytes, spec: dict[str, Any], result_fo
         with warnings.catch_warnings():
             # Python 3.12+ warns of fork in a threaded process. The child runs only the
             # call: it uses nothing the worker's other threads hold (the connection, the
-            # recorder, the output writer), makes streams of its own, and logging resets
-            # its locks after a fork.
+            # recorder, the output writer; the runtime's streams are unbuffered, so
+            # without a lock), and logging resets its locks after a fork.
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
     except BaseException:
@@ -265,17 +290,21 @@ def execute_forked(function: bytes, args: bytes, spec: dict[str, Any], result_fo
         os.set_blocking(read_fd, False)
         gone_at: float | None = None
         while frames.outcome is None:
-            ready = poller.poll(_POLL_MS)
+            # Once the child is reaped, everything it wrote is in the pipe: a poll
+            # taken after that says whether anything is left (one taken before may
+            # have missed its last write).
+            ready = poller.poll(_POLL_MS if gone_at is None else 0)
             if ready and not frames.read():
                 break  # the pipe's end: nothing holds it any more
-            if status is None:
-                done, status_now = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    status, gone_at = status_now, time.monotonic()
-            # The child is gone but something it started holds the pipe: take what is
-            # there, for a moment at most, then no more.
-            if gone_at is not None and (not ready or time.monotonic() - gone_at > _DRAIN_SECONDS):
-                break
+            if gone_at is not None:
+                # The child is gone: take what it left; what a process it started goes
+                # on writing is taken for a moment at most.
+                if not ready or time.monotonic() - gone_at > _DRAIN_SECONDS:
+                    break
+                continue
+            done, status_now = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status, gone_at = status_now, time.monotonic()
     except BaseException as exc:
         if status is None:
             with contextlib.suppress(ProcessLookupError):
@@ -287,22 +316,18 @@ def execute_forked(function: bytes, args: bytes, spec: dict[str, Any], result_fo
     finally:
         os.close(read_fd)
     if status is None:
-        # It sent its outcome (or closed the pipe) and has only to exit; one that stops
-        # or lingers instead is not waited for.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        status = _reap(pid)
+        # It sent its outcome, or its end of the pipe closed: it has nothing more to
+        # say. It exits at once, unless the call closed the pipe and goes on, or
+        # stopped it: such a child is not waited for.
+        status = _exit_soon(pid)
     if frames.outcome is not None:
         return frames.outcome
-    if os.waitstatus_to_exitcode(status) < 0:
-        return _ended(status, spec)  # killed, perhaps while it sent: not the call's writing
+    if status is None:
+        return _garbled("closed the pipe before sending its outcome")
+    if os.waitstatus_to_exitcode(status) != 0:
+        # A signal or an exit code (another thread's os._exit, a C library's exit()),
+        # perhaps while it sent: not the call's writing.
+        return _ended(status, spec)
     if frames.buffer:
-        return _garbled(f"ended ({_exit_words(status)}) in the middle of a frame")
-    if os.waitstatus_to_exitcode(status) == 0:
-        return _garbled("exited with code 0 without sending its outcome")
-    return _ended(status, spec)
-
-
-def _exit_words(status: int) -> str:
-    code = os.waitstatus_to_exitcode(status)
-    return f"code {code}" if code >= 0 else f"signal {-code}"
+        return _garbled("exited with code 0 in the middle of a frame")
+    return _garbled("exited with code 0 without sending its outcome")
