@@ -332,3 +332,28 @@ def test_a_restarted_controller_adopts_standing_pods(
     finally:
         controller.send_signal(signal.SIGTERM)
         assert controller.wait(20) == 0
+
+
+_forked_calls: dict[str, int] = {"n": 0}
+
+
+@remote(max_calls_per_worker=None, idle_timeout=30, fork_per_call=True)
+def forked_in_pod(i: int) -> tuple[int, int, int]:
+    _forked_calls["n"] += 1
+    return os.getpid(), os.getppid(), _forked_calls["n"]
+
+
+def test_fork_per_call_in_a_warm_pod(cluster: Cluster,
+                                     make_platform: Callable[..., Platform]) -> None:
+    """`fork_per_call` in a pod (runtime/podfn_runtime/forked.py): one pod, a process per
+    call forked from its runtime, nothing of one call's memory in the next."""
+    p = make_platform()
+    calls = [forked_in_pod.spawn(i) for i in range(4)]
+    runs = [c.result(timeout=60) for c in calls]
+    refs = {r["ref"] for r in attempts(p.db, [c.id for c in calls])}
+    before = creates(cluster)
+    runs += [forked_in_pod.remote(i) for i in range(3)]
+    assert creates(cluster) == before, "later calls should run in the warm pods"
+    assert [n for _, _, n in runs] == [1] * 7, runs
+    assert len({pid for pid, _, _ in runs}) == 7, "each call in a process of its own"
+    assert len({parent for _, parent, _ in runs}) <= len(refs), (runs, refs)
