@@ -168,15 +168,17 @@ def _ended(status: int, spec: dict[str, Any]) -> Failure:
             how = f"was killed by signal {-code}"
         if -code == signal.SIGKILL and spec.get("memory"):
             how += f" (what the kernel does past the memory limit, memory={spec['memory']!r})"
-    reason = f"the call's process (fork_per_call) {how} before returning a result"
-    return Failure(reason=reason, retryable=True, error_type="podfn.ProcessExited",
-                   error_message=reason, error_traceback="", error_pickle=None)
+    return _failure(f"{how} before returning a result", "podfn.ProcessExited", retryable=True)
 
 
 def _garbled(why: str) -> Failure:
-    reason = (f"the call's process (fork_per_call) {why}: the call wrote on, closed or "
-              "replaced the pipe its outcome comes back through")
-    return Failure(reason=reason, retryable=False, error_type="podfn.ProcessGarbled",
+    return _failure(f"{why}: the call wrote on, closed or replaced the pipe its outcome "
+                    "comes back through", "podfn.ProcessGarbled", retryable=False)
+
+
+def _failure(what: str, error_type: str, *, retryable: bool) -> Failure:
+    reason = f"the call's process (fork_per_call) {what}"
+    return Failure(reason=reason, retryable=retryable, error_type=error_type,
                    error_message=reason, error_traceback="", error_pickle=None)
 
 
@@ -203,8 +205,6 @@ class _Frames:
             return True
         if not chunk:
             return False
-        if self.outcome is not None:
-            raise _Garbled("sent more after its outcome")
         self.buffer += chunk
         while len(self.buffer) >= _HEADER.size and self.outcome is None:
             kind, length = _HEADER.unpack_from(self.buffer)
@@ -234,7 +234,10 @@ class _Frames:
         return True
 
 
-def _reap(pid: int) -> int:
+def _kill(pid: int) -> int:
+    """Kill the child (not reaped yet, so the pid is still its own) and reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     return status
 
@@ -247,6 +250,9 @@ def _exit_soon(pid: int) -> int | None:
     pidfd = None
     with contextlib.suppress(AttributeError, OSError):
         pidfd = os.pidfd_open(pid)
+    poller = select.poll()
+    if pidfd is not None:
+        poller.register(pidfd, select.POLLIN)
     try:
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -256,17 +262,13 @@ def _exit_soon(pid: int) -> int | None:
             if left <= 0:
                 break
             if pidfd is not None:
-                poller = select.poll()
-                poller.register(pidfd, select.POLLIN)
                 poller.poll(left * 1000)
             else:
                 time.sleep(min(left, 0.0005))
     finally:
         if pidfd is not None:
             os.close(pidfd)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _reap(pid)
+    _kill(pid)
     return None
 
 
@@ -323,9 +325,7 @@ def execute_forked(function: bytes, args: bytes, spec: dict[str, Any], result_fo
                 status, gone_at = status_now, time.monotonic()
     except BaseException as exc:
         if status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            status = _reap(pid)
+            status = _kill(pid)
         if not isinstance(exc, _Garbled):
             raise
         return _garbled(str(exc))
