@@ -483,13 +483,11 @@ def _fifo_dir() -> Path:
             pid = old.name.removeprefix(_FIFO_PREFIX).split("-")[0]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(old, ignore_errors=True)
-    for base in bases:
-        try:
-            return Path(tempfile.mkdtemp(prefix=f"{_FIFO_PREFIX}{os.getpid()}-", dir=base))
-        except OSError:
-            if base == bases[-1]:
-                raise
-    raise AssertionError("unreachable")
+    prefix = f"{_FIFO_PREFIX}{os.getpid()}-"
+    for base in bases[:-1]:
+        with contextlib.suppress(OSError):
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=bases[-1]))
 
 
 def _alive(pid: int) -> bool:
