@@ -55,7 +55,7 @@ def test_a_body_cut_short_is_not_taken_for_a_whole_one() -> None:
         frames.header(frames.decode([b"".join(frames.encode({}, []))[:-2] + b"]]"]))
 
 
-def test_a_framed_submission_is_the_parts_in_bounded_pieces_never_joined() -> None:
+def test_a_framed_submission_sends_large_parts_as_views_and_joins_small_pieces() -> None:
     from podfn import http
 
     big = os.urandom(http.SEND_STEP * 2 + 5)
@@ -64,11 +64,28 @@ def test_a_framed_submission_is_the_parts_in_bounded_pieces_never_joined() -> No
     assert headers["Content-Type"] == frames.MEDIA_TYPE
     assert int(headers["Content-Length"]) == sum(map(len, pieces))
     assert max(map(len, pieces)) <= http.SEND_STEP
-    assert any(isinstance(p, memoryview) and p.obj is big for p in pieces)  # views, not copies
+    # The large part goes as views of itself (never copied), the small pieces around it
+    # joined: header and function before it; its 5-byte tail and the two small parts'
+    # frames after it.
+    views = [p for p in pieces if isinstance(p, memoryview)]
+    assert len(views) == 2 and all(v.obj is big and len(v) == http.SEND_STEP for v in views)
+    assert len(pieces) == 4
     got = frames.decode(pieces)
     assert frames.header(got) == {"meta": {"function_name": "f"},
                                   "parts": ["function", "args", "args", "args"]}
     assert [bytes(f) for f in got[1:]] == [blob for _, blob in parts]
+
+
+def test_a_small_submission_is_one_piece_and_joined_pieces_stay_bounded() -> None:
+    from podfn import http
+
+    _, pieces = http._framed_submission({"function_name": "f"},
+                                        [("function", b"fn"), ("args", b"x" * 100)])
+    assert len(pieces) == 1
+    many = [("args", os.urandom(http.JOIN_BYTES // 3)) for _ in range(10)]
+    _, pieces = http._framed_submission({"function_name": "f"}, [("function", b"fn"), *many])
+    assert 1 < len(pieces) and max(map(len, pieces)) <= http.JOIN_BYTES
+    assert [bytes(f) for f in frames.decode(pieces)[2:]] == [blob for _, blob in many]
 
 
 @pytest.fixture
@@ -286,3 +303,22 @@ def test_a_wait_lingers_for_the_calls_that_finish_meanwhile(
             assert answer.status_code == 400, bad
             assert answer.json()["error"]["field"] == "linger"
     client.close()
+
+
+def test_a_small_framed_answer_is_one_piece_and_a_large_one_is_streamed() -> None:
+    import flask
+
+    app = flask.Flask("frames")
+    app.extensions["podfn.db"] = None  # payloads in their rows: nothing is read
+    for size, streamed in ((10, False), (results.WHOLE_BYTES + 1, True)):
+        payload = os.urandom(size)
+        row = {"id": "c", "state": "succeeded", "result_size": size, "result": payload}
+        with app.test_request_context():
+            answer = results.frames_response([row], [{"id": "c", "result_format": "pickle"}])
+            assert answer.is_streamed is streamed
+            body = b"".join(answer.response)  # type: ignore[arg-type]
+        assert int(answer.headers["Content-Length"]) == len(body)
+        got = frames.decode([body])
+        assert frames.header(got)["calls"] == [{"id": "c", "result_format": "pickle",
+                                                "result_frame": 1}]
+        assert bytes(got[1]) == payload
