@@ -84,7 +84,7 @@ def test_a_small_submission_is_one_piece_and_joined_pieces_stay_bounded() -> Non
     assert len(pieces) == 1
     many = [("args", os.urandom(http.JOIN_BYTES // 3)) for _ in range(10)]
     _, pieces = http._framed_submission({"function_name": "f"}, [("function", b"fn"), *many])
-    assert 1 < len(pieces) and max(map(len, pieces)) <= http.JOIN_BYTES
+    assert len(pieces) > 1 and max(map(len, pieces)) <= http.JOIN_BYTES
     assert [bytes(f) for f in frames.decode(pieces)[2:]] == [blob for _, blob in many]
 
 

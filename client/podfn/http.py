@@ -527,11 +527,11 @@ def _framed_submission(meta: dict[str, Any], parts: list[tuple[str, bytes]],
     pieces: list[bytes | memoryview] = []
     run = bytearray()
     for piece in raw:
-        if len(piece) >= JOIN_BYTES or len(run) + len(piece) > JOIN_BYTES:
-            if run:
-                pieces.append(bytes(run))
-                run.clear()
-        if len(piece) >= JOIN_BYTES:
+        large = len(piece) >= JOIN_BYTES
+        if run and (large or len(run) + len(piece) > JOIN_BYTES):
+            pieces.append(bytes(run))
+            run.clear()
+        if large:
             pieces.append(piece)
         else:
             run += piece
