@@ -118,12 +118,12 @@ def frames_response(rows: list[Row], summaries: list[dict[str, Any]], *,
     length = frames.PREFIX_BYTES * (1 + len(payloads)) + len(head) \
         + sum(size for _q, _i, size, _b in payloads)
 
-    if length <= WHOLE_BYTES and all(inline is not None for *_, inline in payloads):
+    inlined = [inline for *_, inline in payloads if inline is not None]
+    if length <= WHOLE_BYTES and len(inlined) == len(payloads):
         # One write, and one read for the client, rather than one per frame.
         whole = bytearray(frames.prefix(len(head)) + head)
-        for _q, _i, size, inline in payloads:
-            whole += frames.prefix(size)
-            whole += inline  # type: ignore[operator]
+        for inline in inlined:
+            whole += frames.prefix(len(inline)) + inline
         return Response(bytes(whole), mimetype=FRAMES)
 
     def body() -> Iterator[bytes]:
