@@ -101,6 +101,8 @@ def test_clients_share_one_tls_context_built_once(monkeypatch: pytest.MonkeyPatc
     contexts = {id(c._http._transport._pool._ssl_context)  # type: ignore[attr-defined]
                 for c in [sync, *asyncs]}
     assert contexts == {id(http._tls())}
+    assert sync._direct is not None  # (the kept-alive connections use it too)
+    assert sync._direct._connection(1.0)._context is http._tls()  # type: ignore[attr-defined]
     import certifi
 
     first = http._tls()

@@ -23,7 +23,7 @@ from psycopg.conninfo import make_conninfo
 import podfn
 from attempts import UNARMED, Runtime
 from conftest import TEST_TOKEN, ThreadedServer, platform_settings, wait_until
-from podfn import frames, remote
+from podfn import frames, remote, transport
 from podfn.function import Function
 from podfn.http import APIClient
 from podfn_platform.api.app import create_app
@@ -139,10 +139,17 @@ def test_concurrent_duplicates_make_the_calls_once(app: Any, db: Database, count
     assert len(db.all("list_calls", {"state": None, "function": None, "limit": 100})) == count
 
 
-def test_remote_is_one_request(platform: object) -> None:
+def test_remote_is_one_request(platform: object, monkeypatch: pytest.MonkeyPatch) -> None:
     requests: list[str] = []
     client = APIClient(os.environ["PODFN_URL"], os.environ["PODFN_TOKEN"])
     client._http.event_hooks["request"].append(lambda r: requests.append(r.url.path))
+    post = transport.Connections.post
+
+    def counted(self: transport.Connections, path: str, **kwargs: Any) -> Any:
+        requests.append(path)
+        return post(self, path, **kwargs)
+
+    monkeypatch.setattr(transport.Connections, "post", counted)
 
     def double(x: int) -> int:
         return 2 * x
