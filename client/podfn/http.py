@@ -105,11 +105,9 @@ class APIClient:
                      wait: float | None = None, key: str | None = None) -> Submitted:
         """POST a framed submission; retried on transport errors and 5xx with one
         Idempotency-Key, so a retry can never create the calls twice. With `wait`, the
-        same request waits for the calls (see `submit_waiting`)."""
+        same request waits for the calls (see `submit_waiting`); without, the answer is
+        JSON (`_submitted_json` reads it)."""
         request = _submit_request(meta, parts, wait, key)
-        if wait is None:
-            body = self._idempotent(lambda: self._request("POST", path, **request))
-            return Submitted([c["id"] for c in body["calls"]], [])
         return self._post_streamed(path, request, _submitted_frames, _submitted_json)
 
     def _post_streamed(self, path: str, request: dict[str, Any],

@@ -4,16 +4,16 @@ httpx is the client's HTTP library. Its layers (httpx, httpcore, h11) cost
 ~0.9 ms of the ~2 ms of client CPU a trivial `.remote` took, and measured
 call by call, alternated in one stack, `.remote` took 1-1.5 ms longer with
 them than with `http.client` (benchmarks/notes.md, issue 12, eighth round).
-So the two requests every `.remote` and every `.map` make, the submission
-that waits and the `wait` long-poll, go over `http.client` here; every other
-request, and the asyncio client, stay on httpx. So does every request when a
+So the requests every `.remote`, `.spawn` and `.map` make, the submission
+(waiting or not) and the `wait` long-poll, go over `http.client` here; every
+other request, and the asyncio client, stay on httpx. So does every request when a
 proxy is configured for the API's URL (HTTP_PROXY and its kin, which httpx
 honours and this module does not implement): see `direct`.
 
 A connection is reused while the server keeps it open. One the server closed
 while it sat idle is found before it is reused (its socket reads as ready: the
 server's FIN), and a reused connection that fails before any answer arrives is
-replaced by a new one at once, once: both requests sent here may be sent again
+replaced by a new one at once, once: every request sent here may be sent again
 (a submission carries its Idempotency-Key).
 """
 
