@@ -157,6 +157,21 @@ def test_a_warm_pool_gets_at_most_warm_pool_workers_and_cold_calls_still_launch(
     assert c.pool_workers.most_common(1)[0][1] == 3
 
 
+def test_a_warm_worker_is_told_its_pool_and_a_cold_attempt_is_not(
+        database_url: str, db: Database) -> None:
+    [warm] = submit(db, abs, n=1)
+    [cold] = submit(db, abs, spec={}, n=1)
+    launcher = Launches()
+    c = Controller(platform_settings(database_url), db, launcher,  # type: ignore[arg-type]
+                   threading.Event())
+    c.launch_queued(c.track_workers())
+    env = {a.call_id: a.env for a in launcher.launched}
+    with db.connect(name="podfn-test") as conn:
+        row = conn.execute("SELECT pool FROM podfn_calls WHERE id = %s", (warm,)).fetchone()
+    assert row is not None and env[warm]["PODFN_POOL"] == row["pool"]
+    assert "PODFN_POOL" not in env[cold]
+
+
 def test_a_call_queued_alone_for_a_pool_with_a_live_worker_leaves_the_turn_for_later(
         database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "WARM_QUEUED_GRACE", 1.0)  # long enough to see it pending

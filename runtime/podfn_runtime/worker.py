@@ -88,12 +88,22 @@ def is_warm(spec: dict[str, Any]) -> bool:
 
 class Waker:
     """Waits for a NOTIFY on podfn_queued (a call was queued or requeued), and for a
-    standing worker on podfn_retired too (the controller retired a worker)."""
+    standing worker on podfn_retired too (the controller retired a worker).
 
-    def __init__(self, url: str, channels: tuple[str, ...] = ("podfn_queued",)) -> None:
+    A new call names its pool in the notification ('fresh:<pool>', submit_one); a
+    worker told its own pool (`PODFN_POOL`, set by the controller) sleeps through
+    another pool's: each idle warm or standing worker of every pool woke and sent a
+    claim for every single call (benchmarks/notes.md, issue 12, eighth round). Any
+    other notification (a map's batch, a requeue, a retry, a retirement) wakes it.
+    """
+
+    def __init__(self, url: str, channels: tuple[str, ...] = ("podfn_queued",),
+                 pool: str | None = None) -> None:
         import psycopg  # (imported when needed: database._transient says why)
 
         self._conn: psycopg.Connection[Any] | None = None
+        self._others = "fresh:"  # the prefix of a new call's wake-up
+        self._mine = f"fresh:{pool}" if pool else None
         try:
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                          application_name="podfn-runtime-listen")
@@ -105,19 +115,31 @@ class Waker:
             self.close()
 
     def wait(self, seconds: float) -> None:
-        """Until a notification arrives or `seconds` pass."""
+        """Until a notification that may concern this worker arrives or `seconds` pass."""
         if self._conn is None:
             time.sleep(seconds)
             return
         import psycopg
 
+        deadline = time.monotonic() + seconds
         try:
-            for _ in self._conn.notifies(timeout=seconds, stop_after=1):
-                pass
+            while (left := deadline - time.monotonic()) > 0:
+                woken = False
+                # (The whole of what arrived together: what it announces is committed,
+                # so the claim that follows a wake-up sees all of it.)
+                for note in self._conn.notifies(timeout=left, stop_after=1):
+                    woken = woken or not self._elsewhere(note.channel, note.payload)
+                if woken:
+                    return
         except psycopg.Error as exc:
             log.warning("lost the LISTEN connection (%s); polling every %g s", exc,
                         POLL_SECONDS)
             self.close()
+
+    def _elsewhere(self, channel: str, payload: str) -> bool:
+        """Whether the notification is another pool's new call."""
+        return (self._mine is not None and channel == "podfn_queued"
+                and payload.startswith(self._others) and payload != self._mine)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -161,7 +183,8 @@ def stand(db: RuntimeDatabase, worker: str, worker_secret: str, database_url: st
           max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> int:
     """A standing worker: ask for the pool's next call with the worker's own secret,
     run it, ask again; wait for a NOTIFY while the pool is empty."""
-    waker = Waker(database_url, ("podfn_queued", "podfn_retired"))
+    waker = Waker(database_url, ("podfn_queued", "podfn_retired"),
+                  os.environ.get("PODFN_POOL"))
     try:
         while True:
             secret = secrets.token_hex(32)
@@ -497,7 +520,8 @@ class _Pipeline:
                     if self._waker is None:
                         # LISTEN from now on, then ask again at once: a call queued
                         # before the LISTEN took effect is not missed.
-                        self._waker = Waker(self._database_url)
+                        self._waker = Waker(self._database_url,
+                                            pool=os.environ.get("PODFN_POOL"))
                         continue
                     self._waker.wait(min(remaining, POLL_SECONDS))
                     continue

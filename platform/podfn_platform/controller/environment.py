@@ -9,6 +9,8 @@ environment is built here from nothing:
   stored only as a hash, dead once the attempt ends);
 - a standing worker (no call yet) gets `PODFN_WORKER` and `PODFN_WORKER_SECRET`
   instead of the three above (`standing_environment`);
+- a warm or standing worker gets `PODFN_POOL`, the pool whose new calls wake it
+  (`pool_variable`);
 - `PODFN_URL` and `PODFN_TOKEN`: the API and a `pfn_call_...` token acting for
   whoever submitted the call, with at most `submit`, `invoke` and `read` of
   that identity's scopes, valid while the attempt runs (nested calls);
@@ -32,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 CALL_TOKEN_PREFIX = "pfn_call_"
-RESERVED = frozenset({"PODFN_CALL_ID", "PODFN_ATTEMPT", "PODFN_WARM", "PODFN_ATTEMPT_SECRET",
+RESERVED = frozenset({"PODFN_CALL_ID", "PODFN_ATTEMPT", "PODFN_WARM", "PODFN_POOL",
+                      "PODFN_ATTEMPT_SECRET",
                       "PODFN_WORKER", "PODFN_WORKER_SECRET", "PODFN_URL",
                       "PODFN_TOKEN", "PODFN_RUNTIME_DATABASE_URL", "PYTHONUNBUFFERED"})
 # What a local process needs to start and behave like the user's shell, and no more.
@@ -83,6 +86,14 @@ def standing_environment(*, worker: str, credentials: Credentials,
     user = {k: str(v) for k, v in (spec.get("env") or {}).items() if k not in RESERVED}
     return {**user, "PODFN_WORKER": worker, "PODFN_WORKER_SECRET": credentials.secret,
             "PODFN_WARM": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def pool_variable(pool: str | None) -> dict[str, str]:
+    """`PODFN_POOL` for a warm or standing worker: the pool whose new calls it waits for.
+    An idle worker wakes for a NOTIFY on podfn_queued; one that names another pool's new
+    call ('fresh:<pool>', submit_one) no longer wakes it (podfn_runtime/worker.py, Waker).
+    Not a secret: a pool's name is a hash of what its calls share."""
+    return {"PODFN_POOL": pool} if pool else {}
 
 
 def local_secrets(directory: Path, names: list[str]) -> dict[str, str]:

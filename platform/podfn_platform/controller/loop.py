@@ -480,14 +480,16 @@ class Controller:
             self._standing_failed(key)
             return False
         credentials = environment.Credentials.mint()
-        if self.db.one("insert_standing_worker", {
-                "worker": name, "name": want["name"], "version": want["version"],
-                "secret_hash": credentials.secret_hash}) is None:
+        inserted = self.db.one("insert_standing_worker", {
+            "worker": name, "name": want["name"], "version": want["version"],
+            "secret_hash": credentials.secret_hash})
+        if inserted is None:
             return False  # another version went live meanwhile
         attempt = Attempt(call_id=name, attempt=0, function_name=want["name"],
                           spec=want["spec"], client_python=want["client_python"],
-                          worker=name, env=environment.standing_environment(
-                              worker=name, credentials=credentials, spec=want["spec"]))
+                          worker=name, env={**environment.standing_environment(
+                              worker=name, credentials=credentials, spec=want["spec"]),
+                              **environment.pool_variable(inserted["pool"])})
         self._standing[name] = key
         try:
             with metrics.LAUNCH_SECONDS.time():
@@ -607,7 +609,8 @@ class Controller:
             api_url=self.settings.runtime_api_url, spec=row["spec"]))
         if self.follows_workers and row["spec"].get("max_calls_per_worker", 1) != 1:
             attempt = dataclasses.replace(attempt, worker=f"{row['id']}/{row['attempt']}",
-                                          env={**attempt.env, "PODFN_WARM": "1"})
+                                          env={**attempt.env, "PODFN_WARM": "1",
+                                               **environment.pool_variable(row.get("pool"))})
             # The claim ranks only the oldest queued calls, so this pool's calls
             # past its room may hide other calls queued behind them: the next turn
             # counts this worker, skips the pool once full, and reaches those.

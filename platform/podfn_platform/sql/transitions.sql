@@ -53,7 +53,7 @@ WITH oldest AS (
         not_before = NULL
     FROM picked
     WHERE c.id = picked.id AND c.state = 'queued'
-    RETURNING c.id, c.attempt, c.function_name, c.spec, c.client_python
+    RETURNING c.id, c.attempt, c.function_name, c.spec, c.client_python, c.pool
 ), numbered AS (
     SELECT claimed.*, row_number() OVER (ORDER BY id)::int AS slot FROM claimed
 ), recorded AS (
@@ -61,7 +61,7 @@ WITH oldest AS (
     SELECT id, attempt, (%(secret_hashes)s::text[])[slot], (%(token_hashes)s::text[])[slot]
     FROM numbered
 )
-SELECT id, attempt, function_name, spec, client_python, slot FROM numbered ORDER BY slot;
+SELECT id, attempt, function_name, spec, client_python, pool, slot FROM numbered ORDER BY slot;
 
 -- name: fail
 -- Controller: launching/running -> failed, or back to queued with
