@@ -13,30 +13,32 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from podfn import transport
-from podfn.errors import PlatformUnreachable
+from podfn.errors import NotAuthorized, PlatformUnreachable
 from podfn.http import APIClient
 
 WAIT_ANSWER = json.dumps({"calls": [{"id": "c1", "state": "queued"}]}).encode()
 Behaviour = Callable[[socket.socket, int], bool]  # (connection, request number) -> keep it
 
 
-def _read_request(conn: socket.socket) -> bytes:
-    """One request's head and body (by its Content-Length), or b"" at EOF."""
+def _read_request(conn: socket.socket, *, body: bool = True) -> bytes:
+    """One request's head and (unless not `body`) its body (by its Content-Length), or
+    b"" at EOF."""
     data = b""
     while b"\r\n\r\n" not in data:
         got = conn.recv(65536)
         if not got:
             return b""
         data += got
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
     length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
                   if line.lower().startswith(b"content-length:"))
-    while len(body) < length:
-        body += conn.recv(65536)
+    while body and len(rest) < length:
+        rest += conn.recv(65536)
     return head
 
 
@@ -221,3 +223,93 @@ def test_threads_share_the_connections_without_mixing_answers(
             thread.join(30)
     assert sorted(got) == sorted(f"c{n}" for n in range(120))  # each answer read once
     assert server.connections <= 6
+
+
+def test_an_answer_given_before_the_body_was_read_is_the_error_raised(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server or ingress that refuses a large body from its headers alone (401 here, a
+    413 alike) and hangs up: the send fails, and the answer is what the caller gets."""
+    refusal = json.dumps({"error": {"code": "unauthorized", "message": "bad token"}}).encode()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            _read_request(conn, body=False)
+            conn.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(refusal)}\r\n".encode()
+                         + b"Connection: close\r\n\r\n" + refusal)
+
+    threading.Thread(target=refuse, daemon=True).start()
+    slept = _no_backoff(monkeypatch)
+    try:
+        with APIClient(f"http://127.0.0.1:{listener.getsockname()[1]}", "bad") as client, \
+                pytest.raises(NotAuthorized, match="bad token"):
+            client.submit(function_name="f", function=b"fn", args=[b"x" * (16 << 20)],
+                          spec={}, versions={})
+    finally:
+        listener.close()
+    assert slept == []  # not taken for a lost connection, so not sent again
+
+
+def test_an_interim_or_lengthless_answer_is_not_taken_for_the_answer(
+        serve: Callable[[Behaviour], ScriptedServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    def odd_first(conn: socket.socket, n: int) -> bool:
+        if n == 0:
+            conn.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+            return False
+        if n == 1:  # cut inside its headers: http.client takes EOF for their end
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Ty")
+            return False
+        _answer(conn)
+        return True
+
+    server = serve(odd_first)
+    slept = _no_backoff(monkeypatch)
+    with APIClient(server.url, None) as client:
+        assert [c["id"] for c in client.wait(["c1"], 0)] == ["c1"]
+    assert len(server.heads) == 3 and len(slept) == 2
+
+
+def test_idle_connections_are_bounded_and_a_closed_client_sends_nothing(
+        serve: Callable[[Behaviour], ScriptedServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    def keep(conn: socket.socket, n: int) -> bool:
+        _answer(conn)
+        return True
+
+    server = serve(keep)
+    monkeypatch.setattr(transport, "MAX_IDLE", 2)
+    client = APIClient(server.url, None)
+    barrier = threading.Barrier(4)
+
+    def wait_together() -> None:
+        barrier.wait()
+        client.wait(["c1"], 0)
+
+    threads = [threading.Thread(target=wait_together) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert client._direct is not None and len(client._direct._idle) <= 2
+    monkeypatch.setattr(transport, "IDLE_SECONDS", -1.0)  # every idle one has expired
+    client.wait(["c1"], 0)
+    assert len(client._direct._idle) == 1  # (the one just used)
+    client.close()
+    assert client._direct._idle == []
+    with pytest.raises(RuntimeError, match="closed"):
+        client.wait(["c1"], 0)
+
+
+def test_the_url_decides_the_port_the_path_and_whether_to_go_direct(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def tls() -> Any:
+        raise AssertionError("not asked for")
+
+    assert transport.Connections("http://[::1]", {}, tls)._port == 80  # (not split at ':')
+    assert transport.Connections("https://[::1]/", {}, tls)._port == 443
+    assert transport.Connections("http://h/my api/", {}, tls)._base == "/my%20api"
+    assert not transport.direct("http://user:pw@api.example")  # httpx sends them
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", ".example.com")
+    assert not transport.direct("http://example.com")  # (httpx would use the proxy)

@@ -154,7 +154,12 @@ class APIClient:
                     raise _error(reply.status, reply.reason, reply.read(), self.url + path)
                 if reply.content_type.startswith(frames.MEDIA_TYPE):
                     return from_frames(frames.decode(reply.pieces()))
-                return from_json(json.loads(reply.read()))
+                try:
+                    answer = json.loads(reply.read())
+                except ValueError as exc:  # garbled on its way: asked again
+                    raise transport.TransportError(f"an answer that is not JSON ({exc})") \
+                        from exc
+                return from_json(answer)
         except (transport.TransportError, frames.FramingError) as exc:
             raise _lost(self.url, path, exc) from exc
 

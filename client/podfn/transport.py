@@ -24,12 +24,17 @@ import http.client
 import select
 import ssl
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 # The most one read of an answer's body asks for.
 READ_STEP = 1 << 20
+# Idle connections kept, and for how long (httpx's defaults: 20 and 5 s; the API's own
+# keep-alive is 5 s, podfn_platform/gunicorn_conf.py).
+MAX_IDLE = 20
+IDLE_SECONDS = 4.0
 # Failures of a reused connection that mean the server had closed it: sent again once.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
           ConnectionAbortedError)
@@ -40,23 +45,33 @@ class TransportError(Exception):
 
 
 def direct(url: str) -> bool:
-    """Whether requests to `url` may go over these connections: http(s), and no proxy set
-    for it in the environment (httpx would go through one)."""
+    """Whether requests to `url` may go over these connections: http(s), no user and
+    password in it, and no proxy for it (httpx would go through one, or send the
+    credentials). Where a proxy is set, only a `NO_PROXY` of `*` or of exactly the URL's
+    host goes direct: httpx bypasses the proxy for those too, while its other rules
+    (domain suffixes, ports, schemes) differ from the standard library's."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname \
+            or parts.username is not None or parts.password is not None:
         return False
-    proxies = urllib.request.getproxies_environment()
+    proxies = urllib.request.getproxies()  # (the environment; the system's on macOS, Windows)
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return True
-    # (NO_PROXY, as httpx reads it; typeshed does not list this function.)
-    bypass = vars(urllib.request)["proxy_bypass_environment"]
-    return bool(bypass(parts.hostname, proxies))
+    bypass = {entry.strip().lower() for entry in proxies.get("no", "").split(",")}
+    return "*" in bypass or parts.hostname.lower() in bypass
 
 
 class Reply:
     """An answer being read: its status, its content type, and its body."""
 
     def __init__(self, response: http.client.HTTPResponse) -> None:
+        if response.status < 200:  # (http.client skips 100 Continue, not 102 or 103)
+            raise TransportError(f"an interim answer ({response.status} {response.reason}) "
+                                 "where the answer was due")
+        if response.length is None and not response.chunked:
+            # The API always says how long its answer is; one that does not was cut
+            # inside its headers (http.client takes EOF there for their end).
+            raise TransportError("an answer without Content-Length or chunked encoding")
         self.status = response.status
         self.reason = response.reason
         self.content_type = response.getheader("Content-Type", "")
@@ -86,17 +101,22 @@ class Connections:
         parts = urlsplit(url)
         assert parts.hostname is not None
         self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port
-        self._base = parts.path.rstrip("/")
+        # (An explicit port: http.client would split an IPv6 literal's own colons.)
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._base = quote(parts.path.rstrip("/"), safe="/%")
         self._headers = headers
         self._tls = tls
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (since when)
         self._lock = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
+        """Close the idle connections; those in use are closed when their answer is read."""
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
-        for conn in idle:
+        for conn, _since in idle:
             conn.close()
 
     @contextlib.contextmanager
@@ -111,20 +131,22 @@ class Connections:
                        "Content-Length": str(sum(len(piece) for piece in body))}
         idle = self._take()
         while True:
-            conn = idle or self._connection(timeout)
+            conn = idle
             try:
+                conn = conn or self._connection(timeout)
                 if conn.sock is not None:
                     conn.sock.settimeout(timeout)
-                conn.request("POST", target, body=sent, headers=all_headers)
-                response = conn.getresponse()
+                response = _exchange(conn, target, sent, all_headers)
                 break
             except _STALE as exc:
-                conn.close()
-                if conn is not idle:
+                if conn is not None:
+                    conn.close()
+                if conn is None or conn is not idle:
                     raise TransportError(str(exc) or type(exc).__name__) from exc
                 idle = None  # closed by the server as it sat idle: a new one, once
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                if conn is not None:  # (ValueError: a URL http.client cannot send)
+                    conn.close()
                 raise TransportError(str(exc) or type(exc).__name__) from exc
         read_whole = False
         try:
@@ -133,19 +155,34 @@ class Connections:
         except (OSError, http.client.HTTPException) as exc:
             raise TransportError(str(exc) or type(exc).__name__) from exc
         finally:
-            if read_whole and not response.will_close:
-                with self._lock:
-                    self._idle.append(conn)
-            else:
-                conn.close()
+            self._put(conn, keep=read_whole and not response.will_close)
+
+    def _put(self, conn: http.client.HTTPConnection, *, keep: bool) -> None:
+        """Back among the idle connections, or closed (not kept, the client closed, or
+        MAX_IDLE idle already)."""
+        with self._lock:
+            if keep and not self._closed and len(self._idle) < MAX_IDLE:
+                self._idle.append((conn, time.monotonic()))
+                return
+        conn.close()
 
     def _take(self) -> http.client.HTTPConnection | None:
-        """An idle connection the server has not closed, if there is one."""
+        """An idle connection the server has not closed, if there is one; those idle for
+        over IDLE_SECONDS (the API's keep-alive is shorter) are closed on the way."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the API client has been closed")
+            now = time.monotonic()
+            expired = [conn for conn, since in self._idle if now - since > IDLE_SECONDS]
+            self._idle = [(conn, since) for conn, since in self._idle
+                          if now - since <= IDLE_SECONDS]
+        for conn in expired:
+            conn.close()
         while True:
             with self._lock:
                 if not self._idle:
                     return None
-                conn = self._idle.pop()
+                conn, _since = self._idle.pop()
             if conn.sock is not None and not _readable(conn.sock.fileno()):
                 return conn
             conn.close()  # closed by the server (or it sent what was not asked for)
@@ -155,6 +192,24 @@ class Connections:
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
                                                context=self._tls())
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+
+def _exchange(conn: http.client.HTTPConnection, target: str,
+              body: bytes | Sequence[bytes | memoryview],
+              headers: dict[str, str]) -> http.client.HTTPResponse:
+    """Send the request and read the answer's head. A server may answer before it has
+    read the body (a 413 for a body over its limit, a 401) and close: the send then
+    fails, and the answer it left is what the caller needs, not the broken pipe."""
+    try:
+        conn.request("POST", target, body=body, headers=headers)
+    except OSError as sending:
+        if conn.sock is None:  # (never connected)
+            raise
+        try:
+            return conn.getresponse()
+        except (OSError, http.client.HTTPException):
+            raise sending from None
+    return conn.getresponse()
 
 
 def _readable(fd: int) -> bool:
