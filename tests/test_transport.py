@@ -160,20 +160,28 @@ def test_a_kept_connection_hung_up_on_is_sent_again_at_once_on_a_new_one(
     assert server.connections == 2 and len(server.heads) == 3 and slept == []
 
 
-def test_an_answer_cut_short_is_asked_again_never_taken_whole(
-        serve: Callable[[Behaviour], ScriptedServer], monkeypatch: pytest.MonkeyPatch) -> None:
-    def cut(conn: socket.socket, n: int) -> bool:
+def _asked_again(serve: Callable[[Behaviour], ScriptedServer], monkeypatch: pytest.MonkeyPatch,
+                 bad: Callable[[socket.socket, int], None]) -> None:
+    """Two bad answers (`bad`, then a hang-up), then a good one: the client takes neither
+    bad one for the answer and asks twice more, with its backoff."""
+    def behave(conn: socket.socket, n: int) -> bool:
         if n < 2:
-            _answer(conn, WAIT_ANSWER[:10], length=len(WAIT_ANSWER), close=True)
+            bad(conn, n)
             return False
         _answer(conn)
         return True
 
-    server = serve(cut)
+    server = serve(behave)
     slept = _no_backoff(monkeypatch)
     with APIClient(server.url, None) as client:
         assert [c["id"] for c in client.wait(["c1"], 0)] == ["c1"]
-    assert len(server.heads) == 3 and len(slept) == 2  # two retries with backoff
+    assert len(server.heads) == 3 and len(slept) == 2
+
+
+def test_an_answer_cut_short_is_asked_again_never_taken_whole(
+        serve: Callable[[Behaviour], ScriptedServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    _asked_again(serve, monkeypatch, lambda conn, n: _answer(
+        conn, WAIT_ANSWER[:10], length=len(WAIT_ANSWER), close=True))
 
     def always_cut(conn: socket.socket, n: int) -> bool:
         _answer(conn, WAIT_ANSWER[:10], length=len(WAIT_ANSWER), close=True)
@@ -254,21 +262,9 @@ def test_an_answer_given_before_the_body_was_read_is_the_error_raised(
 
 def test_an_interim_or_lengthless_answer_is_not_taken_for_the_answer(
         serve: Callable[[Behaviour], ScriptedServer], monkeypatch: pytest.MonkeyPatch) -> None:
-    def odd_first(conn: socket.socket, n: int) -> bool:
-        if n == 0:
-            conn.sendall(b"HTTP/1.1 103 Early Hints\r\n\r\n")
-            return False
-        if n == 1:  # cut inside its headers: http.client takes EOF for their end
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Ty")
-            return False
-        _answer(conn)
-        return True
-
-    server = serve(odd_first)
-    slept = _no_backoff(monkeypatch)
-    with APIClient(server.url, None) as client:
-        assert [c["id"] for c in client.wait(["c1"], 0)] == ["c1"]
-    assert len(server.heads) == 3 and len(slept) == 2
+    # A 103, then an answer cut inside its headers (http.client takes EOF for their end).
+    _asked_again(serve, monkeypatch, lambda conn, n: conn.sendall(
+        b"HTTP/1.1 103 Early Hints\r\n\r\n" if n == 0 else b"HTTP/1.1 200 OK\r\nContent-Ty"))
 
 
 def test_idle_connections_are_bounded_and_a_closed_client_sends_nothing(
