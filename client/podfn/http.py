@@ -1,7 +1,9 @@
 """The client's one connection to the podfn API (`APIClient`, and `AsyncAPIClient` for asyncio).
 
 Every transport or HTTP error becomes a podfn error here, with the URL and a
-next step, so the rest of the client never sees httpx. httpx is imported on
+next step, so the rest of the client never sees httpx or http.client (the
+submissions and waits go over http.client's kept-alive connections,
+podfn/transport.py, the rest over httpx). httpx is imported on
 first use, not with `import podfn`: it is about half of podfn's import time,
 which `podfn --help` and scripts that never reach the platform should not pay.
 """
@@ -53,7 +55,7 @@ class APIClient:
         self._http = httpx.Client(base_url=self.url, headers=_headers(token), timeout=timeout,
                                   verify=_tls())
         self._timeout = timeout
-        # The submission that waits and `wait` go over these when no proxy is in the way.
+        # Submissions and `wait` go over these (podfn/transport.py says when they do not).
         self._direct = transport.Connections(self.url, _headers(token), _tls) \
             if transport.direct(self.url) else None
 
