@@ -481,6 +481,8 @@ class _Pipeline:
         self._max_result_bytes = max_result_bytes
         self._functions = FunctionCache()
         self._waker: Waker | None = None
+        # Read before any call runs: a call may change os.environ (fork_per_call aside).
+        self._pool = os.environ.get("PODFN_POOL")
 
     def close(self) -> None:
         if self._waker is not None:
@@ -520,8 +522,7 @@ class _Pipeline:
                     if self._waker is None:
                         # LISTEN from now on, then ask again at once: a call queued
                         # before the LISTEN took effect is not missed.
-                        self._waker = Waker(self._database_url,
-                                            pool=os.environ.get("PODFN_POOL"))
+                        self._waker = Waker(self._database_url, pool=self._pool)
                         continue
                     self._waker.wait(min(remaining, POLL_SECONDS))
                     continue
