@@ -10,6 +10,7 @@ cost the caller the client's retry backoff.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -309,3 +310,27 @@ def test_the_url_decides_the_port_the_path_and_whether_to_go_direct(
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", ".example.com")
     assert not transport.direct("http://example.com")  # (httpx would use the proxy)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_never_shares_its_parents_connection(
+        serve: Callable[[Behaviour], ScriptedServer]) -> None:
+    def keep(conn: socket.socket, n: int) -> bool:
+        _answer(conn)
+        return True
+
+    server = serve(keep)
+    with APIClient(server.url, None) as client:
+        client.wait(["c1"], 0)  # one connection, now idle
+        pid = os.fork()
+        if pid == 0:  # the child: its own connection, or exit 1
+            code = 1
+            try:
+                code = 0 if [c["id"] for c in client.wait(["c1"], 0)] == ["c1"] else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert server.connections == 2  # the child's own
+        client.wait(["c1"], 0)
+        assert server.connections == 2  # and the parent's, still open, reused

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import select
 import ssl
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -94,7 +96,12 @@ class Reply:
 
 
 class Connections:
-    """Kept-alive connections to one API (`url`, its path included), shared by threads."""
+    """Kept-alive connections to one API (`url`, its path included), shared by threads.
+
+    Not across a fork: a child process that reused its parent's idle connection would
+    share one socket with it, and either could read the other's answer. A forked child
+    starts with none (`_forget_in_child`).
+    """
 
     def __init__(self, url: str, headers: dict[str, str],
                  tls: Callable[[], ssl.SSLContext]) -> None:
@@ -110,6 +117,7 @@ class Connections:
         self._idle: list[tuple[http.client.HTTPConnection, float]] = []  # (since when)
         self._lock = threading.Lock()
         self._closed = False
+        _EVERY.add(self)
 
     def close(self) -> None:
         """Close the idle connections; those in use are closed when their answer is read."""
@@ -192,6 +200,24 @@ class Connections:
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
                                                context=self._tls())
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+
+_EVERY: weakref.WeakSet[Connections] = weakref.WeakSet()
+
+
+def _forget_in_child() -> None:
+    """In a forked child: drop every inherited idle connection. Closing the child's copy
+    of a socket leaves the parent's connection open (the parent holds its own
+    descriptor), so the parent carries on with it."""
+    for connections in list(_EVERY):
+        connections._lock = threading.Lock()  # (another thread may have held it at the fork)
+        idle, connections._idle = connections._idle, []
+        for conn, _since in idle:
+            conn.close()
+
+
+if hasattr(os, "register_at_fork"):  # (not on Windows, which does not fork)
+    os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _exchange(conn: http.client.HTTPConnection, target: str,
