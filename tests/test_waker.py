@@ -39,7 +39,7 @@ def test_an_idle_worker_sleeps_through_another_pools_new_call(
 
 def test_what_may_concern_any_worker_wakes_it() -> None:
     mine = Waker.__new__(Waker)
-    mine._others, mine._mine = "fresh:", "fresh:a"
+    mine._mine = "fresh:a"
     assert mine._elsewhere("podfn_queued", "fresh:b")
     for channel, payload in (("podfn_queued", "fresh:a"),  # its own pool's new call
                              ("podfn_queued", ""),  # a map's batch: any pool
@@ -47,5 +47,5 @@ def test_what_may_concern_any_worker_wakes_it() -> None:
                              ("podfn_retired", "standing-1")):
         assert not mine._elsewhere(channel, payload)
     told_nothing = Waker.__new__(Waker)
-    told_nothing._others, told_nothing._mine = "fresh:", None
+    told_nothing._mine = None
     assert not told_nothing._elsewhere("podfn_queued", "fresh:b")  # (no PODFN_POOL)

@@ -146,15 +146,13 @@ class Connections:
                     conn.sock.settimeout(timeout)
                 response = _exchange(conn, target, sent, all_headers)
                 break
-            except _STALE as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                # (ValueError: a URL http.client cannot send)
                 if conn is not None:
                     conn.close()
-                if conn is None or conn is not idle:
-                    raise TransportError(str(exc) or type(exc).__name__) from exc
-                idle = None  # closed by the server as it sat idle: a new one, once
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                if conn is not None:  # (ValueError: a URL http.client cannot send)
-                    conn.close()
+                if conn is not None and conn is idle and isinstance(exc, _STALE):
+                    idle = None  # closed by the server as it sat idle: a new one, once
+                    continue
                 raise TransportError(str(exc) or type(exc).__name__) from exc
         read_whole = False
         try:

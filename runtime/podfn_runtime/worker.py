@@ -86,6 +86,11 @@ def is_warm(spec: dict[str, Any]) -> bool:
     return os.environ.get("PODFN_WARM") == "1" and spec.get("max_calls_per_worker", 1) != 1
 
 
+# What a call submitted alone announces on podfn_queued, before its pool's name
+# (submit_one in podfn_platform/sql/queries.sql; the controller reads it too).
+FRESH_PREFIX = "fresh:"
+
+
 class Waker:
     """Waits for a NOTIFY on podfn_queued (a call was queued or requeued), and for a
     standing worker on podfn_retired too (the controller retired a worker).
@@ -102,8 +107,7 @@ class Waker:
         import psycopg  # (imported when needed: database._transient says why)
 
         self._conn: psycopg.Connection[Any] | None = None
-        self._others = "fresh:"  # the prefix of a new call's wake-up
-        self._mine = f"fresh:{pool}" if pool else None
+        self._mine = FRESH_PREFIX + pool if pool else None
         try:
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                          application_name="podfn-runtime-listen")
@@ -139,7 +143,7 @@ class Waker:
     def _elsewhere(self, channel: str, payload: str) -> bool:
         """Whether the notification is another pool's new call."""
         return (self._mine is not None and channel == "podfn_queued"
-                and payload.startswith(self._others) and payload != self._mine)
+                and payload.startswith(FRESH_PREFIX) and payload != self._mine)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -32,6 +32,7 @@ from podfn_platform.controller import environment, metrics
 from podfn_platform.controller.launcher import Attempt, Exit, Launcher, worker_origin
 from podfn_platform.controller.leader import LeaderLock, LeadershipLost
 from podfn_platform.database import Database, Listener
+from podfn_runtime.worker import FRESH_PREFIX
 
 log = logging.getLogger("podfn.controller")
 
@@ -69,7 +70,6 @@ MOVED_ON_SECONDS = 1.0
 # (five statements, 2.5 ms against 2.2-3.6 ms: benchmarks/notes.md, issue 12, fifth
 # round); a worker's start (a pod's second or more) dwarfs the wait.
 WARM_QUEUED_GRACE = 0.05
-FRESH_PREFIX = "fresh:"
 
 
 def backoff_seconds(failures: int) -> float:
