@@ -235,7 +235,10 @@ class Recorder:
     per statement (`succeed_many`, migration 0012), while the worker runs its next
     call; marks the start of a call once it has run for LINGER_SECONDS (a shorter
     call needs no mark: its outcome dates its start); and claims the worker's next
-    calls in the statement that records what is pending.
+    calls in the statement that records what is pending. The outcome of a call
+    whose start Postgres knows is written before the worker goes on (`succeeded`),
+    so the controller may charge a dead worker's exit to the call it sees started
+    last whenever that call is unfinished.
 
     A claim goes out only after every outcome handed over before it. When nothing
     is pending, the worker writes its last outcome and claim itself (`finish`): no
@@ -251,6 +254,7 @@ class Recorder:
         self._done: list[tuple[Held, Ran]] = []
         self._done_since = 0.0
         self._pending_bytes = 0
+        self._urgent = False  # write the outcomes pending now, without lingering
         self._claim: tuple[Held, list[str]] | None = None
         self._answer: list[dict[str, Any]] | None = None
         self._writing = False
@@ -294,19 +298,35 @@ class Recorder:
             self._raise()
 
     def succeeded(self, held: Held, ran: Ran) -> None:
+        """Hand over `held`'s outcome. One whose start is in Postgres (a start mark,
+        or the call the worker was launched for) is written before this returns: if
+        the worker died in its next call with that outcome unwritten, the controller
+        would charge the exit to this call, the last one it sees started."""
         with self._cond:
             self._raise()
-            if self._running is held:
+            marked = self._running is not held
+            if not marked:
                 self._running = None
             if not self._done:
                 self._done_since = time.monotonic()
             self._done.append((held, ran))
             self._pending_bytes += _size(ran)
+            if marked:
+                self._flush()
+                return
             self._wake_by(self._done_since + LINGER_SECONDS if len(self._done) < PREFETCH
                           else -math.inf)
             while self._pending_bytes > MAX_PENDING_BYTES and self._error is None:
                 self._cond.wait()
             self._raise()
+
+    def _flush(self) -> None:
+        """Under the lock: write what is pending now, and wait until it is written."""
+        self._urgent = True
+        self._cond.notify_all()
+        while (self._done or self._claim or self._writing) and self._error is None:
+            self._cond.wait()
+        self._raise()
 
     def ended(self, held: Held) -> None:
         """`held` ended and the worker records it itself (a failure): no mark."""
@@ -331,9 +351,7 @@ class Recorder:
     def drain(self) -> None:
         """Until every outcome (and claim) handed over is written."""
         with self._cond:
-            while (self._done or self._claim or self._writing) and self._error is None:
-                self._cond.wait()
-            self._raise()
+            self._flush()
 
     def claim(self, chain: Held, secret_hashes: list[str]) -> list[dict[str, Any]]:
         """The next calls, claimed through `chain` (the first call of the worker's
@@ -384,7 +402,7 @@ class Recorder:
         if self._claim is not None or (self._closing and self._done):
             return 0.0
         if self._done:
-            if len(self._done) >= PREFETCH:
+            if len(self._done) >= PREFETCH or self._urgent:
                 return 0.0
             waits.append(self._done_since + LINGER_SECONDS - now)
         if self._running is not None and not self._closing:
@@ -412,7 +430,7 @@ class Recorder:
                         now >= self._running_since + LINGER_SECONDS and not self._closing:
                     starts, self._running = [self._running], None
                 done, claim = self._done, self._claim
-                self._done, self._claim = [], None
+                self._done, self._claim, self._urgent = [], None, False
                 self._writing = True
             answer: list[dict[str, Any]] | None = None
             error: BaseException | None = None
