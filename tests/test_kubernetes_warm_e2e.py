@@ -48,6 +48,9 @@ def other_pod_of(i: int) -> str:
 
 
 work = remote(max_calls_per_worker=None, idle_timeout=30, timeout=2)(_pid_or_hang)
+# The same with a timeout no test waits for: a test that acts on a hanging call (kills
+# its pod, cancels it) must not find it timed out first on a loaded machine.
+held = remote(max_calls_per_worker=None, idle_timeout=30, timeout=120)(_pid_or_hang)
 
 
 def attempts(db: Database, ids: list[str]) -> list[dict[str, Any]]:
@@ -112,9 +115,9 @@ def test_a_warm_pod_killed_mid_call_requeues_only_that_call(
         cluster: Cluster, make_platform: Callable[..., Platform], tmp_path: Path,
         kill: str) -> None:
     p = make_platform()
-    pid, first_id, _ = work.remote("pid")
+    pid, first_id, _ = held.remote("pid")
     marker = tmp_path / "hang"
-    hanging = work.spawn("hang", str(marker))
+    hanging = held.spawn("hang", str(marker))
     wait_until(marker.exists, what="the warm pod to take the call")
     assert int(marker.read_text()) == pid, "the idle warm pod took the call"
     pod = next(r["ref"] for r in attempts(p.db, [first_id]))
@@ -155,17 +158,17 @@ def test_a_warm_call_keeps_its_own_timeout(
 def test_a_cancelled_warm_call_deletes_its_pod(
         cluster: Cluster, make_platform: Callable[..., Platform], tmp_path: Path) -> None:
     p = make_platform()
-    pid, first_id, _ = work.remote("pid")
+    pid, first_id, _ = held.remote("pid")
     pod = next(r["ref"] for r in attempts(p.db, [first_id]))
     marker = tmp_path / "hang"
-    hanging = work.spawn("hang", str(marker))
+    hanging = held.spawn("hang", str(marker))
     wait_until(marker.exists, what="the warm pod to take the call")
     assert int(marker.read_text()) == pid
     assert hanging.cancel() == "cancelled"
     wait_until(lambda: all(x["metadata"]["name"] != pod for x in cluster.pods()),
                what="the warm pod running the cancelled call to go")
     assert hanging.status() == "cancelled"
-    assert work.remote("pid")[0] != pid
+    assert held.remote("pid")[0] != pid
 
 
 def test_an_idle_warm_pod_exits_and_ends_nothing(
