@@ -30,7 +30,7 @@ import psycopg
 from podfn import remote, serialization
 from podfn.call import Call, outcome
 from podfn.settings import Settings
-from podfn_platform.dev import DevStack, free_port
+from podfn_platform.dev import DevStack, _postmaster_pid, free_port
 
 
 def identity(x: int) -> int:
@@ -63,6 +63,14 @@ def main() -> None:
         one_request = hasattr(fn, "_submit_waiting") and not args.two_requests
         api = _process_tree(stack._children[0].pid)  # `podfn serve`: gunicorn and its workers
         api_cpu, client_cpu = _cpu_seconds(api), time.process_time()
+        # The controller alone; below it the forkserver, its attempts and warm workers
+        # (reaped ones through their parent); Postgres' postmaster and its backends.
+        controller = stack._children[1].pid  # `podfn controller`
+        postmaster = _postmaster_pid(stack.data_dir / "pgdata")
+        others = {"controller": lambda: _cpu_by_pid([controller], reaped=False),
+                  "runtime": lambda: _cpu_by_pid(_process_tree(controller)[1:]),
+                  "Postgres": lambda: _cpu_by_pid(_process_tree(postmaster or 0))}
+        before = {name: read() for name, read in others.items()}
         timed = []
         for i in range(count):
             if pause:
@@ -80,6 +88,8 @@ def main() -> None:
                 assert Call(call_id, client=fn.client).result() == i
             timed.append((call_id, started, submitted, time.time()))
         api_cpu, client_cpu = _cpu_seconds(api) - api_cpu, time.process_time() - client_cpu
+        spent = {name: sum(t - before[name].get(pid, 0.0) for pid, t in read().items())
+                 for name, read in others.items()}
         spans: dict[str, list[float]] = {}
         with psycopg.connect(stack.database_url) as conn:
             for call_id, started, submitted, done in timed:
@@ -105,6 +115,8 @@ def main() -> None:
     # CPU time does not grow with the machine's load as the spans do.
     print(f"{'API CPU per call':22s}     {api_cpu / count * 1000:8.2f} ms")
     print(f"{'client CPU per call':22s}     {client_cpu / count * 1000:8.2f} ms")
+    for name, seconds in spent.items():
+        print(f"{name + ' CPU per call':22s}     {seconds / count * 1000:8.2f} ms")
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -112,9 +124,29 @@ def _process_tree(pid: int) -> list[int]:
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
+        try:  # (a process may end while it is read)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
         found.append(current)
-        for task in Path(f"/proc/{current}/task").iterdir():
-            todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _cpu_by_pid(pids: list[int], *, reaped: bool = True) -> dict[int, float]:
+    """Each live process's user + system CPU in seconds, with its reaped children's
+    when `reaped`. A process that ends between two readings drops out of the later
+    one (its parent's reaped time has it, counted whole)."""
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks = int(fields[11]) + int(fields[12])
+        if reaped:
+            ticks += int(fields[13]) + int(fields[14])
+        found[pid] = ticks / os.sysconf("SC_CLK_TCK")
     return found
 
 

@@ -172,16 +172,25 @@ def test_a_warm_worker_is_told_its_pool_and_a_cold_attempt_is_not(
     assert "PODFN_POOL" not in env[cold]
 
 
+def pool_of(db: Database, call_id: str) -> str:
+    with db.connect(name="podfn-test") as conn:
+        row = conn.execute("SELECT pool FROM podfn_calls WHERE id = %s", (call_id,)).fetchone()
+    assert row is not None
+    return str(row["pool"])
+
+
 def test_a_call_queued_alone_for_a_pool_with_a_live_worker_leaves_the_turn_for_later(
         database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "WARM_QUEUED_GRACE", 1.0)  # long enough to see it pending
+    [queued] = submit(db, abs, n=1)
+    p1 = pool_of(db, queued)
     wake = threading.Event()
     c = Controller(platform_settings(database_url), db, Launches(), wake)  # type: ignore[arg-type]
-    c.pool_workers["p1"] = 1
+    c.pool_workers[p1] = 1
     c._retry_at_stale = False
-    c._notified("podfn_queued", "fresh:p1")
+    c._notified("podfn_queued", f"fresh:{p1}")
     assert not wake.is_set(), "the pool's own worker takes the call: no turn at once"
-    assert wake.wait(10), "a turn after WARM_QUEUED_GRACE, for a pool whose workers are busy"
+    assert wake.wait(10), "a turn after WARM_QUEUED_GRACE: no worker of the pool took it"
     wake.clear()
     c._cancel_deferred_turn()
     c._notified("podfn_queued", "fresh:p2")
@@ -192,6 +201,26 @@ def test_a_call_queued_alone_for_a_pool_with_a_live_worker_leaves_the_turn_for_l
     assert wake.is_set() and not c._retry_at_stale, "a batch: a turn at once, no backoff"
     c._notified("podfn_queued", "some-call-id")
     assert c._retry_at_stale, "a requeue may come with a backoff"
+
+
+def test_a_call_a_worker_took_within_the_grace_costs_no_turn(
+        database_url: str, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "WARM_QUEUED_GRACE", 0.2)
+    first, second = submit(db, abs, n=2)
+    pool = pool_of(db, first)
+    wake = threading.Event()
+    c = Controller(platform_settings(database_url), db, Launches(), wake)  # type: ignore[arg-type]
+    c.pool_workers[pool] = 1
+    for call_id in (first, second):  # both running: as if the pool's workers took them
+        with db.connect(name="podfn-test") as conn:
+            conn.execute("UPDATE podfn_calls SET state = 'running', attempt = 1 "
+                         "WHERE id = %s", (call_id,))
+    c._notified("podfn_queued", f"fresh:{pool}")
+    timer = c._deferred_turn
+    assert timer is not None
+    timer.join()
+    assert not wake.is_set(), "nothing of the pool is queued: the turn is skipped"
+    assert c._deferred_turn is None and not c._deferred_pools
 
 
 def test_a_turn_in_between_takes_the_place_of_the_deferred_one(

@@ -68,7 +68,10 @@ MOVED_ON_SECONDS = 1.0
 # late turn grows a pool whose workers are all busy. A turn for every call a warm
 # pool serves one at a time cost about as much CPU as the worker spent on the call
 # (five statements, 2.5 ms against 2.2-3.6 ms: benchmarks/notes.md, issue 12, fifth
-# round); a worker's start (a pod's second or more) dwarfs the wait.
+# round); a worker's start (a pod's second or more) dwarfs the wait. Even one turn
+# per grace cost a sequential warm call a sixth of its time on two cores (ninth
+# round), so the late turn first asks whether a call of those pools is still
+# queued (one indexed statement) and is skipped when none is.
 WARM_QUEUED_GRACE = 0.05
 
 
@@ -133,8 +136,10 @@ class Controller:
         # (monotonic): orphans appear only when a worker leaves the launcher.
         self._orphans_checked: frozenset[str] | None = None
         self._orphans_due_at = 0.0
-        # The turn a call queued for a busy or idle warm pool asked for, not yet run.
+        # The turn a call queued for a busy or idle warm pool asked for, not yet run, and
+        # the pools whose calls it waits for.
         self._deferred_turn: threading.Timer | None = None
+        self._deferred_pools: set[str] = set()
         self._deferred_lock = threading.Lock()
         # The earliest backoff's end among queued calls (epoch seconds), as last read,
         # and whether something may have changed it since.
@@ -208,8 +213,9 @@ class Controller:
             if payload.startswith(FRESH_PREFIX):
                 # (read from the listener's thread: a count being rebuilt reads as
                 # no worker, and the turn comes at once)
-                if self.pool_workers.get(payload[len(FRESH_PREFIX):]):
-                    self._defer_turn()
+                pool = payload[len(FRESH_PREFIX):]
+                if self.pool_workers.get(pool):
+                    self._defer_turn(pool)
                     return
             elif payload:
                 # A requeue (its id): it may come with a backoff, which may be the next
@@ -217,22 +223,42 @@ class Controller:
                 self._retry_at_stale = True
         self.wake.set()
 
-    def _defer_turn(self) -> None:
-        """A turn WARM_QUEUED_GRACE from now, unless one is already asked for."""
+    def _defer_turn(self, pool: str) -> None:
+        """A turn WARM_QUEUED_GRACE from now if a call of `pool` is still queued then,
+        unless one is already asked for (which looks at this pool too)."""
         with self._deferred_lock:
+            self._deferred_pools.add(pool)
             if self._deferred_turn is not None:
                 return
-            timer = self._deferred_turn = threading.Timer(WARM_QUEUED_GRACE, self.wake.set)
+            timer = self._deferred_turn = threading.Timer(WARM_QUEUED_GRACE, self._grace_over)
             timer.daemon = True
             try:
                 timer.start()
             except RuntimeError:  # no thread to be had (a pids limit): a turn now
                 self._deferred_turn = None
+                self._deferred_pools.clear()
                 self.wake.set()
+
+    def _grace_over(self) -> None:
+        """On the timer's thread: the deferred turn, if a call it waited for is still
+        queued (no idle worker of its pool took it)."""
+        with self._deferred_lock:
+            if self._deferred_turn is not threading.current_thread():
+                return  # a turn began meanwhile, and saw the calls
+            self._deferred_turn = None
+            pools, self._deferred_pools = sorted(self._deferred_pools), set()
+        try:
+            row = self.db.one("still_queued", {"pools": pools})
+            queued = row is None or bool(row["queued"])
+        except DatabaseError:
+            queued = True  # the turn meets the error, and backs off
+        if queued:
+            self.wake.set()
 
     def _cancel_deferred_turn(self) -> None:
         with self._deferred_lock:
             timer, self._deferred_turn = self._deferred_turn, None
+            self._deferred_pools.clear()
         if timer is not None:
             timer.cancel()
 
