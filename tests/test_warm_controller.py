@@ -8,10 +8,13 @@ has not yet heard of `second`.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 from test_warm_protocol import next_call, ran_once, submit
 
 from attempts import Runtime
@@ -21,6 +24,9 @@ from podfn_platform.controller import loop
 from podfn_platform.controller.launcher import Attempt, Exit
 from podfn_platform.controller.loop import Controller
 from podfn_platform.database import Database
+from podfn_runtime import queries
+
+WARM_SQL = queries.load("podfn_platform.sql", "warm.sql")
 
 
 class Recorder:
@@ -221,6 +227,45 @@ def test_a_call_a_worker_took_within_the_grace_costs_no_turn(
     timer.join()
     assert not wake.is_set(), "nothing of the pool is queued: the turn is skipped"
     assert c._deferred_turn is None and not c._deferred_pools
+
+
+def test_the_look_before_a_late_turn_reads_only_the_pools_queue(
+        database_url: str, db: Database) -> None:
+    """With statistics taken while another pool had thousands of calls queued and
+    this one none, the look as a plain statement read every unfinished call by age
+    (9-44 ms, every 50 ms). Planned as the claim is (migration 0015), it reads the
+    pool's own index. The plans a session runs are shown by auto_explain."""
+    [mine] = submit(db, abs, n=1)
+    [theirs] = submit(db, abs, spec={"max_calls_per_worker": None, "idle_timeout": 7}, n=1)
+    pool = pool_of(db, mine)
+    copy = ("INSERT INTO podfn_calls (id, function_name, function_digest, args, spec, "
+            "client_python, client_cloudpickle, owner, state, finished_at) "
+            "SELECT %s || g, function_name, function_digest, args, spec, client_python, "
+            "client_cloudpickle, owner, %s, %s FROM podfn_calls, generate_series(1, %s) g "
+            "WHERE id = %s")
+    with db.connect(name="podfn-test") as conn:
+        conn.execute(copy, ("q", "queued", None, 20000, theirs))
+        conn.execute(copy, ("f", "succeeded", "2026-01-01", 20000, mine))
+        conn.execute("UPDATE podfn_calls SET state = 'running', attempt = 1 WHERE id = %s",
+                     (mine,))
+        conn.execute("ANALYZE podfn_calls")
+    plans: list[str] = []
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.Error:
+            pytest.skip("this Postgres has no auto_explain")
+        for name, value in {"log_min_duration": "0", "log_nested_statements": "on",
+                            "log_analyze": "on", "log_level": "notice"}.items():
+            conn.execute(f"SET auto_explain.{name} = '{value}'")
+        conn.execute("SET client_min_messages = notice")
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        for _ in range(6):  # past psycopg's prepare threshold: the generic plan too
+            row = conn.execute(WARM_SQL["still_queued"], {"pools": [pool]}).fetchone()
+            assert row is not None and row["queued"] is False
+    read = [int(n) for plan in plans for n in re.findall(r"Rows Removed by Filter: (\d+)", plan)]
+    assert any("podfn_calls_queued_by_pool" in plan for plan in plans), plans
+    assert max(read, default=0) < 100, "the look read other pools' calls and dropped them"
 
 
 def test_a_turn_in_between_takes_the_place_of_the_deferred_one(

@@ -109,6 +109,47 @@ def test_a_worker_claims_several_calls_each_with_its_own_secret(
     assert all(found[i]["started_at"] is not None for i in rest)
 
 
+def test_an_outcome_is_dated_before_the_mark_written_with_it(
+        db: Database, runtime_database_url: str) -> None:
+    """A short call's outcome and the next call's start mark in one statement: the
+    finished call must start before the running one, or the controller, which
+    follows the attempt a worker started last, would follow the finished one (no
+    timeout armed, no cancel, a crash not charged). Its start was dated back from
+    a clock read after the mark (migration 0015)."""
+    rt = Runtime(db, runtime_database_url)
+    first = submit(db, abs, n=13)[0]
+    ran_once(db, rt, first)
+    chain = (first, rt.secrets[(first, 1)])
+    worker = f"{first}/1"
+    rdb = RuntimeDatabase(rt.url, "unused")
+    try:
+        for wall in (0.0, 0.00005) * 3:
+            fresh = _fresh(2)
+            rows = rdb.rows("next_many", id=chain[0], attempt=1, secret=chain[1],
+                            secret_hashes=[h for _, h in fresh])
+            assert [r["verdict"] for r in rows] == ["claimed"] * 2, rows
+            (done, done_secret), (running, running_secret) = [
+                (r["id"], fresh[r["ordinal"] - 1][0]) for r in rows]
+            rdb.rows("succeed_many", ids=[done], attempts=[1], secrets=[done_secret],
+                     results=[b"r"], results_json=[None], stdouts=[""], stderrs=[""],
+                     peak_bytes=[1], cpu_seconds=[0.0], wall_seconds=[wall],
+                     start_ids=[running], start_attempts=[1], start_secrets=[running_secret],
+                     next_id=None, next_attempt=None, next_secret=None, next_hashes=None)
+            found = attempts(db, [done, running])
+            assert found[done]["started_at"] < found[running]["started_at"], wall
+            [now] = db.all("worker_attempts", {"workers": [worker], "ids": [first],
+                                                "attempts": [1]})
+            assert now["id"] == running and now["busy"], "the running call, not the finished"
+            rdb.rows("succeed_many", ids=[running], attempts=[1], secrets=[running_secret],
+                     results=[b"r"], results_json=[None], stdouts=[""], stderrs=[""],
+                     peak_bytes=[1], cpu_seconds=[0.0], wall_seconds=[0.01],
+                     start_ids=[], start_attempts=[], start_secrets=[], next_id=None,
+                     next_attempt=None, next_secret=None, next_hashes=None)
+            chain = (done, done_secret)  # the first of the claim hands on
+    finally:
+        rdb.close()
+
+
 def test_a_batch_of_outcomes_keeps_each_calls_own_values(
         db: Database, runtime_database_url: str) -> None:
     """The arrays go to Postgres as one JSON document and the results as one binary

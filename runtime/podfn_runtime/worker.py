@@ -322,7 +322,8 @@ class Recorder:
 
     def _flush(self) -> None:
         """Under the lock: write what is pending now, and wait until it is written."""
-        self._urgent = True
+        self._urgent = bool(self._done)  # (left set with nothing pending, it would
+        # write the next short outcome alone)
         self._cond.notify_all()
         while (self._done or self._claim or self._writing) and self._error is None:
             self._cond.wait()

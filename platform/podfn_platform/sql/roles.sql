@@ -29,6 +29,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {platform
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {platform};
 GRANT EXECUTE ON FUNCTION podfn_fail(text, integer, boolean, text, integer, text, text, text,
                                      bytea, text, text) TO {platform};
+GRANT EXECUTE ON FUNCTION podfn_pools_queued(text[]) TO {platform};
 
 -- name: grant_runtime
 -- The runtime: the protocol's functions and nothing else (no table, sequence

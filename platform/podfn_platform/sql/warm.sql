@@ -46,10 +46,9 @@ LEFT JOIN podfn_workers s ON s.name = w.worker;
 -- Whether a call of these pools is queued and due. A call announced for a pool
 -- with a live warm worker gets a controller turn only if it still is after
 -- WARM_QUEUED_GRACE (controller/loop.py): most often an idle worker of the pool
--- took it, and a turn would have found nothing to do.
-SELECT EXISTS (SELECT 1 FROM podfn_calls
-               WHERE state = 'queued' AND pool = ANY(%(pools)s::text[])
-                 AND (not_before IS NULL OR not_before <= clock_timestamp())) AS queued;
+-- took it, and a turn would have found nothing to do. (A function, migration
+-- 0015: planned by key whatever the statistics say.)
+SELECT podfn_pools_queued(%(pools)s::text[]) AS queued;
 
 -- name: orphaned_warm_attempts
 -- Attempts a worker claimed whose worker the launcher no longer holds: the
