@@ -328,3 +328,26 @@ def platform(database_url: str, runtime_database_url: str, db: Database,
     """The embedded default: API + controller with the local launcher, on this test's database."""
     with local_platform(database_url, runtime_database_url, db, monkeypatch) as running:
         yield running
+
+
+@contextmanager
+def explaining(database_url: str, *, analyze: bool = False) -> Iterator[
+        tuple[psycopg.Connection[dict[str, Any]], list[str]]]:
+    """A connection whose every plan, nested statements' included, auto_explain adds
+    to the list (as notices of that session); the test is skipped on a Postgres
+    without auto_explain."""
+    from psycopg.rows import dict_row
+
+    plans: list[str] = []
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.Error:
+            pytest.skip("this Postgres has no auto_explain")
+        for name, value in {"log_min_duration": "0", "log_nested_statements": "on",
+                            "log_analyze": "on" if analyze else "off",
+                            "log_level": "notice"}.items():
+            conn.execute(f"SET auto_explain.{name} = '{value}'")
+        conn.execute("SET client_min_messages = notice")
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        yield conn, plans

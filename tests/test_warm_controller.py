@@ -12,13 +12,11 @@ import re
 import threading
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 from test_warm_protocol import next_call, ran_once, submit
 
 from attempts import Runtime
-from conftest import platform_settings
+from conftest import explaining, platform_settings
 from podfn.errors import DatabaseUnavailable
 from podfn_platform.controller import loop
 from podfn_platform.controller.launcher import Attempt, Exit
@@ -249,17 +247,7 @@ def test_the_look_before_a_late_turn_reads_only_the_pools_queue(
         conn.execute("UPDATE podfn_calls SET state = 'running', attempt = 1 WHERE id = %s",
                      (mine,))
         conn.execute("ANALYZE podfn_calls")
-    plans: list[str] = []
-    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
-        try:
-            conn.execute("LOAD 'auto_explain'")
-        except psycopg.Error:
-            pytest.skip("this Postgres has no auto_explain")
-        for name, value in {"log_min_duration": "0", "log_nested_statements": "on",
-                            "log_analyze": "on", "log_level": "notice"}.items():
-            conn.execute(f"SET auto_explain.{name} = '{value}'")
-        conn.execute("SET client_min_messages = notice")
-        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    with explaining(database_url, analyze=True) as (conn, plans):
         for _ in range(6):  # past psycopg's prepare threshold: the generic plan too
             row = conn.execute(WARM_SQL["still_queued"], {"pools": [pool]}).fetchone()
             assert row is not None and row["queued"] is False

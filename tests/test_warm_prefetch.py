@@ -18,13 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg.rows import dict_row
 from test_warm_protocol import WARM, ran_once, submit
 
 from attempts import UNARMED, Runtime
-from conftest import Platform, local_platform, wait_until
+from conftest import Platform, explaining, local_platform, wait_until
 from podfn import remote
 from podfn.errors import CallTimeout
 from podfn_platform.database import Database
@@ -253,18 +251,8 @@ def test_a_workers_statements_look_rows_up_by_key_whatever_the_statistics(
         conn.execute("ANALYZE podfn_calls")
     first, *rest = submit(db, abs, n=41)
     ran_once(db, rt, first)
-    plans: list[str] = []
     statements = protocol()
-    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
-        try:
-            conn.execute("LOAD 'auto_explain'")
-        except psycopg.Error:
-            pytest.skip("this Postgres has no auto_explain")
-        for name, value in {"log_min_duration": "0", "log_nested_statements": "on",
-                            "log_level": "notice"}.items():
-            conn.execute(f"SET auto_explain.{name} = '{value}'")
-        conn.execute("SET client_min_messages = notice")
-        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    with explaining(database_url) as (conn, plans):
         fresh = _fresh(4)
         rows = conn.execute(statements["next_many"], _pack("next_many", {
             "id": first, "attempt": 1, "secret": rt.secrets[(first, 1)],
