@@ -67,9 +67,11 @@ def main() -> None:
         # (reaped ones through their parent); Postgres' postmaster and its backends.
         controller = stack._children[1].pid  # `podfn controller`
         postmaster = _postmaster_pid(stack.data_dir / "pgdata")
+        backends = [postmaster] if postmaster is not None else []
         others = {"controller": lambda: _cpu_by_pid([controller], reaped=False),
                   "runtime": lambda: _cpu_by_pid(_process_tree(controller)[1:]),
-                  "Postgres": lambda: _cpu_by_pid(_process_tree(postmaster or 0))}
+                  "Postgres": lambda: _cpu_by_pid(
+                      [p for root in backends for p in _process_tree(root)])}
         before = {name: read() for name, read in others.items()}
         timed = []
         for i in range(count):
@@ -152,11 +154,7 @@ def _cpu_by_pid(pids: list[int], *, reaped: bool = True) -> dict[int, float]:
 
 def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of `pids` (from /proc/PID/stat), in seconds."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return sum(_cpu_by_pid(pids, reaped=False).values())
 
 
 if __name__ == "__main__":

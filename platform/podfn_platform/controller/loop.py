@@ -68,10 +68,11 @@ MOVED_ON_SECONDS = 1.0
 # late turn grows a pool whose workers are all busy. A turn for every call a warm
 # pool serves one at a time cost about as much CPU as the worker spent on the call
 # (five statements, 2.5 ms against 2.2-3.6 ms: benchmarks/notes.md, issue 12, fifth
-# round); a worker's start (a pod's second or more) dwarfs the wait. Even one turn
-# per grace cost a sequential warm call a sixth of its time on two cores (ninth
-# round), so the late turn first asks whether a call of those pools is still
-# queued (one indexed statement) and is skipped when none is.
+# round); a worker's start (a pod's second or more) dwarfs the wait. A stream of
+# single calls still got a turn per grace, nearly always with nothing to do, so the
+# late turn first asks whether a call of those pools is still queued (one statement,
+# podfn_pools_queued) and is skipped when none is: the controller's CPU per such
+# call 1.10-1.17 -> 0.75-0.80 ms (benchmarks/notes.md, ninth round).
 WARM_QUEUED_GRACE = 0.05
 
 
